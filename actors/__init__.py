@@ -1,0 +1,46 @@
+"""The Dramatiq entry point: ``dramatiq actors`` runs workers, ``periodiq actors`` the scheduler.
+
+Importing this module configures the process (logging), builds the broker with our middleware
+stack, and declares the actors.
+"""
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage, ShutdownNotifications, TimeLimit
+
+from middleware.jobs import JobState
+from middleware.retries import Retries
+from observability.logging import setup_logging
+from roastq import pipeline
+from roastq.broker import RoastqBroker
+
+setup_logging()
+
+# Order matters: JobState sets each job's time limit before TimeLimit reads it, and after a
+# failure its hook runs before Retries' (after-hooks run in reverse), so the job row says what
+# happens before the retry is enqueued.
+broker = RoastqBroker(
+    middleware=[
+        Retries(),
+        JobState(),
+        TimeLimit(),
+        ShutdownNotifications(),
+        CurrentMessage(),
+    ]
+)
+dramatiq.set_broker(broker)
+
+
+def _evaluate_document(job_id: str) -> None:
+    pipeline.evaluate(job_id)
+
+
+#: Interactive evaluations: a person is waiting. Workers take these before batch work.
+evaluate_document = dramatiq.actor(
+    _evaluate_document, actor_name="evaluate_document", queue_name="interactive", priority=0, roastq_job=True
+)
+#: Batch evaluations (re-running an agent over many documents): lower priority, own queue.
+evaluate_document_batch = dramatiq.actor(
+    _evaluate_document, actor_name="evaluate_document_batch", queue_name="batch", priority=100, roastq_job=True
+)
+
+ACTOR_FOR_QUEUE = {"interactive": evaluate_document, "batch": evaluate_document_batch}

@@ -1,0 +1,168 @@
+"""Keep the ``jobs`` table true, whatever happens to the message.
+
+For actors declared with ``roastq_job=True`` (their one argument is a job id):
+
+* before: reject a message whose payload is not a known job id (one log line; a dead letter);
+  skip a job that is already finished or cancelled; otherwise mark it RUNNING (``attempts`` + 1,
+  ``started_at``), open a ``job_attempts`` row, set the job's time limit from its agent and
+  publish the job's context to the pipeline;
+* after: record the attempt's outcome: PENDING with ``next_attempt_at`` while a retry waits,
+  FAILED with its error class, or CANCELLED. COMPLETED is written by the actor itself, in the
+  same transaction as the result.
+
+Place it before ``TimeLimit`` (it sets the time limit) and after ``Retries`` (so that its after
+hook runs first and the job row says what happens before the retry is enqueued).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from dramatiq.middleware import Middleware, SkipMessage
+
+from roastq import db
+from roastq.db import Q
+from roastq.jobctx import JobContext, current_job, start_error
+
+from .retries import decision_for
+
+logger = logging.getLogger("roastq.jobs")
+
+
+def job_id_of(message) -> str | None:
+    """The job id a message carries, or None if its payload is not (job_id,)."""
+    args, kwargs = tuple(message.args), dict(message.kwargs)
+    if len(args) == 1 and not kwargs:
+        raw = args[0]
+    elif not args and set(kwargs) == {"job_id"}:
+        raw = kwargs["job_id"]
+    else:
+        return None
+    if not isinstance(raw, str):
+        return None
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        return None
+
+
+class JobState(Middleware):
+    """Maintain ``jobs`` and ``job_attempts`` for job actors.
+
+    Actor options:
+      roastq_job(bool): the actor runs a job; its only argument is the job id.
+    """
+
+    @property
+    def actor_options(self):
+        return {"roastq_job"}
+
+    def _is_job(self, broker, message) -> bool:
+        return broker.get_actor(message.actor_name).options.get("roastq_job", False)
+
+    def before_process_message(self, broker, message):
+        if not self._is_job(broker, message):
+            return
+        start_error.set(None)
+        job_id = job_id_of(message)
+        if job_id is None:
+            self._reject(message, f"payload is not a job id: args={list(message.args)!r:.200} kwargs={sorted(message.kwargs)!r}")
+        try:
+            started = self._start(message, job_id)
+        except SkipMessage:
+            raise
+        except Exception as exc:  # the database is down, say: the actor raises it, and it is retried
+            start_error.set(exc)
+            return
+        if started is None:
+            raise SkipMessage()
+        row, ctx = started
+        message.roastq_job = ctx
+        message.options["time_limit"] = int(row["time_limit_s"] * 1000)
+        current_job.set(ctx)
+        logger.info("job started: attempt %d, time limit %d s", ctx.attempt, row["time_limit_s"])
+
+    def _start(self, message, job_id):
+        with db.transaction() as cur:
+            cur.execute(Q.start_job, {"job_id": job_id, "message_id": message.message_id})
+            row = cur.fetchone()
+            if row is None:
+                cur.execute(Q.job_by_id, {"job_id": job_id})
+                job = cur.fetchone()
+                if job is None:
+                    self._reject(message, f"unknown job {job_id}")
+                if job["cancel_requested_at"] is not None and job["status"] in ("PENDING", "RUNNING"):
+                    cur.execute(Q.close_crashed_attempts, {"job_id": job_id})
+                    cur.execute(Q.job_cancelled, {"job_id": job_id, "reason": "cancelled before it ran"})
+                    logger.info("job %s cancelled: skipped", job_id)
+                else:
+                    logger.info("job %s already %s: message skipped", job_id, job["status"])
+                return None
+            cur.execute(Q.close_crashed_attempts, {"job_id": job_id})
+            cur.execute(Q.insert_attempt, {"job_id": job_id, "attempt": row["attempts"], "message_id": message.message_id})
+        ctx = JobContext(
+            job_id=job_id,
+            message_id=message.message_id,
+            actor=message.actor_name,
+            queue=message.queue_name,
+            attempt=row["attempts"],
+            evaluation_id=str(row["evaluation_id"]),
+            agent_id=str(row["agent_id"]),
+            deadline=time.monotonic() + row["time_limit_s"],
+            bypass_cache=bool(message.options.get("bypass_cache")),
+            retry_on_timeout=row["retry_on_timeout"],
+        )
+        return row, ctx
+
+    @staticmethod
+    def _reject(message, why: str):
+        logger.error("message %s rejected: %s", message.message_id, why)
+        message.fail()
+        raise SkipMessage(why)
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        ctx = getattr(message, "roastq_job", None)
+        if ctx is None:
+            return
+        try:
+            if exception is None:
+                self._end_attempt(ctx, "completed")
+                logger.info("job completed")
+                return
+            decision = decision_for(message, exception)
+            with db.transaction() as cur:
+                if decision.action == "retry":
+                    cur.execute(Q.job_wait_retry, {"job_id": ctx.job_id, "delay_s": decision.delay_s,
+                                                   "error_class": str(decision.error_class), "error": decision.error})
+                elif decision.action == "cancel":
+                    cur.execute(Q.job_cancelled, {"job_id": ctx.job_id, "reason": decision.error})
+                else:
+                    cur.execute(Q.job_fail, {"job_id": ctx.job_id, "error_class": str(decision.error_class),
+                                             "error": decision.error})
+                self._end_attempt(ctx, {"retry": "retry", "cancel": "cancelled"}.get(decision.action, "failed"),
+                                  decision, cur=cur)
+            if decision.action == "retry":
+                logger.warning("job attempt failed (%s): retry in %.1f s (%s)", decision.error_class,
+                               decision.delay_s, decision.delay_reason)
+            elif decision.action == "cancel":
+                logger.info("job cancelled: %s", decision.error)
+            else:
+                logger.error("job failed (%s): %s", decision.error_class, decision.error)
+        finally:
+            current_job.set(None)
+
+    def _end_attempt(self, ctx, outcome, decision=None, cur=None):
+        params = {
+            "job_id": ctx.job_id, "attempt": ctx.attempt, "outcome": outcome,
+            "error_class": str(decision.error_class) if decision else None,
+            "error": decision.error if decision else None,
+            "delay_s": decision.delay_s if decision and decision.action == "retry" else None,
+            "delay_reason": decision.delay_reason if decision and decision.action == "retry" else None,
+        }
+        with db.transaction(cur.connection if cur else None) as c:
+            c.execute(Q.end_attempt, params)
+
+    def after_skip_message(self, broker, message):
+        current_job.set(None)

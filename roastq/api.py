@@ -1,0 +1,105 @@
+"""The app-facing API: enqueue evaluations.
+
+A job row and its Dramatiq message are written in one transaction. Given the caller's ``conn``,
+both commit or roll back with the caller's own transaction (nothing is committed here); without
+it, roastq commits them itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from . import db
+from .db import Q
+
+PRIORITIES = ("interactive", "batch")
+
+
+class EnqueueError(ValueError):
+    """The evaluation cannot be enqueued (unknown document or agent, bad priority)."""
+
+
+def _uuid(value, what: str) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise EnqueueError(f"{what} {value!r} is not a valid id") from None
+
+
+def _actor(queue: str):
+    from actors import ACTOR_FOR_QUEUE  # the edge that sends messages may reach the actors
+
+    return ACTOR_FOR_QUEUE[queue]
+
+
+def _insert_and_send(cur, *, evaluation_id, document_version_id, agent_version_id, queue,
+                     original_job_id=None) -> str:
+    actor = _actor(queue)
+    job_id = str(uuid.uuid4())
+    message = actor.message(job_id)
+    cur.execute(Q.insert_job, {
+        "id": job_id, "evaluation_id": evaluation_id, "document_version_id": document_version_id,
+        "agent_version_id": agent_version_id, "queue": queue, "message_id": message.message_id,
+        "original_job_id": original_job_id,
+    })
+    actor.broker.enqueue_on(cur, message)
+    return job_id
+
+
+def enqueue_evaluation(document_id, agent_id, *, priority: str = "interactive", conn=None) -> str:
+    """Enqueue an evaluation of a document by an agent; return the job id.
+
+    The document's and agent's latest versions are pinned on the job now: edits made after this
+    call do not change what the job evaluates.
+    """
+    if priority not in PRIORITIES:
+        raise EnqueueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
+    document_id = _uuid(document_id, "document id")
+    agent_id = _uuid(agent_id, "agent id")
+    with db.transaction(conn) as cur:
+        cur.execute(Q.latest_document_version, {"document_id": document_id})
+        document = cur.fetchone()
+        if document is None:
+            raise EnqueueError(f"unknown document {document_id}")
+        cur.execute(Q.latest_agent_version, {"agent_id": agent_id})
+        agent = cur.fetchone()
+        if agent is None:
+            raise EnqueueError(f"unknown agent {agent_id}")
+        cur.execute(Q.upsert_evaluation, {"document_id": document_id, "agent_id": agent_id})
+        evaluation_id = cur.fetchone()["id"]
+        return _insert_and_send(
+            cur, evaluation_id=evaluation_id, document_version_id=document["id"],
+            agent_version_id=agent["id"], queue=priority,
+        )
+
+
+def rerun_job(job_id, *, conn=None) -> str:
+    """Run a finished job again as a new job (same pinned versions), linked by original_job_id."""
+    job_id = _uuid(job_id, "job id")
+    with db.transaction(conn) as cur:
+        cur.execute(Q.job_by_id, {"job_id": job_id})
+        job = cur.fetchone()
+        if job is None:
+            raise EnqueueError(f"unknown job {job_id}")
+        if job["status"] not in ("FAILED", "CANCELLED", "COMPLETED"):
+            raise EnqueueError(f"job {job_id} is {job['status']}: only a finished job can be rerun")
+        return _insert_and_send(
+            cur, evaluation_id=job["evaluation_id"], document_version_id=job["document_version_id"],
+            agent_version_id=job["agent_version_id"], queue=job["queue"], original_job_id=job_id,
+        )
+
+
+def cancel_job(job_id, *, reason: str = "cancelled by operator", conn=None) -> str:
+    """Cancel a job: a PENDING one never runs; a RUNNING one stops at its next step boundary.
+    Returns the job's status after the request."""
+    job_id = _uuid(job_id, "job id")
+    with db.transaction(conn) as cur:
+        cur.execute(Q.request_cancel, {"job_id": job_id, "reason": reason})
+        row = cur.fetchone()
+        if row is not None:
+            return row["status"]
+        cur.execute(Q.job_by_id, {"job_id": job_id})
+        job = cur.fetchone()
+    if job is None:
+        raise EnqueueError(f"unknown job {job_id}")
+    raise EnqueueError(f"job {job_id} is already {job['status']}")

@@ -1,0 +1,157 @@
+"""Our Postgres broker: dramatiq-pg, kept as the dependency, with its measured defects fixed.
+
+What differs from stock dramatiq-pg 0.12 (DESIGN.md lists the defects):
+
+* one shared, blocking connection pool (``roastq.db.pool``) sized from the worker's threads and
+  queues: exhaustion waits instead of raising, so no ack is lost (defect 2);
+* the consumer's backoff resets as soon as a processing slot frees (defect 1);
+* requeued messages are announced with NOTIFY (defect 3), and every consumer rescans its queue
+  for orphaned messages every ``RECOVERY_INTERVAL_S`` seconds instead of at random about every
+  five minutes; a message whose worker is alive is never taken, since its advisory lock is held;
+* enqueue can run on the caller's cursor, so a job row and its message commit together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import dramatiq
+from dramatiq.common import compute_backoff, dq_name
+from dramatiq.message import Message
+from dramatiq.middleware import Middleware
+from dramatiq_pg import PostgresBroker
+from dramatiq_pg.broker import QUERIES, PostgresConsumer
+from dramatiq_pg.utils import raise_connection_error, tidy4json, transaction
+from psycopg2.extras import Json
+
+from . import db
+from .settings import get_settings
+
+logger = logging.getLogger("roastq.broker")
+
+QUEUES = ("interactive", "batch")
+
+# Requeue (on worker shutdown) as dramatiq-pg does, but NOTIFY listeners so that a running worker
+# picks the messages up at once rather than at its next poll.
+REQUEUE_NOTIFY = """
+WITH requeued AS (
+    UPDATE dramatiq.queue SET state = 'queued', mtime = (NOW() AT TIME ZONE 'UTC')
+    WHERE message_id IN %s
+    RETURNING queue_name, message_id, message
+)
+SELECT pg_notify('dramatiq.' || queue_name || '.enqueue',
+    CASE WHEN octet_length(message::text) >= 8000
+    THEN jsonb_build_object('message_id', message_id)::text
+    ELSE message::text END)
+FROM requeued;
+"""
+
+
+class RoastqConsumer(PostgresConsumer):
+    def __init__(self, *, recovery_interval_s: float, **kw):
+        super().__init__(**kw)
+        self.recovery_interval_s = recovery_interval_s
+        self._next_rescan = time.monotonic() + recovery_interval_s
+
+    @raise_connection_error
+    def __next__(self):
+        if self._listen_conn is None:
+            self.notifies = self.fetch_pending_notifies()
+
+        if len(self.in_processing) >= self.prefetch:
+            self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=100)
+            time.sleep(backoff_ms / 1000)
+            return None
+        self.misses = 0  # a slot is free: the next wait starts short again
+
+        if not self.notifies:
+            self.poll_for_notify()
+
+        now = time.monotonic()
+        if not self.notifies and now >= self._next_rescan:
+            # Orphans: messages left 'consumed' by a dead worker, whose advisory lock died with
+            # its connection. consume_one() takes only those whose lock is free.
+            self._next_rescan = now + self.recovery_interval_s
+            self.notifies[:] = self.fetch_pending_notifies()
+
+        while self.notifies:
+            notify = self.notifies.pop(0)
+            if "kwargs" in notify.payload:
+                payload = notify.payload
+            else:
+                payload = self.fetch_by_id(json.loads(notify.payload)["message_id"])
+                if payload is None:
+                    continue
+            message = Message.decode(payload.encode("utf-8"))
+            if self.consume_one(message):
+                self.in_processing.add(message.message_id)
+                return dramatiq.MessageProxy(message)
+
+        self.purge_locks()
+        return None
+
+    @raise_connection_error
+    def fetch_by_id(self, message_id):
+        with transaction(self.get_consume_conn()) as curs:
+            curs.execute(QUERIES.FETCH_BY_ID, (message_id,))
+            row = curs.fetchone()
+            return row[0] if row else None
+
+    @raise_connection_error
+    def requeue(self, messages):
+        ids = tuple(m.message_id for m in messages)
+        if ids:
+            with transaction(self.get_consume_conn()) as curs:
+                curs.execute(REQUEUE_NOTIFY, (ids,))
+
+
+class RoastqBroker(PostgresBroker):
+    """dramatiq-pg's broker on our shared pool, with the fixed consumer."""
+
+    def __init__(self, *, middleware=None):
+        super().__init__(pool=_LazyPool(), results=False, middleware=middleware)
+        self.recovery_interval_s = get_settings().recovery_interval_s
+        self.add_middleware(SizePool())
+
+    def consume(self, queue_name, prefetch=1, timeout=30000):
+        return RoastqConsumer(
+            pool=self.pool,
+            queue_name=queue_name,
+            prefetch=prefetch,
+            timeout=min(timeout, 1000),
+            recovery_interval_s=self.recovery_interval_s,
+        )
+
+    def size_pool(self, threads: int) -> None:
+        """Enough connections for every thread plus two per consumed queue (and its delay queue)."""
+        queues = 2 * max(len(self.queues), len(QUEUES))
+        db.pool().resize(threads + 2 * queues + 4)
+
+    def enqueue_on(self, cur, message: Message, *, delay_ms: int | None = None) -> Message:
+        """Enqueue on the caller's cursor: the message commits or rolls back with its transaction."""
+        if delay_ms:
+            message = message.copy(queue_name=dq_name(message.queue_name))
+            message.options["eta"] = int(time.time() * 1000) + delay_ms
+        self.emit_before("enqueue", message, delay_ms)
+        cur.execute(
+            QUERIES.ENQUEUE,
+            (message.queue_name, message.message_id, Json(tidy4json(message)), message.message_id),
+        )
+        self.emit_after("enqueue", message, delay_ms)
+        return message
+
+
+class SizePool(Middleware):
+    """Size the pool once the worker's thread count is known, before its consumers start."""
+
+    def before_worker_boot(self, broker, worker):
+        broker.size_pool(worker.worker_threads)
+
+
+class _LazyPool:
+    """Stands in for the pool so that building the broker does no I/O (and survives a fork)."""
+
+    def __getattr__(self, name):
+        return getattr(db.pool(), name)

@@ -1,0 +1,263 @@
+"""``roastq``: the command line. Read commands print tables for people and JSON with ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from decimal import Decimal
+
+from . import db
+from .db import Q
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=_jsonable))
+
+
+def _jsonable(value):
+    if isinstance(value, Decimal):
+        return float(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, Decimal):
+        return f"{value:.4f}"
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_migrate(args) -> int:
+    applied = db.migrate()
+    print("applied: " + ", ".join(applied) if applied else "schema up to date: nothing to apply")
+    return 0
+
+
+def cmd_seed(args) -> int:
+    from .seed import seed
+
+    db.migrate()
+    seeded = seed()
+    if args.json:
+        _print_json({"documents": seeded.documents, "agents": seeded.agents})
+    else:
+        print(_table([{"kind": "document", "slug": s, "id": i} for s, i in seeded.documents.items()]
+                     + [{"kind": "agent", "slug": s, "id": i} for s, i in seeded.agents.items()],
+                     ["kind", "slug", "id"]))
+    return 0
+
+
+def cmd_enqueue(args) -> int:
+    from .api import enqueue_evaluation
+
+    print(enqueue_evaluation(args.document_id, args.agent_id, priority=args.priority))
+    return 0
+
+
+def status_data() -> dict:
+    with db.transaction() as cur:
+        cur.execute(Q.job_counts)
+        jobs = {r["status"]: r["n"] for r in cur.fetchall()}
+        cur.execute(Q.queue_counts)
+        queues = [dict(r) for r in cur.fetchall()]
+    return {"jobs": jobs, "queues": queues}
+
+
+def cmd_status(args) -> int:
+    data = status_data()
+    if args.json:
+        _print_json(data)
+        return 0
+    print("Jobs:   " + ("  ".join(f"{k} {v}" for k, v in data["jobs"].items()) or "none"))
+    print("\nBroker messages:")
+    print(_table(data["queues"], ["queue", "state", "n", "oldest_age_s"]))
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    with db.transaction() as cur:
+        cur.execute(Q.list_jobs, {"status": args.status, "error_class": args.error_class, "limit": args.limit})
+        rows = [dict(r) for r in cur.fetchall()]
+    if args.json:
+        _print_json(rows)
+    else:
+        print(_table(rows, ["id", "status", "queue", "attempts", "error_class", "agent_name",
+                            "document_title", "duration_s", "price_usd"]))
+    return 0
+
+
+def job_data(job_id: str) -> dict | None:
+    from .api import _uuid
+
+    job_id = _uuid(job_id, "job id")
+    with db.transaction() as cur:
+        cur.execute(Q.job_by_id, {"job_id": job_id})
+        job = cur.fetchone()
+        if job is None:
+            return None
+        cur.execute(Q.job_attempts, {"job_id": job_id})
+        attempts = [dict(r) for r in cur.fetchall()]
+        cur.execute(Q.job_tasks, {"job_id": job_id})
+        tasks = [dict(r) for r in cur.fetchall()]
+    data = dict(job)
+    data.update(attempt_log=attempts, tasks=tasks)
+    return data
+
+
+def cmd_job(args) -> int:
+    data = job_data(args.job_id)
+    if data is None:
+        print(f"error: unknown job {args.job_id}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(data)
+        return 0
+    for key in ("id", "status", "queue", "attempts", "error_class", "error", "created_at", "started_at",
+                "completed_at", "duration_s", "price_usd", "evaluation_version_id", "original_job_id",
+                "cancel_reason"):
+        print(f"{key + ':':24}{_fmt(data.get(key)) if key != 'error' else (data.get(key) or '-')}")
+    print("\nAttempts:")
+    print(_table(data["attempt_log"], ["attempt", "started_at", "ended_at", "outcome", "error_class",
+                                       "delay_s", "delay_reason"]))
+    print("\nTasks:")
+    print(_table(data["tasks"], ["name", "model", "input_tokens", "output_tokens", "cache_read_tokens",
+                                 "cache_write_tokens", "price_usd", "duration_s"]))
+    return 0
+
+
+def cmd_retry(args) -> int:
+    from .api import rerun_job
+
+    if args.job_id and args.failed:
+        raise SystemExit("error: give a job id or --failed, not both")
+    if args.job_id:
+        ids = [args.job_id]
+    elif args.failed:
+        with db.transaction() as cur:
+            cur.execute(Q.list_jobs, {"status": "FAILED", "error_class": args.error_class, "limit": 1_000_000})
+            ids = [str(r["id"]) for r in cur.fetchall()]
+    else:
+        raise SystemExit("error: give a job id, or --failed [--class C]")
+    for n, job_id in enumerate(ids, 1):
+        new = rerun_job(job_id)
+        print(f"{job_id} -> {new}")
+        if len(ids) > 20 and n % 20 == 0:
+            print(f"... {n}/{len(ids)}", file=sys.stderr)
+    if not ids:
+        print("no failed jobs to retry", file=sys.stderr)
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from .api import cancel_job
+
+    status = cancel_job(args.job_id, reason=args.reason)
+    print(f"{args.job_id}: {'cancelled' if status == 'CANCELLED' else 'cancel requested (stops at its next step)'}")
+    return 0
+
+
+def cmd_simulator(args) -> int:
+    from .simulator import main as simulator_main
+
+    return simulator_main(args.rest)
+
+
+def cmd_up(args) -> int:
+    from .stack import run_up
+
+    return run_up(processes=args.processes, threads=args.threads)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(jobs=args.jobs, processes=args.processes, threads=args.threads)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="roastq", description="RoastMyPost's evaluation job system.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="apply the schema migrations (idempotent)").set_defaults(fn=cmd_migrate)
+    p = sub.add_parser("seed", help="load the bundled sample documents and agents")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_seed)
+    p = sub.add_parser("enqueue", help="enqueue an evaluation; prints the job id")
+    p.add_argument("--document-id", required=True)
+    p.add_argument("--agent-id", required=True)
+    p.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
+    p.set_defaults(fn=cmd_enqueue)
+    p = sub.add_parser("status", help="jobs by status, broker messages by queue and state")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("jobs", help="list jobs")
+    p.add_argument("--status", choices=["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"])
+    p.add_argument("--class", dest="error_class")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_jobs)
+    p = sub.add_parser("job", help="one job, with its attempts and tasks")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_job)
+    p = sub.add_parser("retry", help="rerun a finished job as a new job (or all FAILED ones)")
+    p.add_argument("job_id", nargs="?")
+    p.add_argument("--failed", action="store_true")
+    p.add_argument("--class", dest="error_class")
+    p.set_defaults(fn=cmd_retry)
+    p = sub.add_parser("cancel", help="cancel a job")
+    p.add_argument("job_id")
+    p.add_argument("--reason", default="cancelled by operator")
+    p.set_defaults(fn=cmd_cancel)
+    p = sub.add_parser("simulator", help="run the Claude simulator", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_simulator)
+    for name, help_text in (("up", "run the whole stack in the foreground until Ctrl-C"),
+                            ("demo", "seed, run ~40 evaluations through the stack, report")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--processes", type=int, default=2)
+        p.add_argument("--threads", type=int, default=8)
+        if name == "demo":
+            p.add_argument("--jobs", type=int, default=40)
+        p.set_defaults(fn=cmd_up if name == "up" else cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .api import EnqueueError
+    from .settings import SettingsError
+
+    try:
+        return args.fn(args)
+    except (EnqueueError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""Connections, the shared pool, transactions and migrations.
+
+One pool a process, shared by the broker (dramatiq-pg) and our own queries. It blocks when all
+connections are out instead of raising "connection pool exhausted": an ack that waits a moment is
+fine, an ack that is lost reruns a job (DESIGN.md, dramatiq-pg defect 2).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg2
+import psycopg2.extras
+from psycopg2.pool import PoolError, ThreadedConnectionPool
+
+from .settings import get_settings
+from .sql import load_queries, migrations
+
+Q = load_queries("queries.sql")
+
+psycopg2.extras.register_uuid()
+
+_lock = threading.Lock()
+_pool: "BlockingPool | None" = None
+_pool_pid: int | None = None
+_url: str | None = None
+
+
+def database_url() -> str:
+    """DATABASE_URL, or the embedded server's URL (started on demand)."""
+    global _url
+    if _url is None:
+        settings = get_settings()
+        if settings.database_url:
+            _url = settings.database_url
+        else:
+            from .embedded import embedded_url
+
+            _url = embedded_url(settings.home)
+    return _url
+
+
+def reset() -> None:
+    """Forget the URL and close the pool (tests switch databases; forked children start anew)."""
+    global _pool, _url, _pool_pid
+    with _lock:
+        if _pool is not None and _pool_pid == os.getpid():
+            _pool.closeall()
+        _pool, _url, _pool_pid = None, None, None
+
+
+def connect(url: str | None = None, **kwargs):
+    """A new connection, outside the pool (LISTEN, migrations, the CLI)."""
+    kwargs.setdefault("application_name", "roastq")
+    return psycopg2.connect(url or database_url(), **kwargs)
+
+
+class BlockingPool(ThreadedConnectionPool):
+    """A thread-safe pool that waits for a free connection instead of raising at once.
+
+    Its size can be raised after creation (``resize``): a worker learns its thread count only
+    after the broker, and so the pool, exists.
+    """
+
+    def __init__(self, maxconn: int, dsn: str, *, wait_s: float = 30.0, **kwargs):
+        super().__init__(0, maxconn, dsn, **kwargs)
+        self._available = threading.Condition()
+        self._wait_s = wait_s
+        self.minconn = maxconn  # dramatiq-pg's pool sanitizer walks up to minconn connections
+
+    def resize(self, maxconn: int) -> None:
+        with self._available:
+            self.maxconn = max(self.maxconn, maxconn)
+            self.minconn = self.maxconn
+            self._available.notify_all()
+
+    def getconn(self, key=None):
+        with self._available:
+            deadline = None
+            while True:
+                try:
+                    return super().getconn(key)
+                except PoolError:
+                    if self.closed:
+                        raise
+                    now = time.monotonic()
+                    deadline = deadline or now + self._wait_s
+                    if now >= deadline:
+                        raise PoolError(
+                            f"no database connection free after {self._wait_s:.0f} s "
+                            f"(pool of {self.maxconn})"
+                        ) from None
+                    self._available.wait(deadline - now)
+
+    def putconn(self, conn, key=None, close=False):
+        with self._available:
+            super().putconn(conn, key, close)
+            self._available.notify()
+
+
+def pool() -> BlockingPool:
+    """The process's pool, created on first use (and anew in a forked child)."""
+    global _pool, _pool_pid
+    with _lock:
+        if _pool is None or _pool_pid != os.getpid():
+            settings = get_settings()
+            size = settings.worker_threads + 12  # threads + 2 per queue (4) + our own
+            _pool = BlockingPool(
+                size,
+                database_url(),
+                application_name="roastq",
+                keepalives=1,
+                keepalives_idle=5,
+                keepalives_interval=2,
+                keepalives_count=2,
+            )
+            _pool_pid = os.getpid()
+        return _pool
+
+
+@contextmanager
+def transaction(conn=None) -> Iterator[psycopg2.extras.RealDictCursor]:
+    """A cursor in a transaction: on the caller's connection if given, else a pooled one.
+
+    With the caller's connection nothing is committed here: the caller's transaction decides.
+    """
+    if conn is not None:
+        with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            yield cur
+        return
+    p = pool()
+    conn = p.getconn()
+    broken = False
+    try:
+        with conn:  # commit on success, roll back on error
+            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                yield cur
+    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        broken = True
+        raise
+    finally:
+        p.putconn(conn, close=broken or conn.closed != 0)
+
+
+def migrate(conn=None) -> list[str]:
+    """Apply the numbered migrations not yet applied; return the names applied (idempotent)."""
+    own = conn is None
+    conn = conn or connect()
+    applied = []
+    try:
+        with conn:
+            with conn.cursor() as cur:
+                # One migrator at a time (two workers starting together must not race).
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext('roastq.migrate'))")
+                cur.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                cur.execute("SELECT version FROM schema_migrations")
+                done = {row[0] for row in cur.fetchall()}
+                for number, name, sql in migrations():
+                    if number in done:
+                        continue
+                    cur.execute(sql)
+                    cur.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (number, name),
+                    )
+                    applied.append(f"{number:04d}_{name}")
+    finally:
+        if own:
+            conn.close()
+    return applied

@@ -1,0 +1,33 @@
+"""The running job's context, set by the job middleware and read by the pipeline and the logs."""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+
+@dataclass
+class JobContext:
+    job_id: str
+    message_id: str
+    actor: str
+    queue: str
+    attempt: int
+    evaluation_id: str | None = None
+    agent_id: str | None = None
+    #: time.monotonic() by which the job must be done (its time limit)
+    deadline: float = field(default_factory=lambda: time.monotonic() + 240)
+    #: set by the retry decision: skip cached LLM answers (a retry after bad output)
+    bypass_cache: bool = False
+    #: the agent allows a retry after its time limit
+    retry_on_timeout: bool = False
+
+    def time_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+current_job: ContextVar[JobContext | None] = ContextVar("roastq_current_job", default=None)
+#: Why the job middleware could not start the job (e.g. the database was down): the actor
+#: raises it, so the failure is classified and retried like any other.
+start_error: ContextVar[BaseException | None] = ContextVar("roastq_start_error", default=None)

@@ -1,0 +1,111 @@
+"""The one settings object, read from the environment once.
+
+Every tunable of roastq is a field here, named after its environment variable. Code asks
+``get_settings()`` and never reads ``os.environ`` itself, so the README's configuration table and
+this class are the whole story.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+#: A current model that the installed anthropic SDK does not list as deprecated (tested).
+DEFAULT_ANALYSIS_MODEL = "claude-sonnet-5-5"
+
+
+def _project_home() -> Path:
+    # The embedded database lives under .roastq/ in the project folder (the working directory).
+    return Path(os.environ.get("ROASTQ_HOME") or Path.cwd() / ".roastq")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _int(name: str, default: int) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+
+class SettingsError(ValueError):
+    """A setting has a value roastq cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where things are.
+    database_url: str | None = None  # None: embedded Postgres under home/pgdata
+    home: Path = field(default_factory=_project_home)
+    # Claude. No key: the bundled simulator is used (by `make demo` / `roastq up`).
+    anthropic_api_key: str | None = None
+    anthropic_base_url: str | None = None
+    analysis_model: str = DEFAULT_ANALYSIS_MODEL
+    llm_call_timeout_s: float = 120.0  # per-call cap; the job's time left may be smaller
+    default_time_limit_s: int = 240  # RoastMyPost's default per-agent job time limit
+    # Observability.
+    sentry_dsn: str | None = None
+    sentry_environment: str = "development"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9191
+    log_format: str = "json"
+    log_level: str = "INFO"
+    # Workers.
+    worker_threads: int = 8
+    recovery_interval_s: float = 10.0  # how often each consumer rescans for orphaned messages
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        log_format = _env("LOG_FORMAT", "json")
+        if log_format not in ("json", "pretty"):
+            raise SettingsError(f"LOG_FORMAT must be 'json' or 'pretty', got {log_format!r}")
+        return cls(
+            database_url=_env("DATABASE_URL"),
+            home=_project_home(),
+            anthropic_api_key=_env("ANTHROPIC_API_KEY"),
+            anthropic_base_url=_env("ANTHROPIC_BASE_URL"),
+            analysis_model=_env("ANALYSIS_MODEL", DEFAULT_ANALYSIS_MODEL),
+            llm_call_timeout_s=_float("LLM_CALL_TIMEOUT_S", 120.0),
+            default_time_limit_s=_int("DEFAULT_TIME_LIMIT_S", 240),
+            sentry_dsn=_env("SENTRY_DSN"),
+            sentry_environment=_env("SENTRY_ENVIRONMENT", "development"),
+            metrics_host=_env("METRICS_HOST", "127.0.0.1"),
+            metrics_port=_int("METRICS_PORT", 9191),
+            log_format=log_format,
+            log_level=_env("LOG_LEVEL", "INFO").upper(),
+            worker_threads=_int("dramatiq_threads", _int("WORKER_THREADS", 8)),
+            recovery_interval_s=_float("RECOVERY_INTERVAL_S", 10.0),
+        )
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()
+
+
+def reload_settings() -> Settings:
+    """Forget the cached settings (tests and the CLI change the environment)."""
+    get_settings.cache_clear()
+    return get_settings()

@@ -1,0 +1,226 @@
+-- Named queries. psycopg2 parameters: %(name)s.
+
+-- name: latest_document_version
+SELECT dv.* FROM document_versions dv
+WHERE dv.document_id = %(document_id)s
+ORDER BY dv.version DESC LIMIT 1;
+
+-- name: latest_agent_version
+SELECT av.* FROM agent_versions av
+WHERE av.agent_id = %(agent_id)s
+ORDER BY av.version DESC LIMIT 1;
+
+-- name: upsert_evaluation
+INSERT INTO evaluations (document_id, agent_id)
+VALUES (%(document_id)s, %(agent_id)s)
+ON CONFLICT (document_id, agent_id) DO UPDATE SET document_id = EXCLUDED.document_id
+RETURNING id;
+
+-- name: insert_job
+INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id,
+                  original_job_id)
+VALUES (%(id)s, %(evaluation_id)s, %(document_version_id)s, %(agent_version_id)s, %(queue)s,
+        %(message_id)s, %(original_job_id)s)
+RETURNING id;
+
+-- name: job_by_id
+SELECT j.*, e.document_id, e.agent_id
+FROM jobs j JOIN evaluations e ON e.id = j.evaluation_id
+WHERE j.id = %(job_id)s;
+
+-- name: job_inputs
+-- Everything the pipeline needs, from the versions pinned at enqueue.
+SELECT j.id AS job_id, j.evaluation_id, j.status,
+       dv.id AS document_version_id, dv.title, dv.authors, dv.content, dv.markdown_prepend,
+       av.id AS agent_version_id, av.agent_id, av.name AS agent_name,
+       av.primary_instructions, av.self_critique_instructions, av.provides_grades
+FROM jobs j
+JOIN document_versions dv ON dv.id = j.document_version_id
+JOIN agent_versions av ON av.id = j.agent_version_id
+WHERE j.id = %(job_id)s;
+
+-- name: start_job
+-- A delivery of the job's message begins an attempt. RUNNING is accepted too: the attempt
+-- before it died with its worker (crash recovery).
+UPDATE jobs j
+SET status = 'RUNNING', attempts = attempts + 1, started_at = now(), updated_at = now(),
+    next_attempt_at = NULL, message_id = %(message_id)s
+FROM agent_versions av, evaluations e
+WHERE j.id = %(job_id)s AND j.status IN ('PENDING', 'RUNNING') AND j.cancel_requested_at IS NULL
+  AND av.id = j.agent_version_id AND e.id = j.evaluation_id
+RETURNING j.id, j.attempts, j.evaluation_id, e.agent_id, av.time_limit_s, av.retry_on_timeout;
+
+-- name: close_crashed_attempts
+UPDATE job_attempts SET ended_at = now(), outcome = 'crashed'
+WHERE job_id = %(job_id)s AND ended_at IS NULL;
+
+-- name: insert_attempt
+INSERT INTO job_attempts (job_id, attempt, message_id) VALUES (%(job_id)s, %(attempt)s, %(message_id)s);
+
+-- name: end_attempt
+UPDATE job_attempts
+SET ended_at = now(), outcome = %(outcome)s, error_class = %(error_class)s, error = %(error)s,
+    delay_s = %(delay_s)s, delay_reason = %(delay_reason)s
+WHERE job_id = %(job_id)s AND attempt = %(attempt)s;
+
+-- name: job_wait_retry
+UPDATE jobs
+SET status = 'PENDING', next_attempt_at = now() + make_interval(secs => %(delay_s)s),
+    error_class = %(error_class)s, error = %(error)s, updated_at = now()
+WHERE id = %(job_id)s AND status = 'RUNNING';
+
+-- name: job_fail
+UPDATE jobs
+SET status = 'FAILED', error_class = %(error_class)s, error = %(error)s, completed_at = now(),
+    updated_at = now(), next_attempt_at = NULL,
+    duration_s = EXTRACT(EPOCH FROM now() - created_at)
+WHERE id = %(job_id)s AND status IN ('PENDING', 'RUNNING');
+
+-- name: job_cancelled
+UPDATE jobs
+SET status = 'CANCELLED', completed_at = now(), updated_at = now(), next_attempt_at = NULL,
+    cancel_reason = coalesce(cancel_reason, %(reason)s),
+    cancel_requested_at = coalesce(cancel_requested_at, now())
+WHERE id = %(job_id)s AND status IN ('PENDING', 'RUNNING')
+RETURNING id;
+
+-- name: request_cancel
+-- A PENDING job is cancelled at once; a RUNNING one is flagged and stops at its next step.
+UPDATE jobs
+SET cancel_requested_at = now(), cancel_reason = %(reason)s, updated_at = now(),
+    status = CASE WHEN status = 'PENDING' THEN 'CANCELLED' ELSE status END,
+    completed_at = CASE WHEN status = 'PENDING' THEN now() ELSE completed_at END
+WHERE id = %(job_id)s AND status IN ('PENDING', 'RUNNING')
+RETURNING id, status;
+
+-- name: cancel_requested
+SELECT cancel_requested_at IS NOT NULL AS cancelled FROM jobs WHERE id = %(job_id)s;
+
+-- name: lock_job
+SELECT id, status, evaluation_id, created_at FROM jobs WHERE id = %(job_id)s FOR UPDATE;
+
+-- name: next_evaluation_version
+-- Called with the job row locked; the evaluation row lock serialises versions per evaluation.
+SELECT coalesce(max(ev.version), 0) + 1 AS version
+FROM evaluations e LEFT JOIN evaluation_versions ev ON ev.evaluation_id = e.id
+WHERE e.id = %(evaluation_id)s
+GROUP BY e.id;
+
+-- name: lock_evaluation
+SELECT id FROM evaluations WHERE id = %(evaluation_id)s FOR UPDATE;
+
+-- name: insert_evaluation_version
+INSERT INTO evaluation_versions (evaluation_id, version, job_id, agent_version_id,
+                                 document_version_id, summary, analysis, grade, self_critique)
+VALUES (%(evaluation_id)s, %(version)s, %(job_id)s, %(agent_version_id)s, %(document_version_id)s,
+        %(summary)s, %(analysis)s, %(grade)s, %(self_critique)s)
+RETURNING id;
+
+-- name: insert_highlight
+INSERT INTO highlights (evaluation_version_id, start_offset, end_offset, quoted_text, prefix,
+                        is_valid, error)
+VALUES (%(evaluation_version_id)s, %(start_offset)s, %(end_offset)s, %(quoted_text)s, %(prefix)s,
+        %(is_valid)s, %(error)s)
+RETURNING id;
+
+-- name: insert_comment
+INSERT INTO comments (evaluation_version_id, highlight_id, description, header, importance,
+                      grade, level)
+VALUES (%(evaluation_version_id)s, %(highlight_id)s, %(description)s, %(header)s, %(importance)s,
+        %(grade)s, %(level)s);
+
+-- name: insert_task
+INSERT INTO tasks (job_id, evaluation_version_id, name, model, input_tokens, output_tokens,
+                   cache_read_tokens, cache_write_tokens, price_usd, duration_s)
+VALUES (%(job_id)s, %(evaluation_version_id)s, %(name)s, %(model)s, %(input_tokens)s,
+        %(output_tokens)s, %(cache_read_tokens)s, %(cache_write_tokens)s, %(price_usd)s,
+        %(duration_s)s);
+
+-- name: complete_job
+UPDATE jobs
+SET status = 'COMPLETED', evaluation_version_id = %(evaluation_version_id)s,
+    price_usd = %(price_usd)s, completed_at = now(), updated_at = now(),
+    error_class = NULL, error = NULL, next_attempt_at = NULL,
+    duration_s = EXTRACT(EPOCH FROM now() - created_at)
+WHERE id = %(job_id)s;
+
+-- name: list_jobs
+SELECT j.id, j.status, j.queue, j.attempts, j.error_class, j.error, j.created_at, j.started_at,
+       j.completed_at, j.duration_s, j.price_usd, j.evaluation_version_id, j.original_job_id,
+       dv.title AS document_title, av.name AS agent_name
+FROM jobs j
+JOIN document_versions dv ON dv.id = j.document_version_id
+JOIN agent_versions av ON av.id = j.agent_version_id
+WHERE (%(status)s::text IS NULL OR j.status = %(status)s)
+  AND (%(error_class)s::text IS NULL OR j.error_class = %(error_class)s)
+ORDER BY j.created_at DESC
+LIMIT %(limit)s;
+
+-- name: job_attempts
+SELECT attempt, message_id, started_at, ended_at, outcome, error_class, error, delay_s, delay_reason
+FROM job_attempts WHERE job_id = %(job_id)s ORDER BY attempt;
+
+-- name: job_tasks
+SELECT name, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+       price_usd, duration_s
+FROM tasks WHERE job_id = %(job_id)s ORDER BY created_at;
+
+-- name: job_counts
+SELECT status, count(*) AS n FROM jobs GROUP BY status ORDER BY status;
+
+-- name: queue_counts
+-- Broker messages by queue and state, with the age of the oldest waiting one.
+SELECT regexp_replace(queue_name, '\.DQ$', '') AS queue,
+       CASE WHEN queue_name LIKE '%%.DQ' AND state IN ('queued', 'consumed') THEN 'delayed'
+            ELSE state::text END AS state,
+       count(*) AS n,
+       EXTRACT(EPOCH FROM now() - min(mtime)) AS oldest_age_s
+FROM dramatiq.queue
+GROUP BY 1, 2 ORDER BY 1, 2;
+
+-- name: report
+SELECT count(*) AS jobs,
+       count(*) FILTER (WHERE status = 'COMPLETED') AS completed,
+       count(*) FILTER (WHERE status = 'FAILED') AS failed,
+       coalesce(sum(attempts), 0) AS attempts,
+       coalesce(sum(price_usd), 0) AS price_usd,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_s) AS p50_s,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_s) AS p95_s
+FROM jobs WHERE id = ANY(%(job_ids)s);
+
+-- name: report_tokens
+SELECT coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
+       coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
+       coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens
+FROM tasks WHERE job_id = ANY(%(job_ids)s);
+
+-- name: seed_document
+INSERT INTO documents (slug) VALUES (%(slug)s)
+ON CONFLICT (slug) DO UPDATE SET slug = EXCLUDED.slug RETURNING id;
+
+-- name: seed_document_version
+-- A new version only when the text changed: seeding twice adds nothing.
+INSERT INTO document_versions (document_id, version, title, authors, content)
+SELECT %(document_id)s, coalesce(max(version), 0) + 1, %(title)s, %(authors)s, %(content)s
+FROM document_versions WHERE document_id = %(document_id)s
+HAVING NOT EXISTS (
+    SELECT 1 FROM document_versions dv WHERE dv.document_id = %(document_id)s
+      AND dv.version = (SELECT max(version) FROM document_versions WHERE document_id = %(document_id)s)
+      AND dv.title = %(title)s AND dv.content = %(content)s AND dv.authors = %(authors)s::text[]);
+
+-- name: seed_agent
+INSERT INTO agents (slug) VALUES (%(slug)s)
+ON CONFLICT (slug) DO UPDATE SET slug = EXCLUDED.slug RETURNING id;
+
+-- name: seed_agent_version
+INSERT INTO agent_versions (agent_id, version, name, description, primary_instructions,
+                            self_critique_instructions, provides_grades, time_limit_s)
+SELECT %(agent_id)s, coalesce(max(version), 0) + 1, %(name)s, %(description)s,
+       %(primary_instructions)s, %(self_critique_instructions)s, %(provides_grades)s, %(time_limit_s)s
+FROM agent_versions WHERE agent_id = %(agent_id)s
+HAVING NOT EXISTS (
+    SELECT 1 FROM agent_versions av WHERE av.agent_id = %(agent_id)s
+      AND av.version = (SELECT max(version) FROM agent_versions WHERE agent_id = %(agent_id)s)
+      AND av.name = %(name)s AND av.primary_instructions = %(primary_instructions)s
+      AND av.self_critique_instructions IS NOT DISTINCT FROM %(self_critique_instructions)s
+      AND av.provides_grades = %(provides_grades)s AND av.time_limit_s = %(time_limit_s)s);

@@ -1,0 +1,81 @@
+"""Run the whole stack on one machine: database, Claude (or the simulator), and workers.
+
+Used by ``roastq up`` (foreground until Ctrl-C) and ``roastq demo``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import db
+from .settings import get_settings
+
+#: The demo's simulator: realistic latency and a few transient faults, so retries show.
+DEMO_SIM = dict(latency_ms=600.0, jitter_ms=300.0, fault_rate=0.06, seed=7,
+                faults=("rate_limit", "overloaded", "server_error", "drop", "bad_tool_input"))
+
+
+@contextmanager
+def stack(*, processes: int = 2, threads: int = 8, worker_log: Path | None = None, sim_config: dict | None = None):
+    """Start the simulator (unless ANTHROPIC_API_KEY is set) and a worker pool; stop both after."""
+    settings = get_settings()
+    url = db.database_url()
+    db.migrate()
+    env = dict(os.environ, DATABASE_URL=url, PYTHONUNBUFFERED="1")
+    sim = None
+    if settings.anthropic_api_key:
+        print("ANTHROPIC_API_KEY is set: calling Claude", file=sys.stderr)
+    else:
+        from .simulator import SimConfig, Simulator
+
+        sim = Simulator(SimConfig(**(sim_config or DEMO_SIM))).start()
+        env["ANTHROPIC_BASE_URL"] = sim.url
+        print(f"Claude simulator on {sim.url}", file=sys.stderr)
+    out = None
+    if worker_log is not None:
+        worker_log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(worker_log, "ab")
+    workers = subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "actors", "--processes", str(processes), "--threads", str(threads)],
+        env=env, stdout=out, stderr=out, start_new_session=True,
+    )
+    print(f"workers started: {processes} processes x {threads} threads (pid {workers.pid})", file=sys.stderr)
+    try:
+        yield workers, sim
+    finally:
+        stop_workers(workers)
+        if sim is not None:
+            sim.stop()
+        if out is not None:
+            out.close()
+
+
+def stop_workers(workers: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM (graceful: running jobs finish, prefetched messages are requeued), then SIGKILL."""
+    if workers.poll() is not None:
+        return
+    try:
+        os.killpg(workers.pid, signal.SIGTERM)
+        workers.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(workers.pid, signal.SIGKILL)
+        workers.wait()
+    except ProcessLookupError:
+        pass
+
+
+def run_up(*, processes: int, threads: int) -> int:
+    with stack(processes=processes, threads=threads) as (workers, _sim):
+        print("roastq is up; Ctrl-C to stop", file=sys.stderr)
+        try:
+            while workers.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("\nstopping...", file=sys.stderr)
+    return 0

@@ -1,0 +1,124 @@
+"""Fixtures: a real Postgres database, the Claude simulator over HTTP, and real Dramatiq workers.
+
+The database is, in order of preference: TEST_DATABASE_URL; a fresh database on the local server
+at 127.0.0.1:5432 (as on CI); or an embedded pgserver in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import psycopg2
+import pytest
+
+SERVER_URL = os.environ.get("TEST_POSTGRES_SERVER", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _make_database(tmp_path_factory) -> tuple[str, callable]:
+    if os.environ.get("TEST_DATABASE_URL"):
+        return os.environ["TEST_DATABASE_URL"], lambda: None
+    name = f"roastq_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    try:
+        admin = psycopg2.connect(SERVER_URL, connect_timeout=3)
+    except psycopg2.OperationalError:
+        import pgserver
+
+        server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="delete")
+        print(f"\n[roastq tests] no Postgres at {SERVER_URL}: using an embedded pgserver")
+        return server.get_uri(), server.cleanup
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    base = SERVER_URL.rsplit("/", 1)[0]
+
+    def drop():
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+    return f"{base}/{name}", drop
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory):
+    url, drop = _make_database(tmp_path_factory)
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("LOG_FORMAT", "pretty")
+    os.environ.setdefault("RECOVERY_INTERVAL_S", "2")
+    from roastq import db
+    from roastq.settings import reload_settings
+
+    reload_settings()
+    db.reset()
+    db.migrate()
+    yield url
+    db.reset()
+    drop()
+
+
+@pytest.fixture(scope="session")
+def simulator(database_url):
+    from roastq import llm
+    from roastq.settings import reload_settings
+    from roastq.simulator import SimConfig, Simulator
+
+    sim = Simulator(SimConfig(latency_ms=5, jitter_ms=2, seed=1)).start()
+    os.environ["ANTHROPIC_BASE_URL"] = sim.url
+    os.environ.pop("ANTHROPIC_API_KEY", None)
+    reload_settings()
+    llm._default = None
+    yield sim
+    sim.stop()
+
+
+TABLES = ("comments, highlights, tasks, job_attempts, evaluation_versions, jobs, evaluations, "
+          "agent_versions, agents, document_versions, documents, dramatiq.queue")
+
+
+@pytest.fixture
+def db(database_url):
+    """A clean database (all tables emptied) and a connection to it."""
+    from roastq import db as roastq_db
+
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"TRUNCATE {TABLES} CASCADE")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def sim(simulator):
+    simulator.reset()
+    simulator.configure(latency_ms=5, jitter_ms=2, fault_rate=0.0)
+    yield simulator
+    simulator.reset()
+
+
+@pytest.fixture
+def seeded(db):
+    from roastq.seed import seed
+
+    return seed()
+
+
+@pytest.fixture
+def broker(database_url):
+    import actors
+
+    return actors.broker
+
+
+@pytest.fixture
+def worker(broker, sim):
+    """A real Dramatiq worker, in this process, consuming from Postgres."""
+    import dramatiq
+
+    w = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
+    w.start()
+    yield w
+    w.stop(timeout=10_000)

@@ -1,0 +1,90 @@
+"""Enqueueing from the app: the job row and the message share the caller's transaction."""
+
+import psycopg2
+import pytest
+
+from helpers import one, wait_for_status
+from roastq.api import EnqueueError, enqueue_evaluation
+
+
+def _pair(seeded):
+    return next(iter(seeded.documents.values())), next(iter(seeded.agents.values()))
+
+
+def counts(conn):
+    return one(conn, "SELECT count(*) FROM jobs"), one(conn, "SELECT count(*) FROM dramatiq.queue")
+
+
+def test_enqueue_commits_with_the_callers_transaction(db, seeded, database_url):
+    doc, agent = _pair(seeded)
+    app = psycopg2.connect(database_url)  # the app's own connection, in a transaction
+    try:
+        job_id = enqueue_evaluation(doc, agent, conn=app)
+        assert counts(db) == (0, 0)  # nothing visible before the caller commits
+        app.commit()
+    finally:
+        app.close()
+    assert counts(db) == (1, 1)
+    status, message_id, queue = one(db, "SELECT status, message_id, queue FROM jobs WHERE id = %s", job_id)
+    assert (status, queue) == ("PENDING", "interactive")
+    assert one(db, "SELECT message->'args'->>0 FROM dramatiq.queue WHERE message_id = %s", message_id) == job_id
+
+
+def test_enqueue_rolls_back_with_the_callers_transaction(db, seeded, database_url):
+    doc, agent = _pair(seeded)
+    app = psycopg2.connect(database_url)
+    try:
+        enqueue_evaluation(doc, agent, conn=app)
+        app.rollback()
+    finally:
+        app.close()
+    assert counts(db) == (0, 0)
+
+
+def test_enqueue_pins_the_versions_current_at_enqueue(db, seeded):
+    doc, agent = _pair(seeded)
+    job_id = enqueue_evaluation(doc, agent, priority="batch")
+    pinned = one(db, "SELECT document_version_id FROM jobs WHERE id = %s", job_id)
+    with db.cursor() as cur:  # the document is edited after the job was enqueued
+        cur.execute("INSERT INTO document_versions (document_id, version, title, content) "
+                    "SELECT document_id, version + 1, title, content || ' edited' FROM document_versions "
+                    "WHERE id = %s", (pinned,))
+    assert one(db, "SELECT document_version_id FROM jobs WHERE id = %s", job_id) == pinned
+    assert one(db, "SELECT queue FROM jobs WHERE id = %s", job_id) == "batch"
+    assert one(db, "SELECT queue_name FROM dramatiq.queue") == "batch"
+
+
+@pytest.mark.parametrize("which", ["document", "agent"])
+def test_unknown_document_or_agent_is_a_clear_error_and_writes_nothing(db, seeded, which):
+    doc, agent = _pair(seeded)
+    unknown = "00000000-0000-0000-0000-000000000000"
+    args = (unknown, agent) if which == "document" else (doc, unknown)
+    with pytest.raises(EnqueueError, match=f"unknown {which}"):
+        enqueue_evaluation(*args)
+    assert counts(db) == (0, 0)
+
+
+def test_malformed_ids_and_priority_are_clear_errors(db, seeded):
+    doc, agent = _pair(seeded)
+    with pytest.raises(EnqueueError, match="not a valid id"):
+        enqueue_evaluation("not-a-uuid", agent)
+    with pytest.raises(EnqueueError, match="priority"):
+        enqueue_evaluation(doc, agent, priority="urgent")
+    assert counts(db) == (0, 0)
+
+
+def test_actor_send_runs_an_existing_job(db, seeded, worker):
+    """`evaluate_document.send(job_id)` works for a job row that exists."""
+    from actors import evaluate_document
+
+    doc, agent = _pair(seeded)
+    with db.cursor() as cur:  # a job row written by the app itself, with no message yet
+        cur.execute("INSERT INTO evaluations (document_id, agent_id) VALUES (%s, %s)", (doc, agent))
+        cur.execute("INSERT INTO jobs (evaluation_id, document_version_id, agent_version_id) "
+                    "SELECT e.id, (SELECT id FROM document_versions WHERE document_id = %s), "
+                    "(SELECT id FROM agent_versions WHERE agent_id = %s) FROM evaluations e "
+                    "WHERE e.document_id = %s AND e.agent_id = %s RETURNING id", (doc, agent, doc, agent))
+        job_id = str(cur.fetchone()[0])
+    assert one(db, "SELECT count(*) FROM dramatiq.queue") == 0
+    evaluate_document.send(job_id)
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"

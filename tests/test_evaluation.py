@@ -1,0 +1,133 @@
+"""Evaluations end to end: real workers, real Postgres, the real SDK against the simulator."""
+
+import time
+import uuid
+
+import dramatiq
+import pytest
+
+from helpers import one, rows, wait_for_status
+from roastq.api import enqueue_evaluation
+
+
+def agent_with(seeded, db, *, critique: bool):
+    for agent_id in seeded.agents.values():
+        has = one(db, "SELECT self_critique_instructions IS NOT NULL FROM agent_versions WHERE agent_id = %s",
+                  agent_id)
+        if has == critique:
+            return agent_id
+    raise AssertionError("no such sample agent")
+
+
+def first_doc(seeded):
+    return next(iter(seeded.documents.values()))
+
+
+def test_job_runs_the_three_steps_and_saves_in_one_go(db, seeded, worker, sim):
+    agent = agent_with(seeded, db, critique=True)
+    job_id = enqueue_evaluation(first_doc(seeded), agent)
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+
+    status, attempts, ev_id, price, duration = one(
+        db, "SELECT status, attempts, evaluation_version_id, price_usd, duration_s FROM jobs WHERE id = %s", job_id)
+    assert attempts == 1 and ev_id is not None and duration > 0
+    summary, analysis, critique, grade = one(
+        db, "SELECT summary, analysis, self_critique, grade FROM evaluation_versions WHERE id = %s", ev_id)
+    assert summary and analysis and critique
+    tasks = rows(db, "SELECT name, input_tokens, output_tokens, price_usd FROM tasks WHERE job_id = %s "
+                     "ORDER BY created_at", job_id)
+    assert [t[0] for t in tasks] == ["analysis", "highlight_extraction", "self_critique"]
+    assert tasks[0][1] > 0 and tasks[0][2] > 0 and tasks[1][1] == 0
+    assert price == sum(t[3] for t in tasks) and price > 0
+    # The simulator saw exactly the two LLM steps of this job.
+    steps = [r["step"] for r in sim.requests() if r["job_id"] == job_id]
+    assert sorted(steps) == ["analysis", "self_critique"]
+
+    highlights = rows(db, "SELECT h.start_offset, h.end_offset, h.quoted_text, h.is_valid, dv.content "
+                          "FROM highlights h JOIN evaluation_versions ev ON ev.id = h.evaluation_version_id "
+                          "JOIN document_versions dv ON dv.id = ev.document_version_id WHERE ev.id = %s", ev_id)
+    assert highlights and one(db, "SELECT count(*) FROM comments WHERE evaluation_version_id = %s", ev_id) == len(highlights)
+    for start, end, quoted, valid, content in highlights:
+        if valid:
+            assert content[start:end] == quoted  # offsets point at the quoted text
+    assert any(h[3] for h in highlights)
+
+
+def test_agent_without_self_critique_makes_one_llm_call(db, seeded, worker, sim):
+    agent = agent_with(seeded, db, critique=False)
+    job_id = enqueue_evaluation(first_doc(seeded), agent)
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+    assert [r["step"] for r in sim.requests() if r["job_id"] == job_id] == ["analysis"]
+    assert one(db, "SELECT self_critique FROM evaluation_versions WHERE job_id = %s", job_id) is None
+
+
+def test_grade_only_when_the_agent_gives_grades(db, seeded, worker):
+    job_ids = [enqueue_evaluation(first_doc(seeded), a) for a in seeded.agents.values()]
+    wait_for_status(db, job_ids)
+    for provides, grade in rows(db, "SELECT av.provides_grades, ev.grade FROM evaluation_versions ev "
+                                    "JOIN agent_versions av ON av.id = ev.agent_version_id"):
+        assert (grade is not None) == provides
+        if provides:
+            assert 0 <= grade <= 100
+
+
+def test_a_job_delivered_twice_yields_one_evaluation_version(db, seeded, worker, broker):
+    from actors import evaluate_document
+
+    job_id = enqueue_evaluation(first_doc(seeded), agent_with(seeded, db, critique=False))
+    evaluate_document.send(job_id)  # a second message for the same job
+    wait_for_status(db, [job_id])
+    deadline = time.monotonic() + 10  # let both deliveries finish
+    while one(db, "SELECT count(*) FROM dramatiq.queue WHERE state IN ('queued', 'consumed')") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert one(db, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
+    assert one(db, "SELECT count(*) FROM dramatiq.queue WHERE state = 'done'") == 2
+    assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "COMPLETED"
+
+
+def test_document_without_content_fails_once_with_a_clear_reason(db, seeded, worker, sim):
+    doc = first_doc(seeded)
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO document_versions (document_id, version, title, content) "
+                    "VALUES (%s, 99, 'Empty', '   ')", (doc,))
+    job_id = enqueue_evaluation(doc, next(iter(seeded.agents.values())))
+    assert wait_for_status(db, [job_id])[job_id] == "FAILED"
+    error_class, error, attempts = one(db, "SELECT error_class, error, attempts FROM jobs WHERE id = %s", job_id)
+    assert (error_class, attempts) == ("INPUT", 1)
+    assert "no content" in error
+    assert [r for r in sim.requests() if r["job_id"] == job_id] == []  # Claude was never called
+    assert one(db, "SELECT state FROM dramatiq.queue") == "rejected"
+
+
+@pytest.mark.parametrize("args,kwargs", [
+    (["00000000-0000-0000-0000-000000000000"], {}),  # unknown job
+    (["not-a-uuid"], {}),  # malformed
+    ([], {}),  # missing
+    ([1, 2], {}),  # not what the actor takes
+    ([], {"document": "x"}),
+])
+def test_bad_messages_are_rejected_and_the_worker_keeps_running(db, seeded, worker, broker, caplog, args, kwargs):
+    bad = dramatiq.Message(queue_name="interactive", actor_name="evaluate_document", args=tuple(args),
+                           kwargs=kwargs, options={})
+    broker.enqueue(bad)
+    deadline = time.monotonic() + 10
+    while one(db, "SELECT state FROM dramatiq.queue WHERE message_id = %s", bad.message_id) != "rejected":
+        assert time.monotonic() < deadline, "bad message not rejected"
+        time.sleep(0.05)
+    assert one(db, "SELECT count(*) FROM jobs") == 0  # nothing else touched
+    job_id = enqueue_evaluation(first_doc(seeded), next(iter(seeded.agents.values())))
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+
+
+def test_interactive_job_starts_before_a_batch_backlog_drains(db, seeded, worker, sim):
+    sim.configure(latency_ms=40, jitter_ms=0)
+    doc, agent = first_doc(seeded), agent_with(seeded, db, critique=False)
+    batch = [enqueue_evaluation(doc, agent, priority="batch") for _ in range(60)]
+    time.sleep(0.3)  # the backlog is being worked on
+    interactive = enqueue_evaluation(doc, agent, priority="interactive")
+    wait_for_status(db, [interactive], timeout=30)
+    started = one(db, "SELECT started_at FROM jobs WHERE id = %s", interactive)
+    batch_after = one(db, "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND "
+                          "(started_at IS NULL OR started_at > %s)", batch, started)
+    assert batch_after >= 40, f"only {batch_after} of 60 batch jobs started after the interactive one"
+    wait_for_status(db, batch, timeout=60)
