@@ -92,7 +92,7 @@ class Settings:
             metrics_port=_int("METRICS_PORT", 9191),
             log_format=log_format,
             log_level=_env("LOG_LEVEL", "INFO").upper(),
-            worker_threads=_int("dramatiq_threads", _int("WORKER_THREADS", 8)),
+            worker_threads=_int("WORKER_THREADS", 8),
             recovery_interval_s=_float("RECOVERY_INTERVAL_S", 10.0),
         )
 
