@@ -16,6 +16,7 @@ from email.utils import parsedate_to_datetime
 from dramatiq.middleware import Middleware
 
 from roastq.redact import clean_error
+from roastq.settings import get_settings
 
 from .errors import CLASS_POLICIES, TIMEOUT_RETRIED, ClassPolicy, ErrorClass, classify
 
@@ -110,8 +111,9 @@ def decide(exc: BaseException, options: dict, *, retry_on_timeout: bool = False,
 
 
 def _backoff(policy: ClassPolicy, n: int, rng) -> float:
-    """Full jitter (AWS): uniform(0, min(cap, base * 2**(n-1)))."""
-    return rng.uniform(0, min(policy.cap_s, policy.base_s * 2 ** (n - 1)))
+    """Full jitter (AWS): uniform(0, min(cap, base * 2**(n-1))), times BACKOFF_SCALE."""
+    scale = get_settings().backoff_scale
+    return rng.uniform(0, scale * min(policy.cap_s, policy.base_s * 2 ** (n - 1)))
 
 
 def decision_for(message, exception: BaseException) -> Decision:

@@ -96,6 +96,17 @@ class BlockingPool(ThreadedConnectionPool):
                         ) from None
                     self._available.wait(deadline - now)
 
+    def discard_idle(self) -> None:
+        """Close every idle connection: after one connection broke (a database restart, say),
+        the others are most likely broken too, and a retry must not pick one of them."""
+        with self._available:
+            idle, self._pool = self._pool, []
+            for conn in idle:
+                try:
+                    conn.close()
+                except psycopg2.Error:
+                    pass
+
     def putconn(self, conn, key=None, close=False):
         with self._available:
             super().putconn(conn, key, close)
@@ -140,10 +151,12 @@ def transaction(conn=None) -> Iterator[psycopg2.extras.RealDictCursor]:
             with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                 yield cur
     except (psycopg2.OperationalError, psycopg2.InterfaceError):
-        broken = True
+        broken = conn.closed != 0
         raise
     finally:
         p.putconn(conn, close=broken or conn.closed != 0)
+        if broken:
+            p.discard_idle()
 
 
 def migrate(conn=None) -> list[str]:

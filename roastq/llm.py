@@ -53,16 +53,17 @@ class Claude:
             max_retries=0,
         )
 
-    def call_timeout(self) -> float:
-        """The smaller of the job's time left and the per-call cap."""
+    def call_timeout(self) -> tuple[float, bool]:
+        """The smaller of the job's time left and the per-call cap; and whether the job's time
+        limit is the binding one (then a timeout is the job's TIMEOUT, not a network fault)."""
         cap = self.settings.llm_call_timeout_s
         job = current_job.get()
         if job is None:
-            return cap
+            return cap, False
         left = job.time_left()
         if left < MIN_CALL_TIMEOUT_S:
             raise JobTimeLimit(f"{left:.1f} s left of the job's time limit: no time for another LLM call")
-        return min(cap, left)
+        return min(cap, left), left <= cap
 
     def call_tool(
         self,
@@ -82,18 +83,24 @@ class Claude:
             # Correlation for the request log (simulator) and for support tickets.
             headers["x-roastq-job-id"] = job.job_id
             headers["x-roastq-attempt"] = str(job.attempt)
+        timeout, job_bound = self.call_timeout()
         started = time.monotonic()
-        response = self.client.messages.create(
-            model=model,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            system=system,
-            messages=[{"role": "user", "content": prompt}],
-            tools=[tool],
-            tool_choice={"type": "tool", "name": tool["name"]},
-            timeout=httpx.Timeout(self.call_timeout(), connect=10.0),
-            extra_headers=headers,
-        )
+        try:
+            response = self.client.messages.create(
+                model=model,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                system=system,
+                messages=[{"role": "user", "content": prompt}],
+                tools=[tool],
+                tool_choice={"type": "tool", "name": tool["name"]},
+                timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                extra_headers=headers,
+            )
+        except anthropic.APITimeoutError as exc:
+            if job_bound:
+                raise JobTimeLimit(f"{step}: the job's time limit ran out during the LLM call") from exc
+            raise
         duration = time.monotonic() - started
         request_id = getattr(response, "_request_id", None)
         payload = _tool_input(response, tool, step=step, request_id=request_id)
