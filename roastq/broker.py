@@ -54,6 +54,15 @@ class RoastqConsumer(PostgresConsumer):
         super().__init__(**kw)
         self.recovery_interval_s = recovery_interval_s
         self._next_rescan = time.monotonic() + recovery_interval_s
+        self.channel = f"dramatiq.{self.queue_name}.enqueue"
+
+    def close(self):
+        # The listening connection is closed, not pooled: its LISTEN would outlive this consumer
+        # and hand another consumer notifications for a queue it does not serve.
+        if self._listen_conn is not None:
+            self.pool.putconn(self._listen_conn, close=True)
+            self._listen_conn = None
+        super().close()
 
     @raise_connection_error
     def __next__(self):
@@ -78,6 +87,8 @@ class RoastqConsumer(PostgresConsumer):
 
         while self.notifies:
             notify = self.notifies.pop(0)
+            if notify.channel != self.channel:
+                continue  # not ours (a pooled connection may carry an old LISTEN)
             if "kwargs" in notify.payload:
                 payload = notify.payload
             else:

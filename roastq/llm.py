@@ -74,7 +74,6 @@ class Claude:
         tool: dict,
         model: str | None = None,
         max_tokens: int = 4096,
-        temperature: float = 0.0,
     ) -> ToolCall:
         model = model or self.settings.analysis_model
         job = current_job.get()
@@ -89,7 +88,6 @@ class Claude:
             response = self.client.messages.create(
                 model=model,
                 max_tokens=max_tokens,
-                temperature=temperature,
                 system=system,
                 messages=[{"role": "user", "content": prompt}],
                 tools=[tool],

@@ -93,8 +93,11 @@ def db(database_url):
 
 @pytest.fixture
 def sim(simulator):
+    from roastq.simulator import ALL_RANDOM_FAULTS
+
     simulator.reset()
-    simulator.configure(latency_ms=5, jitter_ms=2, fault_rate=0.0)
+    simulator.configure(latency_ms=5, jitter_ms=2, fault_rate=0.0, faults=ALL_RANDOM_FAULTS, hang_s=30.0,
+                        retry_after_s=1.0, rpm_limit=None)
     yield simulator
     simulator.reset()
 
@@ -116,9 +119,8 @@ def broker(database_url):
 @pytest.fixture
 def worker(broker, sim):
     """A real Dramatiq worker, in this process, consuming from Postgres."""
-    import dramatiq
+    from helpers import running_worker
 
-    w = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
-    w.start()
-    yield w
-    w.stop(timeout=10_000)
+    with running_worker(broker, threads=4) as w:
+        yield w
+

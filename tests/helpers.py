@@ -1,6 +1,7 @@
 """Small helpers for tests: polling the jobs table and one-line queries."""
 
 import time
+from contextlib import contextmanager
 
 
 def wait_for_status(conn, job_ids, statuses=("COMPLETED", "FAILED", "CANCELLED"), timeout=30.0) -> dict:
@@ -29,3 +30,48 @@ def rows(conn, sql, *params):
     with conn.cursor() as cur:
         cur.execute(sql, params)
         return cur.fetchall()
+
+
+def start_workers(processes=1, threads=2, **env_overrides):
+    """A real `dramatiq actors` worker pool in its own process group (to kill it whole)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", LOG_FORMAT="json", **{k: str(v) for k, v in env_overrides.items()})
+    return subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "actors", "--processes", str(processes), "--threads", str(threads)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+
+
+def kill_group(proc, sig):
+    import os
+
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@contextmanager
+def running_worker(broker, threads=4):
+    """A dramatiq Worker in this process; stopped and detached from the broker afterwards."""
+    import dramatiq
+
+    before = list(broker.middleware)
+    w = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+    w.start()
+    try:
+        yield w
+    finally:
+        w.stop(timeout=10_000)
+        broker.middleware[:] = before

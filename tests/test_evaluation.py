@@ -120,14 +120,15 @@ def test_bad_messages_are_rejected_and_the_worker_keeps_running(db, seeded, work
 
 
 def test_interactive_job_starts_before_a_batch_backlog_drains(db, seeded, worker, sim):
-    sim.configure(latency_ms=40, jitter_ms=0)
+    sim.configure(latency_ms=200, jitter_ms=0)  # 100 batch jobs on 4 threads: about 5 s of work
     doc, agent = first_doc(seeded), agent_with(seeded, db, critique=False)
-    batch = [enqueue_evaluation(doc, agent, priority="batch") for _ in range(60)]
-    time.sleep(0.3)  # the backlog is being worked on
+    batch = [enqueue_evaluation(doc, agent, priority="batch") for _ in range(100)]
+    time.sleep(0.5)  # the backlog is being worked on
     interactive = enqueue_evaluation(doc, agent, priority="interactive")
     wait_for_status(db, [interactive], timeout=30)
-    started = one(db, "SELECT started_at FROM jobs WHERE id = %s", interactive)
+    created, started = one(db, "SELECT created_at, started_at FROM jobs WHERE id = %s", interactive)
     batch_after = one(db, "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND "
                           "(started_at IS NULL OR started_at > %s)", batch, started)
-    assert batch_after >= 40, f"only {batch_after} of 60 batch jobs started after the interactive one"
+    assert batch_after >= 40, f"only {batch_after} of 100 batch jobs started after the interactive one"
+    assert (started - created).total_seconds() < 1.0  # it waited for a free thread, not for the backlog
     wait_for_status(db, batch, timeout=60)

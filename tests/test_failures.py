@@ -1,0 +1,332 @@
+"""Failures end to end: each error class through real workers, the SDK and the simulator's faults."""
+
+import signal
+import time
+from collections import defaultdict
+
+import pytest
+
+from helpers import kill_group, one, rows, running_worker, start_workers, wait_for_status, wait_until
+from roastq.api import enqueue_evaluation, rerun_job
+
+#: The class a simulator fault must end up as.
+FAULT_CLASS = {
+    "rate_limit": "RATE_LIMITED", "spend_limit": "SPEND_LIMIT", "overloaded": "OVERLOADED",
+    "server_error": "UPSTREAM", "malformed": "UPSTREAM", "invalid_request": "INVALID_REQUEST",
+    "auth": "AUTH", "permission": "AUTH", "hang": "NETWORK", "drop": "NETWORK",
+    "bad_tool_input": "BAD_LLM_OUTPUT",
+}
+PERMANENT = {"SPEND_LIMIT", "INVALID_REQUEST", "AUTH"}
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch):
+    """Backoff scaled down so that retries happen in milliseconds (the policy is unchanged)."""
+    from roastq import settings
+
+    monkeypatch.setenv("BACKOFF_SCALE", "0.01")
+    settings.reload_settings()
+    yield
+    monkeypatch.delenv("BACKOFF_SCALE")
+    settings.reload_settings()
+
+
+@pytest.fixture
+def short_calls():
+    """LLM calls time out after 1 s (for the hang fault)."""
+    from roastq import llm
+
+    claude = llm.default_claude()
+    saved = claude.settings
+    claude.settings = saved.replace(llm_call_timeout_s=1.0)
+    yield
+    claude.settings = saved
+
+
+def simple_agent(seeded, db):
+    """An agent without self-critique: one LLM call a job."""
+    return one(db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NULL LIMIT 1")
+
+
+def a_job(seeded, db, **kw):
+    return enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(seeded, db), **kw)
+
+
+def attempts_of(db, job_id):
+    return rows(db, "SELECT attempt, outcome, error_class, delay_s, delay_reason FROM job_attempts "
+                    "WHERE job_id = %s ORDER BY attempt", job_id)
+
+
+@pytest.mark.parametrize("fault", ["rate_limit", "overloaded", "server_error", "malformed", "drop", "hang",
+                                   "bad_tool_input"])
+def test_transient_fault_is_retried_then_completes(db, seeded, worker, sim, short_calls, fault):
+    sim.configure(hang_s=3)
+    sim.script(fault)
+    job_id = a_job(seeded, db)
+    assert wait_for_status(db, [job_id], timeout=30)[job_id] == "COMPLETED"
+    attempts = attempts_of(db, job_id)
+    assert [(a[0], a[1], a[2]) for a in attempts] == [(1, "retry", FAULT_CLASS[fault]), (2, "completed", None)]
+    if fault == "rate_limit":
+        assert attempts[0][4] == "server_requested" and attempts[0][3] >= sim.config.retry_after_s
+    assert one(db, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
+
+
+@pytest.mark.parametrize("fault", ["spend_limit", "invalid_request", "auth", "permission"])
+def test_permanent_fault_fails_after_one_attempt_as_a_dead_letter(db, seeded, worker, sim, fault):
+    sim.script(fault)
+    job_id = a_job(seeded, db)
+    assert wait_for_status(db, [job_id])[job_id] == "FAILED"
+    error_class, error, attempts = one(db, "SELECT error_class, error, attempts FROM jobs WHERE id = %s", job_id)
+    assert (error_class, attempts) == (FAULT_CLASS[fault], 1)
+    assert error and len(error) <= 1000 and "sk-roastq" not in error
+    message_id = one(db, "SELECT message_id FROM jobs WHERE id = %s", job_id)
+    wait_until(lambda: one(db, "SELECT state FROM dramatiq.queue WHERE message_id = %s", message_id) == "rejected",
+               what="the message to be rejected")
+    assert len([r for r in sim.requests() if r["job_id"] == job_id]) == 1
+
+
+def test_bad_llm_output_retried_at_most_twice(db, seeded, worker, sim):
+    sim.script("bad_tool_input", "bad_tool_input", "bad_tool_input")
+    job_id = a_job(seeded, db)
+    assert wait_for_status(db, [job_id])[job_id] == "FAILED"
+    assert one(db, "SELECT error_class, attempts FROM jobs WHERE id = %s", job_id) == ("BAD_LLM_OUTPUT", 3)
+
+
+def test_exhausted_backoff_fails_with_the_class(db, seeded, worker, sim):
+    sim.script(*["server_error"] * 5)
+    job_id = a_job(seeded, db)
+    assert wait_for_status(db, [job_id])[job_id] == "FAILED"
+    assert one(db, "SELECT error_class, attempts FROM jobs WHERE id = %s", job_id) == ("UPSTREAM", 5)
+    assert [a[1] for a in attempts_of(db, job_id)] == ["retry"] * 4 + ["failed"]
+
+
+def test_unknown_error_is_retried_once(db, seeded, worker, sim, monkeypatch):
+    from roastq import pipeline
+
+    real, calls = pipeline.locate_highlight, []
+
+    def flaky(*args, **kwargs):  # a bug in our own code, the first time only
+        calls.append(1)
+        if len(calls) == 1:
+            raise ZeroDivisionError("bug")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "locate_highlight", flaky)
+    job_id = a_job(seeded, db)
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+    assert [(a[1], a[2]) for a in attempts_of(db, job_id)] == [("retry", "UNKNOWN"), ("completed", None)]
+
+
+def test_database_connection_lost_mid_job_is_retried(db, seeded, worker, sim):
+    sim.configure(latency_ms=800, jitter_ms=0)
+    job_id = a_job(seeded, db)
+    wait_until(lambda: one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING", what="RUNNING")
+    time.sleep(0.2)
+    with db.cursor() as cur:  # as in a database restart: every worker connection is cut
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'roastq' AND pid <> pg_backend_pid()")
+    sim.configure(latency_ms=5)
+    assert wait_for_status(db, [job_id], timeout=30)[job_id] == "COMPLETED"
+    classes = [a[2] for a in attempts_of(db, job_id)]
+    assert classes[0] == "DATABASE" and classes[-1] is None
+    assert one(db, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
+
+
+def test_time_limit_fails_with_timeout_not_retried(db, seeded, worker, sim):
+    agent = simple_agent(seeded, db)
+    with db.cursor() as cur:
+        cur.execute("UPDATE agent_versions SET time_limit_s = 2 WHERE agent_id = %s", (agent,))
+    sim.configure(latency_ms=5000, jitter_ms=0)
+    started = time.monotonic()
+    job_id = a_job(seeded, db)
+    assert wait_for_status(db, [job_id], timeout=20)[job_id] == "FAILED"
+    assert time.monotonic() - started < 5  # the LLM call's timeout was the 2 s left, not the 120 s cap
+    assert one(db, "SELECT error_class, attempts FROM jobs WHERE id = %s", job_id) == ("TIMEOUT", 1)
+
+
+def test_time_limit_retried_when_the_agent_allows_it(db, seeded, worker, sim):
+    agent = simple_agent(seeded, db)
+    with db.cursor() as cur:
+        cur.execute("UPDATE agent_versions SET time_limit_s = 2, retry_on_timeout = true WHERE agent_id = %s",
+                    (agent,))
+    sim.configure(latency_ms=5000, jitter_ms=0)
+    job_id = a_job(seeded, db)
+    wait_until(lambda: one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 2, timeout=20, what="retry")
+    sim.configure(latency_ms=5)
+    assert wait_for_status(db, [job_id], timeout=20)[job_id] in ("COMPLETED", "FAILED")
+    assert attempts_of(db, job_id)[0][1:3] == ("retry", "TIMEOUT")
+
+
+def test_retry_reruns_a_dead_letter_as_a_linked_job(db, seeded, worker, sim):
+    sim.script("invalid_request")
+    job_id = a_job(seeded, db)
+    assert wait_for_status(db, [job_id])[job_id] == "FAILED"
+    new_id = rerun_job(job_id)
+    assert wait_for_status(db, [new_id])[new_id] == "COMPLETED"
+    assert str(one(db, "SELECT original_job_id FROM jobs WHERE id = %s", new_id)) == job_id
+    assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "FAILED"  # history kept
+
+
+def test_cli_retry_failed_by_class(db, seeded, worker, sim):
+    from roastq.cli import main
+
+    sim.script("invalid_request", "auth")
+    failed = [a_job(seeded, db), a_job(seeded, db)]
+    wait_for_status(db, failed)
+    invalid = one(db, "SELECT id::text FROM jobs WHERE error_class = 'INVALID_REQUEST'")
+    assert main(["retry", "--failed", "--class", "INVALID_REQUEST"]) == 0
+    reruns = rows(db, "SELECT id::text, original_job_id::text FROM jobs WHERE original_job_id IS NOT NULL")
+    assert [r[1] for r in reruns] == [invalid]
+    wait_for_status(db, [reruns[0][0]])
+
+
+def test_cancel_pending_job_never_runs(db, seeded, sim, broker):
+    from roastq.api import cancel_job
+
+    job_id = a_job(seeded, db)
+    assert cancel_job(job_id, reason="not needed") == "CANCELLED"
+    with running_worker(broker, threads=2):
+        message_id = one(db, "SELECT message_id FROM jobs WHERE id = %s", job_id)
+        wait_until(lambda: one(db, "SELECT state FROM dramatiq.queue WHERE message_id = %s", message_id) == "done",
+                   what="the message to be consumed")
+    assert one(db, "SELECT status, cancel_reason, attempts FROM jobs WHERE id = %s", job_id) == \
+        ("CANCELLED", "not needed", 0)
+    assert [r for r in sim.requests() if r["job_id"] == job_id] == []
+
+
+def test_cancel_running_job_stops_at_the_next_step(db, seeded, worker, sim):
+    from roastq.api import cancel_job
+
+    agent = one(db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NOT NULL LIMIT 1")
+    sim.configure(latency_ms=1000, jitter_ms=0)
+    job_id = enqueue_evaluation(next(iter(seeded.documents.values())), agent)
+    wait_until(lambda: any(r["job_id"] == job_id for r in sim.requests()), what="the analysis call")
+    assert cancel_job(job_id, reason="user deleted the document") == "RUNNING"
+    assert wait_for_status(db, [job_id])[job_id] == "CANCELLED"
+    assert one(db, "SELECT cancel_reason FROM jobs WHERE id = %s", job_id) == "user deleted the document"
+    assert [r["step"] for r in sim.requests() if r["job_id"] == job_id] == ["analysis"]  # no self-critique
+    assert one(db, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 0
+
+
+def test_cancel_finished_or_unknown_job_is_a_clear_error(db, seeded):
+    from roastq.api import EnqueueError, cancel_job
+
+    with pytest.raises(EnqueueError, match="unknown job"):
+        cancel_job("00000000-0000-0000-0000-000000000000")
+    job_id = a_job(seeded, db)
+    cancel_job(job_id)
+    with pytest.raises(EnqueueError, match="already CANCELLED"):
+        cancel_job(job_id)
+
+
+def test_fault_storm(db, seeded, sim, broker, short_calls):
+    """200 jobs, 25% random faults of every kind: each ends COMPLETED or FAILED with the right
+    class, permanent classes after one attempt, no duplicate results, every retry-after respected."""
+    sim.configure(fault_rate=0.25, seed=42, hang_s=2, retry_after_s=0.5, latency_ms=5, jitter_ms=3)
+    with running_worker(broker, threads=16):
+        docs, agents = list(seeded.documents.values()), list(seeded.agents.values())
+        job_ids = [enqueue_evaluation(docs[i % len(docs)], agents[i % len(agents)], priority="batch")
+                   for i in range(200)]
+        statuses = wait_for_status(db, job_ids, timeout=240)
+
+    by_job = defaultdict(list)
+    for r in sorted(sim.requests(), key=lambda r: r["time"]):
+        by_job[r["job_id"]].append(r)
+    for job_id in job_ids:
+        status, error_class, attempts = one(db, "SELECT status, error_class, attempts FROM jobs WHERE id = %s", job_id)
+        requests = by_job[job_id]
+        assert status in ("COMPLETED", "FAILED")
+        if status == "FAILED":
+            assert error_class == FAULT_CLASS[requests[-1]["kind"]], (job_id, requests[-1])
+        # A permanent fault is never retried: it is the last request the job ever made.
+        for r in requests[:-1]:
+            assert FAULT_CLASS.get(r["kind"]) not in PERMANENT, (job_id, r)
+        # Retry-After: the next request of a job never comes before the server said.
+        for earlier, later in zip(requests, requests[1:]):
+            if earlier["kind"] == "rate_limit":
+                assert later["time"] - earlier["time"] >= earlier["retry_after_s"] - 0.01, (job_id, earlier, later)
+    assert rows(db, "SELECT job_id FROM evaluation_versions GROUP BY job_id HAVING count(*) > 1") == []
+    completed = sum(1 for s in statuses.values() if s == "COMPLETED")
+    assert one(db, "SELECT count(*) FROM evaluation_versions") == completed
+    assert completed > 100
+    kinds = {r["kind"] for rs in by_job.values() for r in rs}
+    assert set(FAULT_CLASS) <= kinds  # every kind of fault really happened
+
+
+def test_permanent_failures_take_exactly_one_attempt_in_a_storm(db, seeded, sim, broker):
+    """Separately from the storm above: a permanent fault never gets a second attempt."""
+    sim.configure(fault_rate=1.0, faults=("auth", "invalid_request", "spend_limit", "permission"), seed=3)
+    with running_worker(broker, threads=8):
+        job_ids = [a_job(seeded, db) for _ in range(20)]
+        wait_for_status(db, job_ids)
+    assert rows(db, "SELECT DISTINCT status, attempts FROM jobs") == [("FAILED", 1)]
+
+
+# -- crashes and shutdown: real worker processes --------------------------------------------
+
+
+def test_worker_killed_mid_job_is_recovered_by_the_survivors(db, seeded, sim):
+    sim.configure(latency_ms=3000, jitter_ms=0)
+    victim = start_workers(threads=2, RECOVERY_INTERVAL_S=2, ANTHROPIC_BASE_URL=sim.url)
+    survivor = None
+    try:
+        job_id = a_job(seeded, db)
+        wait_until(lambda: one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING", timeout=30,
+                   what="RUNNING")
+        survivor = start_workers(threads=2, RECOVERY_INTERVAL_S=2, ANTHROPIC_BASE_URL=sim.url)
+        time.sleep(1.5)  # the survivor is up and idle
+        kill_group(victim, signal.SIGKILL)
+        victim.wait()
+        killed_at = time.monotonic()
+        sim.configure(latency_ms=5)
+        assert wait_for_status(db, [job_id], timeout=60)[job_id] == "COMPLETED"
+        assert time.monotonic() - killed_at < 60
+        assert one(db, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
+        assert [a[1] for a in attempts_of(db, job_id)] == ["crashed", "completed"]
+    finally:
+        for p in (victim, survivor):
+            if p is not None:
+                kill_group(p, signal.SIGKILL)
+                p.wait()
+
+
+def test_graceful_sigterm_loses_nothing(db, seeded, sim):
+    sim.configure(latency_ms=400, jitter_ms=0)
+    first = start_workers(threads=2, RECOVERY_INTERVAL_S=2, ANTHROPIC_BASE_URL=sim.url)
+    second = None
+    try:
+        job_ids = [a_job(seeded, db) for _ in range(12)]
+        wait_until(lambda: one(db, "SELECT count(*) FROM jobs WHERE status <> 'PENDING'") >= 2, timeout=30,
+                   what="work to start")
+        kill_group(first, signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+        second = start_workers(threads=4, RECOVERY_INTERVAL_S=2, ANTHROPIC_BASE_URL=sim.url)
+        statuses = wait_for_status(db, job_ids, timeout=60)
+        assert set(statuses.values()) == {"COMPLETED"}
+        assert one(db, "SELECT count(*) FROM evaluation_versions") == 12
+        assert one(db, "SELECT count(*) FROM job_attempts WHERE outcome <> 'completed'") == 0
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                kill_group(p, signal.SIGKILL)
+                p.wait()
+
+
+def test_recovery_never_takes_a_message_whose_worker_is_alive(db, seeded, sim):
+    """dramatiq-pg's `recover` requeues running messages; our rescans must not."""
+    sim.configure(latency_ms=4000, jitter_ms=0)
+    a = start_workers(threads=1, RECOVERY_INTERVAL_S=0.5, ANTHROPIC_BASE_URL=sim.url)
+    b = None
+    try:
+        job_id = a_job(seeded, db)
+        wait_until(lambda: one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING", timeout=30,
+                   what="RUNNING")
+        b = start_workers(threads=1, RECOVERY_INTERVAL_S=0.5, ANTHROPIC_BASE_URL=sim.url)  # rescans often
+        assert wait_for_status(db, [job_id], timeout=30)[job_id] == "COMPLETED"
+        assert one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 1
+        assert len([r for r in sim.requests() if r["job_id"] == job_id]) == 1
+    finally:
+        for p in (a, b):
+            if p is not None:
+                kill_group(p, signal.SIGKILL)
+                p.wait()
