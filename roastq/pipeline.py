@@ -266,6 +266,10 @@ def save(inputs: JobInputs, result: EvaluationResult) -> str | None:
             Q.complete_job,
             {"job_id": inputs.job_id, "evaluation_version_id": ev_id, "price_usd": result.price_usd},
         )
+        job = current_job.get()
+        if job is not None:  # the attempt ends with the result, so the two never disagree
+            cur.execute(Q.end_attempt, {"job_id": inputs.job_id, "attempt": job.attempt, "outcome": "completed",
+                                        "error_class": None, "error": None, "delay_s": None, "delay_reason": None})
     return str(ev_id)
 
 

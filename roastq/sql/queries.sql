@@ -61,7 +61,7 @@ INSERT INTO job_attempts (job_id, attempt, message_id) VALUES (%(job_id)s, %(att
 UPDATE job_attempts
 SET ended_at = now(), outcome = %(outcome)s, error_class = %(error_class)s, error = %(error)s,
     delay_s = %(delay_s)s, delay_reason = %(delay_reason)s
-WHERE job_id = %(job_id)s AND attempt = %(attempt)s;
+WHERE job_id = %(job_id)s AND attempt = %(attempt)s AND ended_at IS NULL;
 
 -- name: job_wait_retry
 UPDATE jobs
