@@ -17,10 +17,10 @@ def embedded_url(home: Path) -> str:
     """Start (or attach to) the embedded server and return its connection URL."""
     global _server
     if _server is None:
-        import pgserver  # imported late: only needed without DATABASE_URL
-
         home.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR as root
+            import pgserver  # imported late: only needed without DATABASE_URL
+
             _server = pgserver.get_server(home / "pgdata", cleanup_mode="stop")
     return _server.get_uri()

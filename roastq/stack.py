@@ -61,7 +61,9 @@ def stop_workers(workers: subprocess.Popen, timeout: float = 30.0) -> None:
     if workers.poll() is not None:
         return
     try:
-        os.killpg(workers.pid, signal.SIGTERM)
+        # To dramatiq's main process only: it forwards SIGTERM to its workers. A second SIGTERM
+        # (sent to the whole group, say) would make them exit at once instead of finishing.
+        workers.send_signal(signal.SIGTERM)
         workers.wait(timeout)
     except subprocess.TimeoutExpired:
         os.killpg(workers.pid, signal.SIGKILL)

@@ -186,13 +186,13 @@ SELECT count(*) AS jobs,
        coalesce(sum(price_usd), 0) AS price_usd,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_s) AS p50_s,
        percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_s) AS p95_s
-FROM jobs WHERE id = ANY(%(job_ids)s);
+FROM jobs WHERE id = ANY(%(job_ids)s::uuid[]);
 
 -- name: report_tokens
 SELECT coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
        coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
        coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens
-FROM tasks WHERE job_id = ANY(%(job_ids)s);
+FROM tasks WHERE job_id = ANY(%(job_ids)s::uuid[]);
 
 -- name: seed_document
 INSERT INTO documents (slug) VALUES (%(slug)s)
