@@ -7,6 +7,7 @@ stack, and declares the actors.
 import dramatiq
 from dramatiq.middleware import CurrentMessage, ShutdownNotifications, TimeLimit
 
+from middleware.heartbeat import Heartbeat
 from middleware.jobs import JobState
 from middleware.retries import Retries
 from observability.logging import setup_logging
@@ -25,6 +26,7 @@ broker = RoastqBroker(
         TimeLimit(),
         ShutdownNotifications(),
         CurrentMessage(),
+        Heartbeat(),
     ]
 )
 dramatiq.set_broker(broker)

@@ -24,7 +24,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 
 from roastq import db
 from roastq.db import Q
-from roastq.jobctx import JobContext, current_job, start_error
+from roastq.jobctx import JobContext, current_job, start_error, worker_id
 
 from .retries import decision_for
 
@@ -86,7 +86,7 @@ class JobState(Middleware):
 
     def _start(self, message, job_id):
         with db.transaction() as cur:
-            cur.execute(Q.start_job, {"job_id": job_id, "message_id": message.message_id})
+            cur.execute(Q.start_job, {"job_id": job_id, "message_id": message.message_id, "worker_id": worker_id()})
             row = cur.fetchone()
             if row is None:
                 cur.execute(Q.job_by_id, {"job_id": job_id})

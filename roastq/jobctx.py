@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -31,3 +33,8 @@ current_job: ContextVar[JobContext | None] = ContextVar("roastq_current_job", de
 #: Why the job middleware could not start the job (e.g. the database was down): the actor
 #: raises it, so the failure is classified and retried like any other.
 start_error: ContextVar[BaseException | None] = ContextVar("roastq_start_error", default=None)
+
+
+def worker_id() -> str:
+    """This process's identity in ``worker_heartbeats`` and ``jobs.worker_id``: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"

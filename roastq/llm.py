@@ -17,6 +17,7 @@ import anthropic
 import httpx2 as httpx
 import jsonschema
 
+from . import events
 from .exceptions import BadLLMOutput, JobTimeLimit
 from .jobctx import current_job
 from .pricing import Usage, cost_usd
@@ -96,24 +97,38 @@ class Claude:
                 extra_headers=headers,
             )
         except anthropic.APITimeoutError as exc:
+            events.emit("llm_call", model=model, step=step, duration_s=time.monotonic() - started,
+                        usage=None, price_usd=None, exception=exc, cached=False)
             if job_bound:
                 raise JobTimeLimit(f"{step}: the job's time limit ran out during the LLM call") from exc
             raise
+        except Exception as exc:
+            events.emit("llm_call", model=model, step=step, duration_s=time.monotonic() - started,
+                        usage=None, price_usd=None, exception=exc, cached=False)
+            raise
         duration = time.monotonic() - started
         request_id = getattr(response, "_request_id", None)
-        payload = _tool_input(response, tool, step=step, request_id=request_id)
         usage = Usage(
             input_tokens=response.usage.input_tokens or 0,
             output_tokens=response.usage.output_tokens or 0,
             cache_read_tokens=getattr(response.usage, "cache_read_input_tokens", 0) or 0,
             cache_write_tokens=getattr(response.usage, "cache_creation_input_tokens", 0) or 0,
         )
+        price = cost_usd(model, usage)
+        try:
+            payload = _tool_input(response, tool, step=step, request_id=request_id)
+        except BadLLMOutput as exc:  # paid for, but unusable
+            events.emit("llm_call", model=model, step=step, duration_s=duration, usage=usage, price_usd=price,
+                        exception=exc, cached=False)
+            raise
+        events.emit("llm_call", model=model, step=step, duration_s=duration, usage=usage, price_usd=price,
+                    exception=None, cached=False)
         return ToolCall(
             step=step,
             model=model,
             input=payload,
             usage=usage,
-            price_usd=cost_usd(model, usage),
+            price_usd=price,
             duration_s=duration,
             request_id=request_id,
         )

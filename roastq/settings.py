@@ -72,6 +72,7 @@ class Settings:
     # Workers.
     worker_threads: int = 8
     recovery_interval_s: float = 10.0  # how often each consumer rescans for orphaned messages
+    heartbeat_interval_s: float = 5.0  # worker heartbeat period; stale after 3 periods
     # Failures.
     backoff_scale: float = 1.0  # multiplies every backoff base and cap (tests and demos shorten waits)
 
@@ -96,6 +97,7 @@ class Settings:
             log_level=_env("LOG_LEVEL", "INFO").upper(),
             worker_threads=_int("WORKER_THREADS", 8),
             recovery_interval_s=_float("RECOVERY_INTERVAL_S", 10.0),
+            heartbeat_interval_s=_float("HEARTBEAT_INTERVAL_S", 5.0),
             backoff_scale=_float("BACKOFF_SCALE", 1.0),
         )
 

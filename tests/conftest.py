@@ -74,7 +74,7 @@ def simulator(database_url):
     sim.stop()
 
 
-TABLES = ("comments, highlights, tasks, job_attempts, evaluation_versions, jobs, evaluations, "
+TABLES = ("worker_heartbeats, comments, highlights, tasks, job_attempts, evaluation_versions, jobs, evaluations, "
           "agent_versions, agents, document_versions, documents, dramatiq.queue")
 
 

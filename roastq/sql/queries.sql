@@ -44,7 +44,7 @@ WHERE j.id = %(job_id)s;
 -- before it died with its worker (crash recovery).
 UPDATE jobs j
 SET status = 'RUNNING', attempts = attempts + 1, started_at = now(), updated_at = now(),
-    next_attempt_at = NULL, message_id = %(message_id)s
+    next_attempt_at = NULL, message_id = %(message_id)s, worker_id = %(worker_id)s
 FROM agent_versions av, evaluations e
 WHERE j.id = %(job_id)s AND j.status IN ('PENDING', 'RUNNING') AND j.cancel_requested_at IS NULL
   AND av.id = j.agent_version_id AND e.id = j.evaluation_id
@@ -65,20 +65,20 @@ WHERE job_id = %(job_id)s AND attempt = %(attempt)s AND ended_at IS NULL;
 
 -- name: job_wait_retry
 UPDATE jobs
-SET status = 'PENDING', next_attempt_at = now() + make_interval(secs => %(delay_s)s),
+SET status = 'PENDING', next_attempt_at = now() + make_interval(secs => %(delay_s)s), worker_id = NULL,
     error_class = %(error_class)s, error = %(error)s, updated_at = now()
 WHERE id = %(job_id)s AND status = 'RUNNING';
 
 -- name: job_fail
 UPDATE jobs
-SET status = 'FAILED', error_class = %(error_class)s, error = %(error)s, completed_at = now(),
+SET status = 'FAILED', error_class = %(error_class)s, error = %(error)s, completed_at = now(), worker_id = NULL,
     updated_at = now(), next_attempt_at = NULL,
     duration_s = EXTRACT(EPOCH FROM now() - created_at)
 WHERE id = %(job_id)s AND status IN ('PENDING', 'RUNNING');
 
 -- name: job_cancelled
 UPDATE jobs
-SET status = 'CANCELLED', completed_at = now(), updated_at = now(), next_attempt_at = NULL,
+SET status = 'CANCELLED', completed_at = now(), updated_at = now(), next_attempt_at = NULL, worker_id = NULL,
     cancel_reason = coalesce(cancel_reason, %(reason)s),
     cancel_requested_at = coalesce(cancel_requested_at, now())
 WHERE id = %(job_id)s AND status IN ('PENDING', 'RUNNING')
@@ -138,7 +138,7 @@ VALUES (%(job_id)s, %(evaluation_version_id)s, %(name)s, %(model)s, %(input_toke
 
 -- name: complete_job
 UPDATE jobs
-SET status = 'COMPLETED', evaluation_version_id = %(evaluation_version_id)s,
+SET status = 'COMPLETED', evaluation_version_id = %(evaluation_version_id)s, worker_id = NULL,
     price_usd = %(price_usd)s, completed_at = now(), updated_at = now(),
     error_class = NULL, error = NULL, next_attempt_at = NULL,
     duration_s = EXTRACT(EPOCH FROM now() - created_at)
@@ -224,3 +224,18 @@ HAVING NOT EXISTS (
       AND av.name = %(name)s AND av.primary_instructions = %(primary_instructions)s
       AND av.self_critique_instructions IS NOT DISTINCT FROM %(self_critique_instructions)s
       AND av.provides_grades = %(provides_grades)s AND av.time_limit_s = %(time_limit_s)s);
+
+-- name: heartbeat
+INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, queues)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(threads)s, %(queues)s)
+ON CONFLICT (worker_id) DO UPDATE SET last_seen_at = now(), threads = EXCLUDED.threads,
+    queues = EXCLUDED.queues;
+
+-- name: worker_gone
+DELETE FROM worker_heartbeats WHERE worker_id = %(worker_id)s;
+
+-- name: live_workers
+SELECT worker_id, hostname, pid, threads, queues, started_at, last_seen_at
+FROM worker_heartbeats
+WHERE last_seen_at > now() - make_interval(secs => %(stale_after_s)s)
+ORDER BY worker_id;
