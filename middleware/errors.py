@@ -20,7 +20,7 @@ import httpx2
 import psycopg2
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
-from roastq.exceptions import BadLLMOutput, InputError, JobCancelled, JobTimeLimit, MessageRejected
+from roastq.exceptions import BadLLMOutput, InputError, JobCancelled, JobTimeLimit, MessageRejected, Snooze
 
 
 class ErrorClass(str, enum.Enum):
@@ -36,6 +36,7 @@ class ErrorClass(str, enum.Enum):
     TIMEOUT = "TIMEOUT"
     INPUT = "INPUT"
     CANCELLED = "CANCELLED"
+    SNOOZED = "SNOOZED"  # not a failure: the job waits (pause, budget, shared rate limit)
     UNKNOWN = "UNKNOWN"
 
     def __str__(self) -> str:
@@ -79,6 +80,7 @@ POLICY: dict[type, ErrorClass] = {
     InputError: ErrorClass.INPUT,
     MessageRejected: ErrorClass.INPUT,
     JobCancelled: ErrorClass.CANCELLED,
+    Snooze: ErrorClass.SNOOZED,
 }
 
 
@@ -126,6 +128,7 @@ CLASS_POLICIES: dict[ErrorClass, ClassPolicy] = {
     ErrorClass.TIMEOUT: PERMANENT,  # per agent: agent_versions.retry_on_timeout
     ErrorClass.INPUT: PERMANENT,
     ErrorClass.CANCELLED: PERMANENT,
+    ErrorClass.SNOOZED: ClassPolicy(retry=True, counts_attempt=False),  # delay given by the Snooze
     ErrorClass.UNKNOWN: ClassPolicy(retry=True, max_attempts=2, base_s=5.0, cap_s=60.0),
 }
 

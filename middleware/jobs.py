@@ -26,6 +26,7 @@ from roastq import db
 from roastq.db import Q
 from roastq.jobctx import JobContext, current_job, start_error, worker_id
 
+from .errors import ErrorClass
 from .retries import decision_for
 
 logger = logging.getLogger("roastq.jobs")
@@ -141,8 +142,10 @@ class JobState(Middleware):
                 else:
                     cur.execute(Q.job_fail, {"job_id": ctx.job_id, "error_class": str(decision.error_class),
                                              "error": decision.error})
-                self._end_attempt(ctx, {"retry": "retry", "cancel": "cancelled"}.get(decision.action, "failed"),
-                                  decision, cur=cur)
+                outcome = {"retry": "retry", "cancel": "cancelled"}.get(decision.action, "failed")
+                if decision.error_class is ErrorClass.SNOOZED:
+                    outcome = "snoozed"
+                self._end_attempt(ctx, outcome, decision, cur=cur)
             if decision.action == "retry":
                 logger.warning("job attempt failed (%s): retry in %.1f s (%s)", decision.error_class,
                                decision.delay_s, decision.delay_reason)

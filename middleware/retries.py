@@ -86,6 +86,9 @@ def decide(exc: BaseException, options: dict, *, retry_on_timeout: bool = False,
     error = clean_error(exc)
     if error_class is ErrorClass.CANCELLED:
         return Decision("cancel", error_class, error)
+    if error_class is ErrorClass.SNOOZED:
+        return Decision("retry", error_class, error, delay_s=exc.delay_s, delay_reason=exc.reason,
+                        counts_attempt=False)
     if not policy.retry:
         return Decision("fail", error_class, error, level=policy.level)
 
@@ -143,7 +146,9 @@ class Retries(Middleware):
         if decision.final:
             message.fail()
             return
-        if decision.counts_attempt:
+        if decision.error_class is ErrorClass.SNOOZED:
+            pass  # a wait we chose ourselves: no attempt used, no rate-limit wait counted
+        elif decision.counts_attempt:
             message.options["retries"] = message.options.get("retries", 0) + 1
         else:
             message.options["waits"] = message.options.get("waits", 0) + 1

@@ -136,9 +136,14 @@ class RoastqBroker(PostgresBroker):
         )
 
     def size_pool(self, threads: int) -> None:
-        """Enough connections for every thread plus two per consumed queue (and its delay queue)."""
-        queues = 2 * max(len(self.queues), len(QUEUES))
-        db.pool().resize(threads + 2 * queues + 4)
+        """One connection a thread plus two a consumed queue (and delay queue), within DB_POOL_MAX.
+
+        Consumers hold their two for good; threads share the rest and wait their turn (the pool
+        blocks), so hundreds of threads need no more than DB_POOL_MAX connections a process.
+        """
+        consumers = 2 * 2 * max(len(self.queues), len(QUEUES))
+        limit = max(get_settings().db_pool_max, consumers + 4)
+        db.pool().resize(min(threads + consumers + 4, limit))
 
     def enqueue_on(self, cur, message: Message, *, delay_ms: int | None = None) -> Message:
         """Enqueue on the caller's cursor: the message commits or rolls back with its transaction."""

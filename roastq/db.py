@@ -119,7 +119,7 @@ def pool() -> BlockingPool:
     with _lock:
         if _pool is None or _pool_pid != os.getpid():
             settings = get_settings()
-            size = settings.worker_threads + 12  # threads + 2 per queue (4) + our own
+            size = min(settings.worker_threads + 12, settings.db_pool_max)  # threads + 2 a queue + spare
             _pool = BlockingPool(
                 size,
                 database_url(),

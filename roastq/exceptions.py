@@ -28,3 +28,13 @@ class JobTimeLimit(RoastqError):
 
 class MessageRejected(RoastqError):
     """A message the actor cannot take (missing, malformed or unknown job id)."""
+
+
+class Snooze(RoastqError):
+    """Not a failure: the job must wait (system paused, budget spent, rate limit) and run again
+    after ``delay_s``. It uses up no attempt and is not bounded like a rate-limit wait."""
+
+    def __init__(self, delay_s: float, reason: str):
+        super().__init__(f"waiting {delay_s:.1f} s: {reason}")
+        self.delay_s = delay_s
+        self.reason = reason

@@ -71,6 +71,7 @@ class Settings:
     log_level: str = "INFO"
     # Workers.
     worker_threads: int = 8
+    db_pool_max: int = 40  # connections a process may hold; threads beyond it wait their turn
     recovery_interval_s: float = 10.0  # how often each consumer rescans for orphaned messages
     heartbeat_interval_s: float = 5.0  # worker heartbeat period; stale after 3 periods
     # Failures.
@@ -96,6 +97,7 @@ class Settings:
             log_format=log_format,
             log_level=_env("LOG_LEVEL", "INFO").upper(),
             worker_threads=_int("WORKER_THREADS", 8),
+            db_pool_max=_int("DB_POOL_MAX", 40),
             recovery_interval_s=_float("RECOVERY_INTERVAL_S", 10.0),
             heartbeat_interval_s=_float("HEARTBEAT_INTERVAL_S", 5.0),
             backoff_scale=_float("BACKOFF_SCALE", 1.0),

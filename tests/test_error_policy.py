@@ -156,3 +156,11 @@ def test_error_text_is_clean_and_bounded():
     text = decide(exc, {}).error
     assert "SECRETSECRET" not in text and "hunter2" not in text
     assert len(text) <= 1000 and text.startswith("RuntimeError: ")
+
+
+def test_snooze_waits_the_given_delay_and_uses_no_attempt():
+    from roastq.exceptions import Snooze
+
+    d = decide(Snooze(120.0, "paused"), {"retries": 99, "waits": 99})
+    assert (d.action, d.error_class, d.delay_s, d.delay_reason, d.counts_attempt) == \
+        ("retry", ErrorClass.SNOOZED, 120.0, "paused", False)
