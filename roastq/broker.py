@@ -52,6 +52,7 @@ FROM requeued;
 class RoastqConsumer(PostgresConsumer):
     def __init__(self, *, recovery_interval_s: float, **kw):
         super().__init__(**kw)
+        self.timeout = kw["timeout"] / 1000  # seconds, as a float: stock floors 100 ms to a busy 0
         self.recovery_interval_s = recovery_interval_s
         self._next_rescan = time.monotonic() + recovery_interval_s
         self.channel = f"dramatiq.{self.queue_name}.enqueue"

@@ -1,0 +1,219 @@
+"""The broker's fixes for dramatiq-pg's measured defects (DESIGN.md), each with a regression test.
+
+Every test runs against our code and against stock dramatiq-pg 0.12; the stock run is expected to
+fail (``xfail(strict=True)``): it shows the test really catches the defect, and it turns red the
+day a dramatiq-pg release fixes it, so we can drop our override.
+"""
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+
+import dramatiq
+import psycopg2
+import pytest
+from dramatiq_pg.broker import PostgresConsumer, message_lock
+from psycopg2.pool import ThreadedConnectionPool
+
+from helpers import one
+from roastq import db as roastq_db
+from roastq.broker import RoastqConsumer
+
+STOCK = pytest.mark.xfail(strict=True, reason="stock dramatiq-pg 0.12 has this defect")
+
+
+def make_consumer(kind, queue="interactive", prefetch=1, recovery_interval_s=0.3):
+    common = dict(pool=roastq_db.pool(), queue_name=queue, prefetch=prefetch, timeout=1000)
+    if kind == "ours":
+        return RoastqConsumer(recovery_interval_s=recovery_interval_s, **common)
+    return PostgresConsumer(**common)
+
+
+def put_message(conn, queue="interactive", state="queued", args=("x",), notify=False):
+    message = dramatiq.Message(queue_name=queue, actor_name="evaluate_document", args=args, kwargs={}, options={})
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO dramatiq.queue (queue_name, message_id, state, message) VALUES (%s, %s, %s, %s)",
+                    (queue, message.message_id, state, message.encode().decode()))
+        if notify:
+            cur.execute("SELECT pg_notify(%s, %s)", (f"dramatiq.{queue}.enqueue", message.encode().decode()))
+    return message
+
+
+def drain(consumer, seconds):
+    """Iterate the consumer for a while; return the messages it handed out."""
+    got, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        message = next(consumer)
+        if message is not None:
+            got.append(message)
+    return got
+
+
+@pytest.mark.parametrize("kind", ["ours", pytest.param("stock", marks=STOCK)])
+def test_backoff_resets_as_soon_as_a_slot_frees(db, kind):
+    """Defect 1: after the prefetch limit was hit, the wait kept growing (21 msg/s of 160)."""
+    consumer = make_consumer(kind, prefetch=1)
+    try:
+        consumer.in_processing.add("busy")
+        for _ in range(4):
+            assert next(consumer) is None  # full: the consumer backs off
+        assert consumer.misses > 0
+        consumer.in_processing.clear()  # the worker finished: a slot is free
+        next(consumer)
+        assert consumer.misses == 0
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("pool_kind", ["ours", pytest.param("stock", marks=STOCK)])
+def test_pool_exhaustion_waits_instead_of_failing(database_url, pool_kind):
+    """Defect 2: with every connection taken, an ack raised "connection pool exhausted" and was lost."""
+    if pool_kind == "ours":
+        pool = roastq_db.BlockingPool(2, database_url, wait_s=10)
+    else:
+        pool = ThreadedConnectionPool(0, 2, database_url)
+    errors, done = [], []
+
+    def ack_like():
+        try:
+            conn = pool.getconn()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_sleep(0.05)")
+                conn.commit()
+            finally:
+                pool.putconn(conn)
+            done.append(1)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ack_like) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    pool.closeall()
+    assert errors == [] and len(done) == 12
+
+
+def test_worker_pool_is_sized_from_threads_and_queues_within_the_limit(broker):
+    from roastq.settings import get_settings
+
+    broker.size_pool(8)
+    assert roastq_db.pool().maxconn >= 8 + 2 * 2 * 2  # threads + two connections a (delay) queue
+    broker.size_pool(500)
+    assert roastq_db.pool().maxconn == get_settings().db_pool_max  # bounded: threads share
+
+
+@pytest.mark.parametrize("kind", ["ours", pytest.param("stock", marks=STOCK)])
+def test_requeued_messages_are_notified(db, database_url, kind):
+    """Defect 3: messages requeued on shutdown were found only by a random poll, minutes later."""
+    message = put_message(db, state="consumed")
+    listener = psycopg2.connect(database_url)
+    listener.autocommit = True
+    with listener.cursor() as cur:
+        cur.execute('LISTEN "dramatiq.interactive.enqueue"')
+    consumer = make_consumer(kind)
+    try:
+        consumer.requeue([message])
+        deadline = time.monotonic() + 2
+        while not listener.notifies and time.monotonic() < deadline:
+            listener.poll()
+            time.sleep(0.02)
+        assert one(db, "SELECT state FROM dramatiq.queue WHERE message_id = %s", message.message_id) == "queued"
+        assert [json.loads(n.payload)["message_id"] for n in listener.notifies] == [message.message_id]
+    finally:
+        consumer.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("kind", ["ours", pytest.param("stock", marks=STOCK)])
+def test_orphaned_messages_are_found_within_the_recovery_interval(db, kind):
+    """Defect 3: a message left 'consumed' by a dead worker (its lock died with it) waited for a
+    1-in-300 random poll a second: about 5 minutes."""
+    random.seed(1)  # the stock consumer's poll is random: make its (absent) luck repeatable
+    consumer = make_consumer(kind, recovery_interval_s=0.3)
+    try:
+        drain(consumer, 0.2)  # started and listening
+        orphan = put_message(db, state="consumed")  # no NOTIFY, no lock: its worker died
+        got = drain(consumer, 1.5)
+        assert [m.message_id for m in got] == [orphan.message_id]
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("kind", ["ours", pytest.param("stock", marks=STOCK)])
+def test_recovery_never_takes_a_message_whose_worker_is_alive(db, database_url, kind):
+    """Defect 4: dramatiq-pg's `recover` requeued messages that were still running."""
+    from dramatiq_pg.cli import QUERIES as CLI_QUERIES
+
+    running = put_message(db, state="consumed")
+    worker_session = psycopg2.connect(database_url)  # the live worker holds the message's lock
+    with worker_session.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", (message_lock(running),))
+    try:
+        if kind == "ours":
+            consumer = make_consumer(kind, recovery_interval_s=0.2)
+            try:
+                got = drain(consumer, 1.0)
+            finally:
+                consumer.close()
+            assert got == []
+        else:
+            CLI_QUERIES.build_queries("dramatiq", "")
+            with db.cursor() as cur:
+                cur.execute(CLI_QUERIES.RECOVER, ("0 seconds",))
+        assert one(db, "SELECT state FROM dramatiq.queue WHERE message_id = %s", running.message_id) == "consumed"
+    finally:
+        worker_session.close()
+
+
+@pytest.mark.parametrize("kind", ["ours", pytest.param("stock", marks=STOCK)])
+def test_schema_init_is_idempotent(db, kind):
+    """Defect 6: `dramatiq-pg init` failed when run twice."""
+    if kind == "ours":
+        roastq_db.migrate()
+        roastq_db.migrate()
+    else:
+        from dramatiq_pg.schema import generate_init_sql
+
+        with db.cursor() as cur:
+            cur.execute(generate_init_sql())  # the schema exists already (our migration made it)
+
+
+@pytest.mark.parametrize("module", ["actors", pytest.param("dramatiq_pg.cli", marks=STOCK)])
+def test_nothing_imports_pkg_resources(module):
+    """Defect 6: dramatiq-pg's CLI imports pkg_resources (deprecated, slow, gone from new setuptools)."""
+    code = f"import sys, {module}, roastq.cli, roastq.api; assert 'pkg_resources' not in sys.modules"
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-500:]
+
+
+def test_large_messages_travel_by_id(db, database_url):
+    """NOTIFY payloads must stay under 8,000 bytes: larger messages are announced by id only,
+    and the consumer fetches them in full."""
+    from psycopg2.extensions import Notify
+
+    listener = psycopg2.connect(database_url)
+    listener.autocommit = True
+    with listener.cursor() as cur:
+        cur.execute('LISTEN "dramatiq.interactive.enqueue"')
+    consumer = make_consumer("ours", recovery_interval_s=60)
+    try:
+        drain(consumer, 0.2)  # listening, nothing pending
+        big = put_message(db, state="consumed", args=("x" * 9000,))
+        consumer.requeue([big])
+        deadline = time.monotonic() + 2
+        while not listener.notifies and time.monotonic() < deadline:
+            listener.poll()
+            time.sleep(0.02)
+        payload = listener.notifies[0].payload
+        assert len(payload) < 8000 and json.loads(payload) == {"message_id": big.message_id}
+        got = drain(consumer, 0.5)  # it receives the same id-only notification on its own channel
+        assert [m.args[0] for m in got] == ["x" * 9000]  # fetched in full by id
+    finally:
+        consumer.close()
+        listener.close()
