@@ -73,6 +73,44 @@ def enqueue_evaluation(document_id, agent_id, *, priority: str = "interactive", 
         )
 
 
+def enqueue_evaluations(pairs, *, priority: str = "batch", conn=None) -> list[str]:
+    """Enqueue many evaluations (``(document_id, agent_id)`` pairs) in one transaction with a
+    handful of round trips, whatever their number; return the job ids in the pairs' order.
+
+    All or nothing: an unknown document or agent raises EnqueueError and writes no job.
+    """
+    if priority not in PRIORITIES:
+        raise EnqueueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
+    pairs = [(_uuid(d, "document id"), _uuid(a, "agent id")) for d, a in pairs]
+    if not pairs:
+        return []
+    actor = _actor(priority)
+    with db.transaction(conn) as cur:
+        cur.execute(Q.latest_document_versions, {"ids": sorted({d for d, _ in pairs})})
+        doc_versions = {str(r["document_id"]): r["id"] for r in cur.fetchall()}
+        cur.execute(Q.latest_agent_versions, {"ids": sorted({a for _, a in pairs})})
+        agent_versions = {str(r["agent_id"]): r["id"] for r in cur.fetchall()}
+        for d, a in pairs:
+            if d not in doc_versions:
+                raise EnqueueError(f"unknown document {d}")
+            if a not in agent_versions:
+                raise EnqueueError(f"unknown agent {a}")
+        distinct = sorted(set(pairs))
+        cur.execute(Q.upsert_evaluations, {"document_ids": [d for d, _ in distinct],
+                                           "agent_ids": [a for _, a in distinct]})
+        evaluations = {(str(r["document_id"]), str(r["agent_id"])): r["id"] for r in cur.fetchall()}
+        job_ids = [str(uuid.uuid4()) for _ in pairs]
+        messages = [actor.message(job_id) for job_id in job_ids]
+        cur.execute(Q.insert_jobs, {
+            "ids": job_ids, "evaluation_ids": [evaluations[p] for p in pairs],
+            "document_version_ids": [doc_versions[d] for d, _ in pairs],
+            "agent_version_ids": [agent_versions[a] for _, a in pairs],
+            "queues": [priority] * len(pairs), "message_ids": [m.message_id for m in messages],
+        })
+        actor.broker.enqueue_many_on(cur, messages)
+    return job_ids
+
+
 def rerun_job(job_id, *, conn=None) -> str:
     """Run a finished job again as a new job (same pinned versions), linked by original_job_id."""
     job_id = _uuid(job_id, "job id")

@@ -160,6 +160,19 @@ class RoastqBroker(PostgresBroker):
         return message
 
 
+    def enqueue_many_on(self, cur, messages: list[Message]) -> None:
+        """Enqueue many messages on the caller's cursor in one statement (one NOTIFY each)."""
+        for message in messages:
+            self.emit_before("enqueue", message, None)
+        cur.execute(db.Q.enqueue_messages, {
+            "queues": [m.queue_name for m in messages],
+            "message_ids": [m.message_id for m in messages],
+            "messages": [json.dumps(tidy4json(m)) for m in messages],
+        })
+        for message in messages:
+            self.emit_after("enqueue", message, None)
+
+
 class SizePool(Middleware):
     """Size the pool once the worker's thread count is known, before its consumers start."""
 

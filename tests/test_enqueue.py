@@ -88,3 +88,59 @@ def test_actor_send_runs_an_existing_job(db, seeded, worker):
     assert one(db, "SELECT count(*) FROM dramatiq.queue") == 0
     evaluate_document.send(job_id)
     assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+
+
+def test_batch_enqueue_writes_all_jobs_and_messages_in_one_transaction(db, seeded, database_url):
+    from roastq.api import enqueue_evaluations
+
+    pairs = [(d, a) for d in seeded.documents.values() for a in seeded.agents.values()] * 5  # 120, repeats
+    app = psycopg2.connect(database_url)
+    try:
+        job_ids = enqueue_evaluations(pairs, priority="batch", conn=app)
+        assert counts(db) == (0, 0)  # not before the caller commits
+        app.commit()
+    finally:
+        app.close()
+    assert len(job_ids) == len(set(job_ids)) == 120
+    assert counts(db) == (120, 120)
+    assert one(db, "SELECT count(*) FROM evaluations") == 24
+    assert one(db, "SELECT count(DISTINCT queue_name) FROM dramatiq.queue") == 1
+    # every job's message carries its id, and the job names its message
+    assert one(db, "SELECT count(*) FROM jobs j JOIN dramatiq.queue q ON q.message_id = j.message_id "
+                   "AND q.message->'args'->>0 = j.id::text") == 120
+
+
+def test_batch_enqueue_uses_a_few_statements_whatever_the_size(db, seeded, database_url, monkeypatch):
+    import psycopg2.extras
+
+    from roastq.api import enqueue_evaluations
+
+    statements = []
+
+    class Counting(psycopg2.extras.RealDictCursor):
+        def execute(self, query, vars=None):
+            statements.append(query)
+            return super().execute(query, vars)
+
+    monkeypatch.setattr(psycopg2.extras, "RealDictCursor", Counting)  # the cursor roastq.db hands out
+    doc, agent = _pair(seeded)
+    enqueue_evaluations([(doc, agent)] * 500)
+    assert counts(db) == (500, 500)
+    assert len(statements) <= 6
+
+
+def test_batch_enqueue_is_all_or_nothing(db, seeded):
+    from roastq.api import enqueue_evaluations
+
+    doc, agent = _pair(seeded)
+    with pytest.raises(EnqueueError, match="unknown agent"):
+        enqueue_evaluations([(doc, agent), (doc, "00000000-0000-0000-0000-000000000000")])
+    assert counts(db) == (0, 0)
+
+
+def test_batch_enqueued_jobs_run(db, seeded, worker):
+    from roastq.api import enqueue_evaluations
+
+    job_ids = enqueue_evaluations([(d, a) for d in list(seeded.documents.values())[:2]
+                                   for a in seeded.agents.values()])
+    assert set(wait_for_status(db, job_ids).values()) == {"COMPLETED"}

@@ -239,3 +239,36 @@ SELECT worker_id, hostname, pid, threads, queues, started_at, last_seen_at
 FROM worker_heartbeats
 WHERE last_seen_at > now() - make_interval(secs => %(stale_after_s)s)
 ORDER BY worker_id;
+
+-- name: latest_document_versions
+SELECT DISTINCT ON (document_id) document_id, id FROM document_versions
+WHERE document_id = ANY(%(ids)s::uuid[]) ORDER BY document_id, version DESC;
+
+-- name: latest_agent_versions
+SELECT DISTINCT ON (agent_id) agent_id, id FROM agent_versions
+WHERE agent_id = ANY(%(ids)s::uuid[]) ORDER BY agent_id, version DESC;
+
+-- name: upsert_evaluations
+INSERT INTO evaluations (document_id, agent_id)
+SELECT * FROM unnest(%(document_ids)s::uuid[], %(agent_ids)s::uuid[])
+ON CONFLICT (document_id, agent_id) DO UPDATE SET document_id = EXCLUDED.document_id
+RETURNING id, document_id, agent_id;
+
+-- name: insert_jobs
+INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id)
+SELECT * FROM unnest(%(ids)s::uuid[], %(evaluation_ids)s::uuid[], %(document_version_ids)s::uuid[],
+                     %(agent_version_ids)s::uuid[], %(queues)s::text[], %(message_ids)s::uuid[]);
+
+-- name: enqueue_messages
+-- dramatiq-pg's ENQUEUE for many messages in one statement, with one NOTIFY each.
+WITH enqueued AS (
+    INSERT INTO dramatiq.queue (queue_name, message_id, "state", message)
+    SELECT q, id, 'queued', m FROM unnest(%(queues)s::text[], %(message_ids)s::uuid[], %(messages)s::jsonb[])
+        AS t(q, id, m)
+    RETURNING queue_name, message_id, message
+)
+SELECT count(pg_notify('dramatiq.' || queue_name || '.enqueue',
+    CASE WHEN octet_length(message::text) >= 8000
+    THEN jsonb_build_object('message_id', message_id)::text
+    ELSE message::text END))
+FROM enqueued;
