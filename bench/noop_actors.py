@@ -1,0 +1,47 @@
+"""Bench actors on our broker and full middleware stack (`dramatiq noop_actors --path bench`).
+
+They are job actors (``roastq_job=True``): JobState starts each job, and the actor writes the
+minimal result a real job writes (COMPLETED and the attempt closed, one transaction).
+"""
+
+import os
+import time
+
+import dramatiq
+
+import actors  # noqa: F401  (our broker, middleware and actors)
+from roastq import db
+from roastq.jobctx import current_job
+
+IO_WAIT_S = float(os.environ.get("BENCH_IO_WAIT_S", "1.0"))
+
+COMPLETE = """
+WITH done AS (
+    UPDATE jobs SET status = 'COMPLETED', completed_at = now(), updated_at = now(), worker_id = NULL,
+        duration_s = EXTRACT(EPOCH FROM now() - created_at)
+    WHERE id = %(job_id)s RETURNING id
+)
+UPDATE job_attempts SET ended_at = now(), outcome = 'completed'
+WHERE job_id = %(job_id)s AND attempt = %(attempt)s
+"""
+
+
+def _complete(job_id: str) -> None:
+    with db.transaction() as cur:
+        cur.execute(COMPLETE, {"job_id": job_id, "attempt": current_job.get().attempt})
+
+
+@dramatiq.actor(queue_name="bench", priority=100, roastq_job=True)
+def noop_job(job_id):
+    _complete(job_id)
+
+
+@dramatiq.actor(queue_name="bench_interactive", priority=0, roastq_job=True)
+def noop_job_interactive(job_id):
+    _complete(job_id)
+
+
+@dramatiq.actor(queue_name="bench", priority=100, roastq_job=True)
+def io_job(job_id):
+    time.sleep(IO_WAIT_S)  # an LLM call's wait, without the LLM
+    _complete(job_id)
