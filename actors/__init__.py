@@ -9,20 +9,30 @@ from dramatiq.middleware import CurrentMessage, ShutdownNotifications, TimeLimit
 
 from middleware.heartbeat import Heartbeat
 from middleware.jobs import JobState
+from middleware.logs import JobLogs
+from middleware.metrics import Metrics
 from middleware.retries import Retries
+from middleware.sentry import Sentry
 from observability.logging import setup_logging
+from observability.sentry import setup_sentry
 from roastq import pipeline
 from roastq.broker import RoastqBroker
 
 setup_logging()
+setup_sentry()
 
 # Order matters: JobState sets each job's time limit before TimeLimit reads it, and after a
 # failure its hook runs before Retries' (after-hooks run in reverse), so the job row says what
-# happens before the retry is enqueued.
+# happens before the retry is enqueued. Sentry and JobLogs come before JobState so that their
+# after-hooks run once the job row is written; Metrics after it, so that it counts only attempts
+# that start. Metrics replaces dramatiq's Prometheus middleware (and runs the one exporter).
 broker = RoastqBroker(
     middleware=[
         Retries(),
+        Sentry(),
+        JobLogs(),
         JobState(),
+        Metrics(),
         TimeLimit(),
         ShutdownNotifications(),
         CurrentMessage(),

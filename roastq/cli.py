@@ -144,6 +144,12 @@ def cmd_job(args) -> int:
     print("\nTasks:")
     print(_table(data["tasks"], ["name", "model", "input_tokens", "output_tokens", "cache_read_tokens",
                                  "cache_write_tokens", "price_usd", "duration_s"]))
+    print("\nLogs:")
+    for line in data.get("logs") or []:
+        print(f"{line.get('time', '')[11:23]}  #{line.get('attempt', '-')}  {line.get('level', ''):7}  "
+              f"{line.get('message', '')}" + (f"  [{line['exception']}]" if line.get("exception") else ""))
+    if not data.get("logs"):
+        print("(none)")
     return 0
 
 

@@ -65,6 +65,8 @@ class Settings:
     # Observability.
     sentry_dsn: str | None = None
     sentry_environment: str = "development"
+    sentry_release: str | None = None  # None: "roastq@<package version>"
+    metrics_dir: Path = field(default_factory=lambda: _project_home() / "metrics")  # PROMETHEUS_MULTIPROC_DIR
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9191
     log_format: str = "json"
@@ -92,6 +94,8 @@ class Settings:
             default_time_limit_s=_int("DEFAULT_TIME_LIMIT_S", 240),
             sentry_dsn=_env("SENTRY_DSN"),
             sentry_environment=_env("SENTRY_ENVIRONMENT", "development"),
+            sentry_release=_env("SENTRY_RELEASE"),
+            metrics_dir=Path(_env("PROMETHEUS_MULTIPROC_DIR") or _project_home() / "metrics"),
             metrics_host=_env("METRICS_HOST", "127.0.0.1"),
             metrics_port=_int("METRICS_PORT", 9191),
             log_format=log_format,

@@ -15,6 +15,17 @@ import pytest
 
 SERVER_URL = os.environ.get("TEST_POSTGRES_SERVER", "postgresql://postgres@127.0.0.1:5432/postgres")
 
+# Metrics: before anything imports prometheus_client (test modules import actors when collected),
+# a multiprocess directory of this run's own; worker pools started by tests export on a free port.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="roastq-test-metrics-")
+    atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], True)
+os.environ["METRICS_PORT"] = "0"
+
 
 def _make_database(tmp_path_factory) -> tuple[str, callable]:
     if os.environ.get("TEST_DATABASE_URL"):

@@ -272,3 +272,28 @@ SELECT count(pg_notify('dramatiq.' || queue_name || '.enqueue',
     THEN jsonb_build_object('message_id', message_id)::text
     ELSE message::text END))
 FROM enqueued;
+
+-- name: metrics_snapshot
+-- The metrics exporter's one read a scrape: broker messages by queue and state (messages of a
+-- .DQ delay queue are "delayed") with the age of the oldest, then one row about live workers.
+SELECT 'queue' AS kind, regexp_replace(queue_name, '\.DQ$', '') AS queue,
+       CASE WHEN queue_name LIKE '%%.DQ' AND state IN ('queued', 'consumed') THEN 'delayed'
+            ELSE state::text END AS state,
+       count(*) AS n,
+       EXTRACT(EPOCH FROM now() - min(mtime))::float8 AS age_s
+FROM dramatiq.queue
+WHERE state <> 'done'
+GROUP BY 2, 3
+UNION ALL
+SELECT 'workers', NULL, (coalesce(sum(threads) FILTER (WHERE fresh), 0))::text,
+       count(*) FILTER (WHERE fresh),
+       EXTRACT(EPOCH FROM now() - min(last_seen_at))::float8
+FROM (SELECT threads, last_seen_at,
+             last_seen_at > now() - make_interval(secs => %(stale_after_s)s) AS fresh
+      FROM worker_heartbeats) w;
+
+-- name: append_job_logs
+-- Log lines of finished attempts, many jobs in one statement (one jsonb array a job).
+UPDATE jobs j SET logs = j.logs || v.lines
+FROM unnest(%(job_ids)s::uuid[], %(lines)s::jsonb[]) AS v(id, lines)
+WHERE j.id = v.id;

@@ -1,0 +1,127 @@
+"""Prometheus metrics for jobs and LLM calls; one exporter per worker pool.
+
+Replaces dramatiq's own ``Prometheus`` middleware (do not load both: ours exports the same facts
+under roastq's names, with the error class of every failure). Like dramatiq's, it declares its
+exporter in ``forks``, so ``dramatiq actors`` runs it as one extra process next to the workers;
+processes write to prometheus_client's multiprocess files (``observability.metrics``).
+
+Place it after ``JobState`` in the middleware list: its before hook then runs only for attempts
+that really start (JobState skips finished jobs), and every outcome comes from ``decision_for``,
+the one retry decision that the job row, the logs and Sentry report too.
+"""
+
+from __future__ import annotations
+
+import time
+
+from dramatiq.middleware import Middleware
+
+from observability import metrics as m
+from observability.exporter import run_exporter
+from roastq import events
+
+from .errors import classify
+from .retries import decision_for
+
+
+def _outcome_of(decision) -> str:
+    return {"retry": "retried", "cancel": "cancelled"}.get(decision.action, "failed")
+
+
+def on_llm_call(*, model, step, duration_s, usage, price_usd, exception, cached, **_):
+    """``llm_call`` listener: the outcome is ok, cached, or the class of the exception."""
+    if exception is not None:
+        outcome = str(classify(exception))
+    else:
+        outcome = "cached" if cached else "ok"
+    m.record_llm_call(model=model, step=step, outcome=outcome, duration_s=duration_s, usage=usage,
+                      price_usd=price_usd, cached=cached and exception is None)
+
+
+class Metrics(Middleware):
+    """Count messages, time attempts, and export everything from one process.
+
+    Metrics (``docs/observability.md`` has the reference): messages enqueued, started, succeeded,
+    failed and retried (by error class), cancelled; attempt duration; in-progress and delayed
+    gauges; LLM requests, latency, tokens and dollars (from ``roastq.events`` ``llm_call``).
+    The exporter adds queue depth and age and worker liveness, read from Postgres per scrape.
+
+    Parameters:
+      exporter(bool): declare the exporter fork (default True). ``METRICS_HOST`` and
+        ``METRICS_PORT`` say where it listens.
+    """
+
+    def __init__(self, *, exporter: bool = True):
+        self.exporter = exporter
+        self._delayed: set[str] = set()
+        events.subscribe("llm_call", on_llm_call)
+
+    @property
+    def forks(self):
+        return [run_exporter] if self.exporter else []
+
+    # -- process lifecycle ------------------------------------------------------------------
+
+    def after_process_boot(self, broker):
+        # A dramatiq worker process, before it records anything: clear dead processes' files.
+        m.clean_at_boot()
+
+    def after_worker_shutdown(self, broker, worker):
+        m.mark_dead()
+
+    # -- enqueue and delay --------------------------------------------------------------------
+
+    def after_enqueue(self, broker, message, delay):
+        if not delay and message.message_id in self._delayed:
+            # A worker moving a due message from the delay queue to its queue: not a new send.
+            self._delayed.discard(message.message_id)
+            m.DELAYED.labels(*_labels(message)).dec()
+            return
+        m.ENQUEUED.labels(*_labels(message), "true" if delay else "false").inc()
+
+    def before_delay_message(self, broker, message):
+        self._delayed.add(message.message_id)
+        m.DELAYED.labels(*_labels(message)).inc()
+
+    # -- attempts ----------------------------------------------------------------------------
+
+    def before_process_message(self, broker, message):
+        labels = _labels(message)
+        message._roastq_started = time.monotonic()
+        m.STARTED.labels(*labels).inc()
+        m.IN_PROGRESS.labels(*labels).inc()
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        started = getattr(message, "_roastq_started", None)
+        if started is None:
+            return
+        del message._roastq_started
+        labels = _labels(message)
+        m.IN_PROGRESS.labels(*labels).dec()
+        if exception is None:
+            outcome = "succeeded"
+            m.SUCCEEDED.labels(*labels).inc()
+        else:
+            decision = decision_for(message, exception)
+            outcome = _outcome_of(decision)
+            if outcome == "retried":
+                m.RETRIED.labels(*labels, str(decision.error_class)).inc()
+            elif outcome == "cancelled":
+                m.CANCELLED.labels(*labels).inc()
+            else:
+                m.FAILED.labels(*labels, str(decision.error_class)).inc()
+        m.DURATION.labels(*labels, outcome).observe(time.monotonic() - started)
+
+    def after_skip_message(self, broker, message):
+        if getattr(message, "_roastq_started", None) is not None:  # skipped by a later middleware
+            del message._roastq_started
+            m.IN_PROGRESS.labels(*_labels(message)).dec()
+        if message.failed:  # rejected (not a job): a dead letter
+            m.FAILED.labels(*_labels(message), "INPUT").inc()
+
+
+def _labels(message) -> tuple[str, str]:
+    queue = message.queue_name
+    if queue.endswith(".DQ"):
+        queue = queue[:-3]
+    return queue, message.actor_name

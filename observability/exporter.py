@@ -1,0 +1,179 @@
+"""The one metrics exporter of a worker pool, on ``METRICS_HOST:METRICS_PORT`` (``/metrics``).
+
+It runs as a process of its own that dramatiq's CLI forks next to the workers (the metrics
+middleware declares ``run_exporter`` in its ``forks``, as dramatiq's own Prometheus middleware
+does), so a pool of any size serves one endpoint. Each scrape:
+
+1. drops the live gauges of worker processes that died without stopping;
+2. merges every process's samples from ``PROMETHEUS_MULTIPROC_DIR``;
+3. reads Postgres once (``PostgresCollector``): queue depth and oldest-message age by queue and
+   state, and worker liveness from the heartbeat table. These are facts about the whole system,
+   so they are read here, once, not counted in each worker process.
+
+``METRICS_PORT=0`` binds a free port (tests); the port in use is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from observability.logging import setup_logging
+from observability.metrics import METRICS_DIR, prune_dead  # sets PROMETHEUS_MULTIPROC_DIR first
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from roastq import db
+from roastq.broker import QUEUES
+from roastq.db import Q
+from roastq.settings import get_settings
+
+logger = logging.getLogger("roastq.exporter")
+
+#: dramatiq-pg's message states, plus "delayed" (waiting in a queue's .DQ for its time). Messages
+#: in state "done" are history, not depth: they are not counted (a large table on every scrape).
+STATES = ("queued", "consumed", "delayed", "rejected")
+
+
+class PostgresCollector:
+    """Queue and worker gauges, read from Postgres on each collect (one round trip)."""
+
+    def __init__(self):
+        self._conn = None
+        self._lock = threading.Lock()
+
+    def _cursor(self):
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(connect_timeout=3, application_name="roastq-exporter",
+                                    options="-c statement_timeout=5000")
+            self._conn.autocommit = True
+        return self._conn.cursor()
+
+    def _read(self):
+        stale_after_s = 3 * get_settings().heartbeat_interval_s
+        with self._cursor() as cur:
+            cur.execute(Q.metrics_snapshot, {"stale_after_s": stale_after_s})
+            return cur.fetchall()
+
+    def collect(self):
+        started = time.monotonic()
+        up = GaugeMetricFamily("roastq_metrics_postgres_up",
+                               "1 if the exporter's last read of queue and worker state from Postgres worked.")
+        with self._lock:
+            try:
+                rows = self._read()
+            except Exception as exc:
+                logger.warning("metrics: could not read Postgres: %s", exc)
+                if self._conn is not None:
+                    self._conn.close()
+                up.add_metric([], 0)
+                yield up
+                return
+        up.add_metric([], 1)
+        yield up
+
+        depth = GaugeMetricFamily("roastq_queue_messages", "Broker messages by queue and state (from Postgres).",
+                                  labels=["queue", "state"])
+        age = GaugeMetricFamily("roastq_queue_oldest_message_age_seconds",
+                                "Age of the oldest message by queue and state (since it entered that state); "
+                                "0 when there is none.", labels=["queue", "state"])
+        delayed = GaugeMetricFamily("roastq_queue_delayed_messages",
+                                    "Messages waiting in a queue's delay queue (retry backoffs, snoozes).",
+                                    labels=["queue"])
+        seen = {(q, s): (0, 0.0) for q in QUEUES for s in STATES}
+        workers = threads = 0
+        heartbeat_age = None
+        for kind, queue, state, n, age_s in rows:
+            if kind == "queue":
+                seen[(queue, state)] = (n, float(age_s or 0.0))
+            else:  # the one "workers" row
+                workers, threads, heartbeat_age = n, int(state or 0), age_s
+        for (queue, state), (n, age_s) in sorted(seen.items()):
+            depth.add_metric([queue, state], n)
+            age.add_metric([queue, state], age_s)
+            if state == "delayed":
+                delayed.add_metric([queue], n)
+        yield depth
+        yield age
+        yield delayed
+
+        alive = GaugeMetricFamily("roastq_workers_alive",
+                                  "Worker processes whose heartbeat is fresh (within 3 heartbeat intervals).")
+        alive.add_metric([], workers)
+        yield alive
+        alive_threads = GaugeMetricFamily("roastq_worker_threads_alive", "Worker threads of the live processes.")
+        alive_threads.add_metric([], threads)
+        yield alive_threads
+        if heartbeat_age is not None:
+            beat = GaugeMetricFamily("roastq_worker_heartbeat_age_seconds",
+                                     "Seconds since the stalest heartbeat still registered (a crashed worker's grows).")
+            beat.add_metric([], float(heartbeat_age))
+            yield beat
+        took = GaugeMetricFamily("roastq_metrics_postgres_read_seconds", "How long the exporter's Postgres read took.")
+        took.add_metric([], time.monotonic() - started)
+        yield took
+
+
+def build_registry(postgres: PostgresCollector | None = None) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(METRICS_DIR))
+    registry.register(postgres or PostgresCollector())
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """One scrape: prune dead processes, then collect everything."""
+    prune_dead()
+    return generate_latest(registry)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    registry: CollectorRegistry
+
+    def do_GET(self):
+        if self.path.split("?")[0] not in ("/metrics", "/"):
+            self.send_error(404)
+            return
+        try:
+            body = render(self.server.registry)
+        except Exception:
+            logger.exception("metrics: scrape failed")
+            self.send_error(500)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *args):  # one line a scrape would drown the logs
+        pass
+
+
+def make_server(host: str, port: int) -> HTTPServer:
+    server = HTTPServer((host, port), _Handler)
+    server.registry = build_registry()
+    return server
+
+
+def run_exporter() -> int:
+    """The exporter process's main (a dramatiq fork function): serve until SIGTERM."""
+    setup_logging()
+    settings = get_settings()
+    try:
+        server = make_server(settings.metrics_host, settings.metrics_port)
+    except OSError as exc:
+        # Another pool on this host serves the port: its exporter reads the same directory.
+        logger.error("metrics exporter not started: cannot listen on %s:%s: %s",
+                     settings.metrics_host, settings.metrics_port, exc)
+        return 1
+    host, port = server.server_address[:2]
+    logger.info("metrics exporter listening on http://%s:%d/metrics (files in %s)", host, port, METRICS_DIR)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0

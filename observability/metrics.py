@@ -1,0 +1,162 @@
+"""Prometheus metrics of a worker process, in prometheus_client's multiprocess mode.
+
+dramatiq forks worker processes, so each process writes its samples to memory-mapped files in
+``PROMETHEUS_MULTIPROC_DIR`` (``settings.metrics_dir``) and one exporter (``observability.exporter``)
+adds them up. prometheus_client chooses its value class when it is imported, so this module sets
+the directory *before* importing it, and refuses to run if someone imported it earlier.
+
+Files of processes that are gone are cleaned: a worker process at boot removes the files of every
+process that no longer runs (a previous run, a crashed worker) and any stale file with its own pid;
+a worker stopping marks itself dead (its live gauges go); the exporter does the same for workers
+that died without stopping (``prune_dead``).
+
+Naming follows Prometheus conventions: base units (seconds, dollars), ``_total`` for counters, and
+no unbounded labels (no job, message or agent ids: those are in the logs and Sentry). Queue depth,
+queue age and worker liveness come from Postgres, read once per scrape by the exporter.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+from roastq.settings import get_settings
+
+
+def multiprocess_dir() -> Path:
+    """Create and export ``PROMETHEUS_MULTIPROC_DIR`` (before prometheus_client is imported)."""
+    path = get_settings().metrics_dir.resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
+METRICS_DIR = multiprocess_dir()
+
+from prometheus_client import Counter, Gauge, Histogram  # noqa: E402
+from prometheus_client import multiprocess, values  # noqa: E402
+
+if values.ValueClass.__name__ != "MmapedValue":  # pragma: no cover - a misordered import
+    raise RuntimeError("prometheus_client is not in multiprocess mode: it was imported before "
+                       "observability.metrics set PROMETHEUS_MULTIPROC_DIR")
+
+#: Job duration buckets: 1 s to 20 min (RoastMyPost agents take seconds to minutes).
+JOB_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200, float("inf"))
+#: LLM call latency buckets: 100 ms to 5 min.
+LLM_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, float("inf"))
+TOKEN_KINDS = ("input", "output", "cache_read", "cache_write")
+
+# -- messages (jobs) ------------------------------------------------------------------------------
+ENQUEUED = Counter("roastq_messages_enqueued_total",
+                   "Messages put on a queue; delayed=\"true\" for retries, snoozes and scheduled sends.",
+                   ["queue", "actor", "delayed"])
+STARTED = Counter("roastq_messages_started_total", "Job attempts started.", ["queue", "actor"])
+SUCCEEDED = Counter("roastq_messages_succeeded_total", "Job attempts that completed the job.", ["queue", "actor"])
+FAILED = Counter("roastq_messages_failed_total",
+                 "Jobs that failed for good (dead letters), by error class.", ["queue", "actor", "error_class"])
+RETRIED = Counter("roastq_messages_retried_total",
+                  "Job attempts that failed and will be retried (or waited, SNOOZED), by error class.",
+                  ["queue", "actor", "error_class"])
+CANCELLED = Counter("roastq_messages_cancelled_total", "Jobs cancelled while they ran.", ["queue", "actor"])
+DURATION = Histogram("roastq_job_duration_seconds",
+                     "Time one job attempt took, by outcome (succeeded, failed, retried, cancelled).",
+                     ["queue", "actor", "outcome"], buckets=JOB_BUCKETS)
+IN_PROGRESS = Gauge("roastq_messages_in_progress", "Job attempts running now.", ["queue", "actor"],
+                    multiprocess_mode="livesum")
+DELAYED = Gauge("roastq_messages_delayed", "Delayed messages held by workers until their time comes.",
+                ["queue", "actor"], multiprocess_mode="livesum")
+
+# -- the LLM -------------------------------------------------------------------------------------
+LLM_REQUESTS = Counter("roastq_llm_requests_total",
+                       "LLM calls, by outcome: ok, cached (answered from the response cache, not sent) "
+                       "or the error class of the failure (RATE_LIMITED is a 429).",
+                       ["model", "step", "outcome"])
+LLM_LATENCY = Histogram("roastq_llm_request_duration_seconds", "Latency of LLM calls sent to the API.",
+                        ["model", "step"], buckets=LLM_BUCKETS)
+LLM_TOKENS = Counter("roastq_llm_tokens_total", "Tokens paid for, by kind: input, output, cache_read, cache_write.",
+                     ["model", "kind"])
+LLM_COST = Counter("roastq_llm_cost_dollars_total", "Dollars spent on LLM calls (price table x usage).", ["model"])
+
+
+def record_llm_call(*, model: str, step: str, outcome: str, duration_s: float, usage, price_usd,
+                    cached: bool) -> None:
+    """Count one LLM call (``outcome`` is decided by the caller: ok, cached or an error class)."""
+    LLM_REQUESTS.labels(model, step, outcome).inc()
+    if cached:
+        return  # not sent, not paid for
+    LLM_LATENCY.labels(model, step).observe(duration_s)
+    if usage is not None:
+        for kind in TOKEN_KINDS:
+            n = getattr(usage, f"{kind}_tokens", 0) or 0
+            if n:
+                LLM_TOKENS.labels(model, kind).inc(n)
+    if price_usd:
+        LLM_COST.labels(model).inc(float(price_usd))
+
+
+# -- files of dead processes -------------------------------------------------------------------
+
+_PID_FILE = re.compile(r"^[a-z_]+_(\d+)\.db$")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _files_by_pid(path: Path) -> dict[int, list[Path]]:
+    found: dict[int, list[Path]] = {}
+    for f in path.glob("*.db"):
+        m = _PID_FILE.match(f.name)
+        if m:
+            found.setdefault(int(m.group(1)), []).append(f)
+    return found
+
+
+@contextmanager
+def _locked(path: Path):
+    with open(path / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def clean_at_boot(path: Path = METRICS_DIR) -> list[int]:
+    """Remove every file of a process that is not running, and this process's own stale files
+    (a pid reused after a restart); return the pids cleaned. Called as a worker process boots,
+    before it records anything: counters restart from zero with the pool, as Prometheus expects."""
+    me = os.getpid()
+    cleaned = []
+    with _locked(path):
+        for pid, files in _files_by_pid(path).items():
+            if pid == me or not pid_alive(pid):
+                for f in files:
+                    f.unlink(missing_ok=True)
+                cleaned.append(pid)
+    return cleaned
+
+
+def prune_dead(path: Path = METRICS_DIR) -> list[int]:
+    """Drop the live gauges of processes that died without stopping (their in-progress jobs are
+    not running any more); their counters stay, so totals never go down within a run."""
+    dead = []
+    for pid, files in _files_by_pid(path).items():
+        if any(f.name.startswith("gauge_live") for f in files) and not pid_alive(pid):
+            multiprocess.mark_process_dead(pid, str(path))
+            dead.append(pid)
+    return dead
+
+
+def mark_dead(pid: int | None = None, path: Path = METRICS_DIR) -> None:
+    """This (stopping) process's live gauges go."""
+    multiprocess.mark_process_dead(pid or os.getpid(), str(path))
