@@ -56,3 +56,14 @@ evaluate_document_batch = dramatiq.actor(
 )
 
 ACTOR_FOR_QUEUE = {"interactive": evaluate_document, "batch": evaluate_document_batch}
+
+# Operations. The system pause holds job messages before an attempt starts (so after Retries,
+# which re-enqueues them, and before JobState); periodiq's middleware accepts the `periodic`
+# option and drops periodic messages older than a tick; actors/periodic.py declares them.
+from middleware.pause import SystemPause  # noqa: E402
+from periodiq import PeriodiqMiddleware  # noqa: E402
+
+broker.add_middleware(SystemPause(), before=JobState)
+broker.add_middleware(PeriodiqMiddleware(skip_delay=55))
+
+from actors import periodic  # noqa: E402,F401

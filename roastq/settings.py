@@ -78,6 +78,13 @@ class Settings:
     heartbeat_interval_s: float = 5.0  # worker heartbeat period; stale after 3 periods
     # Failures.
     backoff_scale: float = 1.0  # multiplies every backoff base and cap (tests and demos shorten waits)
+    # Operations (scheduler, pause, legacy import).
+    retention_days: float = 7.0  # finished broker messages older than this are deleted (jobs rows are kept)
+    dead_letter_retention_days: float = 30.0  # the same for dead letters (rejected messages)
+    reconcile_grace_s: float = 300.0  # a PENDING job without a live message gets a new one after this
+    job_crash_limit: int = 3  # the reaper fails a job whose worker died this many times under it
+    pause_snooze_s: float = 30.0  # while paused, a job's message comes back after this (plus jitter)
+    legacy_database_url: str | None = None  # the legacy RoastMyPost database; None: DATABASE_URL
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -105,6 +112,12 @@ class Settings:
             recovery_interval_s=_float("RECOVERY_INTERVAL_S", 10.0),
             heartbeat_interval_s=_float("HEARTBEAT_INTERVAL_S", 5.0),
             backoff_scale=_float("BACKOFF_SCALE", 1.0),
+            retention_days=_float("RETENTION_DAYS", 7.0),
+            dead_letter_retention_days=_float("DEAD_LETTER_RETENTION_DAYS", 30.0),
+            reconcile_grace_s=_float("RECONCILE_GRACE_S", 300.0),
+            job_crash_limit=_int("JOB_CRASH_LIMIT", 3),
+            pause_snooze_s=_float("PAUSE_SNOOZE_S", 30.0),
+            legacy_database_url=_env("LEGACY_DATABASE_URL"),
         )
 
     def replace(self, **changes) -> "Settings":

@@ -86,7 +86,8 @@ def simulator(database_url):
 
 
 TABLES = ("worker_heartbeats, comments, highlights, tasks, job_attempts, evaluation_versions, jobs, evaluations, "
-          "agent_versions, agents, document_versions, documents, dramatiq.queue")
+          "agent_versions, agents, document_versions, documents, dramatiq.queue, "
+          "schedule_ticks, system_state, cost_daily, legacy_jobs, legacy_ids")
 
 
 @pytest.fixture

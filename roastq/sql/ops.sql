@@ -1,0 +1,315 @@
+-- Named queries for operations: the scheduler's tick guard and housekeeping, the admin CLI,
+-- the system pause and health checks. psycopg2 parameters: %(name)s.
+--
+-- "Live" message: state 'queued' or 'consumed' (in its queue or its .DQ delay queue).
+-- A 'consumed' message is held by a worker exactly while that worker's session holds the
+-- message's advisory lock (roastq_message_lock, migration 0006); without it, it is an orphan.
+
+-- name: claim_tick
+-- The first fire of a (task, tick) inserts the row and runs; every other fire conflicts.
+INSERT INTO schedule_ticks (task, tick, claimed_by)
+VALUES (%(task)s, date_trunc('minute', %(scheduled_at)s::timestamptz), %(worker_id)s)
+ON CONFLICT (task, tick) DO NOTHING
+RETURNING tick;
+
+-- name: count_duplicate_tick
+UPDATE schedule_ticks SET duplicates = duplicates + 1
+WHERE task = %(task)s AND tick = date_trunc('minute', %(scheduled_at)s::timestamptz)
+RETURNING tick, claimed_by, claimed_at;
+
+-- name: start_tick
+UPDATE schedule_ticks SET runs = runs + 1 WHERE task = %(task)s AND tick = %(tick)s;
+
+-- name: finish_tick
+UPDATE schedule_ticks
+SET finished_at = now(), outcome = %(outcome)s, result = %(result)s, error = %(error)s
+WHERE task = %(task)s AND tick = %(tick)s;
+
+-- name: last_ticks
+SELECT DISTINCT ON (task) task, tick, claimed_by, claimed_at, finished_at, outcome, error, result,
+       duplicates, EXTRACT(EPOCH FROM now() - claimed_at) AS age_s
+FROM schedule_ticks ORDER BY task, tick DESC;
+
+-- name: recent_ticks
+SELECT task, tick, claimed_by, claimed_at, finished_at, outcome, error, result, runs, duplicates
+FROM schedule_ticks
+WHERE (%(task)s::text IS NULL OR task = %(task)s)
+ORDER BY tick DESC, task LIMIT %(limit)s;
+
+-- name: stale_running_jobs
+-- RUNNING jobs whose worker has not beaten for stale_after_s (killed, frozen or gone).
+-- A job that started less than stale_after_s ago is left alone: its worker may not have
+-- written its first beat yet.
+SELECT j.id
+FROM jobs j
+WHERE j.status = 'RUNNING'
+  AND j.started_at < now() - make_interval(secs => %(stale_after_s)s)
+  AND NOT EXISTS (SELECT 1 FROM worker_heartbeats h
+                  WHERE h.worker_id = j.worker_id
+                    AND h.last_seen_at > now() - make_interval(secs => %(stale_after_s)s))
+ORDER BY j.started_at
+LIMIT %(limit)s;
+
+-- name: lock_stale_job
+-- The same conditions, re-checked under the job's row lock (a worker may have just taken it).
+SELECT j.id, j.worker_id, j.message_id, j.queue, j.attempts, j.next_attempt_at,
+       q.queue_name AS message_queue, q.state::text AS message_state,
+       (SELECT count(*) FROM job_attempts a WHERE a.job_id = j.id AND a.outcome = 'crashed') AS crashes
+FROM jobs j
+LEFT JOIN dramatiq.queue q ON q.message_id = j.message_id
+WHERE j.id = %(job_id)s AND j.status = 'RUNNING'
+  AND NOT EXISTS (SELECT 1 FROM worker_heartbeats h
+                  WHERE h.worker_id = j.worker_id
+                    AND h.last_seen_at > now() - make_interval(secs => %(stale_after_s)s))
+FOR UPDATE OF j SKIP LOCKED;
+
+-- name: try_message_lock
+-- Held until the transaction ends: no consumer can take the message meanwhile. False when a
+-- live worker holds it.
+SELECT pg_try_advisory_xact_lock(roastq_message_lock(%(queue_name)s, %(message_id)s)) AS free;
+
+-- name: job_worker_lost
+-- The job's worker died: it waits for its message again (or a new one).
+UPDATE jobs
+SET status = 'PENDING', worker_id = NULL, error_class = 'WORKER_LOST', error = %(error)s,
+    next_attempt_at = NULL, updated_at = now()
+WHERE id = %(job_id)s AND status = 'RUNNING';
+
+-- name: job_failed_worker_lost
+UPDATE jobs
+SET status = 'FAILED', error_class = 'WORKER_LOST', error = %(error)s, completed_at = now(),
+    worker_id = NULL, next_attempt_at = NULL, updated_at = now(),
+    duration_s = EXTRACT(EPOCH FROM now() - created_at)
+WHERE id = %(job_id)s AND status = 'RUNNING';
+
+-- name: requeue_messages
+-- Back to 'queued', with a NOTIFY so that a listening worker takes them at once.
+WITH requeued AS (
+    UPDATE dramatiq.queue SET state = 'queued', mtime = (NOW() AT TIME ZONE 'UTC')
+    WHERE message_id = ANY(%(message_ids)s::uuid[]) AND state = 'consumed'
+    RETURNING queue_name, message_id, message
+)
+SELECT count(pg_notify('dramatiq.' || queue_name || '.enqueue',
+    CASE WHEN octet_length(message::text) >= 8000
+    THEN jsonb_build_object('message_id', message_id)::text
+    ELSE message::text END)) AS n
+FROM requeued;
+
+-- name: reject_message
+-- A dead letter, as the broker's NACK leaves it.
+UPDATE dramatiq.queue SET state = 'rejected', mtime = (NOW() AT TIME ZONE 'UTC')
+WHERE message_id = %(message_id)s AND state IN ('queued', 'consumed');
+
+-- name: recover_orphans
+-- Messages left 'consumed' by a dead worker: their advisory lock died with its connection.
+-- Taking the lock here proves that nobody holds it and keeps consumers off the message until
+-- it is requeued. The message of a RUNNING job whose worker still beats is left alone: that
+-- worker's connection may have dropped for a moment while it works on.
+WITH orphans AS (
+    SELECT q.message_id
+    FROM dramatiq.queue q
+    WHERE q.state = 'consumed'
+      AND NOT EXISTS (SELECT 1 FROM jobs j JOIN worker_heartbeats h ON h.worker_id = j.worker_id
+                      WHERE j.message_id = q.message_id AND j.status = 'RUNNING'
+                        AND h.last_seen_at > now() - make_interval(secs => %(stale_after_s)s))
+      AND pg_try_advisory_xact_lock(roastq_message_lock(q.queue_name, q.message_id))
+    LIMIT %(limit)s
+    FOR UPDATE OF q SKIP LOCKED
+), requeued AS (
+    UPDATE dramatiq.queue q SET state = 'queued', mtime = (NOW() AT TIME ZONE 'UTC')
+    FROM orphans o WHERE q.message_id = o.message_id
+    RETURNING q.queue_name, q.message_id, q.message
+)
+SELECT count(pg_notify('dramatiq.' || queue_name || '.enqueue',
+    CASE WHEN octet_length(message::text) >= 8000
+    THEN jsonb_build_object('message_id', message_id)::text
+    ELSE message::text END)) AS requeued
+FROM requeued;
+
+-- name: pending_jobs_without_message
+-- PENDING jobs with no live message, neither the one the job names nor any other carrying its
+-- id (an app may write the row and send the message itself: hence also the grace period).
+WITH candidates AS (
+    SELECT j.id, j.created_at FROM jobs j
+    WHERE j.status = 'PENDING' AND j.cancel_requested_at IS NULL
+      AND j.updated_at < now() - make_interval(secs => %(grace_s)s)
+      AND NOT EXISTS (SELECT 1 FROM dramatiq.queue q
+                      WHERE q.message_id = j.message_id AND q.state IN ('queued', 'consumed'))
+)
+SELECT c.id FROM candidates c
+WHERE NOT EXISTS (SELECT 1 FROM dramatiq.queue q
+                  WHERE q.state IN ('queued', 'consumed') AND q.message->'args'->>0 = c.id::text)
+ORDER BY c.created_at
+LIMIT %(limit)s;
+
+-- name: lock_pending_job
+SELECT j.id, j.queue, j.message_id, j.next_attempt_at,
+       GREATEST(0, EXTRACT(EPOCH FROM j.next_attempt_at - now())) AS wait_s
+FROM jobs j
+WHERE j.id = %(job_id)s AND j.status = 'PENDING' AND j.cancel_requested_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM dramatiq.queue q
+                  WHERE q.state IN ('queued', 'consumed')
+                    AND (q.message_id = j.message_id OR q.message->'args'->>0 = j.id::text))
+FOR UPDATE OF j SKIP LOCKED;
+
+-- name: set_job_message
+UPDATE jobs SET message_id = %(message_id)s, updated_at = now() WHERE id = %(job_id)s;
+
+-- name: retire_messages_of_finished_jobs
+-- Live messages whose job has finished (cancelled while queued, failed by the reaper): a worker
+-- would only skip them, but meanwhile they count as waiting work. Marked done. A message a
+-- worker holds (its lock taken) is left to that worker.
+WITH finished AS (
+    SELECT q.message_id
+    FROM dramatiq.queue q
+    JOIN jobs j ON j.id = CASE WHEN q.message->'args'->>0 ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                               THEN (q.message->'args'->>0)::uuid END
+    WHERE q.state IN ('queued', 'consumed')
+      AND q.message->>'actor_name' = ANY(%(job_actors)s::text[])
+      AND j.status IN ('COMPLETED', 'FAILED', 'CANCELLED')
+      AND pg_try_advisory_xact_lock(roastq_message_lock(q.queue_name, q.message_id))
+    LIMIT %(limit)s
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE dramatiq.queue q SET state = 'done', mtime = (NOW() AT TIME ZONE 'UTC')
+FROM finished f WHERE q.message_id = f.message_id
+RETURNING q.message_id;
+
+-- name: count_finished_messages
+SELECT count(*) AS n FROM dramatiq.queue
+WHERE state = ANY(%(states)s::dramatiq.state[])
+  AND mtime < now() - make_interval(secs => %(older_than_s)s)
+  AND (%(queue)s::text IS NULL OR regexp_replace(queue_name, '\.DQ$', '') = %(queue)s);
+
+-- name: delete_finished_messages
+-- One batch: short transactions, so that consumers never wait long on a big delete.
+WITH doomed AS (
+    SELECT message_id FROM dramatiq.queue
+    WHERE state = ANY(%(states)s::dramatiq.state[])
+      AND mtime < now() - make_interval(secs => %(older_than_s)s)
+      AND (%(queue)s::text IS NULL OR regexp_replace(queue_name, '\.DQ$', '') = %(queue)s)
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM dramatiq.queue q USING doomed d WHERE q.message_id = d.message_id;
+
+-- name: delete_old_ticks
+DELETE FROM schedule_ticks WHERE claimed_at < now() - make_interval(days => %(days)s);
+
+-- name: delete_dead_heartbeats
+-- Rows of workers that died without saying goodbye (kill -9, a lost host).
+DELETE FROM worker_heartbeats WHERE last_seen_at < now() - make_interval(days => %(days)s);
+
+-- name: lock_cost_rollup
+SELECT pg_advisory_xact_lock(hashtext('roastq.cost_rollup'));
+
+-- name: delete_cost_days
+DELETE FROM cost_daily WHERE day >= (now() AT TIME ZONE 'UTC')::date - %(days)s + 1;
+
+-- name: roll_up_costs
+-- Recomputes whole UTC days from `tasks` (a day's rows are replaced, never added to).
+INSERT INTO cost_daily (day, agent_id, model, jobs, tasks, input_tokens, output_tokens,
+                        cache_read_tokens, cache_write_tokens, price_usd)
+SELECT (t.created_at AT TIME ZONE 'UTC')::date, e.agent_id, coalesce(t.model, ''),
+       count(DISTINCT t.job_id), count(*), sum(t.input_tokens), sum(t.output_tokens),
+       sum(t.cache_read_tokens), sum(t.cache_write_tokens), sum(t.price_usd)
+FROM tasks t
+JOIN jobs j ON j.id = t.job_id
+JOIN evaluations e ON e.id = j.evaluation_id
+WHERE t.created_at >= ((now() AT TIME ZONE 'UTC')::date - %(days)s + 1)::timestamp AT TIME ZONE 'UTC'
+GROUP BY 1, 2, 3
+RETURNING day;
+
+-- name: cost_report
+SELECT c.day, c.agent_id, av.name AS agent_name, c.model, c.jobs, c.tasks, c.input_tokens,
+       c.output_tokens, c.cache_read_tokens, c.cache_write_tokens, c.price_usd
+FROM cost_daily c
+LEFT JOIN LATERAL (SELECT name FROM agent_versions v WHERE v.agent_id = c.agent_id
+                   ORDER BY v.version DESC LIMIT 1) av ON true
+WHERE c.day >= (now() AT TIME ZONE 'UTC')::date - %(days)s + 1
+ORDER BY c.day DESC, c.price_usd DESC;
+
+-- name: queue_summary
+-- Per queue: ready, delayed (waiting for their eta in the .DQ queue), in flight (held by a
+-- worker), orphaned (consumed, but no worker holds the lock), dead (rejected), done.
+SELECT regexp_replace(q.queue_name, '\.DQ$', '') AS queue,
+       count(*) FILTER (WHERE NOT dq AND q.state = 'queued') AS queued,
+       count(*) FILTER (WHERE dq AND q.state IN ('queued', 'consumed')) AS delayed,
+       count(*) FILTER (WHERE NOT dq AND q.state = 'consumed' AND held) AS in_flight,
+       count(*) FILTER (WHERE q.state = 'consumed' AND NOT held) AS orphaned,
+       count(*) FILTER (WHERE q.state = 'rejected') AS dead,
+       count(*) FILTER (WHERE q.state = 'done') AS done,
+       EXTRACT(EPOCH FROM now() - min(q.mtime) FILTER (WHERE NOT dq AND q.state = 'queued'))
+           AS oldest_queued_age_s
+FROM dramatiq.queue q
+CROSS JOIN LATERAL (SELECT q.queue_name LIKE '%%.DQ' AS dq) d
+LEFT JOIN LATERAL (
+    SELECT q.state = 'consumed' AND EXISTS (
+        SELECT 1 FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND ((l.classid::bigint << 32) | l.objid::bigint) = roastq_message_lock(q.queue_name, q.message_id)
+    ) AS held
+) h ON true
+GROUP BY 1 ORDER BY 1;
+
+-- name: find_jobs
+SELECT j.id, j.status, j.queue, j.attempts, j.error_class, j.error, j.created_at, j.started_at,
+       j.completed_at, j.next_attempt_at, j.duration_s, j.price_usd, j.worker_id,
+       j.evaluation_version_id, j.original_job_id, e.document_id, e.agent_id,
+       dv.title AS document_title, av.name AS agent_name
+FROM jobs j
+JOIN evaluations e ON e.id = j.evaluation_id
+JOIN document_versions dv ON dv.id = j.document_version_id
+JOIN agent_versions av ON av.id = j.agent_version_id
+WHERE (%(statuses)s::text[] IS NULL OR j.status = ANY(%(statuses)s::text[]))
+  AND (%(error_class)s::text IS NULL OR j.error_class = %(error_class)s)
+  AND (%(queue)s::text IS NULL OR j.queue = %(queue)s)
+  AND (%(agent_id)s::uuid IS NULL OR e.agent_id = %(agent_id)s::uuid)
+  AND (%(document_id)s::uuid IS NULL OR e.document_id = %(document_id)s::uuid)
+  AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz)
+  AND (%(until)s::timestamptz IS NULL OR j.created_at < %(until)s::timestamptz)
+ORDER BY j.created_at DESC
+LIMIT %(limit)s;
+
+-- name: resolve_agent
+-- An agent by id, slug or (latest version's) name.
+SELECT a.id FROM agents a
+WHERE a.id::text = %(ref)s OR a.slug = %(ref)s
+   OR (SELECT lower(v.name) FROM agent_versions v WHERE v.agent_id = a.id ORDER BY v.version DESC LIMIT 1)
+      = lower(%(ref)s);
+
+-- name: resolve_document
+SELECT d.id FROM documents d WHERE d.id::text = %(ref)s OR d.slug = %(ref)s;
+
+-- name: get_state
+SELECT value, updated_at FROM system_state WHERE key = %(key)s;
+
+-- name: set_state
+INSERT INTO system_state (key, value) VALUES (%(key)s, %(value)s)
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
+RETURNING value, updated_at;
+
+-- name: delete_state
+DELETE FROM system_state WHERE key = %(key)s RETURNING value;
+
+-- name: job_paused
+-- The job waits for the pause to end: PENDING still, and `roastq jobs` says why.
+UPDATE jobs
+SET next_attempt_at = now() + make_interval(secs => %(delay_s)s), error_class = 'SNOOZED',
+    error = %(error)s, updated_at = now()
+WHERE id = %(job_id)s AND status = 'PENDING';
+
+-- name: health_schema
+SELECT to_regclass('dramatiq.queue') IS NOT NULL AS broker_queue,
+       to_regtype('dramatiq.state') IS NOT NULL AS broker_state,
+       to_regclass('schema_migrations') IS NOT NULL AS migrations_table;
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations ORDER BY version;
+
+-- name: health_workers
+SELECT count(*) AS live,
+       min(EXTRACT(EPOCH FROM now() - last_seen_at)) AS freshest_s
+FROM worker_heartbeats
+WHERE last_seen_at > now() - make_interval(secs => %(stale_after_s)s);
