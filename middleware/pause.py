@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import Middleware, MiddlewareError
 
 from roastq import db, pause
 from roastq.exceptions import Snooze
@@ -26,6 +26,11 @@ from .jobs import job_id_of
 logger = logging.getLogger("roastq.pause")
 
 OPS = load_queries("ops.sql")
+
+
+class SystemPaused(Snooze, MiddlewareError):
+    """The Snooze of a paused job. Dramatiq swallows (and logs) any exception a before-hook raises,
+    except a ``MiddlewareError``: this one must stop the message, so it is both."""
 
 
 class SystemPause(Middleware):
@@ -58,7 +63,7 @@ class SystemPause(Middleware):
         # An expected exception: dramatiq logs it in one INFO line instead of an ERROR traceback a
         # message. Removed again in the after-hook, before the message is serialised.
         message.options["throws"] = Snooze
-        raise Snooze(delay_s, "system_paused")
+        raise SystemPaused(delay_s, "system_paused")
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         if message.options.get("throws") is Snooze:

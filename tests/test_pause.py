@@ -1,0 +1,76 @@
+"""The system pause: while paused no attempt starts, jobs wait (no attempt used, nothing fails);
+on resume they run. Real workers, the simulator over HTTP."""
+
+import signal
+import time
+
+import pytest
+
+from helpers import kill_group, one, rows, start_workers, wait_for_status, wait_until
+from roastq import pause
+from roastq.api import enqueue_evaluation
+
+
+@pytest.fixture(autouse=True)
+def short_snooze(monkeypatch):
+    from roastq import settings
+
+    monkeypatch.setenv("PAUSE_SNOOZE_S", "0.3")
+    settings.reload_settings()
+    yield
+    pause.resume()
+    monkeypatch.delenv("PAUSE_SNOOZE_S")
+    settings.reload_settings()
+
+
+def a_job(seeded, **kw):
+    return enqueue_evaluation(next(iter(seeded.documents.values())), next(iter(seeded.agents.values())), **kw)
+
+
+def test_paused_jobs_wait_without_using_attempts_and_run_on_resume(db, seeded, sim, worker):
+    pause.pause("provider incident")
+    jobs = [a_job(seeded), a_job(seeded, priority="batch")]
+    # The messages come back every ~0.3 s and are held each time: the rows say why they wait.
+    wait_until(lambda: one(db, "SELECT count(*) FROM jobs WHERE error_class = 'SNOOZED'") == 2, timeout=10,
+               what="the jobs to be held")
+    time.sleep(1.5)  # several snooze rounds
+    assert rows(db, "SELECT DISTINCT status, attempts, error FROM jobs") == \
+        [("PENDING", 0, "system paused: provider incident")]
+    assert one(db, "SELECT count(*) FROM job_attempts") == 0
+    assert sim.requests() == []  # no LLM call
+    assert one(db, "SELECT count(*) FROM dramatiq.queue WHERE state IN ('queued', 'consumed')") == 2  # still live
+    pause.resume()
+    assert set(wait_for_status(db, jobs, timeout=30).values()) == {"COMPLETED"}
+    assert rows(db, "SELECT DISTINCT attempts, error_class FROM jobs") == [(1, None)]
+    assert rows(db, "SELECT DISTINCT outcome FROM job_attempts") == [("completed",)]
+
+
+def test_a_running_job_finishes_when_the_system_is_paused(db, seeded, sim, worker):
+    sim.configure(latency_ms=800, jitter_ms=0)
+    job_id = a_job(seeded)
+    wait_until(lambda: one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING", what="RUNNING")
+    pause.pause("maintenance window")
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+    later = a_job(seeded)
+    wait_until(lambda: one(db, "SELECT error_class FROM jobs WHERE id = %s", later) == "SNOOZED", timeout=10,
+               what="the next job to be held")
+    assert one(db, "SELECT status, attempts FROM jobs WHERE id = %s", later) == ("PENDING", 0)
+
+
+def test_pause_is_read_by_worker_processes(db, seeded, sim):
+    """The pause lives in the database: a `dramatiq actors` pool started before it holds its jobs."""
+    workers = start_workers(threads=2, ANTHROPIC_BASE_URL=sim.url, PAUSE_SNOOZE_S=0.3)
+    try:
+        wait_until(lambda: one(db, "SELECT count(*) FROM worker_heartbeats") == 1, timeout=30, what="the worker")
+        pause.pause("from another host", by="ops@elsewhere")
+        job_id = a_job(seeded)
+        wait_until(lambda: one(db, "SELECT error_class FROM jobs WHERE id = %s", job_id) == "SNOOZED", timeout=10,
+                   what="the job to be held")
+        assert pause.state()["by"] == "ops@elsewhere"
+        assert pause.resume()["reason"] == "from another host"
+        assert wait_for_status(db, [job_id], timeout=30)[job_id] == "COMPLETED"
+        assert one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 1
+    finally:
+        kill_group(workers, signal.SIGKILL)
+        workers.wait()
+    assert pause.resume() is None  # resuming twice is harmless
