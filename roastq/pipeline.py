@@ -4,22 +4,27 @@
    gives grades) and highlight suggestions against a line-numbered rendering of the document;
 2. highlight extraction: local fuzzy matching of each suggested quote to character offsets;
 3. self-critique: one more tool call, when the agent has self-critique instructions.
+
+Each step's output is memoised per job (``roastq.memo``): a retry resumes at the step that failed.
+The LLM steps go through the cost layer (``roastq.llm``): response cache seeded by the agent
+version, budget, shared rate limits; their ``tasks`` rows come from the job's step ledger.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Callable
 
-from . import db
+from . import db, ledger
 from .db import Q
 from .exceptions import InputError, JobCancelled
 from .highlights import HighlightMatch, locate_highlight, number_lines
 from .jobctx import current_job, start_error
 from .llm import Claude, ToolCall, default_claude
+from .memo import StepMemo
 
 logger = logging.getLogger("roastq.pipeline")
 
@@ -107,6 +112,7 @@ class EvaluationResult:
 
     @property
     def price_usd(self) -> Decimal:
+        """Billed by this attempt's calls (the ledger in ``save`` also counts earlier attempts)."""
         return sum((c.price_usd for c in self.calls), Decimal(0))
 
 
@@ -139,25 +145,56 @@ def analysis_prompt(inputs: JobInputs) -> str:
     )
 
 
+def _memoised(memo: StepMemo, step: str, call: Callable[[], ToolCall]) -> ToolCall:
+    """The step's output from an earlier attempt of this job, or a new call, stored at once."""
+    done = memo.get(step)
+    if done is not None:
+        return ToolCall(step=step, model=done.model, input=done.output, usage=done.usage, price_usd=done.price_usd,
+                        duration_s=done.duration_s, request_id=done.request_id, cached=done.cached,
+                        saved_usd=done.saved_usd, memoised=True)
+    result = call()
+    job = current_job.get()
+    memo.store(step, result.input, model=result.model, duration_s=result.duration_s, request_id=result.request_id,
+               attempt=job.attempt if job is not None else None)
+    return result
+
+
+def _highlights(memo: StepMemo, inputs: JobInputs, analysis: ToolCall) -> tuple[list, float]:
+    """Step 2, memoised like the others (it is local and cheap, but a retry must not redo it
+    differently if the matcher changed between attempts)."""
+    done = memo.get("highlight_extraction")
+    if done is not None:
+        pairs = [(p["suggestion"], HighlightMatch(**p["match"])) for p in done.output["highlights"]]
+        return pairs, done.duration_s
+    started = time.monotonic()
+    text = document_text(inputs)
+    pairs = [
+        (h, locate_highlight(text, h["quoted_text"], h.get("start_line"), h.get("end_line")))
+        for h in analysis.input["highlights"]
+    ]
+    duration = time.monotonic() - started
+    memo.store("highlight_extraction", {"highlights": [{"suggestion": h, "match": asdict(m)} for h, m in pairs]},
+               model=None, duration_s=duration)
+    return pairs, duration
+
+
 def run(inputs: JobInputs, claude: Claude, *, cancelled: Callable[[], bool] = lambda: False) -> EvaluationResult:
-    """Run the three steps. ``cancelled`` is checked at each step boundary."""
+    """Run the three steps, resuming after the ones an earlier attempt finished. ``cancelled`` is
+    checked at each step boundary."""
+    memo = StepMemo(inputs.job_id)
+    seed = f"agent-version:{inputs.agent_version_id}"  # a new agent version never sees old answers
     system = [
         {"type": "text", "text": ANALYSIS_FRAME},
         {"type": "text", "text": f"Agent: {inputs.agent_name}\n\n{inputs.primary_instructions}"},
     ]
-    analysis = claude.call_tool(
-        step="analysis", system=system, prompt=analysis_prompt(inputs), tool=analysis_tool(inputs.provides_grades)
-    )
+    analysis = _memoised(memo, "analysis", lambda: claude.call_tool(
+        step="analysis", system=system, prompt=analysis_prompt(inputs), tool=analysis_tool(inputs.provides_grades),
+        cache_seed=seed,
+    ))
     if cancelled():
         raise JobCancelled("cancelled after the analysis step")
 
-    started = time.monotonic()
-    text = document_text(inputs)
-    highlights = [
-        (h, locate_highlight(text, h["quoted_text"], h.get("start_line"), h.get("end_line")))
-        for h in analysis.input["highlights"]
-    ]
-    highlight_duration = time.monotonic() - started
+    highlights, highlight_duration = _highlights(memo, inputs, analysis)
     valid = sum(1 for _, m in highlights if m.is_valid)
     logger.info("highlights located: %d of %d valid", valid, len(highlights))
 
@@ -173,7 +210,7 @@ def run(inputs: JobInputs, claude: Claude, *, cancelled: Callable[[], bool] = la
     if inputs.self_critique_instructions:
         if cancelled():
             raise JobCancelled("cancelled before the self-critique step")
-        critique = claude.call_tool(
+        critique = _memoised(memo, "self_critique", lambda: claude.call_tool(
             step="self_critique",
             system=[{"type": "text", "text": inputs.self_critique_instructions}],
             prompt=(
@@ -181,7 +218,8 @@ def run(inputs: JobInputs, claude: Claude, *, cancelled: Callable[[], bool] = la
                 "Critique this evaluation and call submit_self_critique."
             ),
             tool=SELF_CRITIQUE_TOOL,
-        )
+            cache_seed=seed,
+        ))
         result.self_critique = critique.input["self_critique"]
         result.calls.append(critique)
     if cancelled():
@@ -242,35 +280,43 @@ def save(inputs: JobInputs, result: EvaluationResult) -> str | None:
                     "level": suggestion.get("level"),
                 },
             )
-        tasks = [
-            dict(name=c.step, model=c.model, usage=c.usage, price_usd=c.price_usd, duration_s=c.duration_s)
-            for c in result.calls
-        ]
-        tasks.insert(1, dict(name="highlight_extraction", model=None, usage=None, price_usd=Decimal(0),
-                             duration_s=result.highlight_duration_s))
+        tasks = _tasks(inputs.job_id, result, cur)
         for t in tasks:
-            u = t.pop("usage")
-            cur.execute(
-                Q.insert_task,
-                {
-                    "job_id": inputs.job_id,
-                    "evaluation_version_id": ev_id,
-                    "input_tokens": u.input_tokens if u else 0,
-                    "output_tokens": u.output_tokens if u else 0,
-                    "cache_read_tokens": u.cache_read_tokens if u else 0,
-                    "cache_write_tokens": u.cache_write_tokens if u else 0,
-                    **t,
-                },
-            )
+            cur.execute(Q.insert_task, {"job_id": inputs.job_id, "evaluation_version_id": ev_id, **t})
         cur.execute(
             Q.complete_job,
-            {"job_id": inputs.job_id, "evaluation_version_id": ev_id, "price_usd": result.price_usd},
+            {"job_id": inputs.job_id, "evaluation_version_id": ev_id,
+             "price_usd": sum((t["price_usd"] for t in tasks), Decimal(0))},
         )
         job = current_job.get()
         if job is not None:  # the attempt ends with the result, so the two never disagree
             cur.execute(Q.end_attempt, {"job_id": inputs.job_id, "attempt": job.attempt, "outcome": "completed",
                                         "error_class": None, "error": None, "delay_s": None, "delay_reason": None})
     return str(ev_id)
+
+
+def _tasks(job_id: str, result: EvaluationResult, cur) -> list[dict]:
+    """One row per step, in pipeline order. An LLM step's tokens and price are everything the
+    ledger says it was billed over all attempts (a memoised step was paid once, earlier; a billed
+    answer that failed validation counts too); a cache hit bills nothing and records its saving."""
+    steps = ledger.step_ledger(job_id, cur)
+    rows = []
+    for call in result.calls:
+        billed = steps.get(call.step)
+        if billed is None:  # not run in a job (no ledger row): this attempt's call is all there is
+            u = call.usage
+            billed = dict(model=call.model, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+                          cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
+                          price_usd=call.price_usd, cached=call.cached, saved_usd=call.saved_usd)
+        rows.append(dict(
+            name=call.step, model=billed["model"] or call.model, duration_s=call.duration_s,
+            **{k: billed[k] for k in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                                      "price_usd", "cached", "saved_usd")},
+        ))
+    rows.insert(1, dict(name="highlight_extraction", model=None, duration_s=result.highlight_duration_s,
+                        input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0,
+                        price_usd=Decimal(0), cached=False, saved_usd=Decimal(0)))
+    return rows
 
 
 def cancel_requested(job_id: str) -> bool:

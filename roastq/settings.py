@@ -8,6 +8,7 @@ this class are the whole story.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -47,6 +48,30 @@ def _float(name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _bool(name: str, default: bool) -> bool:
+    raw = _env(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+
+
+def _json_object(name: str) -> dict:
+    raw = _env(name)
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a JSON object, got {raw!r}") from None
+    if not isinstance(value, dict):
+        raise SettingsError(f"{name} must be a JSON object, got {raw!r}")
+    return value
+
+
 class SettingsError(ValueError):
     """A setting has a value roastq cannot use."""
 
@@ -62,6 +87,25 @@ class Settings:
     analysis_model: str = DEFAULT_ANALYSIS_MODEL
     llm_call_timeout_s: float = 120.0  # per-call cap; the job's time left may be smaller
     default_time_limit_s: int = 240  # RoastMyPost's default per-agent job time limit
+    # The LLM cost layer (docs/llm.md): response cache, prompt caching, budget, rate limits, prices.
+    llm_cache_enabled: bool = True  # the response cache in Postgres
+    llm_cache_ttl_s: float = 7 * 86400.0
+    llm_cache_seed: str = ""  # mixed into every cache key: change it to start from an empty cache
+    llm_proxy_base_url: str | None = None  # an external caching proxy instead of the Postgres cache
+    llm_proxy_headers: dict = field(default_factory=dict)  # sent with every call through the proxy
+    llm_proxy_seed_header: str | None = None  # header carrying the cache seed (e.g. Helicone-Cache-Seed)
+    llm_proxy_bypass_headers: dict = field(default_factory=dict)  # added to a call that bypasses the cache
+    prompt_caching: bool = True  # cache_control on the agent's system prompt and tools
+    llm_daily_budget_usd: float = 0.0  # 0: no cap
+    llm_budget_recheck_s: float = 600.0  # a job held by the budget looks again after this
+    llm_rpm_limit: float = 0.0  # per model; 0: learn it from the API's rate-limit headers
+    llm_input_tpm_limit: float = 0.0
+    llm_output_tpm_limit: float = 0.0
+    llm_rate_limits: dict = field(default_factory=dict)  # per model: {"rpm":, "input_tpm":, "output_tpm":}
+    llm_rate_limits_from_headers: bool = True  # learn limits not configured from the headers
+    llm_rate_headroom: float = 0.95  # pace at this fraction of each limit
+    llm_rate_max_wait_s: float = 20.0  # longest in-thread wait for the limiter; longer: the job snoozes
+    llm_extra_prices: dict = field(default_factory=dict)  # model -> {"input":, "output":} $ per MTok
     # Observability.
     sentry_dsn: str | None = None
     sentry_environment: str = "development"
@@ -99,6 +143,24 @@ class Settings:
             analysis_model=_env("ANALYSIS_MODEL", DEFAULT_ANALYSIS_MODEL),
             llm_call_timeout_s=_float("LLM_CALL_TIMEOUT_S", 120.0),
             default_time_limit_s=_int("DEFAULT_TIME_LIMIT_S", 240),
+            llm_cache_enabled=_bool("LLM_CACHE_ENABLED", True),
+            llm_cache_ttl_s=_float("LLM_CACHE_TTL_S", 7 * 86400.0),
+            llm_cache_seed=_env("LLM_CACHE_SEED", ""),
+            llm_proxy_base_url=_env("LLM_PROXY_BASE_URL"),
+            llm_proxy_headers=_json_object("LLM_PROXY_HEADERS"),
+            llm_proxy_seed_header=_env("LLM_PROXY_SEED_HEADER"),
+            llm_proxy_bypass_headers=_json_object("LLM_PROXY_BYPASS_HEADERS"),
+            prompt_caching=_bool("PROMPT_CACHING", True),
+            llm_daily_budget_usd=_float("LLM_DAILY_BUDGET_USD", 0.0),
+            llm_budget_recheck_s=_float("LLM_BUDGET_RECHECK_S", 600.0),
+            llm_rpm_limit=_float("LLM_RPM_LIMIT", 0.0),
+            llm_input_tpm_limit=_float("LLM_INPUT_TPM_LIMIT", 0.0),
+            llm_output_tpm_limit=_float("LLM_OUTPUT_TPM_LIMIT", 0.0),
+            llm_rate_limits=_json_object("LLM_RATE_LIMITS"),
+            llm_rate_limits_from_headers=_bool("LLM_RATE_LIMITS_FROM_HEADERS", True),
+            llm_rate_headroom=_float("LLM_RATE_HEADROOM", 0.95),
+            llm_rate_max_wait_s=_float("LLM_RATE_MAX_WAIT_S", 20.0),
+            llm_extra_prices=_json_object("LLM_EXTRA_PRICES"),
             sentry_dsn=_env("SENTRY_DSN"),
             sentry_environment=_env("SENTRY_ENVIRONMENT", "development"),
             sentry_release=_env("SENTRY_RELEASE"),

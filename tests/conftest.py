@@ -59,6 +59,9 @@ def database_url(tmp_path_factory):
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("LOG_FORMAT", "pretty")
     os.environ.setdefault("RECOVERY_INTERVAL_S", "2")
+    # The response cache is off unless a test turns it on (tests/test_cache*.py): most tests run
+    # one document and agent many times over, and are about what reaches the API.
+    os.environ.setdefault("LLM_CACHE_ENABLED", "0")
     from roastq import db
     from roastq.settings import reload_settings
 
@@ -87,7 +90,8 @@ def simulator(database_url):
 
 TABLES = ("worker_heartbeats, comments, highlights, tasks, job_attempts, evaluation_versions, jobs, evaluations, "
           "agent_versions, agents, document_versions, documents, dramatiq.queue, "
-          "schedule_ticks, system_state, cost_daily, legacy_jobs, legacy_ids")
+          "schedule_ticks, system_state, cost_daily, legacy_jobs, legacy_ids, "
+          "llm_cache, job_steps, llm_spend_daily, llm_rate_limits")
 
 
 @pytest.fixture
@@ -136,3 +140,20 @@ def worker(broker, sim):
     with running_worker(broker, threads=4) as w:
         yield w
 
+
+
+@pytest.fixture
+def llm_settings(simulator):
+    """Change the process's Claude client settings for one test: ``llm_settings(llm_cache_enabled=True)``.
+    In-process workers use that client, so the change reaches their jobs too."""
+    from roastq import llm
+
+    claude = llm.default_claude()
+    saved = claude.settings
+
+    def apply(**changes):
+        claude.settings = saved.replace(**changes)
+        return claude
+
+    yield apply
+    claude.settings = saved

@@ -130,11 +130,13 @@ VALUES (%(evaluation_version_id)s, %(highlight_id)s, %(description)s, %(header)s
         %(grade)s, %(level)s);
 
 -- name: insert_task
+-- Tokens and price: what the step was billed over all attempts (job_steps); cached/saved_usd: a
+-- response-cache hit, which bills nothing and saves what the original call cost.
 INSERT INTO tasks (job_id, evaluation_version_id, name, model, input_tokens, output_tokens,
-                   cache_read_tokens, cache_write_tokens, price_usd, duration_s)
+                   cache_read_tokens, cache_write_tokens, price_usd, duration_s, cached, saved_usd)
 VALUES (%(job_id)s, %(evaluation_version_id)s, %(name)s, %(model)s, %(input_tokens)s,
         %(output_tokens)s, %(cache_read_tokens)s, %(cache_write_tokens)s, %(price_usd)s,
-        %(duration_s)s);
+        %(duration_s)s, %(cached)s, %(saved_usd)s);
 
 -- name: complete_job
 UPDATE jobs
