@@ -103,7 +103,9 @@ def setup_sentry(settings: Settings | None = None, *, dsn: str | None = None) ->
         dsn=dsn,
         release=settings.sentry_release or release_name(),
         environment=settings.sentry_environment,
-        send_default_pii=False,
+        # Nothing about people, no request bodies, no frame locals (they hold documents), no SQL.
+        data_collection={"user_info": False, "http_bodies": [], "stack_frame_variables": False,
+                         "database_query_data": False, "queues": False},
         include_local_variables=False,
         max_request_body_size="never",
         max_breadcrumbs=100,
