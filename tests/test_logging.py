@@ -1,0 +1,151 @@
+"""Logs: one JSON object a line with the job's context, stored with the job, no secrets."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import os
+
+import pytest
+from loguru import logger
+
+from helpers import one, wait_for_status, wait_until
+from roastq.api import enqueue_evaluation
+from sentry_receiver import SentryReceiver
+
+JOB_FIELDS = ("job_id", "evaluation_id", "message_id", "actor", "queue", "attempt")
+
+
+def simple_agent(db):
+    return one(db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NULL ORDER BY name LIMIT 1")
+
+
+def stored_logs(db, job_id):
+    return one(db, "SELECT logs FROM jobs WHERE id = %s", job_id)
+
+
+def test_json_lines_carry_the_job_context_and_are_scrubbed(capsys):
+    from observability.logging import _json_sink, setup_logging
+    from roastq.jobctx import JobContext, current_job
+
+    setup_logging()
+    sink = logger.add(_json_sink, format="{message}")
+    ctx = JobContext(job_id="j-1", message_id="m-1", actor="evaluate_document", queue="interactive", attempt=2,
+                     evaluation_id="e-1", agent_id="a-1")
+    token = current_job.set(ctx)
+    try:
+        import logging
+
+        logging.getLogger("anthropic.fake").warning("retrying with x-api-key: sk-ant-api03-abcdefghijkl")
+        try:
+            secret_document = "the document text"  # noqa: F841 - a local a traceback must not show
+            raise ValueError("bad postgresql://u:hunter2hunter2@db/x")
+        except ValueError:
+            logging.getLogger("roastq.test").exception("it broke")
+    finally:
+        current_job.reset(token)
+        logger.remove(sink)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    first = [line for line in lines if line["logger"] == "anthropic.fake"][-1]
+    second = [line for line in lines if line["logger"] == "roastq.test"][-1]
+    assert first["logger"] == "anthropic.fake" and first["level"] == "WARNING"
+    assert {f: first[f] for f in JOB_FIELDS} == {"job_id": "j-1", "evaluation_id": "e-1", "message_id": "m-1",
+                                                "actor": "evaluate_document", "queue": "interactive", "attempt": 2}
+    assert "sk-ant-api03-abcdefghijkl" not in first["message"]
+    assert second["exception"]["type"] == "ValueError"
+    text = json.dumps(second)
+    assert "hunter2hunter2" not in text and "the document text" not in text
+    assert "raise ValueError" in second["exception"]["traceback"]  # source lines, not values
+
+
+def test_a_jobs_log_lines_are_stored_with_it_and_shown_by_roastq_job(db, seeded, worker, sim, capsys, monkeypatch):
+    from roastq import cli, settings
+
+    monkeypatch.setenv("BACKOFF_SCALE", "0.01")
+    settings.reload_settings()
+    sim.script("server_error")  # attempt 1 fails (UPSTREAM), attempt 2 completes
+    job_id = enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(db))
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+    wait_until(lambda: any(line["message"] == "job completed" for line in stored_logs(db, job_id)),
+               timeout=5, what="the job's last line stored")
+    lines = stored_logs(db, job_id)
+    assert all({"time", "level", "logger", "message", "attempt"} <= set(line) for line in lines)
+    by_attempt = {a: [line["message"] for line in lines if line["attempt"] == a] for a in (1, 2)}
+    assert by_attempt[1][0].startswith("job started: attempt 1")
+    assert any(m.startswith("job attempt failed (UPSTREAM)") for m in by_attempt[1])
+    assert by_attempt[2][0].startswith("job started: attempt 2") and by_attempt[2][-1] == "job completed"
+
+    capsys.readouterr()
+    assert cli.main(["job", job_id]) == 0
+    out = capsys.readouterr().out
+    logs_section = out.split("\nLogs:\n", 1)[1]
+    assert "#1  WARNING  job attempt failed (UPSTREAM)" in logs_section
+    assert "#2  INFO     job completed" in logs_section
+    assert cli.main(["job", job_id, "--json"]) == 0
+    assert [line["message"] for line in json.loads(capsys.readouterr().out)["logs"]] == [line["message"] for line in lines]
+
+
+@pytest.fixture
+def pool_run(db, seeded, sim, tmp_path):
+    """A `python -m actors` pool at LOG_LEVEL=DEBUG, with an API key, a Sentry DSN and a database
+    password in its environment, running a job that completes, one retried and one that fails."""
+    rx = SentryReceiver().start()
+    api_key = "sk-ant-api03-" + "Qw7" * 12
+    dsn_key = "fedcba9876543210fedcba9876543210"
+    url = os.environ["DATABASE_URL"].replace("postgresql://postgres@", "postgresql://postgres:pw-hunter2-pw@")
+    env = dict(os.environ, LOG_FORMAT="json", LOG_LEVEL="DEBUG", ANTHROPIC_API_KEY=api_key, PYTHONUNBUFFERED="1",
+               ANTHROPIC_BASE_URL=sim.url, SENTRY_DSN=rx.dsn(dsn_key), DATABASE_URL=url, BACKOFF_SCALE="0.01")
+    stderr = open(tmp_path / "pool.log", "wb")
+    pool = subprocess.Popen([sys.executable, "-m", "actors", "--processes", "2", "--threads", "2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    try:
+        agent, doc = simple_agent(db), next(iter(seeded.documents.values()))
+        jobs = {}
+        for name, faults in (("ok", []), ("retried", ["server_error"]), ("failed", ["invalid_request"])):
+            sim.script(*faults)
+            jobs[name] = enqueue_evaluation(doc, agent)
+            wait_for_status(db, [jobs[name]], timeout=30)
+        pool.send_signal(signal.SIGTERM)
+        assert pool.wait(30) == 0
+    finally:
+        if pool.poll() is None:
+            pool.kill()
+        stderr.close()
+        rx.stop()
+    content = one(db, "SELECT content FROM document_versions WHERE document_id = %s ORDER BY version DESC LIMIT 1", doc)
+    return {"pid": pool.pid, "text": (tmp_path / "pool.log").read_text(), "jobs": jobs, "document": content,
+            "secrets": [api_key, dsn_key, "pw-hunter2-pw"]}
+
+
+def test_every_line_of_a_worker_pool_is_json_with_job_context_and_no_secret(pool_run):
+    text = pool_run["text"]
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # every line parses
+    assert len(lines) > 20
+    processes = {line["process"] for line in lines}
+    assert pool_run["pid"] in processes  # dramatiq's main process logs JSON too
+    main = [line for line in lines if line["process"] == pool_run["pid"]]
+    assert any(line["logger"] == "dramatiq.MainProcess" and "booting up" in line["message"] for line in main)
+    assert len(processes) >= 4  # main, two workers, the metrics exporter
+    assert any(line["message"].startswith("metrics exporter listening") for line in lines)
+    loggers = {line["logger"] for line in lines}
+    assert any(name.startswith("dramatiq.") for name in loggers)  # stdlib logging, intercepted
+    assert any(name.startswith("httpx") for name in loggers)
+    assert "roastq.jobs" in loggers
+
+    job_ids = set(pool_run["jobs"].values())
+    in_jobs = [line for line in lines if line.get("job_id")]
+    assert {line["job_id"] for line in in_jobs} == job_ids
+    for line in in_jobs:
+        assert all(line.get(f) not in (None, "") for f in JOB_FIELDS), line
+    http = [line for line in in_jobs if line["logger"].startswith("httpx") and "POST" in line["message"]]
+    assert len(http) >= 4  # the SDK's own lines, inside a job, carry the job too
+    retried = pool_run["jobs"]["retried"]
+    assert {line["attempt"] for line in in_jobs if line["job_id"] == retried} == {1, 2}
+
+    for secret in pool_run["secrets"]:
+        assert secret not in text
+    doc = pool_run["document"]
+    windows = [doc[i:i + 40] for i in range(0, len(doc) - 40, 20)]
+    assert not [w for w in windows if w in text], "document text in the logs"
