@@ -76,36 +76,7 @@ def cmd_enqueue(args) -> int:
     return 0
 
 
-def status_data() -> dict:
-    with db.transaction() as cur:
-        cur.execute(Q.job_counts)
-        jobs = {r["status"]: r["n"] for r in cur.fetchall()}
-        cur.execute(Q.queue_counts)
-        queues = [dict(r) for r in cur.fetchall()]
-    return {"jobs": jobs, "queues": queues}
-
-
-def cmd_status(args) -> int:
-    data = status_data()
-    if args.json:
-        _print_json(data)
-        return 0
-    print("Jobs:   " + ("  ".join(f"{k} {v}" for k, v in data["jobs"].items()) or "none"))
-    print("\nBroker messages:")
-    print(_table(data["queues"], ["queue", "state", "n", "oldest_age_s"]))
-    return 0
-
-
-def cmd_jobs(args) -> int:
-    with db.transaction() as cur:
-        cur.execute(Q.list_jobs, {"status": args.status, "error_class": args.error_class, "limit": args.limit})
-        rows = [dict(r) for r in cur.fetchall()]
-    if args.json:
-        _print_json(rows)
-    else:
-        print(_table(rows, ["id", "status", "queue", "attempts", "error_class", "agent_name",
-                            "document_title", "duration_s", "price_usd"]))
-    return 0
+# status, jobs, cancel and the other operator commands live in roastq/admin.py.
 
 
 def job_data(job_id: str) -> dict | None:
@@ -233,10 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", action="store_true")
     p.add_argument("--class", dest="error_class")
     p.set_defaults(fn=cmd_retry)
-    p = sub.add_parser("cancel", help="cancel a job")
-    p.add_argument("job_id")
-    p.add_argument("--reason", default="cancelled by operator")
-    p.set_defaults(fn=cmd_cancel)
+    from .admin import add_commands  # status, jobs, cancel, pause, resume, purge, health, ...
+
+    add_commands(sub)
     p = sub.add_parser("simulator", help="run the Claude simulator", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_simulator)

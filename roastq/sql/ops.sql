@@ -230,11 +230,12 @@ WHERE c.day >= (now() AT TIME ZONE 'UTC')::date - %(days)s + 1
 ORDER BY c.day DESC, c.price_usd DESC;
 
 -- name: queue_summary
--- Per queue: ready, delayed (waiting for their eta in the .DQ queue), in flight (held by a
--- worker), orphaned (consumed, but no worker holds the lock), dead (rejected), done.
+-- Per queue, each message counted once: queued (ready), delayed (waiting for its eta in the .DQ
+-- queue), in flight (held by a worker), orphaned (consumed, but no worker holds its lock: its
+-- worker died), dead (rejected), done.
 SELECT regexp_replace(q.queue_name, '\.DQ$', '') AS queue,
        count(*) FILTER (WHERE NOT dq AND q.state = 'queued') AS queued,
-       count(*) FILTER (WHERE dq AND q.state IN ('queued', 'consumed')) AS delayed,
+       count(*) FILTER (WHERE dq AND (q.state = 'queued' OR (q.state = 'consumed' AND held))) AS delayed,
        count(*) FILTER (WHERE NOT dq AND q.state = 'consumed' AND held) AS in_flight,
        count(*) FILTER (WHERE q.state = 'consumed' AND NOT held) AS orphaned,
        count(*) FILTER (WHERE q.state = 'rejected') AS dead,
