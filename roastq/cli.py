@@ -147,14 +147,6 @@ def cmd_retry(args) -> int:
     return 0
 
 
-def cmd_cancel(args) -> int:
-    from .api import cancel_job
-
-    status = cancel_job(args.job_id, reason=args.reason)
-    print(f"{args.job_id}: {'cancelled' if status == 'CANCELLED' else 'cancel requested (stops at its next step)'}")
-    return 0
-
-
 def cmd_simulator(args) -> int:
     from .simulator import main as simulator_main
 
@@ -186,15 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent-id", required=True)
     p.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
     p.set_defaults(fn=cmd_enqueue)
-    p = sub.add_parser("status", help="jobs by status, broker messages by queue and state")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_status)
-    p = sub.add_parser("jobs", help="list jobs")
-    p.add_argument("--status", choices=["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"])
-    p.add_argument("--class", dest="error_class")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_jobs)
     p = sub.add_parser("job", help="one job, with its attempts and tasks")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
