@@ -64,10 +64,14 @@ class Metrics(Middleware):
 
     def after_process_boot(self, broker):
         # A dramatiq worker process, before it records anything: clear dead processes' files.
+        self._worker_process = True
         m.clean_at_boot()
 
     def after_worker_shutdown(self, broker, worker):
-        m.mark_dead()
+        # The process exits next: its live gauges go. (A worker embedded in a process that lives
+        # on, as in tests, keeps them: its gauges are still true.)
+        if getattr(self, "_worker_process", False):
+            m.mark_dead()
 
     # -- enqueue and delay --------------------------------------------------------------------
 
