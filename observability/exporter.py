@@ -134,6 +134,17 @@ class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry
 
     def do_GET(self):
+        from roastq.health import respond as health_response  # /healthz and /readyz (roastq/health.py)
+
+        health = health_response(self.path)
+        if health is not None:
+            status, body = health
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if self.path.split("?")[0] not in ("/metrics", "/"):
             self.send_error(404)
             return
