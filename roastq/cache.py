@@ -80,13 +80,11 @@ def cache_key(request: dict, seed: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def lookup(key: str) -> CachedResponse | None:
-    """The live entry for ``key`` (its hit counted), or None."""
-    with db.transaction() as cur:
-        # A lost hit counter is not worth an fsync on the hot path.
-        cur.execute("SET LOCAL synchronous_commit = off")
-        cur.execute(Q.cache_hit, {"key": key})
-        row = cur.fetchone()
+def lookup(key: str, cur) -> CachedResponse | None:
+    """The live entry for ``key`` (its hit counted), or None, in the caller's transaction (the
+    caller records the saving in the same one)."""
+    cur.execute(Q.cache_hit, {"key": key})
+    row = cur.fetchone()
     if row is None:
         return None
     return CachedResponse(

@@ -4,7 +4,20 @@ The core never imports observability; ``observability`` registers listeners at p
 
 Events:
   ``llm_call``: model, step, duration_s, usage (Usage or None), price_usd (Decimal or None),
-  exception (None on success), cached (bool: served from the response cache).
+  exception (None on success), cached (bool: served from the response cache). A cache hit has
+  ``usage`` all zeros and ``price_usd`` 0: nothing was sent or billed (its saving is in ``llm_cache``).
+
+  The LLM cost layer (docs/llm.md) also emits:
+  ``llm_cache``: outcome ("hit", "miss", "bypass", "store"), model, step, saved_usd (Decimal: what
+  a hit saved, the original call's price; 0 otherwise).
+  ``llm_step_memo``: step, outcome ("stored", or "resumed": a retry reused an earlier attempt's output).
+  ``llm_budget_exhausted``: day (UTC date), spent_usd, cap_usd (Decimal), delay_s, model, step;
+  a call was held because today's spend reached LLM_DAILY_BUDGET_USD (the job snoozes delay_s).
+  ``llm_rate_limit_wait``: model, reason ("gate", "requests", "input_tokens", "output_tokens"),
+  wait_s, snoozed (False: waited in the thread; True: the job snoozes wait_s).
+  ``llm_rate_limit_gate``: model, closed_for_s, reason ("429" or "<kind> exhausted"); the
+  model's gate is closed for every worker.
+  ``llm_unknown_model``: model, price (the Price charged: the dearest known rate).
 """
 
 from __future__ import annotations

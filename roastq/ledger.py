@@ -29,9 +29,9 @@ def record_billed(*, job_id: str | None, step: str, model: str, usage: Usage, pr
         })
 
 
-def record_saved(*, job_id: str | None, step: str, model: str, saved_usd: Decimal) -> None:
-    with db.transaction() as cur:
-        cur.execute(Q.ledger_saved, {"job_id": job_id, "step": step, "model": model, "saved_usd": saved_usd})
+def record_saved(*, job_id: str | None, step: str, model: str, saved_usd: Decimal, cur) -> None:
+    """In the caller's transaction: the cache lookup that found the hit."""
+    cur.execute(Q.ledger_saved, {"job_id": job_id, "step": step, "model": model, "saved_usd": saved_usd})
 
 
 def step_ledger(job_id: str, cur) -> dict[str, dict]:

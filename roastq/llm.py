@@ -10,6 +10,8 @@ the failure middleware as the SDK's typed exception, with its response headers (
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import threading
@@ -22,7 +24,7 @@ import anthropic
 import httpx2 as httpx
 import jsonschema
 
-from . import budget, cache, events, ledger, ratelimit
+from . import budget, cache, db, events, ledger, ratelimit
 from .exceptions import BadLLMOutput, JobTimeLimit
 from .jobctx import current_job
 from .pricing import Usage, cost_usd
@@ -194,15 +196,22 @@ class Claude:
             events.emit("llm_cache", outcome="bypass", model=model, step=step, saved_usd=Decimal(0))
             return None
         started = time.monotonic()
-        hit = cache.lookup(key)
+        with db.transaction() as cur:
+            # One round trip for the hit and its saving, and no fsync on the hot path: a hit
+            # counter or a saving lost in a database crash is not worth one.
+            cur.execute("SET LOCAL synchronous_commit = off")
+            hit = cache.lookup(key, cur)
+            if hit is not None:
+                try:
+                    payload = _tool_input(hit.response.get("content") or [], tool, step=step,
+                                          request_id=hit.request_id)
+                except BadLLMOutput:  # cannot happen for a stored entry (the schema is in the key)
+                    hit = None
+                else:
+                    ledger.record_saved(job_id=job_id, step=step, model=model, saved_usd=hit.price_usd, cur=cur)
         if hit is None:
             events.emit("llm_cache", outcome="miss", model=model, step=step, saved_usd=Decimal(0))
             return None
-        try:
-            payload = _tool_input(hit.response.get("content") or [], tool, step=step, request_id=hit.request_id)
-        except BadLLMOutput:  # cannot happen for a stored entry (the schema is in the key): a miss
-            return None
-        ledger.record_saved(job_id=job_id, step=step, model=model, saved_usd=hit.price_usd)
         duration = time.monotonic() - started
         events.emit("llm_cache", outcome="hit", model=model, step=step, saved_usd=hit.price_usd)
         events.emit("llm_call", model=model, step=step, duration_s=duration, usage=Usage(), price_usd=Decimal(0),
@@ -236,14 +245,24 @@ def _tool_input(content, tool: dict, *, step: str, request_id: str | None) -> di
     payload = _block(blocks[0], "input")
     if not isinstance(payload, dict):
         raise BadLLMOutput(f"{step}: tool input is not an object", step=step, request_id=request_id)
-    try:
-        jsonschema.validate(payload, tool["input_schema"])
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+    error = jsonschema.exceptions.best_match(_validator(json.dumps(tool["input_schema"], sort_keys=True))
+                                             .iter_errors(payload))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise BadLLMOutput(
-            f"{step}: tool input invalid at {where}: {exc.message[:200]}", step=step, request_id=request_id
-        ) from None
+            f"{step}: tool input invalid at {where}: {error.message[:200]}", step=step, request_id=request_id
+        )
     return payload
+
+
+@functools.lru_cache(maxsize=64)
+def _validator(schema_json: str):
+    """A validator per schema, its schema checked once: ``jsonschema.validate`` re-checks the schema
+    against the metaschema on every call, which costs more than a cache hit may take."""
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
 
 
 _default: tuple[int, Claude] | None = None
