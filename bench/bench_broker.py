@@ -94,11 +94,20 @@ def bench_drain_stock(conn, n, processes, threads) -> float:
     try:
         first = wait_until(lambda: scalar(conn, "SELECT count(*) FROM dramatiq.queue WHERE state <> 'queued'") > 0,
                            timeout=120, interval=0.005, what="stock start")
-        last = wait_until(lambda: scalar(conn, "SELECT count(*) FROM dramatiq.queue WHERE state = 'done'") >= n,
-                          timeout=900, interval=0.05, what="stock drain")
+        done, last_change, last = 0, time.monotonic(), first
+        while done < n:
+            time.sleep(0.05)
+            now_done = scalar(conn, "SELECT count(*) FROM dramatiq.queue WHERE state = 'done'")
+            if now_done != done:
+                done, last_change, last = now_done, time.monotonic(), time.monotonic()
+            elif time.monotonic() - last_change > 20:
+                # Stock loses acks when its fixed pool of 16 runs out (DESIGN.md, defect 2).
+                print(f"    stock stalled: {done} of {n} done, no progress for 20 s "
+                      f"(see .roastq/bench/stock_actors.log for 'connection pool exhausted')", flush=True)
+                break
     finally:
         stop_workers(workers)
-    return n / (last - first)
+    return done / (last - first)
 
 
 def bench_latency(conn, doc, agent, samples: int = 200) -> dict:

@@ -54,11 +54,23 @@ def run(jobs: int, fault_rate: float, faults: tuple[str, ...]) -> dict:
     finally:
         stop_workers(workers)
         sim.stop()
-    wasted = sum(r["input_tokens"] + r["output_tokens"] + r["cache_read_input_tokens"]
-                 + r["cache_creation_input_tokens"] for r in requests if r["kind"] in BILLED)
+    wasted = sum(_tokens(r) for r in requests if r["kind"] in BILLED)
     return {"requests": stats["requests"], "by_kind": stats["by_kind"], "tokens_billed": billed_tokens(stats),
             "tokens_billed_for_unusable_answers": wasted, "dollars_billed": round(dollars, 4),
+            "old_system_would_repay_analysis_tokens": _repaid_without_memo(requests),
             "completed": completed, "failed": len(ids) - completed, "seconds": round(elapsed, 1)}
+
+
+def _tokens(r: dict) -> int:
+    return r["input_tokens"] + r["output_tokens"] + r["cache_read_input_tokens"] + r["cache_creation_input_tokens"]
+
+
+def _repaid_without_memo(requests: list[dict]) -> int:
+    """An estimate of what the old system (no memoisation, no response cache) would have paid again:
+    each failed self-critique request reruns the job from its analysis, paid once more (a lower
+    bound: that rerun analysis could fail too)."""
+    analysis = {r["job_id"]: _tokens(r) for r in requests if r["step"] == "analysis" and r["kind"] == "ok"}
+    return sum(analysis.get(r["job_id"], 0) for r in requests if r["step"] == "self_critique" and r["kind"] != "ok")
 
 
 def main() -> int:
@@ -78,7 +90,9 @@ def main() -> int:
         print(f"  tokens billed: {faulted['tokens_billed']} vs {clean['tokens_billed']} without faults: "
               f"{over:+.2f}% (target <= +5%: {'PASS' if over <= 5 else 'FAIL'}); of which billed for "
               f"unusable answers: {faulted['tokens_billed_for_unusable_answers']}; paid again for work "
-              f"already done: {repaid} ({100 * repaid / clean['tokens_billed']:+.2f}%)")
+              f"already done: {repaid} ({100 * repaid / clean['tokens_billed']:+.2f}%); the old system would "
+              f"have paid at least {faulted['old_system_would_repay_analysis_tokens']} more "
+              f"({100 * faulted['old_system_would_repay_analysis_tokens'] / clean['tokens_billed']:+.2f}%)")
         verdict = verdict and (over <= 5 or kinds != UNBILLED)
     return 0 if verdict else 1
 

@@ -16,19 +16,20 @@ from roastq.jobctx import current_job
 IO_WAIT_S = float(os.environ.get("BENCH_IO_WAIT_S", "1.0"))
 
 COMPLETE = """
-WITH done AS (
-    UPDATE jobs SET status = 'COMPLETED', completed_at = now(), updated_at = now(), worker_id = NULL,
-        duration_s = EXTRACT(EPOCH FROM now() - created_at)
-    WHERE id = %(job_id)s RETURNING id
-)
-UPDATE job_attempts SET ended_at = now(), outcome = 'completed'
-WHERE job_id = %(job_id)s AND attempt = %(attempt)s
+UPDATE jobs SET status = 'COMPLETED', completed_at = now(), updated_at = now(), worker_id = NULL,
+    duration_s = EXTRACT(EPOCH FROM now() - created_at)
+WHERE id = %(job_id)s
 """
 
 
 def _complete(job_id: str) -> None:
+    """What pipeline.save does, less the evaluation rows: job COMPLETED, attempt closed and the
+    message acknowledged in one transaction."""
+    job = current_job.get()
     with db.transaction() as cur:
-        cur.execute(COMPLETE, {"job_id": job_id, "attempt": current_job.get().attempt})
+        cur.execute(COMPLETE, {"job_id": job_id})
+        cur.execute(db.Q.finish_attempt, {"job_id": job_id, "attempt": job.attempt, "message_id": job.message_id})
+    job.finished_with_result = True
 
 
 @dramatiq.actor(queue_name="bench", priority=100, roastq_job=True)

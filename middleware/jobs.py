@@ -101,8 +101,6 @@ class JobState(Middleware):
                 else:
                     logger.info("job %s already %s: message skipped", job_id, job["status"])
                 return None
-            cur.execute(Q.close_crashed_attempts, {"job_id": job_id})
-            cur.execute(Q.insert_attempt, {"job_id": job_id, "attempt": row["attempts"], "message_id": message.message_id})
         ctx = JobContext(
             job_id=job_id,
             message_id=message.message_id,
@@ -129,7 +127,10 @@ class JobState(Middleware):
             return
         try:
             if exception is None:
-                self._end_attempt(ctx, "completed")
+                if ctx.finished_with_result:
+                    message.roastq_acked = True  # the result's transaction acknowledged the message
+                else:  # a duplicate delivery whose result was discarded
+                    self._end_attempt(ctx, "completed")
                 logger.info("job completed")
                 return
             decision = decision_for(message, exception)

@@ -16,13 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
+from queue import Empty
 
 import dramatiq
 from dramatiq.common import compute_backoff, dq_name
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 from dramatiq_pg import PostgresBroker
-from dramatiq_pg.broker import QUERIES, PostgresConsumer
+from dramatiq_pg.broker import QUERIES, PostgresConsumer, message_lock
 from dramatiq_pg.utils import raise_connection_error, tidy4json, transaction
 from psycopg2.extras import Json
 
@@ -56,6 +58,7 @@ class RoastqConsumer(PostgresConsumer):
         self.recovery_interval_s = recovery_interval_s
         self._next_rescan = time.monotonic() + recovery_interval_s
         self.channel = f"dramatiq.{self.queue_name}.enqueue"
+        self._ready: deque[dramatiq.MessageProxy] = deque()  # consumed, not yet handed out
 
     def close(self):
         # The listening connection is closed, not pooled: its LISTEN would outlive this consumer
@@ -67,10 +70,17 @@ class RoastqConsumer(PostgresConsumer):
 
     @raise_connection_error
     def __next__(self):
+        if self.unlock_q.qsize() >= 64:
+            # Stock releases advisory locks only when idle: a long backlog would pile up
+            # thousands of them and exhaust Postgres's shared lock table.
+            self.purge_locks()
+        if self._ready:
+            return self._ready.popleft()
         if self._listen_conn is None:
             self.notifies = self.fetch_pending_notifies()
 
-        if len(self.in_processing) >= self.prefetch:
+        free = self.prefetch - len(self.in_processing)
+        if free <= 0:
             self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=100)
             time.sleep(backoff_ms / 1000)
             return None
@@ -82,27 +92,55 @@ class RoastqConsumer(PostgresConsumer):
         now = time.monotonic()
         if not self.notifies and now >= self._next_rescan:
             # Orphans: messages left 'consumed' by a dead worker, whose advisory lock died with
-            # its connection. consume_one() takes only those whose lock is free.
+            # its connection. Only those whose lock is free are taken.
             self._next_rescan = now + self.recovery_interval_s
             self.notifies[:] = self.fetch_pending_notifies()
 
-        while self.notifies:
+        if self.notifies:
+            self._consume_batch(free)
+            if self._ready:
+                return self._ready.popleft()
+
+        self.purge_locks()
+        return None
+
+    def _consume_batch(self, limit: int) -> None:
+        """Take up to ``limit`` notified messages in one round trip (stock: one a message, from
+        one consumer thread a queue: the ceiling of a busy worker)."""
+        found: dict[str, Message] = {}
+        by_id: list[str] = []
+        while self.notifies and len(found) + len(by_id) < limit:
             notify = self.notifies.pop(0)
             if notify.channel != self.channel:
                 continue  # not ours (a pooled connection may carry an old LISTEN)
             if "kwargs" in notify.payload:
-                payload = notify.payload
+                message = Message.decode(notify.payload.encode("utf-8"))
+                if message.message_id not in self.in_processing:
+                    found.setdefault(message.message_id, message)
             else:
-                payload = self.fetch_by_id(json.loads(notify.payload)["message_id"])
-                if payload is None:
-                    continue
-            message = Message.decode(payload.encode("utf-8"))
-            if self.consume_one(message):
-                self.in_processing.add(message.message_id)
-                return dramatiq.MessageProxy(message)
-
-        self.purge_locks()
-        return None
+                message_id = json.loads(notify.payload)["message_id"]
+                if message_id not in self.in_processing and message_id not in found:
+                    by_id.append(message_id)
+        with transaction(self.get_consume_conn()) as curs:
+            if by_id:
+                curs.execute(db.Q.broker_fetch_by_ids, {"ids": by_id})
+                for (payload,) in curs.fetchall():
+                    message = Message.decode(payload.encode("utf-8"))
+                    found.setdefault(message.message_id, message)
+            if not found:
+                return
+            ids = list(found)
+            curs.execute(db.Q.broker_consume_many,
+                         {"ids": ids, "locks": [message_lock(found[i]) for i in ids]})
+            outcome = {str(row[0]): (row[1], row[2]) for row in curs.fetchall()}
+            for message_id in ids:  # keep the order the notifications came in
+                lock, consumed = outcome.get(message_id, (None, False))
+                if consumed:
+                    self.in_processing.add(message_id)
+                    self._ready.append(dramatiq.MessageProxy(found[message_id]))
+                elif lock is not None:
+                    # Locked, but finished by another worker in between: let go at once.
+                    curs.execute("SELECT pg_advisory_unlock(%s)", (lock,))
 
     @raise_connection_error
     def fetch_by_id(self, message_id):
@@ -110,6 +148,28 @@ class RoastqConsumer(PostgresConsumer):
             curs.execute(QUERIES.FETCH_BY_ID, (message_id,))
             row = curs.fetchone()
             return row[0] if row else None
+
+    @raise_connection_error
+    def purge_locks(self):
+        """Release the advisory locks of finished messages, all in one statement."""
+        locks = []
+        while True:
+            try:
+                locks.append(message_lock(self.unlock_q.get(block=False)))
+            except Empty:
+                break
+            self.unlock_q.task_done()
+        if locks:
+            with transaction(self.get_consume_conn()) as curs:
+                curs.execute("SELECT pg_advisory_unlock(l) FROM unnest(%s::bigint[]) AS l", (locks,))
+
+    def ack(self, message):
+        if getattr(message, "roastq_acked", False):
+            # Marked done in the job's own result transaction: only the local bookkeeping is left.
+            self.unlock_q.put_nowait(message)
+            self.in_processing.discard(message.message_id)
+            return
+        super().ack(message)
 
     @raise_connection_error
     def requeue(self, messages):

@@ -24,6 +24,9 @@ class JobContext:
     bypass_cache: bool = False
     #: the agent allows a retry after its time limit
     retry_on_timeout: bool = False
+    #: set when the job's result was saved: that transaction also closed the attempt and marked
+    #: the broker message done, so the ack needs no round trip of its own
+    finished_with_result: bool = False
 
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
@@ -35,6 +38,12 @@ current_job: ContextVar[JobContext | None] = ContextVar("roastq_current_job", de
 start_error: ContextVar[BaseException | None] = ContextVar("roastq_start_error", default=None)
 
 
+_worker_id: tuple[int, str] | None = None
+
+
 def worker_id() -> str:
     """This process's identity in ``worker_heartbeats`` and ``jobs.worker_id``: host:pid."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    global _worker_id
+    if _worker_id is None or _worker_id[0] != os.getpid():  # anew in a forked child
+        _worker_id = (os.getpid(), f"{socket.gethostname()}:{os.getpid()}")
+    return _worker_id[1]

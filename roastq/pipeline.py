@@ -289,9 +289,13 @@ def save(inputs: JobInputs, result: EvaluationResult) -> str | None:
              "price_usd": sum((t["price_usd"] for t in tasks), Decimal(0))},
         )
         job = current_job.get()
-        if job is not None:  # the attempt ends with the result, so the two never disagree
-            cur.execute(Q.end_attempt, {"job_id": inputs.job_id, "attempt": job.attempt, "outcome": "completed",
-                                        "error_class": None, "error": None, "delay_s": None, "delay_reason": None})
+        if job is not None:
+            # The attempt ends, and the message is acknowledged, with the result: the three never
+            # disagree, and the broker's ack needs no round trip of its own.
+            cur.execute(Q.finish_attempt, {"job_id": inputs.job_id, "attempt": job.attempt,
+                                           "message_id": job.message_id})
+    if job is not None:
+        job.finished_with_result = True
     return str(ev_id)
 
 

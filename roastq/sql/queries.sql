@@ -40,22 +40,38 @@ JOIN agent_versions av ON av.id = j.agent_version_id
 WHERE j.id = %(job_id)s;
 
 -- name: start_job
--- A delivery of the job's message begins an attempt. RUNNING is accepted too: the attempt
--- before it died with its worker (crash recovery).
-UPDATE jobs j
-SET status = 'RUNNING', attempts = attempts + 1, started_at = now(), updated_at = now(),
-    next_attempt_at = NULL, message_id = %(message_id)s, worker_id = %(worker_id)s
-FROM agent_versions av, evaluations e
-WHERE j.id = %(job_id)s AND j.status IN ('PENDING', 'RUNNING') AND j.cancel_requested_at IS NULL
-  AND av.id = j.agent_version_id AND e.id = j.evaluation_id
-RETURNING j.id, j.attempts, j.evaluation_id, e.agent_id, av.time_limit_s, av.retry_on_timeout;
+-- A delivery of the job's message begins an attempt, in one statement: the job becomes RUNNING
+-- (RUNNING is accepted too: the attempt before died with its worker), an attempt left open by a
+-- dead worker is closed as crashed, and the new attempt row is opened.
+WITH started AS (
+    UPDATE jobs j
+    SET status = 'RUNNING', attempts = attempts + 1, started_at = now(), updated_at = now(),
+        next_attempt_at = NULL, message_id = %(message_id)s, worker_id = %(worker_id)s
+    FROM agent_versions av, evaluations e
+    WHERE j.id = %(job_id)s AND j.status IN ('PENDING', 'RUNNING') AND j.cancel_requested_at IS NULL
+      AND av.id = j.agent_version_id AND e.id = j.evaluation_id
+    RETURNING j.id, j.attempts, j.evaluation_id, e.agent_id, av.time_limit_s, av.retry_on_timeout
+), crashed AS (
+    UPDATE job_attempts SET ended_at = now(), outcome = 'crashed'
+    WHERE job_id = (SELECT id FROM started) AND ended_at IS NULL
+), opened AS (
+    INSERT INTO job_attempts (job_id, attempt, message_id)
+    SELECT id, attempts, %(message_id)s FROM started
+)
+SELECT * FROM started;
+
+-- name: finish_attempt
+-- With a job's result: close its attempt as completed and mark its message done.
+WITH closed AS (
+    UPDATE job_attempts SET ended_at = now(), outcome = 'completed'
+    WHERE job_id = %(job_id)s AND attempt = %(attempt)s AND ended_at IS NULL
+)
+UPDATE dramatiq.queue SET state = 'done', mtime = (NOW() AT TIME ZONE 'UTC')
+WHERE message_id = %(message_id)s AND state = 'consumed';
 
 -- name: close_crashed_attempts
 UPDATE job_attempts SET ended_at = now(), outcome = 'crashed'
 WHERE job_id = %(job_id)s AND ended_at IS NULL;
-
--- name: insert_attempt
-INSERT INTO job_attempts (job_id, attempt, message_id) VALUES (%(job_id)s, %(attempt)s, %(message_id)s);
 
 -- name: end_attempt
 UPDATE job_attempts
@@ -299,3 +315,26 @@ FROM (SELECT threads, last_seen_at,
 UPDATE jobs j SET logs = j.logs || v.lines
 FROM unnest(%(job_ids)s::uuid[], %(lines)s::jsonb[]) AS v(id, lines)
 WHERE j.id = v.id;
+
+-- name: broker_fetch_by_ids
+SELECT message::text FROM dramatiq.queue WHERE message_id = ANY(%(ids)s::uuid[]);
+
+-- name: broker_consume_many
+-- dramatiq-pg's CONSUME_ONE for many messages: take each message that is waiting and whose
+-- advisory lock is free (a live worker holds the lock of every message it runs). Returns the
+-- messages locked, and whether each was taken; a lock won on a message finished in between
+-- must be released by the caller.
+WITH candidates AS MATERIALIZED (
+    SELECT q.message_id, t.lock
+    FROM dramatiq.queue q JOIN unnest(%(ids)s::uuid[], %(locks)s::bigint[]) AS t(id, lock)
+      ON q.message_id = t.id
+    WHERE q.state IN ('queued', 'consumed')
+), locked AS MATERIALIZED (
+    SELECT message_id, lock FROM candidates WHERE pg_try_advisory_lock(lock)
+), taken AS (
+    UPDATE dramatiq.queue q SET state = 'consumed', mtime = (NOW() AT TIME ZONE 'UTC')
+    FROM locked WHERE q.message_id = locked.message_id AND q.state IN ('queued', 'consumed')
+    RETURNING q.message_id
+)
+SELECT l.message_id, l.lock, (t.message_id IS NOT NULL) AS consumed
+FROM locked l LEFT JOIN taken t ON t.message_id = l.message_id;
