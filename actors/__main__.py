@@ -4,7 +4,8 @@
 but its main process never imports it and writes its own lines (booting, signals, a worker that
 died) in dramatiq's text format. Here the main process sets up the same JSON logging before
 dramatiq's CLI runs, so every line of the pool, main process included, is one JSON object.
-Options are dramatiq's (``--processes``, ``--threads``, ``--queues``...).
+Options are dramatiq's (``--processes``, ``--threads``, ``--queues``...). dramatiq's SIGHUP reload
+re-executes ``dramatiq`` itself: restart this command instead.
 """
 
 from __future__ import annotations

@@ -114,6 +114,8 @@ def pool_run(db, seeded, sim, tmp_path):
             pool.kill()
         stderr.close()
         rx.stop()
+    # Sentry set up in the main process before dramatiq forks still sends from the workers.
+    assert [e["contexts"]["job"]["job_id"] for e in rx.events()] == [jobs["failed"]]
     content = one(db, "SELECT content FROM document_versions WHERE document_id = %s ORDER BY version DESC LIMIT 1", doc)
     return {"pid": pool.pid, "text": (tmp_path / "pool.log").read_text(), "jobs": jobs, "document": content,
             "secrets": [api_key, dsn_key, "pw-hunter2-pw"]}

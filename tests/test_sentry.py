@@ -211,3 +211,22 @@ def test_scrubbing_removes_secrets_locals_and_bodies_from_any_event():
     assert len(out["extra"]["long"]) <= s.MAX_STRING_CHARS
     crumb = s.before_breadcrumb({"category": "httplib", "data": {"url": "http://h/?q=1"}, "message": "GET"}, {})
     assert "data" not in crumb
+
+
+def test_a_cancelled_job_sends_nothing_and_a_rejected_message_one_event(db, seeded, worker, sim, sentry_rx):
+    import actors
+    from roastq.api import cancel_job
+
+    sim.configure(latency_ms=1500, jitter_ms=0)
+    job_id = enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(db))
+    wait_until(lambda: one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING", timeout=10)
+    cancel_job(job_id)
+    assert wait_for_status(db, [job_id], timeout=20)[job_id] == "CANCELLED"
+    assert flushed_events(sentry_rx) == []
+
+    message = actors.evaluate_document.send("not-a-job-id")
+    wait_until(lambda: one(db, "SELECT state::text FROM dramatiq.queue WHERE message_id = %s",
+                           message.message_id) == "rejected", timeout=10, what="the message rejected")
+    [event] = flushed_events(sentry_rx, 1)
+    assert (event["tags"]["error_class"], event["tags"]["actor"], event["level"]) == ("INPUT", "evaluate_document", "error")
+    assert event["contexts"]["job"]["message_id"] == message.message_id
