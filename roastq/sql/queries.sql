@@ -300,7 +300,7 @@ SELECT 'queue' AS kind, regexp_replace(queue_name, '\.DQ$', '') AS queue,
        count(*) AS n,
        EXTRACT(EPOCH FROM now() - min(mtime))::float8 AS age_s
 FROM dramatiq.queue
-WHERE state <> 'done'
+WHERE state IN ('queued', 'consumed', 'rejected')  -- not done: history, and the most rows
 GROUP BY 2, 3
 UNION ALL
 SELECT 'workers', NULL, (coalesce(sum(threads) FILTER (WHERE fresh), 0))::text,
