@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,11 +31,6 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def worker_children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out]
-
-
 def run(conn, doc, agent, *, jobs: int, in_flight: int, processes: int, wait_s: float) -> dict:
     from noop_actors import io_job
 
@@ -49,8 +43,9 @@ def run(conn, doc, agent, *, jobs: int, in_flight: int, processes: int, wait_s: 
         wait_until(lambda: scalar(conn, "SELECT count(*) FROM jobs WHERE status = 'COMPLETED'") >= jobs,
                    timeout=300, interval=0.1, what="the I/O jobs")
         span = float(scalar(conn, "SELECT EXTRACT(EPOCH FROM max(completed_at) - min(started_at)) FROM jobs"))
-        rss = [round(rss_mb(p), 1) for p in worker_children(workers.pid) if Path(f"/proc/{p}/status").exists()]
-        rss = [r for r in rss if r == r]  # the exporter fork exits early: no NaN
+        with conn.cursor() as cur:  # worker processes only (not the exporter fork)
+            cur.execute("SELECT pid FROM worker_heartbeats")
+            rss = [round(rss_mb(pid), 1) for (pid,) in cur.fetchall()]
     finally:
         stop_workers(workers)
     ideal_span = math.ceil(jobs / in_flight) * wait_s  # whole rounds of `in_flight` jobs
