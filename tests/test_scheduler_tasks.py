@@ -79,8 +79,7 @@ def test_reaper_requeues_the_job_of_a_killed_worker_when_no_worker_survives(db, 
     finally:
         kill_group(victim, signal.SIGKILL)
         victim.wait()
-    assert maintenance.reap_stale_jobs() == {"requeued": 0, "resent": 0, "failed": 0, "alive": 0}  # not stale yet
-    time.sleep(1.6)
+    time.sleep(1.6)  # three missed beats
     assert maintenance.reap_stale_jobs()["requeued"] == 1
     assert one(db, "SELECT status, worker_id, error_class FROM jobs WHERE id = %s", job_id) == \
         ("PENDING", None, "WORKER_LOST")
@@ -127,6 +126,16 @@ def test_reaper_leaves_a_job_whose_worker_beats(db, seeded):
     running_on_a_dead_worker(db, job_id, worker="alive:7")
     with db.cursor() as cur:
         cur.execute("INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads) VALUES ('alive:7', 'alive', 7, 1)")
+    assert maintenance.reap_stale_jobs() == {"requeued": 0, "resent": 0, "failed": 0, "alive": 0}
+    assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING"
+
+
+def test_reaper_leaves_a_job_that_just_started(db, seeded):
+    """Its worker may not have written its first beat yet."""
+    job_id = a_job(seeded)
+    running_on_a_dead_worker(db, job_id)
+    with db.cursor() as cur:
+        cur.execute("UPDATE jobs SET started_at = now() WHERE id = %s", (job_id,))
     assert maintenance.reap_stale_jobs() == {"requeued": 0, "resent": 0, "failed": 0, "alive": 0}
     assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING"
 

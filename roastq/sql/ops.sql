@@ -232,27 +232,30 @@ ORDER BY c.day DESC, c.price_usd DESC;
 -- name: queue_summary
 -- Per queue, each message counted once: queued (ready), delayed (waiting for its eta in the .DQ
 -- queue), in flight (held by a worker), orphaned (consumed, but no worker holds its lock: its
--- worker died), dead (rejected), done.
-SELECT regexp_replace(q.queue_name, '\.DQ$', '') AS queue,
-       count(*) FILTER (WHERE NOT dq AND q.state = 'queued') AS queued,
-       count(*) FILTER (WHERE dq AND (q.state = 'queued' OR (q.state = 'consumed' AND held))) AS delayed,
-       count(*) FILTER (WHERE NOT dq AND q.state = 'consumed' AND held) AS in_flight,
-       count(*) FILTER (WHERE q.state = 'consumed' AND NOT held) AS orphaned,
-       count(*) FILTER (WHERE q.state = 'rejected') AS dead,
-       count(*) FILTER (WHERE q.state = 'done') AS done,
-       EXTRACT(EPOCH FROM now() - min(q.mtime) FILTER (WHERE NOT dq AND q.state = 'queued'))
-           AS oldest_queued_age_s
-FROM dramatiq.queue q
-CROSS JOIN LATERAL (SELECT q.queue_name LIKE '%%.DQ' AS dq) d
-LEFT JOIN LATERAL (
-    SELECT q.state = 'consumed' AND EXISTS (
-        SELECT 1 FROM pg_locks l
-        WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
-          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND ((l.classid::bigint << 32) | l.objid::bigint) = roastq_message_lock(q.queue_name, q.message_id)
-    ) AS held
-) h ON true
-GROUP BY 1 ORDER BY 1;
+-- worker died), dead (rejected), done. The lock table is read once.
+WITH held_locks AS MATERIALIZED (
+    SELECT (l.classid::bigint << 32) | l.objid::bigint AS key
+    FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+), messages AS (
+    SELECT regexp_replace(q.queue_name, '\.DQ$', '') AS queue, q.queue_name LIKE '%%.DQ' AS dq,
+           q.state, q.mtime,
+           CASE WHEN q.state = 'consumed'
+                THEN roastq_message_lock(q.queue_name, q.message_id) IN (SELECT key FROM held_locks)
+                ELSE false END AS held
+    FROM dramatiq.queue q
+)
+SELECT queue,
+       count(*) FILTER (WHERE NOT dq AND state = 'queued') AS queued,
+       count(*) FILTER (WHERE dq AND (state = 'queued' OR (state = 'consumed' AND held))) AS delayed,
+       count(*) FILTER (WHERE NOT dq AND state = 'consumed' AND held) AS in_flight,
+       count(*) FILTER (WHERE state = 'consumed' AND NOT held) AS orphaned,
+       count(*) FILTER (WHERE state = 'rejected') AS dead,
+       count(*) FILTER (WHERE state = 'done') AS done,
+       EXTRACT(EPOCH FROM now() - min(mtime) FILTER (WHERE NOT dq AND state = 'queued')) AS oldest_queued_age_s
+FROM messages
+GROUP BY queue ORDER BY queue;
 
 -- name: find_jobs
 SELECT j.id, j.status, j.queue, j.attempts, j.error_class, j.error, j.created_at, j.started_at,
