@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import connect, fresh_database, machine, scalar, start_workers, stop_workers, wait_workers_ready  # noqa: E402
+from _common import (  # noqa: E402
+    connect, fresh_database, machine, scalar, start_workers, stop_workers, wait_until, wait_workers_ready,
+)
 from llm_common import SimProcess, sample_agents, unique_documents  # noqa: E402
 
 LIMIT = 60
@@ -38,7 +40,9 @@ def run(duration_s: float, configured: bool, jobs: int) -> dict:
         agents = sample_agents()
         docs = unique_documents(conn, jobs)
         enqueue_evaluations([(d, agents[i % len(agents)]) for i, d in enumerate(docs)], priority="batch")
-        time.sleep(duration_s)
+        # The clock starts at the first request the simulator sees: whole minutes from there.
+        wait_until(lambda: sim.get("/_sim/stats")["requests"] > 0, timeout=60, interval=0.05, what="a request")
+        time.sleep(duration_s + 1)
         requests = sim.get("/_sim/requests")
         completed = scalar(conn, "SELECT count(*) FROM jobs WHERE status = 'COMPLETED'")
         snoozes = scalar(conn, "SELECT count(*) FROM job_attempts WHERE outcome = 'snoozed'")
@@ -54,7 +58,7 @@ def run(duration_s: float, configured: bool, jobs: int) -> dict:
     minutes_after = (end - start - 60) / 60
     per_min = len(admitted_after) / minutes_after if minutes_after > 0 else float("nan")
     by_minute = []
-    for m in range(int((end - start) // 60) + 1):
+    for m in range(int(round((end - start) / 60))):
         window = [r for r in requests if start + 60 * m <= r["time"] < min(end, start + 60 * (m + 1))]
         by_minute.append({"minute": m + 1, "admitted": sum(r["status"] != 429 for r in window),
                           "429": sum(r["status"] == 429 for r in window)})

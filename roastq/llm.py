@@ -173,9 +173,12 @@ class Claude:
         price = cost_usd(model, usage)
         # Billed whatever comes next: into the ledger and the limiter before validation.
         ledger.record_billed(job_id=job_id, step=step, model=model, usage=usage, price_usd=price)
-        ratelimit.settle(settings, model, input_estimate=estimate,
-                         input_tokens=usage.input_tokens + usage.cache_write_tokens,
-                         output_tokens=usage.output_tokens, headers=raw.headers, status=raw.status_code)
+        try:  # best effort: a paid answer is not thrown away for the limiter's bookkeeping
+            ratelimit.settle(settings, model, input_estimate=estimate,
+                             input_tokens=usage.input_tokens + usage.cache_write_tokens,
+                             output_tokens=usage.output_tokens, headers=raw.headers, status=raw.status_code)
+        except Exception:
+            logger.exception("rate limiter settle failed after a %s response", step)
         try:
             payload = _tool_input(response.content, tool, step=step, request_id=request_id)
         except BadLLMOutput as exc:  # paid for, but unusable: never cached
@@ -185,9 +188,12 @@ class Claude:
         events.emit("llm_call", model=model, step=step, duration_s=duration, usage=usage, price_usd=price,
                     exception=None, cached=False)
         if key is not None and cache.is_complete(response.stop_reason):
-            cache.store(key, model=model, step=step, seed=seed, response=response.model_dump(mode="json"),
-                        usage=usage, price_usd=price, request_id=request_id, ttl_s=settings.llm_cache_ttl_s)
-            events.emit("llm_cache", outcome="store", model=model, step=step, saved_usd=Decimal(0))
+            try:  # best effort, like the settle above
+                cache.store(key, model=model, step=step, seed=seed, response=response.model_dump(mode="json"),
+                            usage=usage, price_usd=price, request_id=request_id, ttl_s=settings.llm_cache_ttl_s)
+                events.emit("llm_cache", outcome="store", model=model, step=step, saved_usd=Decimal(0))
+            except Exception:
+                logger.exception("storing the %s answer in the response cache failed", step)
         return ToolCall(step=step, model=model, input=payload, usage=usage, price_usd=price, duration_s=duration,
                         request_id=request_id)
 
