@@ -211,3 +211,28 @@ def test_a_dead_process_leaves_no_live_gauge_and_its_files_go_at_the_next_boot(d
     assert str(pid) in out
     assert not list(METRICS_DIR.glob(f"*_{pid}.db"))
     assert sorted(p.name for p in METRICS_DIR.glob(f"*_{os.getpid()}.db")) == mine  # live ones kept
+
+
+def test_a_call_answered_from_the_response_cache_is_counted_but_not_billed(db, seeded, worker, sim):
+    from roastq import llm
+
+    claude = llm.default_claude()
+    saved = claude.settings
+    claude.settings = saved.replace(llm_cache_enabled=True)
+    try:
+        agent, doc = simple_agent(db), next(iter(seeded.documents.values()))
+        first = enqueue_evaluation(doc, agent)
+        assert wait_for_status(db, [first])[first] == "COMPLETED"
+        before, billed = local(), sim.stats()["requests"]
+        second = enqueue_evaluation(doc, agent)  # the same prompt: answered from the cache
+        assert wait_for_status(db, [second])[second] == "COMPLETED"
+        after = local()
+    finally:
+        claude.settings = saved
+    assert sim.stats()["requests"] == billed  # nothing sent
+    model = saved.analysis_model
+    assert delta(before, after, "roastq_llm_requests_total", outcome="cached", model=model) == 1
+    assert delta(before, after, "roastq_llm_requests_total", outcome="ok", model=model) == 0
+    assert delta(before, after, "roastq_llm_tokens_total", model=model) == 0
+    assert delta(before, after, "roastq_llm_cost_dollars_total", model=model) == 0
+    assert delta(before, after, "roastq_llm_request_duration_seconds_count", model=model) == 0
