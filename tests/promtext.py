@@ -30,8 +30,14 @@ def value(samples: dict, name: str, **labels) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
 
 
+_registry = None
+
+
 def local() -> dict:
     """What this process's exporter would serve now (all processes' files plus Postgres)."""
+    global _registry
     from observability.exporter import build_registry, render
 
-    return parse(render(build_registry()).decode())
+    if _registry is None:  # one registry, so one Postgres connection, for the whole run
+        _registry = build_registry()
+    return parse(render(_registry).decode())
