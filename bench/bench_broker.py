@@ -79,21 +79,22 @@ def bench_drain_ours(conn, doc, agent, n, processes, threads) -> float:
     return n / float(span)
 
 
-def bench_drain_stock(conn, n, processes, threads) -> float:
+def bench_drain_stock(conn, n, processes, threads, *, module="stock_actors", actor="noop") -> float:
+    """Drain n plain no-op messages (no job rows) through `module`'s broker."""
     import dramatiq
 
     clear_queue(conn)
-    message = dramatiq.Message(queue_name="bench", actor_name="noop", args=(0,), kwargs={}, options={})
+    message = dramatiq.Message(queue_name="bench", actor_name=actor, args=(0,), kwargs={}, options={})
     from roastq import db
 
     msgs = [message.copy(message_id=str(uuid.uuid4())) for _ in range(n)]
     with db.transaction() as cur:
         cur.execute(db.Q.enqueue_messages, {"queues": ["bench"] * n, "message_ids": [m.message_id for m in msgs],
                                             "messages": [m.encode().decode() for m in msgs]})
-    workers = start_workers("stock_actors", processes=processes, threads=threads)
+    workers = start_workers(module, processes=processes, threads=threads)
     try:
         first = wait_until(lambda: scalar(conn, "SELECT count(*) FROM dramatiq.queue WHERE state <> 'queued'") > 0,
-                           timeout=120, interval=0.005, what="stock start")
+                           timeout=120, interval=0.005, what=f"{module} start")
         done, last_change, last = 0, time.monotonic(), first
         while done < n:
             time.sleep(0.05)
@@ -168,12 +169,15 @@ def main() -> int:
     results["a_enqueue"] = bench_enqueue(doc, agent)
     print("(a) enqueue:", json.dumps(results["a_enqueue"]), flush=True)
 
-    ours = stock = 1.0
+    ours = stock = plain = 1.0
     if args.drain:
         ours = bench_drain_ours(conn, doc, agent, args.drain, args.processes, args.threads)
         stock = bench_drain_stock(conn, args.drain, args.processes, args.threads)
+        plain = bench_drain_stock(conn, args.drain, args.processes, args.threads, module="noop_actors",
+                                  actor="noop_plain")
     results["b_drain"] = {"jobs": args.drain, "processes": args.processes, "threads": args.threads,
-                          "ours_per_s": round(ours), "stock_per_s": round(stock), "ratio": round(ours / stock, 2)}
+                          "ours_per_s": round(ours), "stock_per_s": round(stock), "ratio": round(ours / stock, 2),
+                          "our_broker_without_job_bookkeeping_per_s": round(plain)}
     print("(b) drain:", json.dumps(results["b_drain"]), flush=True)
 
     results["c_latency"] = bench_latency(conn, doc, agent)

@@ -46,3 +46,8 @@ def noop_job_interactive(job_id):
 def io_job(job_id):
     time.sleep(IO_WAIT_S)  # an LLM call's wait, without the LLM
     _complete(job_id)
+
+
+@dramatiq.actor(queue_name="bench", priority=100)
+def noop_plain(n):
+    """Not a job actor: our broker and middleware, without the job bookkeeping."""

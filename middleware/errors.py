@@ -37,6 +37,7 @@ class ErrorClass(str, enum.Enum):
     INPUT = "INPUT"
     CANCELLED = "CANCELLED"
     SNOOZED = "SNOOZED"  # not a failure: the job waits (pause, budget, shared rate limit)
+    WORKER_LOST = "WORKER_LOST"  # no exception: its worker died under it JOB_CRASH_LIMIT times
     UNKNOWN = "UNKNOWN"
 
     def __str__(self) -> str:
@@ -129,6 +130,7 @@ CLASS_POLICIES: dict[ErrorClass, ClassPolicy] = {
     ErrorClass.INPUT: PERMANENT,
     ErrorClass.CANCELLED: PERMANENT,
     ErrorClass.SNOOZED: ClassPolicy(retry=True, counts_attempt=False),  # delay given by the Snooze
+    ErrorClass.WORKER_LOST: PERMANENT,  # set by JobState and the reaper, never by classify()
     ErrorClass.UNKNOWN: ClassPolicy(retry=True, max_attempts=2, base_s=5.0, cap_s=60.0),
 }
 

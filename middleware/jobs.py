@@ -24,6 +24,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 
 from roastq import db
 from roastq.db import Q
+from roastq.settings import get_settings
 from roastq.jobctx import JobContext, current_job, start_error, worker_id
 
 from .errors import ErrorClass
@@ -80,6 +81,8 @@ class JobState(Middleware):
         if started is None:
             raise SkipMessage()
         row, ctx = started
+        if row["crashes"] >= get_settings().job_crash_limit:
+            self._lost(message, ctx, row["crashes"])
         message.roastq_job = ctx
         message.options["time_limit"] = int(row["time_limit_s"] * 1000)
         current_job.set(ctx)
@@ -114,6 +117,17 @@ class JobState(Middleware):
             retry_on_timeout=row["retry_on_timeout"],
         )
         return row, ctx
+
+    def _lost(self, message, ctx, crashes: int):
+        """Its worker died under it `crashes` times: a poison message. Fail it for good, rather
+        than let the surviving workers pick it up (and die) again and again."""
+        error = f"its worker died {crashes} times while running it"
+        with db.transaction() as cur:
+            cur.execute(Q.job_lost, {"job_id": ctx.job_id, "error": error})
+            self._end_attempt(ctx, "failed", cur=cur, error_class="WORKER_LOST", error=error)
+        logger.error("job %s failed (WORKER_LOST): %s", ctx.job_id, error)
+        message.fail()
+        raise SkipMessage(error)
 
     @staticmethod
     def _reject(message, why: str):
@@ -157,11 +171,11 @@ class JobState(Middleware):
         finally:
             current_job.set(None)
 
-    def _end_attempt(self, ctx, outcome, decision=None, cur=None):
+    def _end_attempt(self, ctx, outcome, decision=None, cur=None, error_class=None, error=None):
         params = {
             "job_id": ctx.job_id, "attempt": ctx.attempt, "outcome": outcome,
-            "error_class": str(decision.error_class) if decision else None,
-            "error": decision.error if decision else None,
+            "error_class": str(decision.error_class) if decision else error_class,
+            "error": decision.error if decision else error,
             "delay_s": decision.delay_s if decision and decision.action == "retry" else None,
             "delay_reason": decision.delay_reason if decision and decision.action == "retry" else None,
         }

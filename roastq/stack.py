@@ -22,8 +22,10 @@ DEMO_SIM = dict(latency_ms=600.0, jitter_ms=300.0, fault_rate=0.06, seed=7,
 
 
 @contextmanager
-def stack(*, processes: int = 2, threads: int = 8, worker_log: Path | None = None, sim_config: dict | None = None):
-    """Start the simulator (unless ANTHROPIC_API_KEY is set) and a worker pool; stop both after."""
+def stack(*, processes: int = 2, threads: int = 8, worker_log: Path | None = None, sim_config: dict | None = None,
+          scheduler: bool = False):
+    """Start the simulator (unless ANTHROPIC_API_KEY is set), a worker pool and, if asked, the
+    scheduler (`periodiq actors`); stop them all after."""
     settings = get_settings()
     url = db.database_url()
     db.migrate()
@@ -46,9 +48,17 @@ def stack(*, processes: int = 2, threads: int = 8, worker_log: Path | None = Non
         env=env, stdout=out, stderr=out, start_new_session=True,
     )
     print(f"workers started: {processes} processes x {threads} threads (pid {workers.pid})", file=sys.stderr)
+    periodic = None
+    if scheduler:  # periodiq reads its cron specs in local time: run it in UTC, as in production
+        periodiq = str(Path(sys.executable).with_name("periodiq"))
+        periodic = subprocess.Popen([periodiq, "actors"], env=dict(env, TZ="UTC"),
+                                    stdout=out, stderr=out, start_new_session=True)
+        print(f"scheduler started (pid {periodic.pid})", file=sys.stderr)
     try:
         yield workers, sim
     finally:
+        if periodic is not None:
+            stop_workers(periodic)
         stop_workers(workers)
         if sim is not None:
             sim.stop()
@@ -73,7 +83,9 @@ def stop_workers(workers: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 def run_up(*, processes: int, threads: int) -> int:
-    with stack(processes=processes, threads=threads) as (workers, _sim):
+    # SIGTERM (from a supervisor, or `timeout`) stops the stack as Ctrl-C does: nothing is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with stack(processes=processes, threads=threads, scheduler=True) as (workers, _sim):
         print("roastq is up; Ctrl-C to stop", file=sys.stderr)
         try:
             while workers.poll() is None:

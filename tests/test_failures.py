@@ -338,3 +338,23 @@ def test_recovery_never_takes_a_message_whose_worker_is_alive(db, seeded, sim):
             if p is not None:
                 kill_group(p, signal.SIGKILL)
                 p.wait()
+
+
+def test_a_job_whose_workers_keep_dying_fails_as_worker_lost(db, seeded, sim, broker, monkeypatch):
+    """A poison message: after JOB_CRASH_LIMIT deliveries died with their worker, the next
+    delivery fails the job instead of running it (and killing another worker)."""
+    from roastq import settings
+
+    monkeypatch.setenv("JOB_CRASH_LIMIT", "3")
+    settings.reload_settings()
+    job_id = a_job(seeded, db)
+    with db.cursor() as cur:  # the state after three workers died mid-job: two closed, one still open
+        cur.execute("UPDATE jobs SET status = 'RUNNING', attempts = 3, worker_id = 'gone:1' WHERE id = %s", (job_id,))
+        cur.execute("INSERT INTO job_attempts (job_id, attempt, outcome, ended_at) VALUES "
+                    "(%s, 1, 'crashed', now()), (%s, 2, 'crashed', now())", (job_id, job_id))
+        cur.execute("INSERT INTO job_attempts (job_id, attempt) VALUES (%s, 3)", (job_id,))
+    with running_worker(broker, threads=2):
+        assert wait_for_status(db, [job_id])[job_id] == "FAILED"
+    assert one(db, "SELECT error_class FROM jobs WHERE id = %s", job_id) == "WORKER_LOST"
+    assert [a[1] for a in attempts_of(db, job_id)] == ["crashed", "crashed", "crashed", "failed"]
+    assert [r for r in sim.requests() if r["job_id"] == job_id] == []  # it never ran again

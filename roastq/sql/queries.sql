@@ -42,7 +42,8 @@ WHERE j.id = %(job_id)s;
 -- name: start_job
 -- A delivery of the job's message begins an attempt, in one statement: the job becomes RUNNING
 -- (RUNNING is accepted too: the attempt before died with its worker), an attempt left open by a
--- dead worker is closed as crashed, and the new attempt row is opened.
+-- dead worker is closed as crashed, and the new attempt row is opened. `crashes` counts the
+-- attempts that died with their worker, this delivery's predecessor included.
 WITH started AS (
     UPDATE jobs j
     SET status = 'RUNNING', attempts = attempts + 1, started_at = now(), updated_at = now(),
@@ -54,11 +55,22 @@ WITH started AS (
 ), crashed AS (
     UPDATE job_attempts SET ended_at = now(), outcome = 'crashed'
     WHERE job_id = (SELECT id FROM started) AND ended_at IS NULL
+    RETURNING 1
 ), opened AS (
     INSERT INTO job_attempts (job_id, attempt, message_id)
     SELECT id, attempts, %(message_id)s FROM started
 )
-SELECT * FROM started;
+SELECT s.*,
+       (SELECT count(*) FROM job_attempts WHERE job_id = s.id AND outcome = 'crashed')
+       + (SELECT count(*) FROM crashed) AS crashes
+FROM started s;
+
+-- name: job_lost
+-- A job whose workers keep dying under it (a poison message): FAILED, never retried.
+UPDATE jobs
+SET status = 'FAILED', error_class = 'WORKER_LOST', error = %(error)s, completed_at = now(),
+    updated_at = now(), worker_id = NULL, duration_s = EXTRACT(EPOCH FROM now() - created_at)
+WHERE id = %(job_id)s;
 
 -- name: finish_attempt
 -- With a job's result: close its attempt as completed and mark its message done.
