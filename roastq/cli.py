@@ -76,6 +76,31 @@ def cmd_enqueue(args) -> int:
     return 0
 
 
+def cmd_relay(args) -> int:
+    """Publish the outbox to RabbitMQ (workers relay it too: this is for more relays, or none)."""
+    import signal
+
+    from .brokers import RoastqRabbitmqBroker
+    from .settings import get_settings
+
+    settings = get_settings()
+    if not settings.rabbitmq:
+        print("error: roastq relay publishes the outbox to RabbitMQ: set BROKER_URL=amqp://...", file=sys.stderr)
+        return 2
+    relay = RoastqRabbitmqBroker(url=settings.broker_url, middleware=[]).relay()
+    if args.once:
+        print(f"relayed {relay.drain()} message(s)")
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: relay.stop(timeout=0))
+    print("relaying the outbox to RabbitMQ (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        relay.run()
+    except KeyboardInterrupt:
+        pass
+    print(f"relayed {relay.sent} message(s)", file=sys.stderr)
+    return 0
+
+
 # status, jobs, cancel and the other operator commands live in roastq/admin.py.
 
 
@@ -147,12 +172,6 @@ def cmd_retry(args) -> int:
     return 0
 
 
-def cmd_simulator(args) -> int:
-    from .simulator import main as simulator_main
-
-    return simulator_main(args.rest)
-
-
 def cmd_up(args) -> int:
     from .stack import run_up
 
@@ -187,12 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", action="store_true")
     p.add_argument("--class", dest="error_class")
     p.set_defaults(fn=cmd_retry)
+    p = sub.add_parser("relay", help="with RabbitMQ: publish the outbox (workers also do)")
+    p.add_argument("--once", action="store_true", help="publish what is waiting, then exit")
+    p.set_defaults(fn=cmd_relay)
     from .admin import add_commands  # status, jobs, cancel, pause, resume, purge, health, ...
 
     add_commands(sub)
-    p = sub.add_parser("simulator", help="run the Claude simulator", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=cmd_simulator)
+    sub.add_parser("simulator", help="run the Claude simulator (roastq simulator --help)", add_help=False)
     for name, help_text in (("up", "run the whole stack in the foreground until Ctrl-C"),
                             ("demo", "seed, run ~40 evaluations through the stack, report")):
         p = sub.add_parser(name, help=help_text)
@@ -205,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["simulator"]:  # its options are the simulator's own (argparse REMAINDER drops them)
+        from .simulator import main as simulator_main
+
+        return simulator_main(argv[1:])
     args = build_parser().parse_args(argv)
     from .api import EnqueueError
     from .settings import SettingsError

@@ -84,7 +84,9 @@ def run_demo(*, jobs: int = 40, processes: int = 2, threads: int = 8) -> int:
             enqueue_evaluation(doc, agent, priority="batch" if n % 4 else "interactive")
             for n, (doc, agent) in enumerate(pairs)
         ]
-        print(f"enqueued {len(job_ids)} evaluations (worker logs: {log})", file=sys.stderr)
+        print(f"enqueued {len(job_ids)} evaluations (worker logs: {log}; metrics while it runs: "
+              f"http://{settings.metrics_host}:{settings.metrics_port}/metrics, or keep them up with `roastq up`)",
+              file=sys.stderr)
         counts = wait_for(job_ids, timeout_s=600)
     summary = report(job_ids)
     print_report(summary)

@@ -44,7 +44,8 @@ def stack(*, processes: int = 2, threads: int = 8, worker_log: Path | None = Non
         worker_log.parent.mkdir(parents=True, exist_ok=True)
         out = open(worker_log, "ab")
     workers = subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "actors", "--processes", str(processes), "--threads", str(threads)],
+        # `python -m actors` is `dramatiq actors` with our JSON logging in the main process too.
+        [sys.executable, "-m", "actors", "--processes", str(processes), "--threads", str(threads)],
         env=env, stdout=out, stderr=out, start_new_session=True,
     )
     print(f"workers started: {processes} processes x {threads} threads (pid {workers.pid})", file=sys.stderr)

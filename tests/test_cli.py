@@ -117,3 +117,22 @@ def test_demo_runs_jobs_reports_and_leaves_no_process(db, tmp_path):
     pid = int(re.search(r"workers started: .* \(pid (\d+)\)", result.stderr).group(1))
     leftover = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
     assert leftover == [], f"worker processes left running: {leftover}"
+
+
+def test_simulator_command_serves_on_the_given_port():
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "roastq.cli", "simulator", "--port", str(port), "--latency-ms", "1"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == f"simulator listening on http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sim/health", timeout=5) as response:
+            assert json.load(response)["ok"] is True
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
