@@ -16,7 +16,7 @@ from middleware.sentry import Sentry
 from observability.logging import setup_logging
 from observability.sentry import setup_sentry
 from roastq import pipeline
-from roastq.broker import RoastqBroker
+from roastq.brokers import make_broker
 
 setup_logging()
 setup_sentry()
@@ -26,7 +26,9 @@ setup_sentry()
 # happens before the retry is enqueued. Sentry and JobLogs come before JobState so that their
 # after-hooks run once the job row is written; Metrics after it, so that it counts only attempts
 # that start. Metrics replaces dramatiq's Prometheus middleware (and runs the one exporter).
-broker = RoastqBroker(
+# The broker is Postgres (dramatiq-pg, hardened) unless BROKER_URL names RabbitMQ: the same
+# middleware either way (roastq/brokers.py).
+broker = make_broker(
     middleware=[
         Retries(),
         Sentry(),

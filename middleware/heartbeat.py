@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 
@@ -17,7 +16,7 @@ from dramatiq.middleware import Middleware
 
 from roastq import db
 from roastq.db import Q
-from roastq.jobctx import worker_id
+from roastq.jobctx import worker_host, worker_id
 from roastq.settings import get_settings
 
 logger = logging.getLogger("roastq.heartbeat")
@@ -34,7 +33,7 @@ class Heartbeat(Middleware):
     def after_worker_boot(self, broker, worker):
         self._stop.clear()
         params = {
-            "worker_id": worker_id(), "hostname": socket.gethostname(), "pid": os.getpid(),
+            "worker_id": worker_id(), "hostname": worker_host(), "pid": os.getpid(),
             "threads": worker.worker_threads, "queues": sorted(q for q in broker.queues),
         }
         self._thread = threading.Thread(target=self._run, args=(params,), name="roastq-heartbeat", daemon=True)

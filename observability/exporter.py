@@ -56,7 +56,12 @@ class PostgresCollector:
         stale_after_s = 3 * get_settings().heartbeat_interval_s
         with self._cursor() as cur:
             cur.execute(Q.metrics_snapshot, {"stale_after_s": stale_after_s})
-            return cur.fetchall()
+            rows = cur.fetchall()
+        if get_settings().rabbitmq:  # messages live in RabbitMQ: depth is read there (roastq/brokers.py)
+            from roastq.brokers import rabbitmq_metric_rows
+
+            rows = [r for r in rows if r[0] != "queue"] + rabbitmq_metric_rows(QUEUES)
+        return rows
 
     def collect(self):
         started = time.monotonic()

@@ -101,9 +101,16 @@ def status_data() -> dict:
     zero = dict(queued=0, delayed=0, in_flight=0, orphaned=0, dead=0, done=0, oldest_queued_age_s=None)
     per_queue = [summary.get(q, dict(zero, queue=q)) for q in QUEUES]
     per_queue += [row for name, row in sorted(summary.items()) if name not in QUEUES]
+    extra = {"broker": "postgres"}
+    if get_settings().rabbitmq:  # messages live in RabbitMQ: dramatiq.queue is empty (docs/scaling.md)
+        from .brokers import rabbitmq_summary
+        from .outbox import backlog
+
+        per_queue = rabbitmq_summary(QUEUES)
+        extra = {"broker": "rabbitmq", "outbox": backlog()}
     # "queues" (messages by queue and state) is kept as it was for existing scripts.
     return {"paused": paused, "jobs": jobs, "queue_summary": per_queue, "queues": queues,
-            "workers": workers, "scheduler": ticks}
+            "workers": workers, "scheduler": ticks, **extra}
 
 
 @_command
@@ -116,7 +123,10 @@ def cmd_status(args) -> int:
     print("System:    " + (f"PAUSED since {_fmt(paused['since'])} by {paused.get('by')}: {paused.get('reason')}"
                            if paused else "running"))
     print("Jobs:      " + ("  ".join(f"{k} {v}" for k, v in data["jobs"].items()) or "none"))
-    print("\nQueues (broker messages):")
+    print(f"\nQueues (broker messages, {data['broker']}):")
+    if "outbox" in data:
+        print(f"Outbox:    {data['outbox']['unsent']} not yet relayed to RabbitMQ "
+              f"(oldest {data['outbox']['oldest_unsent_s']:.1f} s)")
     print(_table(data["queue_summary"], ["queue", "queued", "delayed", "in_flight", "orphaned", "dead", "done",
                                          "oldest_queued_age_s"]))
     print(f"\nWorkers: {len(data['workers'])} live")

@@ -53,10 +53,33 @@ def reset() -> None:
         _pool, _url, _pool_pid = None, None, None
 
 
+def peer_params(url: str) -> dict:
+    """Connection parameters that bound how long a lost peer goes unnoticed (DB_PEER_TIMEOUT_S).
+
+    Client side: TCP keepalives and tcp_user_timeout, so a worker cut off from Postgres gets an
+    error instead of hanging. Server side, per session (``options``): the same, so that Postgres
+    ends the sessions of a host that vanished and its advisory locks, which mark the messages it
+    holds, are released for the other hosts to take (docs/scaling.md). Without them the server
+    keeps such a session for the kernel's default of about two hours.
+    """
+    t = get_settings().db_peer_timeout_s
+    idle, interval, count, user_ms = max(1, int(t // 2)), max(1, int(t // 4)), 2, int(t * 1000)
+    server = (f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} "
+              f"-c tcp_keepalives_count={count} -c tcp_user_timeout={user_ms}")
+    given = psycopg2.extensions.parse_dsn(url).get("options")
+    return {"keepalives": 1, "keepalives_idle": idle, "keepalives_interval": interval,
+            "keepalives_count": count, "tcp_user_timeout": user_ms, "connect_timeout": max(2, int(t)),
+            "options": f"{given} {server}" if given else server}
+
+
 def connect(url: str | None = None, **kwargs):
     """A new connection, outside the pool (LISTEN, migrations, the CLI)."""
+    url = url or database_url()
     kwargs.setdefault("application_name", "roastq")
-    return psycopg2.connect(url or database_url(), **kwargs)
+    params = peer_params(url)
+    if "options" in kwargs:
+        params["options"] = f"{params['options']} {kwargs.pop('options')}"
+    return psycopg2.connect(url, **{**params, **kwargs})
 
 
 class BlockingPool(ThreadedConnectionPool):
@@ -120,15 +143,7 @@ def pool() -> BlockingPool:
         if _pool is None or _pool_pid != os.getpid():
             settings = get_settings()
             size = min(settings.worker_threads + 12, settings.db_pool_max)  # threads + 2 a queue + spare
-            _pool = BlockingPool(
-                size,
-                database_url(),
-                application_name="roastq",
-                keepalives=1,
-                keepalives_idle=5,
-                keepalives_interval=2,
-                keepalives_count=2,
-            )
+            _pool = BlockingPool(size, database_url(), application_name="roastq", **peer_params(database_url()))
             _pool_pid = os.getpid()
         return _pool
 

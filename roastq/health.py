@@ -80,6 +80,8 @@ def check(level: str = "ready", *, url: str | None = None) -> HealthReport:
             cur.execute("SELECT 1")
             report.checks.append(Check("database", True, f"reachable ({(time.monotonic() - started) * 1000:.0f} ms)"))
             schema_ok = _check_schema(cur, report)
+            if get_settings().rabbitmq:
+                _check_rabbitmq(report)
             if level == "ready":
                 if schema_ok:
                     _check_workers(cur, report)
@@ -111,6 +113,20 @@ def _check_schema(cur, report: HealthReport) -> bool:
         return False
     report.checks.append(Check("schema", True, f"broker queue present, {len(applied)} migrations applied"))
     return True
+
+
+def _check_rabbitmq(report: HealthReport) -> None:
+    """With BROKER_URL=amqp://...: RabbitMQ answers (messages cannot move without it)."""
+    from .brokers import rabbitmq_counts
+
+    started = time.monotonic()
+    try:
+        counts = rabbitmq_counts(["interactive"])["interactive"]
+    except Exception as exc:
+        report.checks.append(Check("rabbitmq", False, f"unreachable: {_first_line(exc)}"))
+        return
+    report.checks.append(Check("rabbitmq", True, f"reachable ({(time.monotonic() - started) * 1000:.0f} ms), "
+                                                 f"{counts['queued']} waiting in interactive"))
 
 
 def _check_workers(cur, report: HealthReport) -> None:

@@ -41,9 +41,17 @@ start_error: ContextVar[BaseException | None] = ContextVar("roastq_start_error",
 _worker_id: tuple[int, str] | None = None
 
 
+def worker_host() -> str:
+    """This host's name in worker ids: WORKER_HOST, else the hostname (containers and network
+    namespaces may share a hostname: set WORKER_HOST to tell their workers apart)."""
+    from .settings import get_settings
+
+    return get_settings().worker_host or socket.gethostname()
+
+
 def worker_id() -> str:
     """This process's identity in ``worker_heartbeats`` and ``jobs.worker_id``: host:pid."""
     global _worker_id
     if _worker_id is None or _worker_id[0] != os.getpid():  # anew in a forked child
-        _worker_id = (os.getpid(), f"{socket.gethostname()}:{os.getpid()}")
+        _worker_id = (os.getpid(), f"{worker_host()}:{os.getpid()}")
     return _worker_id[1]

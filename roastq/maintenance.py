@@ -115,6 +115,11 @@ def _reap_one(cur, job_id, stale: float, crash_limit: int) -> str | None:
         cur.execute(OPS.requeue_messages, {"message_ids": [job["message_id"]]})
         logger.warning("job %s: %s (message requeued)", job_id, error)
         return "requeued"
+    if get_settings().rabbitmq:
+        # RabbitMQ delivers the message again once the dead worker's connection closes (it was
+        # never acknowledged); a message lost anyway is resent by reconcile_jobs.
+        logger.warning("job %s: %s (RabbitMQ redelivers its message)", job_id, error)
+        return "requeued"
     resend(cur, job_id, job["queue"])
     logger.warning("job %s: %s (its message was gone: sent a new one)", job_id, error)
     return "resent"
@@ -126,11 +131,25 @@ def recover_orphans(limit: int = 1000) -> dict:
         return {"requeued": cur.fetchone()["requeued"]}
 
 
+def _pending_jobs_without_message(grace: float, limit: int) -> list:
+    if not get_settings().rabbitmq:
+        with db.transaction() as cur:
+            cur.execute(OPS.pending_jobs_without_message, {"grace_s": grace, "limit": limit})
+            return [r["id"] for r in cur.fetchall()]
+    # RabbitMQ cannot be asked about one message: a job counts as without one when its time came
+    # more than the grace ago, its outbox row was relayed, and its queue holds nothing waiting.
+    from .brokers import BQ, rabbitmq_counts
+
+    counts = rabbitmq_counts(sorted(set(_actors().ACTOR_FOR_QUEUE)))
+    idle = [q for q, c in counts.items() if not c["queued"] and not c["delayed"]]
+    with db.transaction() as cur:
+        cur.execute(BQ.stalled_pending_jobs, {"grace_s": grace, "limit": limit, "queues": idle})
+        return [r["id"] for r in cur.fetchall()]
+
+
 def reconcile_jobs(limit: int = 1000) -> dict:
     grace = get_settings().reconcile_grace_s
-    with db.transaction() as cur:
-        cur.execute(OPS.pending_jobs_without_message, {"grace_s": grace, "limit": limit})
-        job_ids = [r["id"] for r in cur.fetchall()]
+    job_ids = _pending_jobs_without_message(grace, limit)
     resent = 0
     for job_id in job_ids:
         with db.transaction() as cur:
@@ -174,12 +193,16 @@ def enforce_retention(batch: int = 5000) -> dict:
     s = get_settings()
     done = purge_messages(("done",), older_than_s=s.retention_days * DAY_S, batch=batch)
     dead = purge_messages(("rejected",), older_than_s=s.dead_letter_retention_days * DAY_S, batch=batch)
+    from .outbox import purge_sent
+
+    relayed = purge_sent(s.retention_days * DAY_S, batch=batch)  # RabbitMQ's outbox (roastq/outbox.py)
     with db.transaction() as cur:
         cur.execute(OPS.delete_old_ticks, {"days": 30})
         ticks = cur.rowcount
         cur.execute(OPS.delete_dead_heartbeats, {"days": 1})
         heartbeats = cur.rowcount
-    return {"done_messages": done, "dead_letters": dead, "ticks": ticks, "dead_heartbeats": heartbeats}
+    return {"done_messages": done, "dead_letters": dead, "relayed_outbox_rows": relayed, "ticks": ticks,
+            "dead_heartbeats": heartbeats}
 
 
 def roll_up_costs(days: int = 2) -> dict:

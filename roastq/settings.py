@@ -76,10 +76,22 @@ class SettingsError(ValueError):
     """A setting has a value roastq cannot use."""
 
 
+def _broker_url() -> str | None:
+    """BROKER_URL: unset (or ``postgres``) keeps messages in Postgres; ``amqp://``/``amqps://``
+    URLs (several separated by ``;``) select RabbitMQ."""
+    raw = _env("BROKER_URL")
+    if raw is None or raw.lower() in ("postgres", "postgresql"):
+        return None
+    if not all(u.strip().lower().startswith(("amqp://", "amqps://")) for u in raw.split(";")):
+        raise SettingsError(f"BROKER_URL must be unset, 'postgres' or an amqp:// URL, got {raw.split('@')[-1]!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where things are.
     database_url: str | None = None  # None: embedded Postgres under home/pgdata
+    broker_url: str | None = None  # None: messages in Postgres (dramatiq-pg); amqp://...: RabbitMQ
     home: Path = field(default_factory=_project_home)
     # Claude. No key: the bundled simulator is used (by `make demo` / `roastq up`).
     anthropic_api_key: str | None = None
@@ -120,6 +132,12 @@ class Settings:
     db_pool_max: int = 40  # connections a process may hold; threads beyond it wait their turn
     recovery_interval_s: float = 10.0  # how often each consumer rescans for orphaned messages
     heartbeat_interval_s: float = 5.0  # worker heartbeat period; stale after 3 periods
+    worker_host: str | None = None  # the host part of worker ids (host:pid); None: the hostname
+    db_peer_timeout_s: float = 10.0  # a lost host's Postgres sessions (and advisory locks) die after ~this
+    # Many hosts and RabbitMQ (docs/scaling.md): the outbox relay.
+    outbox_relay: bool = True  # with RabbitMQ: each worker process also relays the outbox
+    outbox_batch: int = 500  # outbox rows published a transaction
+    outbox_poll_s: float = 1.0  # the relay looks again after this when no NOTIFY woke it
     # Failures.
     backoff_scale: float = 1.0  # multiplies every backoff base and cap (tests and demos shorten waits)
     # Operations (scheduler, pause, legacy import).
@@ -137,6 +155,7 @@ class Settings:
             raise SettingsError(f"LOG_FORMAT must be 'json' or 'pretty', got {log_format!r}")
         return cls(
             database_url=_env("DATABASE_URL"),
+            broker_url=_broker_url(),
             home=_project_home(),
             anthropic_api_key=_env("ANTHROPIC_API_KEY"),
             anthropic_base_url=_env("ANTHROPIC_BASE_URL"),
@@ -173,6 +192,11 @@ class Settings:
             db_pool_max=_int("DB_POOL_MAX", 40),
             recovery_interval_s=_float("RECOVERY_INTERVAL_S", 10.0),
             heartbeat_interval_s=_float("HEARTBEAT_INTERVAL_S", 5.0),
+            worker_host=_env("WORKER_HOST"),
+            db_peer_timeout_s=_float("DB_PEER_TIMEOUT_S", 10.0),
+            outbox_relay=_bool("OUTBOX_RELAY", True),
+            outbox_batch=_int("OUTBOX_BATCH", 500),
+            outbox_poll_s=_float("OUTBOX_POLL_S", 1.0),
             backoff_scale=_float("BACKOFF_SCALE", 1.0),
             retention_days=_float("RETENTION_DAYS", 7.0),
             dead_letter_retention_days=_float("DEAD_LETTER_RETENTION_DAYS", 30.0),
@@ -181,6 +205,11 @@ class Settings:
             pause_snooze_s=_float("PAUSE_SNOOZE_S", 30.0),
             legacy_database_url=_env("LEGACY_DATABASE_URL"),
         )
+
+    @property
+    def rabbitmq(self) -> bool:
+        """Messages go through RabbitMQ (BROKER_URL=amqp://...), not the Postgres broker."""
+        return self.broker_url is not None
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -26,6 +26,34 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], True)
 os.environ["METRICS_PORT"] = "0"
 
+# The broker: Postgres, or RabbitMQ in the RabbitMQ pass (ROASTQ_TEST_BROKER=rabbitmq, see
+# tests/rabbitmq_pass.py): set before any test module imports actors.
+import rabbitmq_pass  # noqa: E402
+
+RABBITMQ_PASS = rabbitmq_pass.wanted()
+RABBITMQ_UNAVAILABLE = rabbitmq_pass.setup()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "postgres_broker: inspects the Postgres broker's own tables "
+                                       "(dramatiq.queue): not run in the RabbitMQ pass")
+    config.addinivalue_line("markers", "rabbitmq: needs the RabbitMQ broker: run only in the RabbitMQ pass")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each pass runs the tests that apply to its broker; the others are deselected."""
+    keep, drop = [], []
+    for item in items:
+        marker = "postgres_broker" if RABBITMQ_PASS else "rabbitmq"
+        (drop if item.get_closest_marker(marker) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+    if RABBITMQ_PASS and RABBITMQ_UNAVAILABLE:
+        print(f"\n[roastq tests] RabbitMQ pass skipped: {RABBITMQ_UNAVAILABLE}")
+        for item in items:
+            item.add_marker(pytest.mark.skip(reason=f"RabbitMQ pass: {RABBITMQ_UNAVAILABLE}"))
+
 
 def _make_database(tmp_path_factory) -> tuple[str, callable]:
     if os.environ.get("TEST_DATABASE_URL"):
@@ -91,7 +119,7 @@ def simulator(database_url):
 TABLES = ("worker_heartbeats, comments, highlights, tasks, job_attempts, evaluation_versions, jobs, evaluations, "
           "agent_versions, agents, document_versions, documents, dramatiq.queue, "
           "schedule_ticks, system_state, cost_daily, legacy_jobs, legacy_ids, "
-          "llm_cache, job_steps, llm_spend_daily, llm_rate_limits")
+          "llm_cache, job_steps, llm_spend_daily, llm_rate_limits, outbox")
 
 
 @pytest.fixture
@@ -103,6 +131,10 @@ def db(database_url):
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(f"TRUNCATE {TABLES} CASCADE")
+    if RABBITMQ_PASS:
+        import actors
+
+        rabbitmq_pass.purge(actors.broker)
     yield conn
     conn.close()
 

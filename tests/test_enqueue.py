@@ -4,6 +4,7 @@ import psycopg2
 import pytest
 
 from helpers import one, wait_for_status
+from messages import MESSAGES  # dramatiq.queue, or the outbox with RabbitMQ
 from roastq.api import EnqueueError, enqueue_evaluation
 
 
@@ -12,7 +13,7 @@ def _pair(seeded):
 
 
 def counts(conn):
-    return one(conn, "SELECT count(*) FROM jobs"), one(conn, "SELECT count(*) FROM dramatiq.queue")
+    return one(conn, "SELECT count(*) FROM jobs"), one(conn, f"SELECT count(*) FROM {MESSAGES}")
 
 
 def test_enqueue_commits_with_the_callers_transaction(db, seeded, database_url):
@@ -27,7 +28,7 @@ def test_enqueue_commits_with_the_callers_transaction(db, seeded, database_url):
     assert counts(db) == (1, 1)
     status, message_id, queue = one(db, "SELECT status, message_id, queue FROM jobs WHERE id = %s", job_id)
     assert (status, queue) == ("PENDING", "interactive")
-    assert one(db, "SELECT message->'args'->>0 FROM dramatiq.queue WHERE message_id = %s", message_id) == job_id
+    assert one(db, f"SELECT message->'args'->>0 FROM {MESSAGES} WHERE message_id = %s", message_id) == job_id
 
 
 def test_enqueue_rolls_back_with_the_callers_transaction(db, seeded, database_url):
@@ -51,7 +52,7 @@ def test_enqueue_pins_the_versions_current_at_enqueue(db, seeded):
                     "WHERE id = %s", (pinned,))
     assert one(db, "SELECT document_version_id FROM jobs WHERE id = %s", job_id) == pinned
     assert one(db, "SELECT queue FROM jobs WHERE id = %s", job_id) == "batch"
-    assert one(db, "SELECT queue_name FROM dramatiq.queue") == "batch"
+    assert one(db, f"SELECT queue_name FROM {MESSAGES}") == "batch"
 
 
 @pytest.mark.parametrize("which", ["document", "agent"])
@@ -85,7 +86,7 @@ def test_actor_send_runs_an_existing_job(db, seeded, worker):
                     "(SELECT id FROM agent_versions WHERE agent_id = %s) FROM evaluations e "
                     "WHERE e.document_id = %s AND e.agent_id = %s RETURNING id", (doc, agent, doc, agent))
         job_id = str(cur.fetchone()[0])
-    assert one(db, "SELECT count(*) FROM dramatiq.queue") == 0
+    assert one(db, f"SELECT count(*) FROM {MESSAGES}") == 0
     evaluate_document.send(job_id)
     assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
 
@@ -104,9 +105,9 @@ def test_batch_enqueue_writes_all_jobs_and_messages_in_one_transaction(db, seede
     assert len(job_ids) == len(set(job_ids)) == 120
     assert counts(db) == (120, 120)
     assert one(db, "SELECT count(*) FROM evaluations") == 24
-    assert one(db, "SELECT count(DISTINCT queue_name) FROM dramatiq.queue") == 1
+    assert one(db, f"SELECT count(DISTINCT queue_name) FROM {MESSAGES}") == 1
     # every job's message carries its id, and the job names its message
-    assert one(db, "SELECT count(*) FROM jobs j JOIN dramatiq.queue q ON q.message_id = j.message_id "
+    assert one(db, f"SELECT count(*) FROM jobs j JOIN {MESSAGES} q ON q.message_id = j.message_id "
                    "AND q.message->'args'->>0 = j.id::text") == 120
 
 

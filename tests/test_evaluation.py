@@ -7,6 +7,7 @@ import dramatiq
 import pytest
 
 from helpers import one, rows, wait_for_status
+from messages import wait_rejected
 from roastq.api import enqueue_evaluation
 
 
@@ -71,6 +72,7 @@ def test_grade_only_when_the_agent_gives_grades(db, seeded, worker):
             assert 0 <= grade <= 100
 
 
+@pytest.mark.postgres_broker  # RabbitMQ: tests/test_rabbitmq.py
 def test_a_job_delivered_twice_yields_one_evaluation_version(db, seeded, worker, broker):
     from actors import evaluate_document
 
@@ -96,7 +98,7 @@ def test_document_without_content_fails_once_with_a_clear_reason(db, seeded, wor
     assert (error_class, attempts) == ("INPUT", 1)
     assert "no content" in error
     assert [r for r in sim.requests() if r["job_id"] == job_id] == []  # Claude was never called
-    assert one(db, "SELECT state FROM dramatiq.queue") == "rejected"
+    wait_rejected(db, one(db, "SELECT message_id FROM jobs WHERE id = %s", job_id))
 
 
 @pytest.mark.parametrize("args,kwargs", [
@@ -110,10 +112,7 @@ def test_bad_messages_are_rejected_and_the_worker_keeps_running(db, seeded, work
     bad = dramatiq.Message(queue_name="interactive", actor_name="evaluate_document", args=tuple(args),
                            kwargs=kwargs, options={})
     broker.enqueue(bad)
-    deadline = time.monotonic() + 10
-    while one(db, "SELECT state FROM dramatiq.queue WHERE message_id = %s", bad.message_id) != "rejected":
-        assert time.monotonic() < deadline, "bad message not rejected"
-        time.sleep(0.05)
+    wait_rejected(db, bad.message_id)
     assert one(db, "SELECT count(*) FROM jobs") == 0  # nothing else touched
     job_id = enqueue_evaluation(first_doc(seeded), next(iter(seeded.agents.values())))
     assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"

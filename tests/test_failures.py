@@ -7,6 +7,7 @@ from collections import defaultdict
 import pytest
 
 from helpers import kill_group, one, rows, running_worker, start_workers, wait_for_status, wait_until
+from messages import wait_consumed, wait_rejected
 from roastq.api import enqueue_evaluation, rerun_job
 
 #: The class a simulator fault must end up as.
@@ -80,8 +81,7 @@ def test_permanent_fault_fails_after_one_attempt_as_a_dead_letter(db, seeded, wo
     assert (error_class, attempts) == (FAULT_CLASS[fault], 1)
     assert error and len(error) <= 1000 and "sk-roastq" not in error
     message_id = one(db, "SELECT message_id FROM jobs WHERE id = %s", job_id)
-    wait_until(lambda: one(db, "SELECT state FROM dramatiq.queue WHERE message_id = %s", message_id) == "rejected",
-               what="the message to be rejected")
+    wait_rejected(db, message_id)
     assert len([r for r in sim.requests() if r["job_id"] == job_id]) == 1
 
 
@@ -193,8 +193,7 @@ def test_cancel_pending_job_never_runs(db, seeded, sim, broker):
     assert cancel_job(job_id, reason="not needed") == "CANCELLED"
     with running_worker(broker, threads=2):
         message_id = one(db, "SELECT message_id FROM jobs WHERE id = %s", job_id)
-        wait_until(lambda: one(db, "SELECT state FROM dramatiq.queue WHERE message_id = %s", message_id) == "done",
-                   what="the message to be consumed")
+        wait_consumed(db, message_id)
     assert one(db, "SELECT status, cancel_reason, attempts FROM jobs WHERE id = %s", job_id) == \
         ("CANCELLED", "not needed", 0)
     assert [r for r in sim.requests() if r["job_id"] == job_id] == []

@@ -1,0 +1,196 @@
+"""Which broker carries the messages: Postgres (default) or RabbitMQ (``BROKER_URL=amqp://...``).
+
+The jobs table, the response cache, the cost ledger, the budget and the rate limits stay in
+Postgres either way; only messages move. Both brokers offer what the rest of roastq uses:
+
+* ``enqueue_on(cur, message, delay_ms=)`` / ``enqueue_many_on(cur, messages)``: send on the
+  caller's transaction. Postgres: the message is a row of ``dramatiq.queue``. RabbitMQ: it is a
+  row of the ``outbox``, relayed after commit (``roastq/outbox.py``);
+* dramatiq's ``enqueue`` (retries, ``actor.send``), which on RabbitMQ publishes at once;
+* ``queue_counts(queue)``: waiting, delayed and dead messages of a queue, for status and metrics.
+
+Crash recovery differs: on Postgres our consumers rescan for messages whose worker's session
+(and advisory lock) died; on RabbitMQ a message a worker took is unacknowledged until it is
+done, and RabbitMQ delivers it again when that worker's connection dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import dramatiq
+from dramatiq.common import dq_name, q_name, xq_name
+from dramatiq.middleware import Middleware
+
+from . import db, outbox
+from .settings import get_settings
+from .sql import load_queries
+
+logger = logging.getLogger("roastq.brokers")
+
+BQ = load_queries("brokers.sql")
+
+
+def make_broker(middleware=None) -> dramatiq.Broker:
+    """The broker BROKER_URL names, with ``middleware`` (the same list for both)."""
+    settings = get_settings()
+    if settings.rabbitmq:
+        return RoastqRabbitmqBroker(url=settings.broker_url, middleware=middleware)
+    from .broker import RoastqBroker
+
+    return RoastqBroker(middleware=middleware)
+
+
+def is_rabbitmq(broker) -> bool:
+    return isinstance(broker, RoastqRabbitmqBroker)
+
+
+def _rabbitmq_base():
+    try:
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+    except ImportError as exc:  # pika missing
+        raise RuntimeError("BROKER_URL is an amqp:// URL but pika is not installed "
+                           "(pip install 'dramatiq[rabbitmq]')") from exc
+    return RabbitmqBroker
+
+
+class RoastqRabbitmqBroker(_rabbitmq_base()):
+    """dramatiq's RabbitMQ broker, with publisher confirms, the outbox for transactional
+    enqueue and a relay thread in each worker process."""
+
+    def __init__(self, *, url: str, middleware=None):
+        super().__init__(url=url, middleware=middleware, confirm_delivery=True)
+        logging.getLogger("pika").setLevel(logging.WARNING)  # a line a connection step at INFO
+        self.add_middleware(RabbitmqWorkerSetup())
+
+    # -- sending on the caller's transaction: the outbox -----------------------------------------
+
+    def enqueue_on(self, cur, message, *, delay_ms: int | None = None):
+        """Write the message to the outbox on the caller's cursor: it is published after commit."""
+        if delay_ms:
+            message = message.copy(queue_name=dq_name(message.queue_name),
+                                   options={"eta": int(time.time() * 1000) + delay_ms})
+        self.emit_before("enqueue", message, delay_ms)
+        outbox.add(cur, [message])
+        self.emit_after("enqueue", message, delay_ms)
+        return message
+
+    def enqueue_many_on(self, cur, messages) -> None:
+        for message in messages:
+            self.emit_before("enqueue", message, None)
+        outbox.add(cur, messages)
+        for message in messages:
+            self.emit_after("enqueue", message, None)
+
+    # -- what the relay needs ----------------------------------------------------------------------
+
+    def publish(self, queue_name: str, body: bytes) -> None:
+        """Publish one encoded message (from the outbox) and wait for RabbitMQ's confirm.
+
+        On a connection error the thread's connection is dropped (the next call opens a new one)
+        and the error is raised: the relay's transaction rolls back and the row stays unsent."""
+        import pika
+
+        try:
+            self.declare_queue(q_name(queue_name), ensure=True)
+            self.channel.basic_publish(exchange="", routing_key=queue_name, body=body,
+                                       properties=pika.BasicProperties(delivery_mode=2), mandatory=True)
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError):
+            del self.connection
+            raise
+
+    def service_connection(self) -> None:
+        """Let this thread's idle connection answer RabbitMQ's heartbeats."""
+        connection = getattr(self.state, "connection", None)
+        if connection is not None and connection.is_open:
+            try:
+                connection.process_data_events(0)
+            except Exception:
+                del self.connection
+
+    def relay(self) -> outbox.Relay:
+        return outbox.Relay(self.publish, idle=self.service_connection)
+
+    # -- what status and metrics read --------------------------------------------------------------
+
+    def queue_counts(self, queue_name: str) -> dict:
+        """Messages RabbitMQ holds for a queue, not counting those delivered and not yet acked:
+        ``queued`` (ready), ``delayed`` (in its .DQ), ``dead`` (in its .XQ)."""
+        import pika
+
+        try:
+            ready, delayed, dead = self.get_queue_message_counts(q_name(queue_name))
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError):
+            del self.connection
+            raise
+        return {"queued": ready, "delayed": delayed, "dead": dead}
+
+    def queue_names(self) -> dict:
+        return {q: (dq_name(q), xq_name(q)) for q in sorted(self.get_declared_queues())}
+
+
+_reader: "RoastqRabbitmqBroker | None" = None
+
+
+def rabbitmq_counts(queues) -> dict[str, dict]:
+    """{queue: {queued, delayed, dead}} read from RabbitMQ, for status, metrics and housekeeping
+    (processes that have no worker broker: the CLI, the metrics exporter)."""
+    global _reader
+    if _reader is None:
+        _reader = RoastqRabbitmqBroker(url=get_settings().broker_url, middleware=[])
+    try:
+        return {q: _reader.queue_counts(q) for q in queues}
+    except Exception:
+        _reader.close()
+        _reader = None
+        raise
+
+
+def rabbitmq_summary(queues) -> list[dict]:
+    """``roastq status``'s per-queue rows on RabbitMQ: waiting, delayed and dead messages from
+    RabbitMQ, in flight from the jobs table. Orphans do not exist (RabbitMQ redelivers a dead
+    worker's messages) and RabbitMQ keeps no finished messages: those columns are None."""
+    counts = rabbitmq_counts(queues)
+    with db.transaction() as cur:
+        cur.execute(BQ.running_jobs_by_queue)
+        running = {r["queue"]: r["n"] for r in cur.fetchall()}
+    return [dict(queue=q, queued=c["queued"], delayed=c["delayed"], in_flight=running.get(q, 0), orphaned=None,
+                 dead=c["dead"], done=None, oldest_queued_age_s=None) for q, c in counts.items()]
+
+
+def rabbitmq_metric_rows(queues) -> list[tuple]:
+    """The metrics exporter's queue rows (kind, queue, state, n, age_s) on RabbitMQ: queued,
+    delayed and rejected (dead) from RabbitMQ, consumed = jobs RUNNING. RabbitMQ does not say how
+    old its oldest message is: ages are 0 (the outbox's backlog is in ``roastq status``)."""
+    found = []
+    for row in rabbitmq_summary(queues):
+        for state, key in (("queued", "queued"), ("delayed", "delayed"), ("rejected", "dead"),
+                           ("consumed", "in_flight")):
+            found.append(("queue", row["queue"], state, row[key], 0.0))
+    return found
+
+
+class RabbitmqWorkerSetup(Middleware):
+    """Per worker process on RabbitMQ: size the Postgres pool for the worker's threads (messages
+    need no database connections), and run an outbox relay (``OUTBOX_RELAY``)."""
+
+    def __init__(self):
+        self._relay: outbox.Relay | None = None
+
+    def before_worker_boot(self, broker, worker):
+        limit = get_settings().db_pool_max
+        db.pool().resize(min(worker.worker_threads + 4, max(limit, 8)))
+        # Declare every queue (and its .DQ and .XQ) before the consumers start: a delay-queue
+        # consumer that starts first on a new virtual host would find no queue.
+        for queue in sorted(broker.get_declared_queues()):
+            broker.declare_queue(queue, ensure=True)
+
+    def after_worker_boot(self, broker, worker):
+        if get_settings().outbox_relay:
+            self._relay = broker.relay().start()
+
+    def before_worker_shutdown(self, broker, worker):
+        if self._relay is not None:
+            self._relay.stop()
+            self._relay = None
