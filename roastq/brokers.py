@@ -56,8 +56,8 @@ def _rabbitmq_base():
 
 
 class RoastqRabbitmqBroker(_rabbitmq_base()):
-    """dramatiq's RabbitMQ broker, with publisher confirms, the outbox for transactional
-    enqueue and a relay thread in each worker process."""
+    """dramatiq's RabbitMQ broker: publisher confirms on direct sends, the outbox for
+    transactional enqueue (relayed in AMQP transactions) and a relay thread in each worker."""
 
     def __init__(self, *, url: str, middleware=None):
         super().__init__(url=url, middleware=middleware, confirm_delivery=True)
@@ -85,20 +85,36 @@ class RoastqRabbitmqBroker(_rabbitmq_base()):
 
     # -- what the relay needs ----------------------------------------------------------------------
 
-    def publish(self, queue_name: str, body: bytes) -> None:
-        """Publish one encoded message (from the outbox) and wait for RabbitMQ's confirm.
+    def publish_many(self, items: list[tuple[str, bytes]]) -> None:
+        """Publish encoded messages (``(queue_name, body)``, from the outbox) in one AMQP
+        transaction: when this returns, RabbitMQ has taken them all (persistent messages on
+        durable queues); when it raises, it took none of them, or all of them if only the
+        commit's answer was lost (the outbox's at-least-once).
 
+        One round trip a batch, where a publisher confirm for each message costs one a message.
         On a connection error the thread's connection is dropped (the next call opens a new one)
-        and the error is raised: the relay's transaction rolls back and the row stays unsent."""
+        and the error is raised: the relay's transaction rolls back and the rows stay unsent."""
         import pika
 
         try:
-            self.declare_queue(q_name(queue_name), ensure=True)
-            self.channel.basic_publish(exchange="", routing_key=queue_name, body=body,
-                                       properties=pika.BasicProperties(delivery_mode=2), mandatory=True)
+            for queue_name in sorted({q_name(q) for q, _ in items}):
+                self.declare_queue(queue_name, ensure=True)
+            channel = self._tx_channel()
+            persistent = pika.BasicProperties(delivery_mode=2)
+            for queue_name, body in items:
+                channel.basic_publish(exchange="", routing_key=queue_name, body=body, properties=persistent)
+            channel.tx_commit()
         except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError):
             del self.connection
             raise
+
+    def _tx_channel(self):
+        """This thread's channel in transaction mode (its default channel is in confirm mode)."""
+        channel = getattr(self.state, "tx_channel", None)
+        if channel is None or not channel.is_open or channel.connection is not self.connection:
+            channel = self.state.tx_channel = self.connection.channel()
+            channel.tx_select()
+        return channel
 
     def service_connection(self) -> None:
         """Let this thread's idle connection answer RabbitMQ's heartbeats."""
@@ -110,7 +126,7 @@ class RoastqRabbitmqBroker(_rabbitmq_base()):
                 del self.connection
 
     def relay(self) -> outbox.Relay:
-        return outbox.Relay(self.publish, idle=self.service_connection)
+        return outbox.Relay(self.publish_many, idle=self.service_connection)
 
     # -- what status and metrics read --------------------------------------------------------------
 

@@ -9,7 +9,7 @@ publishing after commit loses messages when the app dies in between. So:
   transaction as its job row, with one NOTIFY (delivered at commit);
 * a ``Relay`` (a thread in every worker process, and/or ``roastq relay``) LISTENs, takes the
   oldest unsent rows with ``FOR UPDATE SKIP LOCKED`` (relays in many processes share the work),
-  publishes them to RabbitMQ with publisher confirms, and marks them sent in that transaction.
+  publishes them to RabbitMQ in one AMQP transaction, and marks them sent in its own.
 
 Delivery is at least once: a relay that dies after RabbitMQ confirmed a message but before its
 commit publishes that message again. Duplicates are harmless: the job middleware runs a job at
@@ -33,8 +33,9 @@ logger = logging.getLogger("roastq.outbox")
 Q = load_queries("outbox.sql")
 CHANNEL = "roastq_outbox"
 
-#: publish(queue_name, body): hand one encoded message to the broker; raises if not confirmed.
-Publish = Callable[[str, bytes], None]
+#: publish([(queue_name, body), ...]): hand encoded messages to the broker; returns once the broker
+#: has them all, raises otherwise.
+Publish = Callable[[list], None]
 
 
 def add(cur, messages) -> None:
@@ -71,8 +72,8 @@ def purge_sent(older_than_s: float, batch: int = 5000) -> int:
 class Relay:
     """Publishes outbox rows: woken by NOTIFY, and every ``OUTBOX_POLL_S`` without one.
 
-    ``publish`` sends one message and returns once the broker confirmed it; ``idle`` (optional)
-    is called while waiting, to keep the broker connection's heartbeats going.
+    ``publish`` sends a batch and returns once the broker has it; ``idle`` (optional) is called
+    while waiting, to keep the broker connection's heartbeats going.
     """
 
     def __init__(self, publish: Publish, *, idle: Callable[[], None] | None = None,
@@ -101,16 +102,15 @@ class Relay:
     def relay_once(self) -> int:
         """Publish one batch of unsent rows and mark them sent; return how many were sent.
 
-        If publishing fails midway, the transaction rolls back and every row of the batch stays
-        unsent: the ones already published go out again (at least once)."""
+        If publishing fails, or the commit after it does, the transaction rolls back and every row
+        of the batch stays unsent: whatever the broker took of it goes out again (at least once)."""
         conn = self._connection()
         with conn:
             with conn.cursor() as cur:
                 cur.execute(Q.outbox_claim, {"limit": self.batch})
                 rows = cur.fetchall()
-                for _, queue_name, message in rows:
-                    self.publish(queue_name, message.encode("utf-8"))
                 if rows:
+                    self.publish([(queue_name, message.encode("utf-8")) for _, queue_name, message in rows])
                     cur.execute(Q.outbox_mark_sent, {"ids": [r[0] for r in rows]})
         self.sent += len(rows)
         return len(rows)

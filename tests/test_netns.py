@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
+
+from types import SimpleNamespace
 
 import psycopg2
 import pytest
@@ -60,7 +63,7 @@ def hosts(tmp_path):
             seeded = json.loads(roastq(env, "seed", "--json"))
             conn = psycopg2.connect(env["DATABASE_URL"], connect_timeout=5)
             conn.autocommit = True
-            yield net, env, seeded, conn, tmp_path
+            yield SimpleNamespace(net=net, env=env, seeded=seeded, conn=conn, tmp=tmp_path, sim=sim)
             conn.close()
         finally:
             sim.stop()
@@ -85,7 +88,7 @@ def wait_heartbeat(conn, ns, timeout=60.0):
 
 
 def test_a_host_cut_off_mid_job_loses_nothing(hosts):
-    net, env, seeded, conn, tmp_path = hosts
+    net, env, seeded, conn, tmp_path = hosts.net, hosts.env, hosts.seeded, hosts.conn, hosts.tmp
     a, b = net.add_host(), net.add_host()
     agent = _one(conn, "SELECT agent_id::text FROM agent_versions WHERE self_critique_instructions IS NOT NULL "
                        "ORDER BY name LIMIT 1")  # two LLM calls: about 5 s a job
@@ -127,3 +130,41 @@ def test_a_host_cut_off_mid_job_loses_nothing(hosts):
     time.sleep(3)
     assert _one(conn, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
     assert _one(conn, "SELECT status FROM jobs WHERE id = %s", job_id) == "COMPLETED"
+
+
+def test_hosts_share_the_queue_the_rate_limit_and_the_ledger(hosts):
+    """Two hosts drain one queue; the shared rate limiter (in Postgres) paces their calls together,
+    and both book their spend in the one ledger."""
+    net, conn = hosts.net, hosts.conn
+    hosts.sim.configure(latency_ms=50, jitter_ms=0)
+    env = dict(hosts.env, LLM_RPM_LIMIT="120")  # paced at 95 %: one call every ~0.53 s, all hosts together
+    a, b = net.add_host(), net.add_host()
+    for ns in (a, b):
+        start_worker(net, ns, env, hosts.tmp)
+    for ns in (a, b):
+        wait_heartbeat(conn, ns)
+    agent = _one(conn, "SELECT agent_id::text FROM agent_versions WHERE self_critique_instructions IS NULL "
+                       "ORDER BY name LIMIT 1")  # one LLM call a job
+    document = next(iter(hosts.seeded["documents"].values()))
+    script = ("import json, sys; from roastq.api import enqueue_evaluations; "
+              "print(json.dumps(enqueue_evaluations([(sys.argv[1], sys.argv[2])] * 10)))")
+    done = subprocess.run([sys.executable, "-c", script, document, agent], env=env, capture_output=True, text=True,
+                          timeout=60, check=True)
+    job_ids = json.loads(done.stdout)
+    runners = set()
+
+    def all_done():
+        for status, worker in _query(conn, "SELECT status, worker_id FROM jobs WHERE id = ANY(%s::uuid[])", job_ids):
+            if worker:
+                runners.add(worker.split(":")[0])
+        return _one(conn, "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND status = 'COMPLETED'",
+                    job_ids) == 10
+
+    wait(all_done, 60, "the ten jobs", interval=0.05)
+    assert runners == {a, b}
+    times = sorted(r["time"] for r in hosts.sim.requests() if r["job_id"] in job_ids)
+    assert len(times) == 10
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    assert min(gaps) >= 0.45, f"calls from the two hosts closer than the shared pace allows: {gaps}"
+    assert _one(conn, "SELECT count(*) FROM job_attempts WHERE error_class = 'RATE_LIMITED'") == 0
+    assert _one(conn, "SELECT sum(price_usd) FROM llm_spend_daily") == _one(conn, "SELECT sum(price_usd) FROM tasks")

@@ -64,7 +64,7 @@ def test_committed_job_is_relayed_and_a_rolled_back_one_never_is(db, seeded, dat
 
 
 def test_relay_is_woken_by_notify_not_by_its_poll(db, seeded, broker):
-    relay = outbox.Relay(broker.publish, idle=broker.service_connection, poll_s=30.0).start()
+    relay = outbox.Relay(broker.publish_many, idle=broker.service_connection, poll_s=30.0).start()
     try:
         time.sleep(0.5)  # listening
         started = time.monotonic()
@@ -78,7 +78,7 @@ def test_relay_is_woken_by_notify_not_by_its_poll(db, seeded, broker):
 def test_relays_in_parallel_send_each_row_once(db, seeded, broker):
     doc, agent = _pair(seeded)
     job_ids = enqueue_evaluations([(doc, agent)] * 1500, priority="batch")
-    relays = [outbox.Relay(broker.publish, batch=100) for _ in range(3)]
+    relays = [outbox.Relay(broker.publish_many, batch=100) for _ in range(3)]
     threads = [threading.Thread(target=r.drain) for r in relays]
     for t in threads:
         t.start()
@@ -109,13 +109,9 @@ def test_relay_dying_after_publishing_sends_again_and_jobs_still_run_once(db, se
     middleware runs each job once to completion all the same."""
     doc, agent = _pair(seeded)
     job_ids = enqueue_evaluations([(doc, agent)] * 4, priority="batch")
-    published = []
-
-    def publish_then_die(queue_name, body):
-        broker.publish(queue_name, body)  # really sent...
-        published.append(body)
-        if len(published) == 3:
-            raise ConnectionError("relay died before its commit")  # ...but never marked sent
+    def publish_then_die(items):
+        broker.publish_many(items[:3])  # three really sent...
+        raise ConnectionError("relay died before its commit")  # ...and none marked sent
 
     with pytest.raises(ConnectionError):
         outbox.Relay(publish_then_die).relay_once()
