@@ -28,12 +28,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    connect, fresh_database, machine, percentile, scalar, seed_minimal, start_workers, stop_workers, wait_until,
+    connect, fresh_database, machine, percentile, scalar, seed_minimal, start_workers, stop_workers,
     wait_workers_ready,
 )
 

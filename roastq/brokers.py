@@ -20,7 +20,8 @@ import logging
 import time
 
 import dramatiq
-from dramatiq.common import dq_name, q_name, xq_name
+from dramatiq.brokers.rabbitmq import RabbitmqBroker  # pika: the dramatiq[rabbitmq] dependency
+from dramatiq.common import dq_name, q_name
 from dramatiq.middleware import Middleware
 
 from . import db, outbox
@@ -46,16 +47,7 @@ def is_rabbitmq(broker) -> bool:
     return isinstance(broker, RoastqRabbitmqBroker)
 
 
-def _rabbitmq_base():
-    try:
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
-    except ImportError as exc:  # pika missing
-        raise RuntimeError("BROKER_URL is an amqp:// URL but pika is not installed "
-                           "(pip install 'dramatiq[rabbitmq]')") from exc
-    return RabbitmqBroker
-
-
-class RoastqRabbitmqBroker(_rabbitmq_base()):
+class RoastqRabbitmqBroker(RabbitmqBroker):
     """dramatiq's RabbitMQ broker: publisher confirms on direct sends, the outbox for
     transactional enqueue (relayed in AMQP transactions) and a relay thread in each worker."""
 
@@ -141,9 +133,6 @@ class RoastqRabbitmqBroker(_rabbitmq_base()):
             del self.connection
             raise
         return {"queued": ready, "delayed": delayed, "dead": dead}
-
-    def queue_names(self) -> dict:
-        return {q: (dq_name(q), xq_name(q)) for q in sorted(self.get_declared_queues())}
 
 
 _reader: "RoastqRabbitmqBroker | None" = None
