@@ -138,7 +138,8 @@ OVERVIEW = dashboard("roastq-overview", "roastq: overview",
     ]),
 ])
 
-LLM = dashboard("roastq-llm", "roastq: LLM", "Claude calls: requests, latency, tokens, dollars, 429s.", [
+LLM = dashboard("roastq-llm", "roastq: LLM",
+                "Claude calls: requests, latency, tokens, dollars, 429s; the budget, the cache, the rate limiter.", [
     stat("Spend in range", "Dollars spent on LLM calls over the dashboard's time range.",
          "sum(increase(roastq_llm_cost_dollars_total[$__range]))", unit="currencyUSD"),
     stat("Spend rate", "Dollars an hour, now.", f"sum(rate(roastq_llm_cost_dollars_total[{RATE}])) * 3600",
@@ -150,6 +151,15 @@ LLM = dashboard("roastq-llm", "roastq: LLM", "Claude calls: requests, latency, t
     stat("Cache hit ratio", "Share of calls answered from the response cache (not sent, not paid).",
          f'(sum(rate(roastq_llm_requests_total{{outcome="cached"}}[{RATE}])) or vector(0)) / '
          f"sum(rate(roastq_llm_requests_total[{RATE}]))", unit="percentunit"),
+    stat("Spent today (UTC)", "Dollars billed today, all models: what the budget guard reads (from Postgres).",
+         "max(roastq_llm_budget_spent_dollars)", unit="currencyUSD"),
+    stat("Daily budget", "LLM_DAILY_BUDGET_USD: the daily spend cap (0: no cap).",
+         "max(roastq_llm_budget_cap_dollars)", unit="currencyUSD"),
+    stat("Budget holds in range", "LLM calls held because today's spend reached the cap (their jobs wait, "
+         "they do not fail).", "sum(increase(roastq_llm_budget_holds_total[$__range])) or vector(0)",
+         thresholds=[(1, "orange")]),
+    stat("Saved by the cache in range", "What the response cache's hits would have cost, over the time range.",
+         "sum(increase(roastq_llm_cache_saved_dollars_total[$__range]))", unit="currencyUSD"),
     timeseries("Requests by outcome", "LLM calls per second: ok, cached, or the error class.", [
         target(f"sum by (outcome) (rate(roastq_llm_requests_total[{RATE}]))", "{{outcome}}"),
     ], unit="reqps", stack=True),
@@ -166,6 +176,16 @@ LLM = dashboard("roastq-llm", "roastq: LLM", "Claude calls: requests, latency, t
     ], unit="currencyUSD"),
     timeseries("Requests by model and step", "LLM calls per second by model and pipeline step.", [
         target(f"sum by (model, step) (rate(roastq_llm_requests_total[{RATE}]))", "{{model}} {{step}}"),
+    ], unit="reqps"),
+    timeseries("Response cache", "Cache lookups per second by outcome (hit, miss, bypass) and answers stored.", [
+        target(f"sum by (outcome) (rate(roastq_llm_cache_lookups_total[{RATE}]))", "{{outcome}}"),
+    ], unit="reqps"),
+    timeseries("Rate limiter", "Waits for the shared rate limiter per second, by reason and outcome (waited in "
+               "the thread, or snoozed), and gate closures (a 429, or a limit with nothing left).", [
+        target(f"sum by (reason, outcome) (rate(roastq_llm_rate_limit_waits_total[{RATE}]))",
+               "{{reason}} {{outcome}}", "A"),
+        target(f"sum by (reason) (rate(roastq_llm_rate_limit_gate_closed_total[{RATE}]))",
+               "gate closed: {{reason}}", "B"),
     ], unit="reqps"),
 ])
 

@@ -126,6 +126,7 @@ class JobState(Middleware):
             cur.execute(Q.job_lost, {"job_id": ctx.job_id, "error": error})
             self._end_attempt(ctx, "failed", cur=cur, error_class="WORKER_LOST", error=error)
         logger.error("job %s failed (WORKER_LOST): %s", ctx.job_id, error)
+        message.roastq_error_class = "WORKER_LOST"  # what the metrics count this dead letter as
         message.fail()
         raise SkipMessage(error)
 

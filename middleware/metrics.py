@@ -38,13 +38,63 @@ def on_llm_call(*, model, step, duration_s, usage, price_usd, exception, cached,
                       price_usd=price_usd, cached=cached and exception is None)
 
 
+def on_llm_cache(*, model, outcome, saved_usd, **_):
+    """``llm_cache`` listener. Every outcome touches the saved-dollars series (by 0 unless a hit),
+    so that it exists, at 0, wherever the cache is in use."""
+    m.LLM_CACHE_LOOKUPS.labels(model, outcome).inc()
+    m.LLM_CACHE_SAVED.labels(model).inc(float(saved_usd or 0))
+
+
+def on_llm_step_memo(*, step, outcome, **_):
+    if outcome == "resumed":
+        m.LLM_STEPS_RESUMED.labels(step).inc()
+
+
+def on_llm_budget_exhausted(*, model, **_):
+    m.LLM_BUDGET_HOLDS.labels(model).inc()
+
+
+def on_llm_rate_limit_wait(*, model, reason, wait_s, snoozed, **_):
+    outcome = "snoozed" if snoozed else "waited"
+    m.LLM_RATE_WAITS.labels(model, reason or "unknown", outcome).inc()
+    m.LLM_RATE_WAIT_SECONDS.labels(model, outcome).inc(max(0.0, float(wait_s)))
+
+
+def on_llm_rate_limit_gate(*, model, reason, **_):
+    m.LLM_GATE_CLOSED.labels(model, reason or "unknown").inc()
+
+
+def on_llm_unknown_model(*, model, **_):
+    m.LLM_UNKNOWN_MODEL.labels(model).inc()
+
+
+def on_job_failed(*, queue, actor, error_class, **_):
+    """``job_failed`` listener: a job failed for good outside any message (the stale-job reaper)."""
+    m.FAILED.labels(queue, actor, str(error_class)).inc()
+
+
+#: What this middleware counts from ``roastq.events`` (subscribed in every process that builds it).
+LISTENERS = {
+    "llm_call": on_llm_call,
+    "llm_cache": on_llm_cache,
+    "llm_step_memo": on_llm_step_memo,
+    "llm_budget_exhausted": on_llm_budget_exhausted,
+    "llm_rate_limit_wait": on_llm_rate_limit_wait,
+    "llm_rate_limit_gate": on_llm_rate_limit_gate,
+    "llm_unknown_model": on_llm_unknown_model,
+    "job_failed": on_job_failed,
+}
+
+
 class Metrics(Middleware):
     """Count messages, time attempts, and export everything from one process.
 
     Metrics (``docs/observability.md`` has the reference): messages enqueued, started, succeeded,
     failed and retried (by error class), cancelled; attempt duration; in-progress and delayed
-    gauges; LLM requests, latency, tokens and dollars (from ``roastq.events`` ``llm_call``).
-    The exporter adds queue depth and age and worker liveness, read from Postgres per scrape.
+    gauges; LLM requests, latency, tokens and dollars; the cost layer's response cache, resumed
+    steps, budget holds, rate-limit waits and gates, unknown models; and jobs the reaper fails
+    (all from ``roastq.events``, ``LISTENERS``). The exporter adds queue depth and age, worker
+    liveness and today's LLM spend and cap, read from Postgres per scrape.
 
     Parameters:
       exporter(bool): declare the exporter fork (default True). ``METRICS_HOST`` and
@@ -54,7 +104,8 @@ class Metrics(Middleware):
     def __init__(self, *, exporter: bool = True):
         self.exporter = exporter
         self._delayed: set[str] = set()
-        events.subscribe("llm_call", on_llm_call)
+        for event, listener in LISTENERS.items():
+            events.subscribe(event, listener)
 
     @property
     def forks(self):
@@ -120,8 +171,8 @@ class Metrics(Middleware):
         if getattr(message, "_roastq_started", None) is not None:  # skipped by a later middleware
             del message._roastq_started
             m.IN_PROGRESS.labels(*_labels(message)).dec()
-        if message.failed:  # rejected (not a job): a dead letter
-            m.FAILED.labels(*_labels(message), "INPUT").inc()
+        if message.failed:  # rejected (not a job), or a job lost too often (JobState): a dead letter
+            m.FAILED.labels(*_labels(message), getattr(message, "roastq_error_class", "INPUT")).inc()
 
 
 def _labels(message) -> tuple[str, str]:

@@ -7,8 +7,9 @@ does), so a pool of any size serves one endpoint. Each scrape:
 1. drops the live gauges of worker processes that died without stopping;
 2. merges every process's samples from ``PROMETHEUS_MULTIPROC_DIR``;
 3. reads Postgres once (``PostgresCollector``): queue depth and oldest-message age by queue and
-   state, and worker liveness from the heartbeat table. These are facts about the whole system,
-   so they are read here, once, not counted in each worker process.
+   state, worker liveness from the heartbeat table, and today's LLM spend against the daily cap
+   (``roastq.budget.status``, a second statement on the same connection). These are facts about
+   the whole system, so they are read here, once, not counted in each worker process.
 
 ``METRICS_PORT=0`` binds a free port (tests); the port in use is logged.
 """
@@ -26,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from roastq import db
+from roastq import budget, db
 from roastq.broker import QUEUES
 from roastq.db import Q
 from roastq.settings import get_settings
@@ -39,7 +40,7 @@ STATES = ("queued", "consumed", "delayed", "rejected")
 
 
 class PostgresCollector:
-    """Queue and worker gauges, read from Postgres on each collect (one round trip)."""
+    """Queue, worker and LLM budget gauges, read from Postgres on each collect (two statements)."""
 
     def __init__(self):
         self._conn = None
@@ -53,15 +54,17 @@ class PostgresCollector:
         return self._conn.cursor()
 
     def _read(self):
-        stale_after_s = 3 * get_settings().heartbeat_interval_s
+        settings = get_settings()
+        stale_after_s = 3 * settings.heartbeat_interval_s
         with self._cursor() as cur:
             cur.execute(Q.metrics_snapshot, {"stale_after_s": stale_after_s})
             rows = cur.fetchall()
-        if get_settings().rabbitmq:  # messages live in RabbitMQ: depth is read there (roastq/brokers.py)
+        spend = budget.status(settings, conn=self._conn)  # the ledger is in Postgres whatever the broker
+        if settings.rabbitmq:  # messages live in RabbitMQ: depth is read there (roastq/brokers.py)
             from roastq.brokers import rabbitmq_metric_rows
 
             rows = [r for r in rows if r[0] != "queue"] + rabbitmq_metric_rows(QUEUES)
-        return rows
+        return rows, spend
 
     def collect(self):
         started = time.monotonic()
@@ -69,7 +72,7 @@ class PostgresCollector:
                                "1 if the exporter's last read of queue and worker state from Postgres worked.")
         with self._lock:
             try:
-                rows = self._read()
+                rows, spend = self._read()
             except Exception as exc:
                 logger.warning("metrics: could not read Postgres: %s", exc)
                 if self._conn is not None:
@@ -117,6 +120,14 @@ class PostgresCollector:
                                      "Seconds since the stalest heartbeat still registered (a crashed worker's grows).")
             beat.add_metric([], float(heartbeat_age))
             yield beat
+        spent = GaugeMetricFamily("roastq_llm_budget_spent_dollars",
+                                  "Dollars spent on LLM calls today (UTC day, all models): what the budget guard reads.")
+        spent.add_metric([], float(spend.spent_usd))
+        yield spent
+        cap = GaugeMetricFamily("roastq_llm_budget_cap_dollars",
+                                "The daily LLM spend cap, LLM_DAILY_BUDGET_USD (0: no cap).")
+        cap.add_metric([], float(spend.cap_usd or 0))
+        yield cap
         took = GaugeMetricFamily("roastq_metrics_postgres_read_seconds", "How long the exporter's Postgres read took.")
         took.add_metric([], time.monotonic() - started)
         yield took

@@ -12,7 +12,14 @@ that died without stopping (``prune_dead``).
 
 Naming follows Prometheus conventions: base units (seconds, dollars), ``_total`` for counters, and
 no unbounded labels (no job, message or agent ids: those are in the logs and Sentry). Queue depth,
-queue age and worker liveness come from Postgres, read once per scrape by the exporter.
+queue age, worker liveness and today's LLM spend come from Postgres, read once per scrape by the
+exporter.
+
+Every metric here has at least one label. A metric without labels gets its value, and so its
+process's file, the moment it is defined, i.e. when a worker process imports this module, before
+``clean_at_boot`` runs and removes that process's own (presumed stale) files: every counter of the
+process would then go to a deleted file and vanish from the exporter
+(``tests/test_metrics.py`` checks it).
 """
 
 from __future__ import annotations
@@ -79,6 +86,33 @@ LLM_LATENCY = Histogram("roastq_llm_request_duration_seconds", "Latency of LLM c
 LLM_TOKENS = Counter("roastq_llm_tokens_total", "Tokens paid for, by kind: input, output, cache_read, cache_write.",
                      ["model", "kind"])
 LLM_COST = Counter("roastq_llm_cost_dollars_total", "Dollars spent on LLM calls (price table x usage).", ["model"])
+
+# -- the LLM cost layer (docs/llm.md): from roastq.events, see middleware/metrics.py ---------------
+LLM_CACHE_LOOKUPS = Counter("roastq_llm_cache_lookups_total",
+                            "Response cache events by outcome: hit (served, not sent), miss, bypass (a call "
+                            "that skipped the lookup), store (a fresh validated answer kept).",
+                            ["model", "outcome"])
+LLM_CACHE_SAVED = Counter("roastq_llm_cache_saved_dollars_total",
+                          "Dollars the response cache saved: what the original calls of its hits cost.", ["model"])
+LLM_STEPS_RESUMED = Counter("roastq_llm_steps_resumed_total",
+                            "Pipeline steps a retry reused from an earlier attempt of its job (not run again).",
+                            ["step"])
+LLM_BUDGET_HOLDS = Counter("roastq_llm_budget_holds_total",
+                           "LLM calls held (their job snoozed) because today's spend reached LLM_DAILY_BUDGET_USD, "
+                           "by the model of the call.", ["model"])
+LLM_RATE_WAITS = Counter("roastq_llm_rate_limit_waits_total",
+                         "Waits for the shared rate limiter, by reason (gate, requests, input_tokens, "
+                         "output_tokens) and outcome: waited (in the thread) or snoozed (the job comes back later).",
+                         ["model", "reason", "outcome"])
+LLM_RATE_WAIT_SECONDS = Counter("roastq_llm_rate_limit_wait_seconds_total",
+                                "Seconds of those waits (snoozed: the delay the job was re-enqueued with).",
+                                ["model", "outcome"])
+LLM_GATE_CLOSED = Counter("roastq_llm_rate_limit_gate_closed_total",
+                          "Times a model's rate-limit gate was closed for every worker: reason 429 (retry-after) "
+                          "or '<kind> exhausted' (a rate-limit header said nothing is left).", ["model", "reason"])
+LLM_UNKNOWN_MODEL = Counter("roastq_llm_unknown_model_calls_total",
+                            "Calls priced for a model the price table does not know (charged the dearest rate).",
+                            ["model"])
 
 
 def record_llm_call(*, model: str, step: str, outcome: str, duration_s: float, usage, price_usd,

@@ -42,9 +42,10 @@ class BudgetStatus:
         return self.cap_usd is not None and self.spent_usd >= self.cap_usd
 
 
-def status(settings: Settings) -> BudgetStatus:
-    """Today's spend against the cap (also for the CLI and the metrics collector)."""
-    with db.transaction() as cur:
+def status(settings: Settings, conn=None) -> BudgetStatus:
+    """Today's spend against the cap (also for the CLI and the metrics collector, which passes
+    its own connection ``conn``; else a pooled one)."""
+    with db.transaction(conn) as cur:
         cur.execute(Q.spend_today)
         row = cur.fetchone()
     cap = Decimal(str(settings.llm_daily_budget_usd)) if settings.llm_daily_budget_usd > 0 else None

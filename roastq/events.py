@@ -18,6 +18,11 @@ Events:
   ``llm_rate_limit_gate``: model, closed_for_s, reason ("429" or "<kind> exhausted"); the
   model's gate is closed for every worker.
   ``llm_unknown_model``: model, price (the Price charged: the dearest known rate).
+
+  Jobs:
+  ``job_failed``: job_id, queue, actor, error_class; a job failed for good outside any message,
+  where no middleware sees it (the stale-job reaper, ``roastq/maintenance.py``: WORKER_LOST).
+  Failures of a message being processed are counted by the middleware, not through this event.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from . import db
+from . import db, events
 from .db import Q
 from .settings import get_settings
 from .sql import load_queries
@@ -76,14 +76,25 @@ def reap_stale_jobs(limit: int = 500) -> dict:
     crash_limit = get_settings().job_crash_limit
     with db.transaction() as cur:
         cur.execute(OPS.stale_running_jobs, {"stale_after_s": stale, "limit": limit})
-        job_ids = [r["id"] for r in cur.fetchall()]
+        jobs = [(r["id"], r["queue"]) for r in cur.fetchall()]
     counts = {"requeued": 0, "resent": 0, "failed": 0, "alive": 0}
-    for job_id in job_ids:
+    for job_id, queue in jobs:
         with db.transaction() as cur:  # one job a transaction: a bad one does not hold up the rest
             outcome = _reap_one(cur, job_id, stale, crash_limit)
         if outcome:
             counts[outcome] += 1
+        if outcome == "failed":  # committed: now tell the listeners (no middleware sees this failure)
+            _job_failed(job_id, queue, "WORKER_LOST")
     return counts
+
+
+def _job_failed(job_id, queue: str, error_class: str) -> None:
+    """A job failed for good outside any message: the metrics count it with the failures of
+    messages (``roastq_messages_failed_total``). Importing the actors builds the broker and its
+    metrics middleware, which subscribes to the event, in a process that has not yet (the CLI)."""
+    actor = _actors().ACTOR_FOR_QUEUE.get(queue)
+    events.emit("job_failed", job_id=str(job_id), queue=queue, actor=actor.actor_name if actor else "",
+                error_class=error_class)
 
 
 def _reap_one(cur, job_id, stale: float, crash_limit: int) -> str | None:

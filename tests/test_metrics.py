@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import one, wait_for_status, wait_until
+from helpers import one, running_worker, wait_for_status, wait_until
 from promtext import families, local, value
 from roastq.api import enqueue_evaluation
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-ALLOWED_LABELS = {"queue", "actor", "error_class", "outcome", "delayed", "model", "step", "kind", "state", "le"}
+ALLOWED_LABELS = {"queue", "actor", "error_class", "outcome", "delayed", "model", "step", "kind", "state", "le",
+                  "reason"}
 
 
 @pytest.fixture(autouse=True)
@@ -151,7 +152,8 @@ def test_names_follow_prometheus_conventions_and_no_label_is_an_id(db, seeded, w
                      "roastq_messages_in_progress", "roastq_messages_delayed", "roastq_queue_messages",
                      "roastq_queue_oldest_message_age_seconds", "roastq_queue_delayed_messages",
                      "roastq_llm_requests", "roastq_llm_request_duration_seconds", "roastq_llm_tokens",
-                     "roastq_llm_cost_dollars", "roastq_workers_alive", "roastq_worker_heartbeat_age_seconds"}
+                     "roastq_llm_cost_dollars", "roastq_workers_alive", "roastq_worker_heartbeat_age_seconds",
+                     "roastq_llm_budget_spent_dollars", "roastq_llm_budget_cap_dollars"}
     for family in found:
         assert family.name.startswith("roastq_"), family.name  # nothing of dramatiq's own middleware
         assert not re.search(r"_(milliseconds|ms|minutes|hours|percent)\b", family.name)
@@ -165,6 +167,16 @@ def test_names_follow_prometheus_conventions_and_no_label_is_an_id(db, seeded, w
     buckets = {float(s.labels["le"]) for f in found if f.name == "roastq_job_duration_seconds"
                for s in f.samples if s.name.endswith("_bucket")}
     assert min(buckets) == 1 and max(b for b in buckets if b != float("inf")) == 1200
+
+
+def test_every_metric_has_labels_so_none_writes_its_file_before_the_boot_clean_up():
+    """A metric without labels gets its value (its process's file) at import, before a worker's
+    clean_at_boot removes that process's own files: its counters would then go to a deleted file."""
+    from observability import metrics as m
+
+    found = [c for c in vars(m).values() if hasattr(c, "_labelnames") and hasattr(c, "_type")]
+    assert len(found) >= 20
+    assert [c._name for c in found if not c._labelnames] == []
 
 
 def test_our_middleware_replaces_dramatiqs_prometheus_and_declares_one_exporter(broker):
@@ -236,3 +248,42 @@ def test_a_call_answered_from_the_response_cache_is_counted_but_not_billed(db, s
     assert delta(before, after, "roastq_llm_tokens_total", model=model) == 0
     assert delta(before, after, "roastq_llm_cost_dollars_total", model=model) == 0
     assert delta(before, after, "roastq_llm_request_duration_seconds_count", model=model) == 0
+
+
+def test_a_job_the_reaper_fails_is_counted_as_a_failure(db, seeded):
+    """The stale-job reaper fails a job whose workers keep dying outside any message: no middleware
+    sees it, so it reports it (event ``job_failed``) and the failure ratio and dashboards count it."""
+    from roastq import maintenance
+    from test_scheduler_tasks import running_on_a_dead_worker
+
+    job_id = enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(db))
+    running_on_a_dead_worker(db, job_id, crashes=2)  # JOB_CRASH_LIMIT is 3: this is the third
+    q = {"queue": "interactive", "actor": "evaluate_document"}
+    before = local()
+    assert maintenance.reap_stale_jobs()["failed"] == 1
+    after = local()
+    assert one(db, "SELECT status, error_class FROM jobs WHERE id = %s", job_id) == ("FAILED", "WORKER_LOST")
+    assert delta(before, after, "roastq_messages_failed_total", error_class="WORKER_LOST", **q) == 1
+    assert delta(before, after, "roastq_messages_failed_total") == 1
+    # A job only requeued by the reaper is no failure.
+    again = enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(db))
+    running_on_a_dead_worker(db, again)
+    assert maintenance.reap_stale_jobs()["requeued"] == 1
+    assert delta(after, local(), "roastq_messages_failed_total") == 0
+
+
+def test_a_job_failed_as_lost_when_its_message_comes_back_is_counted_as_worker_lost(db, seeded, sim, broker):
+    """The other way a job is lost: its message is delivered again after JOB_CRASH_LIMIT crashes."""
+    job_id = enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(db))
+    with db.cursor() as cur:  # three workers died mid-job: two attempts closed, one still open
+        cur.execute("UPDATE jobs SET status = 'RUNNING', attempts = 3, worker_id = 'gone:1' WHERE id = %s", (job_id,))
+        cur.execute("INSERT INTO job_attempts (job_id, attempt, outcome, ended_at) VALUES "
+                    "(%s, 1, 'crashed', now()), (%s, 2, 'crashed', now())", (job_id, job_id))
+        cur.execute("INSERT INTO job_attempts (job_id, attempt) VALUES (%s, 3)", (job_id,))
+    before = local()
+    with running_worker(broker, threads=2):  # started once the job looks like that
+        assert wait_for_status(db, [job_id])[job_id] == "FAILED"
+    after = local()
+    q = {"queue": "interactive", "actor": "evaluate_document"}
+    assert delta(before, after, "roastq_messages_failed_total", error_class="WORKER_LOST", **q) == 1
+    assert delta(before, after, "roastq_messages_failed_total", error_class="INPUT") == 0

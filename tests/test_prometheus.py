@@ -125,8 +125,11 @@ def test_prometheus_scrapes_a_live_pool_and_every_panel_query_and_alert_rule_wor
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
 
     sim.configure(latency_ms=300, jitter_ms=50)  # long enough that both worker processes take jobs
+    # The response cache on and 600 requests a minute (a start every 0.1 s): the LLM dashboard's
+    # cache and rate-limiter panels have data (four threads starting at once wait for the limiter).
     pool = start_workers(processes=2, threads=2, METRICS_PORT=metrics_port, PROMETHEUS_MULTIPROC_DIR=metrics_dir,
-                         ANTHROPIC_BASE_URL=sim.url, BACKOFF_SCALE="0.01", HEARTBEAT_INTERVAL_S="1")
+                         ANTHROPIC_BASE_URL=sim.url, BACKOFF_SCALE="0.01", HEARTBEAT_INTERVAL_S="1",
+                         LLM_CACHE_ENABLED="1", LLM_RPM_LIMIT="600")
     prom = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
                              f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
                              "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -187,7 +190,8 @@ def test_the_dashboards_only_query_metrics_we_export():
     exported = {c._name for c in vars(m).values() if hasattr(c, "_name") and hasattr(c, "_type")}
     exported |= {"roastq_queue_messages", "roastq_queue_oldest_message_age_seconds", "roastq_queue_delayed_messages",
                  "roastq_workers_alive", "roastq_worker_threads_alive", "roastq_worker_heartbeat_age_seconds",
-                 "roastq_metrics_postgres_up", "roastq_metrics_postgres_read_seconds", "up"}
+                 "roastq_metrics_postgres_up", "roastq_metrics_postgres_read_seconds",
+                 "roastq_llm_budget_spent_dollars", "roastq_llm_budget_cap_dollars", "up"}
     exported = {n[:-6] if n.endswith("_total") else n for n in exported}
     exprs = [e for _, _, e in dashboard_queries()] + [r["expr"] for r in alert_rules()]
     used = {re.sub(r"_(total|bucket|count|sum)$", "", n) for e in exprs for n in re.findall(r"\b(roastq_\w+|up)\b", e)}

@@ -40,7 +40,7 @@ ORDER BY tick DESC, task LIMIT %(limit)s;
 -- RUNNING jobs whose worker has not beaten for stale_after_s (killed, frozen or gone).
 -- A job that started less than stale_after_s ago is left alone: its worker may not have
 -- written its first beat yet.
-SELECT j.id
+SELECT j.id, j.queue
 FROM jobs j
 WHERE j.status = 'RUNNING'
   AND j.started_at < now() - make_interval(secs => %(stale_after_s)s)
