@@ -189,3 +189,16 @@ def llm_settings(simulator):
 
     yield apply
     claude.settings = saved
+
+
+@pytest.fixture
+def fast_backoff(request, monkeypatch):
+    """Backoff scaled down so that retries happen in milliseconds (the policy itself is unchanged).
+    A test module may set ``BACKOFF_SCALE = "0.002"`` to change the factor."""
+    from roastq import settings
+
+    monkeypatch.setenv("BACKOFF_SCALE", getattr(request.module, "BACKOFF_SCALE", "0.01"))
+    settings.reload_settings()
+    yield
+    monkeypatch.delenv("BACKOFF_SCALE")
+    settings.reload_settings()

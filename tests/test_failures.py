@@ -20,16 +20,7 @@ FAULT_CLASS = {
 PERMANENT = {"SPEND_LIMIT", "INVALID_REQUEST", "AUTH"}
 
 
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    """Backoff scaled down so that retries happen in milliseconds (the policy is unchanged)."""
-    from roastq import settings
-
-    monkeypatch.setenv("BACKOFF_SCALE", "0.01")
-    settings.reload_settings()
-    yield
-    monkeypatch.delenv("BACKOFF_SCALE")
-    settings.reload_settings()
+pytestmark = pytest.mark.usefixtures("fast_backoff")  # retries in milliseconds (tests/conftest.py)
 
 
 @pytest.fixture

@@ -14,15 +14,7 @@ from promtext import local, value
 from roastq.api import enqueue_evaluation
 
 
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    from roastq import settings
-
-    monkeypatch.setenv("BACKOFF_SCALE", "0.01")
-    settings.reload_settings()
-    yield
-    monkeypatch.delenv("BACKOFF_SCALE")
-    settings.reload_settings()
+pytestmark = pytest.mark.usefixtures("fast_backoff")  # retries in milliseconds (tests/conftest.py)
 
 
 def agent(db, *, critique: bool):
@@ -177,7 +169,8 @@ def test_a_429_closing_the_gate_is_counted(db, seeded, worker, sim):
     assert delta(before, after, "roastq_llm_rate_limit_gate_closed_total") == 1
 
 
-def test_calls_to_a_model_without_a_price_are_counted(db, simulator, sim, llm_settings):
+def test_calls_to_a_model_without_a_price_are_counted(db, broker, simulator, sim, llm_settings):
+    """(broker: a worker process has the metrics listeners, set up with the actors.)"""
     claude = llm_settings(llm_cache_enabled=False)
     tool = {"name": "submit", "description": "Submit.",
             "input_schema": {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}

@@ -6,15 +6,7 @@ from helpers import one, rows, wait_for_status
 from roastq.api import enqueue_evaluation
 
 
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    from roastq import settings
-
-    monkeypatch.setenv("BACKOFF_SCALE", "0.01")
-    settings.reload_settings()
-    yield
-    monkeypatch.delenv("BACKOFF_SCALE")
-    settings.reload_settings()
+pytestmark = pytest.mark.usefixtures("fast_backoff")  # retries in milliseconds (tests/conftest.py)
 
 
 def critique_job(seeded, db):

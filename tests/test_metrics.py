@@ -21,15 +21,7 @@ ALLOWED_LABELS = {"queue", "actor", "error_class", "outcome", "delayed", "model"
                   "reason"}
 
 
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    from roastq import settings
-
-    monkeypatch.setenv("BACKOFF_SCALE", "0.01")
-    settings.reload_settings()
-    yield
-    monkeypatch.delenv("BACKOFF_SCALE")
-    settings.reload_settings()
+pytestmark = pytest.mark.usefixtures("fast_backoff")  # retries in milliseconds (tests/conftest.py)
 
 
 def simple_agent(db):

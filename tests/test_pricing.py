@@ -20,15 +20,7 @@ def dollars(rates, input_tokens=0, output_tokens=0, cache_write=0, cache_read=0)
     return total.quantize(Decimal("0.000001"))
 
 
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    from roastq import settings
-
-    monkeypatch.setenv("BACKOFF_SCALE", "0.01")
-    settings.reload_settings()
-    yield
-    monkeypatch.delenv("BACKOFF_SCALE")
-    settings.reload_settings()
+pytestmark = pytest.mark.usefixtures("fast_backoff")  # retries in milliseconds (tests/conftest.py)
 
 
 @pytest.mark.parametrize("model,usage,expected", [
@@ -51,13 +43,17 @@ def test_a_dated_snapshot_is_priced_as_its_alias():
 
 def test_an_unknown_model_is_priced_at_the_dearest_rate_with_one_warning(caplog):
     seen = []
-    events.subscribe("llm_unknown_model", lambda **e: seen.append(e))
+
+    def listener(**e):
+        seen.append(e)
+
+    events.subscribe("llm_unknown_model", listener)
     try:
         with caplog.at_level(logging.WARNING, logger="roastq.pricing"):
             first = cost_usd("claude-unreleased-9", Usage(1_000_000, 1_000_000))
             second = cost_usd("claude-unreleased-9", Usage(1_000_000, 1_000_000))
     finally:
-        events._listeners["llm_unknown_model"].clear()
+        events.unsubscribe("llm_unknown_model", listener)  # only ours: the metrics listen too
     assert first == second == UNKNOWN_MODEL_PRICE.input + UNKNOWN_MODEL_PRICE.output == Decimal(90)
     warnings = [r for r in caplog.records if "claude-unreleased-9" in r.getMessage()]
     assert len(warnings) == 1  # not once per call

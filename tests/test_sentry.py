@@ -19,15 +19,8 @@ DSN_KEY = "0123456789abcdef0123456789abcdef"
 TAGS = ("actor", "queue", "error_class", "agent_id", "attempt")
 
 
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    from roastq import settings
-
-    monkeypatch.setenv("BACKOFF_SCALE", "0.002")
-    settings.reload_settings()
-    yield
-    monkeypatch.delenv("BACKOFF_SCALE")
-    settings.reload_settings()
+pytestmark = pytest.mark.usefixtures("fast_backoff")  # retries in milliseconds (tests/conftest.py)
+BACKOFF_SCALE = "0.002"
 
 
 @pytest.fixture
