@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test up bench install clean
+.PHONY: demo test up bench bench-long install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,16 @@ test: $(STAMP)
 up: $(STAMP)
 	$(BIN)/roastq up
 
+# `make bench`: the broker, concurrency and quick LLM benchmarks (about 5 minutes on 2 cores).
+# `make bench-long`: the 3-minute shared rate-limit run and the broker ceiling search (about 10).
+BENCH      := bench/bench_broker.py bench/bench_concurrency.py bench/llm_cache_hit.py bench/llm_faults.py
+BENCH_LONG := bench/llm_ratelimit.py bench/bench_scaling.py
+
 bench: $(STAMP)
-	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in $(BENCH); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+bench-long: $(STAMP)
+	@for script in $(BENCH_LONG); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) .roastq .pytest_cache
