@@ -169,22 +169,22 @@ def _map(cur, kind: str, legacy_id: str, roastq_id) -> None:
     cur.execute(LQ.map_id, {"kind": kind, "legacy_id": legacy_id, "roastq_id": roastq_id})
 
 
-def _document_id(cur, legacy_id: str):
-    found = _mapped(cur, "document", legacy_id)
+def _entity_id(cur, kind: str, legacy_id: str, insert: str):
+    """Our document or agent for a legacy one, created (by slug, as `roastq seed` does) once."""
+    found = _mapped(cur, kind, legacy_id)
     if found is None:
-        cur.execute(LQ.insert_document, {"slug": f"legacy/{legacy_id}"})
+        cur.execute(insert, {"slug": f"legacy/{legacy_id}"})
         found = cur.fetchone()["id"]
-        _map(cur, "document", legacy_id, found)
+        _map(cur, kind, legacy_id, found)
     return found
+
+
+def _document_id(cur, legacy_id: str):
+    return _entity_id(cur, "document", legacy_id, Q.seed_document)
 
 
 def _agent_id(cur, legacy_id: str):
-    found = _mapped(cur, "agent", legacy_id)
-    if found is None:
-        cur.execute(LQ.insert_agent, {"slug": f"legacy/{legacy_id}"})
-        found = cur.fetchone()["id"]
-        _map(cur, "agent", legacy_id, found)
-    return found
+    return _entity_id(cur, "agent", legacy_id, Q.seed_agent)
 
 
 def _document_version_id(cur, v: dict):

@@ -75,20 +75,12 @@ SELECT roastq_id FROM legacy_ids WHERE kind = %(kind)s AND legacy_id = %(legacy_
 -- name: map_id
 INSERT INTO legacy_ids (kind, legacy_id, roastq_id) VALUES (%(kind)s, %(legacy_id)s, %(roastq_id)s);
 
--- name: insert_document
-INSERT INTO documents (slug) VALUES (%(slug)s)
-ON CONFLICT (slug) DO UPDATE SET slug = EXCLUDED.slug RETURNING id;
-
 -- name: insert_document_version
 INSERT INTO document_versions (document_id, version, title, authors, content, markdown_prepend)
 SELECT %(document_id)s, coalesce(max(version), 0) + 1, %(title)s, %(authors)s, %(content)s,
        %(markdown_prepend)s
 FROM document_versions WHERE document_id = %(document_id)s
 RETURNING id;
-
--- name: insert_agent
-INSERT INTO agents (slug) VALUES (%(slug)s)
-ON CONFLICT (slug) DO UPDATE SET slug = EXCLUDED.slug RETURNING id;
 
 -- name: insert_agent_version
 INSERT INTO agent_versions (agent_id, version, name, description, primary_instructions,
