@@ -26,6 +26,11 @@ def _uuid(value, what: str) -> str:
         raise EnqueueError(f"{what} {value!r} is not a valid id") from None
 
 
+def _check_priority(priority: str) -> None:
+    if priority not in PRIORITIES:
+        raise EnqueueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
+
+
 def _actor(queue: str):
     from actors import ACTOR_FOR_QUEUE  # the edge that sends messages may reach the actors
 
@@ -52,8 +57,7 @@ def enqueue_evaluation(document_id, agent_id, *, priority: str = "interactive", 
     The document's and agent's latest versions are pinned on the job now: edits made after this
     call do not change what the job evaluates.
     """
-    if priority not in PRIORITIES:
-        raise EnqueueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
+    _check_priority(priority)
     document_id = _uuid(document_id, "document id")
     agent_id = _uuid(agent_id, "agent id")
     with db.transaction(conn) as cur:
@@ -79,8 +83,7 @@ def enqueue_evaluations(pairs, *, priority: str = "batch", conn=None) -> list[st
 
     All or nothing: an unknown document or agent raises EnqueueError and writes no job.
     """
-    if priority not in PRIORITIES:
-        raise EnqueueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
+    _check_priority(priority)
     pairs = [(_uuid(d, "document id"), _uuid(a, "agent id")) for d, a in pairs]
     if not pairs:
         return []

@@ -54,6 +54,17 @@ def kill_group(proc, sig):
         pass
 
 
+def kill_all(*procs):
+    """SIGKILL what is still running of the given worker pools (test clean-up), and reap them."""
+    import signal
+
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            kill_group(proc, signal.SIGKILL)
+        if proc is not None:
+            proc.wait()
+
+
 def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import pytest
 
-from helpers import kill_group, one, rows, running_worker, start_workers, wait_for_status, wait_until
+from helpers import kill_all, kill_group, one, rows, running_worker, start_workers, wait_for_status, wait_until
 from messages import wait_consumed, wait_rejected
 from roastq.api import enqueue_evaluation, rerun_job
 
@@ -281,10 +281,7 @@ def test_worker_killed_mid_job_is_recovered_by_the_survivors(db, seeded, sim):
         assert one(db, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
         assert [a[1] for a in attempts_of(db, job_id)] == ["crashed", "completed"]
     finally:
-        for p in (victim, survivor):
-            if p is not None:
-                kill_group(p, signal.SIGKILL)
-                p.wait()
+        kill_all(victim, survivor)
 
 
 def test_graceful_sigterm_loses_nothing(db, seeded, sim):
@@ -304,10 +301,7 @@ def test_graceful_sigterm_loses_nothing(db, seeded, sim):
         assert one(db, "SELECT count(*) FROM evaluation_versions") == 12
         assert one(db, "SELECT count(*) FROM job_attempts WHERE outcome <> 'completed'") == 0
     finally:
-        for p in (first, second):
-            if p is not None and p.poll() is None:
-                kill_group(p, signal.SIGKILL)
-                p.wait()
+        kill_all(first, second)
 
 
 def test_recovery_never_takes_a_message_whose_worker_is_alive(db, seeded, sim):
@@ -324,10 +318,7 @@ def test_recovery_never_takes_a_message_whose_worker_is_alive(db, seeded, sim):
         assert one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 1
         assert len([r for r in sim.requests() if r["job_id"] == job_id]) == 1
     finally:
-        for p in (a, b):
-            if p is not None:
-                kill_group(p, signal.SIGKILL)
-                p.wait()
+        kill_all(a, b)
 
 
 def test_a_job_whose_workers_keep_dying_fails_as_worker_lost(db, seeded, sim, broker, monkeypatch):
