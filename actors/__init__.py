@@ -15,7 +15,7 @@ from middleware.retries import Retries
 from middleware.sentry import Sentry
 from observability.logging import setup_logging
 from observability.sentry import setup_sentry
-from roastq import pipeline
+from roastq.evaluation import pipeline
 from roastq.brokers import make_broker
 
 setup_logging()
@@ -27,7 +27,7 @@ setup_sentry()
 # after-hooks run once the job row is written; Metrics after it, so that it counts only attempts
 # that start. Metrics replaces dramatiq's Prometheus middleware (and runs the one exporter).
 # The broker is Postgres (dramatiq-pg, hardened) unless BROKER_URL names RabbitMQ: the same
-# middleware either way (roastq/brokers.py).
+# middleware either way (roastq/brokers/__init__.py).
 broker = make_broker(
     middleware=[
         Retries(),

@@ -1,8 +1,8 @@
 """The periodic actors: ``periodiq actors`` schedules them, ``dramatiq actors`` workers run them.
 
-One actor per task of ``roastq.maintenance.TASKS``, on their own ``maintenance`` queue so that
+One actor per task of ``roastq.ops.maintenance.TASKS``, on their own ``maintenance`` queue so that
 housekeeping never waits behind a backlog of evaluations. Each run goes through
-``roastq.scheduler.run_tick``: however many schedulers fire a tick (two schedulers, a restart
+``roastq.ops.scheduler.run_tick``: however many schedulers fire a tick (two schedulers, a restart
 within the minute), the task runs once for it.
 """
 
@@ -12,7 +12,8 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 from periodiq import cron
 
-from roastq import maintenance, scheduler
+from roastq.ops import maintenance
+from roastq.ops import scheduler
 
 QUEUE = "maintenance"
 

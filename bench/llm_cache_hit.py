@@ -25,11 +25,11 @@ def main() -> int:
     a = p.parse_args()
     print(f"# {machine()}")
     fresh_database("roastq_bench_llm")
-    from roastq import pipeline
-    from roastq.llm import Claude
-    from roastq.seed import seed
+    from roastq.evaluation import pipeline
+    from roastq.llm.client import Claude
+    from roastq.evaluation.seed import seed
     from roastq.settings import get_settings
-    from roastq.simulator import SimConfig, Simulator
+    from roastq.simulator.server import SimConfig, Simulator
 
     seeded = seed()
     conn = connect()

@@ -21,13 +21,13 @@ TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache
 
 
 class SimProcess:
-    """`python -m roastq.simulator` on a free port, in its own process (its HTTP threads then do
+    """`python -m roastq.simulator.server` on a free port, in its own process (its HTTP threads then do
     not compete with the benchmark's own for the GIL)."""
 
     def __init__(self, *args: str):
         log_dir = ROOT / ".roastq" / "bench"
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "roastq.simulator", "--port", "0", *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "roastq.simulator.server", "--port", "0", *args],
                                      stdout=subprocess.PIPE, stderr=open(log_dir / "simulator.log", "ab"),
                                      text=True, cwd=ROOT, start_new_session=True)
         line = self.proc.stdout.readline()
@@ -59,7 +59,7 @@ def billed_tokens(stats: dict) -> int:
 def unique_documents(conn, n: int) -> list[str]:
     """n documents made from the bundled samples, each with a line of its own, so that no two
     jobs send the same prompt (the response cache would otherwise answer repeats)."""
-    from roastq.samples import load_documents
+    from roastq.evaluation.samples import load_documents
 
     samples = load_documents()
     ids = []
@@ -77,7 +77,7 @@ def unique_documents(conn, n: int) -> list[str]:
 
 def sample_agents() -> list[str]:
     """The bundled agents (two with a self-critique step, two without)."""
-    from roastq.seed import seed
+    from roastq.evaluation.seed import seed
 
     return list(seed().agents.values())
 

@@ -16,16 +16,17 @@ import random
 
 from dramatiq.middleware import Middleware, MiddlewareError
 
-from roastq import db, pause
+from roastq import db
+from roastq.ops import pause
 from roastq.exceptions import Snooze
 from roastq.settings import get_settings
 from roastq.sql import load_queries
 
 from .jobs import job_id_of
 
-logger = logging.getLogger("roastq.pause")
+logger = logging.getLogger("roastq.ops.pause")
 
-OPS = load_queries("ops.sql")
+OPS = load_queries("ops.sql", "roastq.ops")
 
 
 class SystemPaused(Snooze, MiddlewareError):

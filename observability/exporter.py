@@ -8,7 +8,7 @@ does), so a pool of any size serves one endpoint. Each scrape:
 2. merges every process's samples from ``PROMETHEUS_MULTIPROC_DIR``;
 3. reads Postgres once (``PostgresCollector``): queue depth and oldest-message age by queue and
    state, worker liveness from the heartbeat table, and today's LLM spend against the daily cap
-   (``roastq.budget.status``, a second statement on the same connection). These are facts about
+   (``roastq.llm.budget.status``, a second statement on the same connection). These are facts about
    the whole system, so they are read here, once, not counted in each worker process.
 
 ``METRICS_PORT=0`` binds a free port (tests); the port in use is logged.
@@ -27,8 +27,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from roastq import budget, db
-from roastq.broker import QUEUES
+from roastq import db
+from roastq.llm import budget
+from roastq.brokers.postgres import QUEUES
 from roastq.db import Q
 from roastq.settings import get_settings
 
@@ -60,8 +61,8 @@ class PostgresCollector:
             cur.execute(Q.metrics_snapshot, {"stale_after_s": stale_after_s})
             rows = cur.fetchall()
         spend = budget.status(settings, conn=self._conn)  # the ledger is in Postgres whatever the broker
-        if settings.rabbitmq:  # messages live in RabbitMQ: depth is read there (roastq/brokers.py)
-            from roastq.brokers import rabbitmq_metric_rows
+        if settings.rabbitmq:  # messages live in RabbitMQ: depth is read there (roastq/brokers/__init__.py)
+            from roastq.brokers.rabbitmq import rabbitmq_metric_rows
 
             rows = [r for r in rows if r[0] != "queue"] + rabbitmq_metric_rows(QUEUES)
         return rows, spend
@@ -150,7 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry
 
     def do_GET(self):
-        from roastq.health import respond as health_response  # /healthz and /readyz (roastq/health.py)
+        from roastq.ops.health import respond as health_response  # /healthz and /readyz (roastq/ops/health.py)
 
         health = health_response(self.path)
         if health is not None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import uuid
 
-from . import db
-from .db import Q
+from roastq import db
+from roastq.db import Q
 
 PRIORITIES = ("interactive", "batch")
 

@@ -17,8 +17,8 @@ import psycopg2
 import psycopg2.extras
 from psycopg2.pool import PoolError, ThreadedConnectionPool
 
-from .settings import get_settings
-from .sql import load_queries, migrations
+from roastq.settings import get_settings
+from roastq.sql import load_queries, migrations
 
 Q = load_queries("queries.sql")
 
@@ -38,7 +38,7 @@ def database_url() -> str:
         if settings.database_url:
             _url = settings.database_url
         else:
-            from .embedded import embedded_url
+            from roastq.embedded import embedded_url
 
             _url = embedded_url(settings.home)
     return _url

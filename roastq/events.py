@@ -21,7 +21,7 @@ Events:
 
   Jobs:
   ``job_failed``: job_id, queue, actor, error_class; a job failed for good outside any message,
-  where no middleware sees it (the stale-job reaper, ``roastq/maintenance.py``: WORKER_LOST).
+  where no middleware sees it (the stale-job reaper, ``roastq/ops/maintenance.py``: WORKER_LOST).
   Failures of a message being processed are counted by the middleware, not through this event.
 """
 

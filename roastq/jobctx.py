@@ -44,7 +44,7 @@ _worker_id: tuple[int, str] | None = None
 def worker_host() -> str:
     """This host's name in worker ids: WORKER_HOST, else the hostname (containers and network
     namespaces may share a hostname: set WORKER_HOST to tell their workers apart)."""
-    from .settings import get_settings
+    from roastq.settings import get_settings
 
     return get_settings().worker_host or socket.gethostname()
 

@@ -103,9 +103,9 @@ def database_url(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def simulator(database_url):
-    from roastq import llm
+    from roastq.llm import client as llm
     from roastq.settings import reload_settings
-    from roastq.simulator import SimConfig, Simulator
+    from roastq.simulator.server import SimConfig, Simulator
 
     sim = Simulator(SimConfig(latency_ms=5, jitter_ms=2, seed=1)).start()
     os.environ["ANTHROPIC_BASE_URL"] = sim.url
@@ -141,7 +141,7 @@ def db(database_url):
 
 @pytest.fixture
 def sim(simulator):
-    from roastq.simulator import ALL_RANDOM_FAULTS
+    from roastq.simulator.server import ALL_RANDOM_FAULTS
 
     simulator.reset()
     simulator.configure(latency_ms=5, jitter_ms=2, fault_rate=0.0, faults=ALL_RANDOM_FAULTS, hang_s=30.0,
@@ -152,7 +152,7 @@ def sim(simulator):
 
 @pytest.fixture
 def seeded(db):
-    from roastq.seed import seed
+    from roastq.evaluation.seed import seed
 
     return seed()
 
@@ -178,7 +178,7 @@ def worker(broker, sim):
 def llm_settings(simulator):
     """Change the process's Claude client settings for one test: ``llm_settings(llm_cache_enabled=True)``.
     In-process workers use that client, so the change reaches their jobs too."""
-    from roastq import llm
+    from roastq.llm import client as llm
 
     claude = llm.default_claude()
     saved = claude.settings

@@ -177,7 +177,7 @@ class DedicatedPostgres:
 
 def roastq(env: dict, *args: str) -> str:
     """Run the roastq CLI (in the root namespace) against the test hosts' database."""
-    done = subprocess.run([sys.executable, "-m", "roastq.cli", *args], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "roastq.cli.main", *args], env=env, capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     if done.returncode != 0:
         raise AssertionError(f"roastq {' '.join(args)} failed: {done.stderr[-2000:]}")

@@ -13,11 +13,11 @@ from dramatiq_pg.broker import message_lock
 
 from helpers import one, rows
 from roastq.api import cancel_job, enqueue_evaluation
-from roastq.cli import main
+from roastq.cli.main import main
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "roastq.cli", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "roastq.cli.main", *args], capture_output=True, text=True, timeout=60,
                           env=dict(os.environ))
 
 
@@ -38,7 +38,7 @@ def put_message(db, queue_name, state, age="0 s", actor="evaluate_document"):
 
 
 def test_status_counts_each_queue_and_lists_workers_and_the_pause(db, database_url, capsys):
-    from roastq import pause
+    from roastq.ops import pause
 
     for _ in range(2):
         put_message(db, "interactive", "queued", "10 minutes")
@@ -205,7 +205,7 @@ def test_a_large_purge_shows_progress(db, capsys):
 
 
 def test_maintenance_commands(db, seeded, capsys):
-    from roastq import scheduler
+    from roastq.ops import scheduler
 
     scheduler.run_tick("reconcile_jobs", "2026-03-01T12:00:00+00:00", lambda: {"resent": 0})
     scheduler.run_tick("reconcile_jobs", "2026-03-01T12:00:20+00:00", lambda: {"resent": 0})
@@ -217,7 +217,7 @@ def test_maintenance_commands(db, seeded, capsys):
 
 
 def test_costs_command_reads_the_roll_up(db, seeded, capsys):
-    from roastq import maintenance
+    from roastq.ops import maintenance
 
     doc, agent = next(iter(seeded.documents.values())), next(iter(seeded.agents.values()))
     job_id = enqueue_evaluation(doc, agent)

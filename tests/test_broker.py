@@ -20,7 +20,7 @@ from psycopg2.pool import ThreadedConnectionPool
 
 from helpers import one
 from roastq import db as roastq_db
-from roastq.broker import RoastqConsumer
+from roastq.brokers.postgres import RoastqConsumer
 
 STOCK = pytest.mark.xfail(strict=True, reason="stock dramatiq-pg 0.12 has this defect")
 
@@ -187,7 +187,7 @@ def test_schema_init_is_idempotent(db, kind):
 @pytest.mark.parametrize("module", ["actors", pytest.param("dramatiq_pg.cli", marks=STOCK)])
 def test_nothing_imports_pkg_resources(module):
     """Defect 6: dramatiq-pg's CLI imports pkg_resources (deprecated, slow, gone from new setuptools)."""
-    code = f"import sys, {module}, roastq.cli, roastq.api; assert 'pkg_resources' not in sys.modules"
+    code = f"import sys, {module}, roastq.cli.main, roastq.api; assert 'pkg_resources' not in sys.modules"
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-500:]
 

@@ -6,7 +6,8 @@ from decimal import Decimal
 import pytest
 
 from helpers import one, rows, wait_for_status, wait_until
-from roastq import budget, events
+from roastq import events
+from roastq.llm import budget
 from roastq.api import enqueue_evaluation
 
 

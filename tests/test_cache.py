@@ -8,7 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from helpers import one, rows, wait_for_status
-from roastq import cache, events
+from roastq import events
+from roastq.llm import cache
 from roastq.api import enqueue_evaluation
 from roastq.jobctx import JobContext, current_job
 
@@ -208,7 +209,7 @@ def proxy(simulator):
 
 
 def test_calls_can_go_through_an_external_caching_proxy_instead(db, simulator, sim, proxy):
-    from roastq.llm import Claude
+    from roastq.llm.client import Claude
     from roastq.settings import get_settings
 
     claude = Claude(get_settings().replace(

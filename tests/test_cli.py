@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 from helpers import one, wait_for_status
-from roastq.cli import main
+from roastq.cli.main import main
 
 
 def run_cli(*args):
     """The real command, in its own process, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "roastq.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "roastq.cli.main", *args], capture_output=True, text=True,
                           timeout=60, env=dict(os.environ))
 
 
@@ -107,7 +107,7 @@ def test_migrate_and_seed_are_idempotent(db, capsys):
 def test_demo_runs_jobs_reports_and_leaves_no_process(db, tmp_path):
     env = dict(os.environ, ROASTQ_HOME=str(tmp_path))
     env.pop("ANTHROPIC_BASE_URL", None)  # the demo starts its own simulator
-    result = subprocess.run([sys.executable, "-m", "roastq.cli", "demo", "--jobs", "8", "--processes", "1",
+    result = subprocess.run([sys.executable, "-m", "roastq.cli.main", "demo", "--jobs", "8", "--processes", "1",
                              "--threads", "4"], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "roastq demo report" in result.stdout
@@ -126,7 +126,7 @@ def test_simulator_command_serves_on_the_given_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "roastq.cli", "simulator", "--port", str(port), "--latency-ms", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "roastq.cli.main", "simulator", "--port", str(port), "--latency-ms", "1"],
                             stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("fast_backoff")  # retries in milliseconds 
 @pytest.fixture
 def short_calls():
     """LLM calls time out after 1 s (for the hang fault)."""
-    from roastq import llm
+    from roastq.llm import client as llm
 
     claude = llm.default_claude()
     saved = claude.settings
@@ -92,7 +92,7 @@ def test_exhausted_backoff_fails_with_the_class(db, seeded, worker, sim):
 
 
 def test_unknown_error_is_retried_once(db, seeded, worker, sim, monkeypatch):
-    from roastq import pipeline
+    from roastq.evaluation import pipeline
 
     real, calls = pipeline.locate_highlight, []
 
@@ -165,7 +165,7 @@ def test_retry_reruns_a_dead_letter_as_a_linked_job(db, seeded, worker, sim):
 
 
 def test_cli_retry_failed_by_class(db, seeded, worker, sim):
-    from roastq.cli import main
+    from roastq.cli.main import main
 
     sim.script("invalid_request", "auth")
     failed = [a_job(seeded, db), a_job(seeded, db)]

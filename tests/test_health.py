@@ -17,11 +17,11 @@ import pytest
 from psycopg2.extensions import make_dsn
 
 from helpers import one, running_worker, wait_until
-from roastq import health
+from roastq.ops import health
 
 
 def run_health(*args, **env):
-    return subprocess.run([sys.executable, "-m", "roastq.cli", "health", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "roastq.cli.main", "health", *args], capture_output=True, text=True,
                           timeout=60, env=dict(os.environ, **env))
 
 
@@ -59,7 +59,7 @@ def test_a_stale_heartbeat_is_not_a_live_worker(db):
 
 
 def test_scheduler_ticks_are_reported_but_never_fail_health(db, broker, sim):
-    from roastq import scheduler
+    from roastq.ops import scheduler
 
     scheduler.run_tick("reap_stale_jobs", "2026-03-01T12:00:00+00:00", lambda: {})
     with db.cursor() as cur:

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from roastq.highlights import HighlightMatch, locate_highlight, number_lines
-from roastq.samples import load_documents
+from roastq.evaluation.highlights import HighlightMatch, locate_highlight, number_lines
+from roastq.evaluation.samples import load_documents
 
 DOC = (
     "The quick brown fox jumps over the lazy dog.\n"

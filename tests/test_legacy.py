@@ -43,7 +43,7 @@ def legacy(database_url):
 
 
 def legacy_import(url, *args):
-    return subprocess.run([sys.executable, "-m", "roastq.cli", "legacy", "import", "--url", url, "--json", *args],
+    return subprocess.run([sys.executable, "-m", "roastq.cli.main", "legacy", "import", "--url", url, "--json", *args],
                           capture_output=True, text=True, timeout=120, env=dict(os.environ))
 
 
@@ -54,7 +54,7 @@ class Ran:
 
 def legacy_cli(capsys, url, *args, command="import"):
     """The same command in this process (quicker than a new interpreter)."""
-    from roastq.cli import main
+    from roastq.cli.main import main
 
     capsys.readouterr()
     code = main(["legacy", command, "--url", url, "--json", *args])
@@ -161,7 +161,7 @@ def test_a_newer_legacy_version_is_copied_for_later_jobs(db, legacy, capsys):
 
 def test_two_imports_at_once_create_each_job_once(db, legacy):
     url, _ = legacy
-    procs = [subprocess.Popen([sys.executable, "-m", "roastq.cli", "legacy", "import", "--url", url, "--json",
+    procs = [subprocess.Popen([sys.executable, "-m", "roastq.cli.main", "legacy", "import", "--url", url, "--json",
                                "--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=dict(os.environ)) for _ in range(2)]
     results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]

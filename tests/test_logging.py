@@ -61,7 +61,8 @@ def test_json_lines_carry_the_job_context_and_are_scrubbed(capsys):
 
 
 def test_a_jobs_log_lines_are_stored_with_it_and_shown_by_roastq_job(db, seeded, worker, sim, capsys, monkeypatch):
-    from roastq import cli, settings
+    from roastq import settings
+    from roastq.cli import main as cli_main
 
     monkeypatch.setenv("BACKOFF_SCALE", "0.01")
     settings.reload_settings()
@@ -78,12 +79,12 @@ def test_a_jobs_log_lines_are_stored_with_it_and_shown_by_roastq_job(db, seeded,
     assert by_attempt[2][0].startswith("job started: attempt 2") and by_attempt[2][-1] == "job completed"
 
     capsys.readouterr()
-    assert cli.main(["job", job_id]) == 0
+    assert cli_main.main(["job", job_id]) == 0
     out = capsys.readouterr().out
     logs_section = out.split("\nLogs:\n", 1)[1]
     assert "#1  WARNING  job attempt failed (UPSTREAM)" in logs_section
     assert "#2  INFO     job completed" in logs_section
-    assert cli.main(["job", job_id, "--json"]) == 0
+    assert cli_main.main(["job", job_id, "--json"]) == 0
     assert [line["message"] for line in json.loads(capsys.readouterr().out)["logs"]] == [line["message"] for line in lines]
 
 

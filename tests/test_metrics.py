@@ -33,7 +33,7 @@ def delta(before, after, name, **labels):
 
 
 def test_job_outcomes_llm_calls_tokens_and_dollars_are_counted(db, seeded, worker, sim):
-    from roastq.pricing import Usage, cost_usd
+    from roastq.llm.pricing import Usage, cost_usd
 
     agent, docs = simple_agent(db), list(seeded.documents.values())
     before = local()
@@ -218,7 +218,7 @@ def test_a_dead_process_leaves_no_live_gauge_and_its_files_go_at_the_next_boot(d
 
 
 def test_a_call_answered_from_the_response_cache_is_counted_but_not_billed(db, seeded, worker, sim):
-    from roastq import llm
+    from roastq.llm import client as llm
 
     claude = llm.default_claude()
     saved = claude.settings
@@ -245,7 +245,7 @@ def test_a_call_answered_from_the_response_cache_is_counted_but_not_billed(db, s
 def test_a_job_the_reaper_fails_is_counted_as_a_failure(db, seeded):
     """The stale-job reaper fails a job whose workers keep dying outside any message: no middleware
     sees it, so it reports it (event ``job_failed``) and the failure ratio and dashboards count it."""
-    from roastq import maintenance
+    from roastq.ops import maintenance
     from test_scheduler_tasks import running_on_a_dead_worker
 
     job_id = enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(db))

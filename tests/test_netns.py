@@ -45,7 +45,7 @@ def _one(conn, sql, *params):
 @pytest.fixture
 def hosts(tmp_path):
     """Two empty hosts, the test's own Postgres on the bridge, the simulator there too."""
-    from roastq.simulator import SimConfig, Simulator
+    from roastq.simulator.server import SimConfig, Simulator
 
     with HostNet() as net, DedicatedPostgres(net.gateway, port=55432 + os.getpid() % 1000) as pg:
         sim = Simulator(SimConfig(latency_ms=2500, jitter_ms=0, seed=1), host=net.gateway).start()

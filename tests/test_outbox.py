@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 
 from helpers import one, running_worker, wait_for_status, wait_until
-from roastq import outbox
+from roastq.brokers import outbox
 from roastq.api import enqueue_evaluation, enqueue_evaluations
 
 pytestmark = pytest.mark.rabbitmq
@@ -93,7 +93,7 @@ def test_relays_in_parallel_send_each_row_once(db, seeded, broker):
 
 def test_unreachable_rabbitmq_loses_nothing(db, seeded, broker):
     """RabbitMQ refuses the relay: rows stay unsent, and go out once a relay gets through."""
-    from roastq.brokers import RoastqRabbitmqBroker
+    from roastq.brokers.rabbitmq import RoastqRabbitmqBroker
 
     enqueue_evaluations([_pair(seeded)] * 5, priority="batch")
     refused = RoastqRabbitmqBroker(url=os.environ["BROKER_URL"].replace("guest:guest@", "guest:wrong@"))
@@ -128,7 +128,7 @@ def test_relay_dying_after_publishing_sends_again_and_jobs_still_run_once(db, se
 
 def test_roastq_relay_once_publishes_what_waits(db, seeded, broker, database_url):
     enqueue_evaluations([_pair(seeded)] * 3, priority="batch")
-    done = subprocess.run([sys.executable, "-m", "roastq.cli", "relay", "--once"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "roastq.cli.main", "relay", "--once"], capture_output=True,
                           text=True, timeout=60, env=dict(os.environ, LOG_FORMAT="json"))
     assert done.returncode == 0, done.stderr
     assert "relayed 3 message(s)" in done.stdout

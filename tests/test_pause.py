@@ -7,7 +7,7 @@ import time
 import pytest
 
 from helpers import kill_group, one, rows, start_workers, wait_for_status, wait_until
-from roastq import pause
+from roastq.ops import pause
 from roastq.api import enqueue_evaluation
 
 

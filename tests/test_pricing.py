@@ -8,7 +8,7 @@ import pytest
 from helpers import one, rows, wait_for_status
 from roastq import events
 from roastq.api import enqueue_evaluation
-from roastq.pricing import UNKNOWN_MODEL_PRICE, Usage, cost_usd
+from roastq.llm.pricing import UNKNOWN_MODEL_PRICE, Usage, cost_usd
 
 #: Sonnet's rates, written out here rather than read from the table under test ($ per MTok).
 SONNET = {"input": Decimal(3), "output": Decimal(15), "cache_write": Decimal("3.75"), "cache_read": Decimal("0.3")}
@@ -49,7 +49,7 @@ def test_an_unknown_model_is_priced_at_the_dearest_rate_with_one_warning(caplog)
 
     events.subscribe("llm_unknown_model", listener)
     try:
-        with caplog.at_level(logging.WARNING, logger="roastq.pricing"):
+        with caplog.at_level(logging.WARNING, logger="roastq.llm.pricing"):
             first = cost_usd("claude-unreleased-9", Usage(1_000_000, 1_000_000))
             second = cost_usd("claude-unreleased-9", Usage(1_000_000, 1_000_000))
     finally:
@@ -122,7 +122,7 @@ def test_a_billed_answer_that_failed_validation_is_in_the_ledger(db, seeded, wor
 
 
 def test_todays_spend_counts_every_billed_response(db, seeded, worker, sim):
-    from roastq import budget
+    from roastq.llm import budget
     from roastq.settings import get_settings
 
     sim.script("bad_tool_input")  # a billed, unusable analysis, then a retry

@@ -82,7 +82,7 @@ def test_a_retry_waits_in_rabbitmqs_delay_queue(db, seeded, broker, sim, monkeyp
 
 
 def test_status_reads_queue_depth_from_rabbitmq_and_shows_the_outbox(db, seeded, broker):
-    from roastq.admin import status_data
+    from roastq.cli.admin import status_data
 
     enqueue_evaluations([_pair(seeded)] * 4, priority="batch")
     data = status_data()
@@ -109,13 +109,13 @@ def test_metrics_read_queue_depth_from_rabbitmq(db, seeded, broker):
 
 
 def test_health_checks_rabbitmq(db):
-    from roastq.health import check
+    from roastq.ops.health import check
 
     report = check("live")
     rabbit = next(c for c in report.checks if c.name == "rabbitmq")
     assert rabbit.ok and report.ok
     env = dict(os.environ, BROKER_URL="amqp://guest:guest@127.0.0.1:1/", LOG_FORMAT="json")
-    done = subprocess.run([sys.executable, "-m", "roastq.cli", "health", "--live", "--json"], env=env,
+    done = subprocess.run([sys.executable, "-m", "roastq.cli.main", "health", "--live", "--json"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
@@ -123,7 +123,8 @@ def test_health_checks_rabbitmq(db):
 
 
 def test_reconcile_resends_only_a_lost_message(db, seeded, broker, monkeypatch):
-    from roastq import maintenance, settings
+    from roastq import settings
+    from roastq.ops import maintenance
 
     monkeypatch.setenv("RECONCILE_GRACE_S", "60")
     settings.reload_settings()
@@ -142,7 +143,7 @@ def test_reconcile_resends_only_a_lost_message(db, seeded, broker, monkeypatch):
 
 
 def test_reaper_leaves_redelivery_to_rabbitmq(db, seeded, broker):
-    from roastq import maintenance
+    from roastq.ops import maintenance
 
     job_id = enqueue_evaluation(*_pair(seeded))
     broker.relay().drain()

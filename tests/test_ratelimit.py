@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from helpers import kill_group, one, rows, start_workers, wait_for_status, wait_until
-from roastq import events, ratelimit
+from roastq import events
+from roastq.llm import ratelimit
 from roastq.api import enqueue_evaluation
 from roastq.settings import get_settings
 
@@ -50,7 +51,7 @@ def attempts_of(db, job_id):
 
 RESERVE_SCRIPT = """
 import json, os, sys, threading
-from roastq import ratelimit
+from roastq.llm import ratelimit
 from roastq.settings import get_settings
 settings = get_settings().replace(llm_rpm_limit=600, llm_rate_headroom=1.0, llm_rate_max_wait_s=60)
 out, lock = [], threading.Lock()

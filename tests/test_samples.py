@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from roastq.samples import SampleAgent, SampleDocument, load_agents, load_documents, parse_document
+from roastq.evaluation.samples import SampleAgent, SampleDocument, load_agents, load_documents, parse_document
 
 
 @pytest.fixture(scope="module")

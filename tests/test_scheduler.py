@@ -24,7 +24,7 @@ def fire_from_processes(tmp_path, n, task, scheduled_at, *, body="ok"):
     ran = tmp_path / f"ran-{task}"
     script = textwrap.dedent(f"""
         import os, sys, time
-        from roastq import scheduler
+        from roastq.ops import scheduler
 
         def body():
             with open({str(ran)!r}, "a") as f:
@@ -55,7 +55,7 @@ def test_concurrent_fires_of_one_tick_run_the_task_once(db, tmp_path):
 
 
 def test_a_restart_within_the_minute_does_not_fire_again_but_the_next_minute_does(db, tmp_path):
-    from roastq import scheduler
+    from roastq.ops import scheduler
 
     runs = []
     assert scheduler.run_tick("probe", "2026-03-01T12:00:00+00:00", lambda: runs.append(1) or {}) == {}
@@ -68,7 +68,7 @@ def test_a_restart_within_the_minute_does_not_fire_again_but_the_next_minute_doe
 
 
 def test_a_failed_tick_is_recorded_and_not_rerun_the_next_tick_runs(db, tmp_path):
-    from roastq import scheduler
+    from roastq.ops import scheduler
 
     ran = fire_from_processes(tmp_path, 3, "breaks", TICK, body="fail")
     assert len(ran) == 1
@@ -78,7 +78,7 @@ def test_a_failed_tick_is_recorded_and_not_rerun_the_next_tick_runs(db, tmp_path
 
 
 def test_a_message_sent_by_hand_runs_unguarded(db):
-    from roastq import scheduler
+    from roastq.ops import scheduler
 
     assert scheduler.run_tick("probe", None, lambda: {"n": 1}) == {"n": 1}
     assert one(db, "SELECT count(*) FROM schedule_ticks") == 0
@@ -86,7 +86,7 @@ def test_a_message_sent_by_hand_runs_unguarded(db):
 
 def test_periodic_actors_are_declared_on_the_maintenance_queue(broker):
     import actors.periodic
-    from roastq.maintenance import TASKS
+    from roastq.ops.maintenance import TASKS
 
     assert set(actors.periodic.PERIODIC) == set(TASKS)
     for name, task in TASKS.items():

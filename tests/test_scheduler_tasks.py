@@ -10,7 +10,7 @@ from dramatiq.message import Message
 from dramatiq_pg.broker import message_lock
 
 from helpers import kill_group, one, rows, running_worker, start_workers, wait_for_status, wait_until
-from roastq import maintenance
+from roastq.ops import maintenance
 from roastq.api import cancel_job, enqueue_evaluation
 
 

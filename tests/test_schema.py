@@ -80,7 +80,7 @@ def test_embedded_postgres_when_database_url_unset(tmp_path):
     """Without DATABASE_URL, `roastq migrate` starts pgserver under ROASTQ_HOME and reuses it."""
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["ROASTQ_HOME"] = str(tmp_path / ".roastq")
-    cmd = [sys.executable, "-m", "roastq.cli", "migrate"]
+    cmd = [sys.executable, "-m", "roastq.cli.main", "migrate"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("applied: 0001_broker, 0002_domain")

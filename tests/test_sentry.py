@@ -90,7 +90,8 @@ def test_auth_and_spend_limit_failures_are_fatal(db, seeded, worker, sim, sentry
 
 def test_events_carry_no_api_key_dsn_password_or_document_text(db, seeded, worker, sim, sentry_rx, monkeypatch):
     from observability.sentry import setup_sentry
-    from roastq import events, llm, settings
+    from roastq import events, settings
+    from roastq.llm import client as llm
 
     api_key = "sk-ant-api03-" + "Zx9" * 12
     monkeypatch.setenv("ANTHROPIC_API_KEY", api_key)

@@ -17,7 +17,7 @@ import anthropic
 import pydantic
 import pytest
 
-from roastq.simulator import ALL_RANDOM_FAULTS, FAULT_KINDS, SimConfig, Simulator
+from roastq.simulator.server import ALL_RANDOM_FAULTS, FAULT_KINDS, SimConfig, Simulator
 
 DOC_LINES = [
     "# Why minimum wage debates stall",
@@ -376,7 +376,7 @@ def test_concurrent_requests_are_not_serialised(sim):
 
 
 def test_cli_serves_until_sigterm():
-    proc = subprocess.Popen([sys.executable, "-m", "roastq.simulator", "--port", "0", "--latency-ms", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "roastq.simulator.server", "--port", "0", "--latency-ms", "1",
                              "--jitter-ms", "0", "--seed", "3"], stdout=subprocess.PIPE, text=True)
     try:
         line: list[str] = []

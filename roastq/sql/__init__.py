@@ -1,4 +1,5 @@
-"""SQL lives in .sql files beside this module, as named queries (``-- name: NAME`` headers)."""
+"""SQL lives in .sql files as named queries (``-- name: NAME`` headers): the shared queries and the
+numbered migrations here, each subpackage's own queries beside its modules."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from types import SimpleNamespace
 _HEADER = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.M)
 
 
-def load_queries(filename: str) -> SimpleNamespace:
-    """Parse a file of named queries into an object with one attribute a query."""
-    text = resources.files(__package__).joinpath(filename).read_text()
+def load_queries(filename: str, package: str = __package__) -> SimpleNamespace:
+    """Parse a file of named queries into an object with one attribute a query. The file lives
+    beside the modules of ``package`` (each subpackage keeps its own SQL; pass ``__package__``)."""
+    text = resources.files(package).joinpath(filename).read_text()
     parts = _HEADER.split(text)
     queries = {}
     for name, body in zip(parts[1::2], parts[2::2]):

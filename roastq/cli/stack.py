@@ -13,8 +13,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import db
-from .settings import get_settings
+from roastq import db
+from roastq.settings import get_settings
 
 #: The demo's simulator: realistic latency and a few transient faults, so retries show.
 DEMO_SIM = dict(latency_ms=600.0, jitter_ms=300.0, fault_rate=0.06, seed=7,
@@ -34,7 +34,7 @@ def stack(*, processes: int = 2, threads: int = 8, worker_log: Path | None = Non
     if settings.anthropic_api_key:
         print("ANTHROPIC_API_KEY is set: calling Claude", file=sys.stderr)
     else:
-        from .simulator import SimConfig, Simulator
+        from roastq.simulator.server import SimConfig, Simulator
 
         sim = Simulator(SimConfig(**(sim_config or DEMO_SIM))).start()
         env["ANTHROPIC_BASE_URL"] = sim.url

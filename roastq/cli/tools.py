@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import sys
 
-from . import db, maintenance
-from .admin import OPS, UsageError, _command, progress_printer
-from .cli import _print_json, _table
+from roastq import db
+from roastq.ops import maintenance
+from roastq.cli.admin import OPS, UsageError, _command, progress_printer
+from roastq.cli.main import _print_json, _table
 
 
 # -- health, maintenance, costs ----------------------------------------------------------------
@@ -15,7 +16,7 @@ from .cli import _print_json, _table
 
 @_command
 def cmd_health(args) -> int:
-    from .health import check
+    from roastq.ops.health import check
 
     report = check("live" if args.live else "ready")
     if args.json:
@@ -72,7 +73,7 @@ def cmd_costs(args) -> int:
 
 @_command
 def cmd_legacy_import(args) -> int:
-    from .legacy import LegacyError, import_pending
+    from roastq.ops.legacy import LegacyError, import_pending
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
@@ -96,7 +97,7 @@ def cmd_legacy_import(args) -> int:
 
 @_command
 def cmd_legacy_status(args) -> int:
-    from .legacy import LegacyError, status
+    from roastq.ops.legacy import LegacyError, status
 
     try:
         data = status(url=args.url, schema=args.schema)

@@ -16,10 +16,10 @@ import time
 
 from psycopg2.extras import Json
 
-from . import db
-from .sql import load_queries
+from roastq import db
+from roastq.sql import load_queries
 
-OPS = load_queries("ops.sql")
+OPS = load_queries("ops.sql", __package__)
 KEY = "pause"
 CACHE_S = 1.0
 

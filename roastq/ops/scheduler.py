@@ -21,13 +21,13 @@ import logging
 import time
 from typing import Callable
 
-from . import db
-from .jobctx import worker_id
-from .sql import load_queries
+from roastq import db
+from roastq.jobctx import worker_id
+from roastq.sql import load_queries
 
-logger = logging.getLogger("roastq.scheduler")
+logger = logging.getLogger("roastq.ops.scheduler")
 
-OPS = load_queries("ops.sql")
+OPS = load_queries("ops.sql", __package__)
 
 
 def claim(task: str, scheduled_at: str, *, who: str | None = None):

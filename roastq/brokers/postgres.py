@@ -28,10 +28,10 @@ from dramatiq_pg.broker import QUERIES, PostgresConsumer, message_lock
 from dramatiq_pg.utils import raise_connection_error, tidy4json, transaction
 from psycopg2.extras import Json
 
-from . import db
-from .settings import get_settings
+from roastq import db
+from roastq.settings import get_settings
 
-logger = logging.getLogger("roastq.broker")
+logger = logging.getLogger("roastq.brokers.postgres")
 
 QUEUES = ("interactive", "batch")
 

@@ -30,15 +30,15 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from . import db, events
-from .exceptions import Snooze
-from .jobctx import current_job
-from .settings import Settings, SettingsError
-from .sql import load_queries
+from roastq import db, events
+from roastq.exceptions import Snooze
+from roastq.jobctx import current_job
+from roastq.settings import Settings, SettingsError
+from roastq.sql import load_queries
 
-logger = logging.getLogger("roastq.ratelimit")
+logger = logging.getLogger("roastq.llm.ratelimit")
 
-Q = load_queries("llm.sql")
+Q = load_queries("llm.sql", __package__)
 
 #: Reset times in headers have one-second resolution: reopening a gate a second late is cheap,
 #: a second early is a 429.

@@ -26,14 +26,14 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from . import db, events
-from .db import Q
-from .settings import get_settings
-from .sql import load_queries
+from roastq import db, events
+from roastq.db import Q
+from roastq.settings import get_settings
+from roastq.sql import load_queries
 
-logger = logging.getLogger("roastq.maintenance")
+logger = logging.getLogger("roastq.ops.maintenance")
 
-OPS = load_queries("ops.sql")
+OPS = load_queries("ops.sql", __package__)
 
 DAY_S = 86400.0
 
@@ -149,7 +149,7 @@ def _pending_jobs_without_message(grace: float, limit: int) -> list:
             return [r["id"] for r in cur.fetchall()]
     # RabbitMQ cannot be asked about one message: a job counts as without one when its time came
     # more than the grace ago, its outbox row was relayed, and its queue holds nothing waiting.
-    from .brokers import BQ, rabbitmq_counts
+    from roastq.brokers.rabbitmq import BQ, rabbitmq_counts
 
     counts = rabbitmq_counts(sorted(set(_actors().ACTOR_FOR_QUEUE)))
     idle = [q for q, c in counts.items() if not c["queued"] and not c["delayed"]]
@@ -204,9 +204,9 @@ def enforce_retention(batch: int = 5000) -> dict:
     s = get_settings()
     done = purge_messages(("done",), older_than_s=s.retention_days * DAY_S, batch=batch)
     dead = purge_messages(("rejected",), older_than_s=s.dead_letter_retention_days * DAY_S, batch=batch)
-    from .outbox import purge_sent
+    from roastq.brokers.outbox import purge_sent
 
-    relayed = purge_sent(s.retention_days * DAY_S, batch=batch)  # RabbitMQ's outbox (roastq/outbox.py)
+    relayed = purge_sent(s.retention_days * DAY_S, batch=batch)  # RabbitMQ's outbox (roastq/brokers/outbox.py)
     with db.transaction() as cur:
         cur.execute(OPS.delete_old_ticks, {"days": 30})
         ticks = cur.rowcount

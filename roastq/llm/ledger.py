@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from . import db
-from .pricing import Usage
-from .sql import load_queries
+from roastq import db
+from roastq.llm.pricing import Usage
+from roastq.sql import load_queries
 
-Q = load_queries("llm.sql")
+Q = load_queries("llm.sql", __package__)
 
 
 def record_billed(*, job_id: str | None, step: str, model: str, usage: Usage, price_usd: Decimal) -> None:

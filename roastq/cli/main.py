@@ -7,8 +7,8 @@ import json
 import sys
 from decimal import Decimal
 
-from . import db
-from .db import Q
+from roastq import db
+from roastq.db import Q
 
 
 def _print_json(data) -> None:
@@ -56,7 +56,7 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_seed(args) -> int:
-    from .seed import seed
+    from roastq.evaluation.seed import seed
 
     db.migrate()
     seeded = seed()
@@ -70,7 +70,7 @@ def cmd_seed(args) -> int:
 
 
 def cmd_enqueue(args) -> int:
-    from .api import enqueue_evaluation
+    from roastq.api import enqueue_evaluation
 
     print(enqueue_evaluation(args.document_id, args.agent_id, priority=args.priority))
     return 0
@@ -80,8 +80,8 @@ def cmd_relay(args) -> int:
     """Publish the outbox to RabbitMQ (workers relay it too: this is for more relays, or none)."""
     import signal
 
-    from .brokers import RoastqRabbitmqBroker
-    from .settings import get_settings
+    from roastq.brokers.rabbitmq import RoastqRabbitmqBroker
+    from roastq.settings import get_settings
 
     settings = get_settings()
     if not settings.rabbitmq:
@@ -101,11 +101,11 @@ def cmd_relay(args) -> int:
     return 0
 
 
-# status, jobs, cancel and the other operator commands live in roastq/admin.py.
+# status, jobs, cancel and the other operator commands live in roastq/cli/admin.py.
 
 
 def job_data(job_id: str) -> dict | None:
-    from .api import _uuid
+    from roastq.api import _uuid
 
     job_id = _uuid(job_id, "job id")
     with db.transaction() as cur:
@@ -150,7 +150,7 @@ def cmd_job(args) -> int:
 
 
 def cmd_retry(args) -> int:
-    from .api import rerun_job
+    from roastq.api import rerun_job
 
     if args.job_id and args.failed:
         raise SystemExit("error: give a job id or --failed, not both")
@@ -173,13 +173,13 @@ def cmd_retry(args) -> int:
 
 
 def cmd_up(args) -> int:
-    from .stack import run_up
+    from roastq.cli.stack import run_up
 
     return run_up(processes=args.processes, threads=args.threads)
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from roastq.cli.demo import run_demo
 
     return run_demo(jobs=args.jobs, processes=args.processes, threads=args.threads)
 
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("relay", help="with RabbitMQ: publish the outbox (workers also do)")
     p.add_argument("--once", action="store_true", help="publish what is waiting, then exit")
     p.set_defaults(fn=cmd_relay)
-    from .admin import add_commands  # status, jobs, cancel, pause, resume, purge, health, ...
+    from roastq.cli.admin import add_commands  # status, jobs, cancel, pause, resume, purge, health, ...
 
     add_commands(sub)
     sub.add_parser("simulator", help="run the Claude simulator (roastq simulator --help)", add_help=False)
@@ -227,12 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["simulator"]:  # its options are the simulator's own (argparse REMAINDER drops them)
-        from .simulator import main as simulator_main
+        from roastq.simulator.server import main as simulator_main
 
         return simulator_main(argv[1:])
     args = build_parser().parse_args(argv)
-    from .api import EnqueueError
-    from .settings import SettingsError
+    from roastq.api import EnqueueError
+    from roastq.settings import SettingsError
 
     try:
         return args.fn(args)

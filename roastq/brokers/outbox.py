@@ -24,13 +24,13 @@ import threading
 import time
 from typing import Callable
 
-from . import db
-from .settings import get_settings
-from .sql import load_queries
+from roastq import db
+from roastq.settings import get_settings
+from roastq.sql import load_queries
 
-logger = logging.getLogger("roastq.outbox")
+logger = logging.getLogger("roastq.brokers.outbox")
 
-Q = load_queries("outbox.sql")
+Q = load_queries("outbox.sql", __package__)
 CHANNEL = "roastq_outbox"
 
 #: publish([(queue_name, body), ...]): hand encoded messages to the broker; returns once the broker

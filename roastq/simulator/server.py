@@ -21,7 +21,7 @@ SDK (``anthropic.Anthropic(base_url=sim.url, api_key="sk-sim", max_retries=0)``)
 
 Control endpoints: ``GET /_sim/health``, ``GET /_sim/stats``, ``GET /_sim/requests``,
 ``POST /_sim/script`` ``{"kinds": [...]}``, ``POST /_sim/config`` ``{field: value}``,
-``POST /_sim/reset``. Standalone: ``python -m roastq.simulator --port 8788``.
+``POST /_sim/reset``. Standalone: ``python -m roastq.simulator.server --port 8788``.
 """
 from __future__ import annotations
 
@@ -580,7 +580,7 @@ def _error_body(etype: str, error: dict | str, rid: str) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: serve until SIGINT/SIGTERM; prints "simulator listening on URL" once bound."""
-    p = argparse.ArgumentParser(prog="python -m roastq.simulator", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m roastq.simulator.server", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8788, help="0 picks a free port (the URL printed is the real one)")
     p.add_argument("--latency-ms", type=float, default=50.0)

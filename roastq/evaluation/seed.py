@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from . import db
-from .db import Q
-from .samples import load_agents, load_documents
+from roastq import db
+from roastq.db import Q
+from roastq.evaluation.samples import load_agents, load_documents
 
 def slugify(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")

@@ -1,7 +1,7 @@
 """Operator commands of ``roastq``: status, jobs, cancel, pause, resume, purge, health,
 maintenance, costs and the legacy import. Tables for people, ``--json`` for scripts.
 
-``add_commands`` registers them on the CLI's subparsers (roastq/cli.py). A usage error (a bad
+``add_commands`` registers them on the CLI's subparsers (roastq/cli/main.py). A usage error (a bad
 filter, a missing confirmation) prints ``error: ...`` and exits 2, like the rest of the CLI.
 """
 
@@ -13,15 +13,16 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 
-from . import db, maintenance
-from . import pause as system_pause
-from .api import EnqueueError, cancel_job
-from .cli import _fmt, _print_json, _table
-from .db import Q
-from .settings import get_settings
-from .sql import load_queries
+from roastq import db
+from roastq.ops import maintenance
+from roastq.ops import pause as system_pause
+from roastq.api import EnqueueError, cancel_job
+from roastq.cli.main import _fmt, _print_json, _table
+from roastq.db import Q
+from roastq.settings import get_settings
+from roastq.sql import load_queries
 
-OPS = load_queries("ops.sql")
+OPS = load_queries("ops.sql", "roastq.ops")
 
 STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
 QUEUES = ("interactive", "batch", "maintenance")
@@ -103,8 +104,8 @@ def status_data() -> dict:
     per_queue += [row for name, row in sorted(summary.items()) if name not in QUEUES]
     extra = {"broker": "postgres"}
     if get_settings().rabbitmq:  # messages live in RabbitMQ: dramatiq.queue is empty (docs/scaling.md)
-        from .brokers import rabbitmq_summary
-        from .outbox import backlog
+        from roastq.brokers.rabbitmq import rabbitmq_summary
+        from roastq.brokers.outbox import backlog
 
         per_queue = rabbitmq_summary(QUEUES)
         extra = {"broker": "rabbitmq", "outbox": backlog()}
@@ -197,7 +198,7 @@ def cmd_cancel(args) -> int:
     if not args.job_ids and not filtered:
         raise UsageError("give one or more job ids, or filters (--status, --queue, --agent, --since, ...)")
     if len(args.job_ids) == 1:
-        status = cancel_job(args.job_ids[0], reason=args.reason)  # errors exit 2 (roastq.cli.main)
+        status = cancel_job(args.job_ids[0], reason=args.reason)  # errors exit 2 (roastq.cli.main.main)
         print(f"{args.job_ids[0]}: {_cancel_word(status)}")
         return 0
     if args.job_ids:
@@ -321,6 +322,6 @@ def add_commands(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="only count")
     p.set_defaults(fn=cmd_purge)
 
-    from .admin_tools import add_tool_commands
+    from roastq.cli.tools import add_tool_commands
 
     add_tool_commands(sub)

@@ -5,8 +5,8 @@
 2. highlight extraction: local fuzzy matching of each suggested quote to character offsets;
 3. self-critique: one more tool call, when the agent has self-critique instructions.
 
-Each step's output is memoised per job (``roastq.memo``): a retry resumes at the step that failed.
-The LLM steps go through the cost layer (``roastq.llm``): response cache seeded by the agent
+Each step's output is memoised per job (``roastq.llm.memo``): a retry resumes at the step that failed.
+The LLM steps go through the cost layer (``roastq.llm.client``): response cache seeded by the agent
 version, budget, shared rate limits; their ``tasks`` rows come from the job's step ledger.
 """
 
@@ -18,15 +18,16 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Callable
 
-from . import db, ledger
-from .db import Q
-from .exceptions import InputError, JobCancelled
-from .highlights import HighlightMatch, locate_highlight, number_lines
-from .jobctx import current_job, start_error
-from .llm import Claude, ToolCall, default_claude
-from .memo import StepMemo
+from roastq import db
+from roastq.llm import ledger
+from roastq.db import Q
+from roastq.exceptions import InputError, JobCancelled
+from roastq.evaluation.highlights import HighlightMatch, locate_highlight, number_lines
+from roastq.jobctx import current_job, start_error
+from roastq.llm.client import Claude, ToolCall, default_claude
+from roastq.llm.memo import StepMemo
 
-logger = logging.getLogger("roastq.pipeline")
+logger = logging.getLogger("roastq.evaluation.pipeline")
 
 MAX_HIGHLIGHTS = 8
 

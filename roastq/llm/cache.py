@@ -23,13 +23,13 @@ from decimal import Decimal
 
 import psycopg2.extras
 
-from . import db
-from .pricing import Usage
-from .sql import load_queries
+from roastq import db
+from roastq.llm.pricing import Usage
+from roastq.sql import load_queries
 
-logger = logging.getLogger("roastq.cache")
+logger = logging.getLogger("roastq.llm.cache")
 
-Q = load_queries("llm.sql")
+Q = load_queries("llm.sql", __package__)
 
 #: Expired entries are deleted at most this often per process, in batches (lookups ignore them).
 PURGE_INTERVAL_S = 3600.0

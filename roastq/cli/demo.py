@@ -6,9 +6,9 @@ import itertools
 import sys
 import time
 
-from . import db
-from .db import Q
-from .settings import get_settings
+from roastq import db
+from roastq.db import Q
+from roastq.settings import get_settings
 
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED")
 
@@ -68,9 +68,9 @@ def print_report(summary: dict) -> None:
 
 
 def run_demo(*, jobs: int = 40, processes: int = 2, threads: int = 8) -> int:
-    from .api import enqueue_evaluation
-    from .seed import seed
-    from .stack import stack
+    from roastq.api import enqueue_evaluation
+    from roastq.evaluation.seed import seed
+    from roastq.cli.stack import stack
 
     settings = get_settings()
     db.migrate()

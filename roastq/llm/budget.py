@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
-from . import db, events
-from .exceptions import Snooze
-from .settings import Settings
-from .sql import load_queries
+from roastq import db, events
+from roastq.exceptions import Snooze
+from roastq.settings import Settings
+from roastq.sql import load_queries
 
-logger = logging.getLogger("roastq.budget")
+logger = logging.getLogger("roastq.llm.budget")
 
-Q = load_queries("llm.sql")
+Q = load_queries("llm.sql", __package__)
 
 #: Held jobs come back spread over this fraction of the recheck delay, not all at once.
 RECHECK_JITTER = 0.1

@@ -1,18 +1,5 @@
-"""Which broker carries the messages: Postgres (default) or RabbitMQ (``BROKER_URL=amqp://...``).
-
-The jobs table, the response cache, the cost ledger, the budget and the rate limits stay in
-Postgres either way; only messages move. Both brokers offer what the rest of roastq uses:
-
-* ``enqueue_on(cur, message, delay_ms=)`` / ``enqueue_many_on(cur, messages)``: send on the
-  caller's transaction. Postgres: the message is a row of ``dramatiq.queue``. RabbitMQ: it is a
-  row of the ``outbox``, relayed after commit (``roastq/outbox.py``);
-* dramatiq's ``enqueue`` (retries, ``actor.send``), which on RabbitMQ publishes at once;
-* ``queue_counts(queue)``: waiting, delayed and dead messages of a queue, for status and metrics.
-
-Crash recovery differs: on Postgres our consumers rescan for messages whose worker's session
-(and advisory lock) died; on RabbitMQ a message a worker took is unacknowledged until it is
-done, and RabbitMQ delivers it again when that worker's connection dies.
-"""
+"""The RabbitMQ broker (``BROKER_URL=amqp://...``): dramatiq's, with the outbox for sending on a
+Postgres transaction, and what status and metrics read of its queues."""
 
 from __future__ import annotations
 
@@ -24,27 +11,14 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker  # pika: the dramatiq[rabbi
 from dramatiq.common import dq_name, q_name
 from dramatiq.middleware import Middleware
 
-from . import db, outbox
-from .settings import get_settings
-from .sql import load_queries
+from roastq import db
+from roastq.brokers import outbox
+from roastq.settings import get_settings
+from roastq.sql import load_queries
 
-logger = logging.getLogger("roastq.brokers")
+logger = logging.getLogger("roastq.brokers.rabbitmq")
 
-BQ = load_queries("brokers.sql")
-
-
-def make_broker(middleware=None) -> dramatiq.Broker:
-    """The broker BROKER_URL names, with ``middleware`` (the same list for both)."""
-    settings = get_settings()
-    if settings.rabbitmq:
-        return RoastqRabbitmqBroker(url=settings.broker_url, middleware=middleware)
-    from .broker import RoastqBroker
-
-    return RoastqBroker(middleware=middleware)
-
-
-def is_rabbitmq(broker) -> bool:
-    return isinstance(broker, RoastqRabbitmqBroker)
+BQ = load_queries("rabbitmq.sql", __package__)
 
 
 class RoastqRabbitmqBroker(RabbitmqBroker):

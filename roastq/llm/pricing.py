@@ -21,9 +21,9 @@ import threading
 from dataclasses import dataclass
 from decimal import Decimal
 
-from . import events
+from roastq import events
 
-logger = logging.getLogger("roastq.pricing")
+logger = logging.getLogger("roastq.llm.pricing")
 
 MILLION = Decimal(1_000_000)
 #: Prices are exact to the micro-dollar (the ledger's numeric(14, 6)).
@@ -108,7 +108,7 @@ class Usage:
 
 
 def _extra_prices() -> dict[str, Price]:
-    from .settings import get_settings
+    from roastq.settings import get_settings
 
     extra = {}
     for model, p in get_settings().llm_extra_prices.items():
@@ -138,7 +138,7 @@ def price_for(model: str) -> Price:
     if first:  # once per process and model: every call would otherwise log it
         logger.warning(
             "no price for model %r: charging the dearest known rate (%s/%s per MTok); "
-            "add it to roastq/pricing.py or LLM_EXTRA_PRICES",
+            "add it to roastq/llm/pricing.py or LLM_EXTRA_PRICES",
             model, UNKNOWN_MODEL_PRICE.input, UNKNOWN_MODEL_PRICE.output,
         )
     events.emit("llm_unknown_model", model=model, price=UNKNOWN_MODEL_PRICE)

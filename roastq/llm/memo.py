@@ -13,13 +13,13 @@ from decimal import Decimal
 
 import psycopg2.extras
 
-from . import db, events
-from .pricing import Usage
-from .sql import load_queries
+from roastq import db, events
+from roastq.llm.pricing import Usage
+from roastq.sql import load_queries
 
-logger = logging.getLogger("roastq.memo")
+logger = logging.getLogger("roastq.llm.memo")
 
-Q = load_queries("llm.sql")
+Q = load_queries("llm.sql", __package__)
 
 
 @dataclass(frozen=True)

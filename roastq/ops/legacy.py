@@ -27,13 +27,13 @@ import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
-from . import db
-from .api import _insert_and_send
-from .db import Q
-from .settings import get_settings
-from .sql import load_queries
+from roastq import db
+from roastq.api import _insert_and_send
+from roastq.db import Q
+from roastq.settings import get_settings
+from roastq.sql import load_queries
 
-LQ = load_queries("legacy.sql")
+LQ = load_queries("legacy.sql", __package__)
 
 
 class LegacyError(ValueError):

@@ -24,13 +24,17 @@ import anthropic
 import httpx2 as httpx
 import jsonschema
 
-from . import budget, cache, db, events, ledger, ratelimit
-from .exceptions import BadLLMOutput, JobTimeLimit
-from .jobctx import current_job
-from .pricing import Usage, cost_usd
-from .settings import Settings, get_settings
+from roastq import db, events
+from roastq.llm import budget
+from roastq.llm import cache
+from roastq.llm import ledger
+from roastq.llm import ratelimit
+from roastq.exceptions import BadLLMOutput, JobTimeLimit
+from roastq.jobctx import current_job
+from roastq.llm.pricing import Usage, cost_usd
+from roastq.settings import Settings, get_settings
 
-logger = logging.getLogger("roastq.llm")
+logger = logging.getLogger("roastq.llm.client")
 
 #: Used against the simulator, which checks no key; a real deployment sets ANTHROPIC_API_KEY.
 SIMULATOR_KEY = "sk-roastq-simulator"

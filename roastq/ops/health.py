@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass, field
 import psycopg2
 import psycopg2.extras
 
-from . import db
-from .settings import get_settings
-from .sql import load_queries, migrations
+from roastq import db
+from roastq.settings import get_settings
+from roastq.sql import load_queries, migrations
 
-OPS = load_queries("ops.sql")
+OPS = load_queries("ops.sql", __package__)
 
 CONNECT_TIMEOUT_S = 3
 STATEMENT_TIMEOUT_MS = 3000
@@ -117,7 +117,7 @@ def _check_schema(cur, report: HealthReport) -> bool:
 
 def _check_rabbitmq(report: HealthReport) -> None:
     """With BROKER_URL=amqp://...: RabbitMQ answers (messages cannot move without it)."""
-    from .brokers import rabbitmq_counts
+    from roastq.brokers.rabbitmq import rabbitmq_counts
 
     started = time.monotonic()
     try:

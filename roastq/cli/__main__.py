@@ -1,0 +1,5 @@
+import sys
+
+from roastq.cli.main import main
+
+sys.exit(main())

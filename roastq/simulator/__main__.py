@@ -1,0 +1,5 @@
+import sys
+
+from roastq.simulator.server import main
+
+sys.exit(main())
