@@ -17,15 +17,20 @@ from dramatiq.middleware import Middleware
 from roastq import db
 from roastq.db import Q
 from roastq.jobctx import worker_host, worker_id
-from roastq.settings import get_settings
 
 logger = logging.getLogger("roastq.heartbeat")
 
 
 class Heartbeat(Middleware):
-    """Upsert this worker's heartbeat row every ``HEARTBEAT_INTERVAL_S`` seconds."""
+    """Upsert this worker's heartbeat row every ``interval_s`` seconds.
 
-    def __init__(self):
+    Parameters:
+      interval_s(float): the heartbeat period (``HEARTBEAT_INTERVAL_S``); a worker is stale after
+        three missed beats.
+    """
+
+    def __init__(self, *, interval_s: float = 5.0):
+        self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_beat: float | None = None  # time.time() of the last successful beat
@@ -40,7 +45,7 @@ class Heartbeat(Middleware):
         self._thread.start()
 
     def _run(self, params):
-        interval = get_settings().heartbeat_interval_s
+        interval = self.interval_s
         while True:
             try:
                 with db.transaction() as cur:

@@ -22,12 +22,11 @@ import uuid
 
 from dramatiq.middleware import Middleware, SkipMessage
 
-from roastq import db
-from roastq.db import Q
-from roastq.settings import get_settings
+from roastq import db, jobs
+from roastq.failures import Action, ErrorClass, RetryPolicy
 from roastq.jobctx import JobContext, current_job, start_error, worker_id
+from roastq.jobs import JobStatus
 
-from .errors import ErrorClass
 from .retries import decision_for
 
 logger = logging.getLogger("roastq.jobs")
@@ -51,11 +50,20 @@ def job_id_of(message) -> str | None:
 
 
 class JobState(Middleware):
-    """Maintain ``jobs`` and ``job_attempts`` for job actors.
+    """Maintain ``jobs`` and ``job_attempts`` for job actors (through ``roastq.jobs``).
+
+    Parameters:
+      policy(RetryPolicy): the decision after a failed attempt (shared with ``Retries``).
+      crash_limit(int): a job whose worker died under it this many times fails as WORKER_LOST
+        at its next delivery (``JOB_CRASH_LIMIT``).
 
     Actor options:
       roastq_job(bool): the actor runs a job; its only argument is the job id.
     """
+
+    def __init__(self, policy: RetryPolicy, *, crash_limit: int = 3):
+        self.policy = policy
+        self.crash_limit = crash_limit
 
     @property
     def actor_options(self):
@@ -81,7 +89,7 @@ class JobState(Middleware):
         if started is None:
             raise SkipMessage()
         row, ctx = started
-        if row["crashes"] >= get_settings().job_crash_limit:
+        if row["crashes"] >= self.crash_limit:
             self._lost(message, ctx, row["crashes"])
         message.roastq_job = ctx
         message.options["time_limit"] = int(row["time_limit_s"] * 1000)
@@ -90,16 +98,14 @@ class JobState(Middleware):
 
     def _start(self, message, job_id):
         with db.transaction() as cur:
-            cur.execute(Q.start_job, {"job_id": job_id, "message_id": message.message_id, "worker_id": worker_id()})
-            row = cur.fetchone()
+            row = jobs.start(cur, job_id, message_id=message.message_id, worker_id=worker_id())
             if row is None:
-                cur.execute(Q.job_by_id, {"job_id": job_id})
-                job = cur.fetchone()
+                job = jobs.lock(cur, job_id)
                 if job is None:
                     self._reject(message, f"unknown job {job_id}")
-                if job["cancel_requested_at"] is not None and job["status"] in ("PENDING", "RUNNING"):
-                    cur.execute(Q.close_crashed_attempts, {"job_id": job_id})
-                    cur.execute(Q.job_cancelled, {"job_id": job_id, "reason": "cancelled before it ran"})
+                if job["cancel_requested_at"] is not None and JobStatus(job["status"]) in jobs.LIVE:
+                    jobs.close_crashed_attempts(cur, job_id)
+                    jobs.cancel(cur, job_id, "cancelled before it ran")
                     logger.info("job %s cancelled: skipped", job_id)
                 else:
                     logger.info("job %s already %s: message skipped", job_id, job["status"])
@@ -123,10 +129,11 @@ class JobState(Middleware):
         than let the surviving workers pick it up (and die) again and again."""
         error = f"its worker died {crashes} times while running it"
         with db.transaction() as cur:
-            cur.execute(Q.job_lost, {"job_id": ctx.job_id, "error": error})
-            self._end_attempt(ctx, "failed", cur=cur, error_class="WORKER_LOST", error=error)
+            jobs.fail_worker_lost(cur, ctx.job_id, error)
+            jobs.end_attempt(cur, ctx.job_id, ctx.attempt, Action.FAIL.outcome,
+                             error_class=str(ErrorClass.WORKER_LOST), error=error)
         logger.error("job %s failed (WORKER_LOST): %s", ctx.job_id, error)
-        message.roastq_error_class = "WORKER_LOST"  # what the metrics count this dead letter as
+        message.roastq_error_class = str(ErrorClass.WORKER_LOST)  # what the metrics count this dead letter as
         message.fail()
         raise SkipMessage(error)
 
@@ -145,43 +152,30 @@ class JobState(Middleware):
                 if ctx.finished_with_result:
                     message.roastq_acked = True  # the result's transaction acknowledged the message
                 else:  # a duplicate delivery whose result was discarded
-                    self._end_attempt(ctx, "completed")
+                    with db.transaction() as cur:
+                        jobs.end_attempt(cur, ctx.job_id, ctx.attempt, "completed")
                 logger.info("job completed")
                 return
-            decision = decision_for(message, exception)
+            decision = decision_for(message, exception, self.policy)
             with db.transaction() as cur:
-                if decision.action == "retry":
-                    cur.execute(Q.job_wait_retry, {"job_id": ctx.job_id, "delay_s": decision.delay_s,
-                                                   "error_class": str(decision.error_class), "error": decision.error})
-                elif decision.action == "cancel":
-                    cur.execute(Q.job_cancelled, {"job_id": ctx.job_id, "reason": decision.error})
+                if decision.waits:
+                    jobs.wait(cur, ctx.job_id, decision)
+                elif decision.action is Action.CANCEL:
+                    jobs.cancel(cur, ctx.job_id, decision.error)
                 else:
-                    cur.execute(Q.job_fail, {"job_id": ctx.job_id, "error_class": str(decision.error_class),
-                                             "error": decision.error})
-                outcome = {"retry": "retry", "cancel": "cancelled"}.get(decision.action, "failed")
-                if decision.error_class is ErrorClass.SNOOZED:
-                    outcome = "snoozed"
-                self._end_attempt(ctx, outcome, decision, cur=cur)
-            if decision.action == "retry":
+                    jobs.fail(cur, ctx.job_id, decision.error_class, decision.error)
+                jobs.end_attempt(cur, ctx.job_id, ctx.attempt, decision.action.outcome, decision=decision)
+            if decision.action is Action.RETRY:
                 logger.warning("job attempt failed (%s): retry in %.1f s (%s)", decision.error_class,
                                decision.delay_s, decision.delay_reason)
-            elif decision.action == "cancel":
+            elif decision.action is Action.SNOOZE:
+                logger.info("job snoozed: runs again in %.1f s (%s)", decision.delay_s, decision.delay_reason)
+            elif decision.action is Action.CANCEL:
                 logger.info("job cancelled: %s", decision.error)
             else:
                 logger.error("job failed (%s): %s", decision.error_class, decision.error)
         finally:
             current_job.set(None)
-
-    def _end_attempt(self, ctx, outcome, decision=None, cur=None, error_class=None, error=None):
-        params = {
-            "job_id": ctx.job_id, "attempt": ctx.attempt, "outcome": outcome,
-            "error_class": str(decision.error_class) if decision else error_class,
-            "error": decision.error if decision else error,
-            "delay_s": decision.delay_s if decision and decision.action == "retry" else None,
-            "delay_reason": decision.delay_reason if decision and decision.action == "retry" else None,
-        }
-        with db.transaction(cur.connection if cur else None) as c:
-            c.execute(Q.end_attempt, params)
 
     def after_skip_message(self, broker, message):
         current_job.set(None)

@@ -192,13 +192,17 @@ def llm_settings(simulator):
 
 
 @pytest.fixture
-def fast_backoff(request, monkeypatch):
-    """Backoff scaled down so that retries happen in milliseconds (the policy itself is unchanged).
+def fast_backoff(request, monkeypatch, broker):
+    """Backoff scaled down so that retries happen in milliseconds (the policy itself is unchanged):
+    in this process's stack, and (BACKOFF_SCALE) for worker processes a test starts.
     A test module may set ``BACKOFF_SCALE = "0.002"`` to change the factor."""
+    from helpers import stack_options
     from roastq import settings
 
-    monkeypatch.setenv("BACKOFF_SCALE", getattr(request.module, "BACKOFF_SCALE", "0.01"))
+    scale = getattr(request.module, "BACKOFF_SCALE", "0.01")
+    monkeypatch.setenv("BACKOFF_SCALE", scale)
     settings.reload_settings()
-    yield
+    with stack_options(broker, backoff_scale=float(scale)):
+        yield
     monkeypatch.delenv("BACKOFF_SCALE")
     settings.reload_settings()

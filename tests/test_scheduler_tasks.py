@@ -15,14 +15,16 @@ from roastq.api import cancel_job, enqueue_evaluation
 
 
 @pytest.fixture(autouse=True)
-def fast_ops(monkeypatch):
+def fast_ops(monkeypatch, broker):
     """Workers are stale after 1.5 s (3 beats of 0.5 s); reconciliation waits 1 s, not 5 min."""
+    from helpers import stack_options
     from roastq import settings
 
     monkeypatch.setenv("HEARTBEAT_INTERVAL_S", "0.5")
     monkeypatch.setenv("RECONCILE_GRACE_S", "1")
     settings.reload_settings()
-    yield
+    with stack_options(broker, heartbeat_interval_s=0.5):
+        yield
     monkeypatch.delenv("HEARTBEAT_INTERVAL_S")
     monkeypatch.delenv("RECONCILE_GRACE_S")
     settings.reload_settings()

@@ -29,11 +29,11 @@ from dramatiq_pg.utils import raise_connection_error, tidy4json, transaction
 from psycopg2.extras import Json
 
 from roastq import db
+from roastq.queues import JOB_QUEUES
 from roastq.settings import get_settings
 
 logger = logging.getLogger("roastq.brokers.postgres")
 
-QUEUES = ("interactive", "batch")
 
 # Requeue (on worker shutdown) as dramatiq-pg does, but NOTIFY listeners so that a running worker
 # picks the messages up at once rather than at its next poll.
@@ -202,7 +202,7 @@ class RoastqBroker(PostgresBroker):
         Consumers hold their two for good; threads share the rest and wait their turn (the pool
         blocks), so hundreds of threads need no more than DB_POOL_MAX connections a process.
         """
-        consumers = 2 * 2 * max(len(self.queues), len(QUEUES))
+        consumers = 2 * 2 * max(len(self.queues), len(JOB_QUEUES))
         limit = max(get_settings().db_pool_max, consumers + 4)
         db.pool().resize(min(threads + consumers + 4, limit))
 

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from roastq import db
 from roastq.db import Q
+from roastq.queues import JOB_QUEUES
 
 
 def _print_json(data) -> None:
@@ -105,9 +106,9 @@ def cmd_relay(args) -> int:
 
 
 def job_data(job_id: str) -> dict | None:
-    from roastq.api import _uuid
+    from roastq.api import parse_id
 
-    job_id = _uuid(job_id, "job id")
+    job_id = parse_id(job_id, "job id")
     with db.transaction() as cur:
         cur.execute(Q.job_by_id, {"job_id": job_id})
         job = cur.fetchone()
@@ -195,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("enqueue", help="enqueue an evaluation; prints the job id")
     p.add_argument("--document-id", required=True)
     p.add_argument("--agent-id", required=True)
-    p.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
+    p.add_argument("--priority", choices=list(JOB_QUEUES), default="interactive")
     p.set_defaults(fn=cmd_enqueue)
     p = sub.add_parser("job", help="one job, with its attempts and tasks")
     p.add_argument("job_id")
