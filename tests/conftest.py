@@ -38,10 +38,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "postgres_broker: inspects the Postgres broker's own tables "
                                        "(dramatiq.queue): not run in the RabbitMQ pass")
     config.addinivalue_line("markers", "rabbitmq: needs the RabbitMQ broker: run only in the RabbitMQ pass")
+    config.addinivalue_line("markers", "unit: needs no Postgres, simulator or worker (`make test-unit`)")
+
+
+#: The unit tier (`make test-unit`): whole modules that need no Postgres, simulator or worker;
+#: single tests elsewhere carry ``@pytest.mark.unit`` themselves.
+UNIT_MODULES = {"test_error_policy.py", "test_highlights.py", "test_samples.py", "test_layers.py"}
 
 
 def pytest_collection_modifyitems(config, items):
     """Each pass runs the tests that apply to its broker; the others are deselected."""
+    for item in items:
+        if item.path.name in UNIT_MODULES:
+            item.add_marker(pytest.mark.unit)
     keep, drop = [], []
     for item in items:
         marker = "postgres_broker" if RABBITMQ_PASS else "rabbitmq"

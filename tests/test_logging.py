@@ -26,6 +26,7 @@ def stored_logs(db, job_id):
     return one(db, "SELECT logs FROM jobs WHERE id = %s", job_id)
 
 
+@pytest.mark.unit
 def test_json_lines_carry_the_job_context_and_are_scrubbed(capsys):
     from observability.logging import _json_sink, setup_logging
     from roastq.jobctx import JobContext, current_job

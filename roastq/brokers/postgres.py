@@ -1,6 +1,6 @@
 """Our Postgres broker: dramatiq-pg, kept as the dependency, with its measured defects fixed.
 
-What differs from stock dramatiq-pg 0.12 (DESIGN.md lists the defects):
+What differs from stock dramatiq-pg 0.12 (docs/architecture.md, "The broker", lists the defects):
 
 * one shared, blocking connection pool (``roastq.db.pool``) sized from the worker's threads and
   queues: exhaustion waits instead of raising, so no ack is lost (defect 2);
