@@ -132,8 +132,7 @@ def test_requeued_message_is_free_for_others_only_after_the_requeue_commits(db, 
         drain(a, 0.2)
         assert not lock_is_free(database_url, message_lock(m))
         HeldCursor.go.set()
-        requeuer.join(10)
-        drain(a, 0.2)
+        requeuer.join(10)  # (A stops here, as a worker that shuts down does)
         assert [x.message_id for x in drain(b, 1.5)] == [m.message_id]  # B takes it at once
     finally:
         HeldCursor.go.set()

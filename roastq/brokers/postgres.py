@@ -131,7 +131,7 @@ class RoastqConsumer(PostgresConsumer):
                 return
             ids = list(found)
             curs.execute(db.Q.broker_consume_many,
-                         {"ids": ids, "locks": [message_lock(found[i]) for i in ids]})
+                         {"ids": ids, "locks": [message_lock(found[i]) for i in ids], "queue": self.queue_name})
             outcome = {str(row[0]): (row[1], row[2]) for row in curs.fetchall()}
             for message_id in ids:  # keep the order the notifications came in
                 lock, consumed = outcome.get(message_id, (None, False))
@@ -164,19 +164,44 @@ class RoastqConsumer(PostgresConsumer):
                 curs.execute("SELECT pg_advisory_unlock(l) FROM unnest(%s::bigint[]) AS l", (locks,))
 
     def ack(self, message):
-        if getattr(message, "roastq_acked", False):
-            # Marked done in the job's own result transaction: only the local bookkeeping is left.
-            self.unlock_q.put_nowait(message)
-            self.in_processing.discard(message.message_id)
-            return
-        super().ack(message)
+        if not getattr(message, "roastq_acked", False):  # else: marked done in the job's result transaction
+            self._finish(QUERIES.ACK, message)
+        self._release_after_commit(message)
+
+    def nack(self, message):
+        self._finish(QUERIES.NACK, message)
+        self._release_after_commit(message)
+
+    @raise_connection_error
+    def _finish(self, query, message):
+        """Stock ack/nack, less their flaw: they queue the lock's release before their update
+        commits, and a consumer that rescans in between finds the message 'consumed' with a free
+        lock, an orphan by every rule, and runs it again (issue 13). Here the release is queued
+        by the caller, once this transaction has committed."""
+        with transaction(self.pool) as curs:
+            channel = f"dramatiq.{message.queue_name}.ack"
+            curs.execute(query, (Json(tidy4json(message)), message.message_id, message.queue_name, channel,
+                                 message.message_id))
+
+    def _release_after_commit(self, message):
+        self.unlock_q.put_nowait(message)
+        self.in_processing.discard(message.message_id)
 
     @raise_connection_error
     def requeue(self, messages):
-        ids = tuple(m.message_id for m in messages)
-        if ids:
-            with transaction(self.get_consume_conn()) as curs:
-                curs.execute(REQUEUE_NOTIFY, (ids,))
+        """Hand messages back (worker shutdown) with a NOTIFY, then free their locks at once so
+        that another worker takes them now, not when this session ends."""
+        messages = list(messages)
+        if not messages:
+            return
+        conn = self.get_consume_conn()
+        with transaction(conn) as curs:
+            curs.execute(REQUEUE_NOTIFY, (tuple(m.message_id for m in messages),))
+        with transaction(conn) as curs:  # committed: now the locks may go
+            curs.execute("SELECT pg_advisory_unlock(l) FROM unnest(%s::bigint[]) AS l",
+                         ([message_lock(m) for m in messages],))
+        for message in messages:
+            self.in_processing.discard(message.message_id)
 
 
 class RoastqBroker(PostgresBroker):

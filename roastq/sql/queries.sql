@@ -335,17 +335,19 @@ SELECT message::text FROM dramatiq.queue WHERE message_id = ANY(%(ids)s::uuid[])
 -- dramatiq-pg's CONSUME_ONE for many messages: take each message that is waiting and whose
 -- advisory lock is free (a live worker holds the lock of every message it runs). Returns the
 -- messages locked, and whether each was taken; a lock won on a message finished in between
--- must be released by the caller.
+-- must be released by the caller. Only messages still in the consumer's queue: a retry moves a
+-- message to its delay queue under the same id, where its lock is another key.
 WITH candidates AS MATERIALIZED (
     SELECT q.message_id, t.lock
     FROM dramatiq.queue q JOIN unnest(%(ids)s::uuid[], %(locks)s::bigint[]) AS t(id, lock)
       ON q.message_id = t.id
-    WHERE q.state IN ('queued', 'consumed')
+    WHERE q.state IN ('queued', 'consumed') AND q.queue_name = %(queue)s
 ), locked AS MATERIALIZED (
     SELECT message_id, lock FROM candidates WHERE pg_try_advisory_lock(lock)
 ), taken AS (
     UPDATE dramatiq.queue q SET state = 'consumed', mtime = (NOW() AT TIME ZONE 'UTC')
     FROM locked WHERE q.message_id = locked.message_id AND q.state IN ('queued', 'consumed')
+      AND q.queue_name = %(queue)s
     RETURNING q.message_id
 )
 SELECT l.message_id, l.lock, (t.message_id IS NOT NULL) AS consumed
