@@ -3,9 +3,10 @@
 For actors declared with ``roastq_job=True`` (their one argument is a job id):
 
 * before: reject a message whose payload is not a known job id (one log line; a dead letter);
-  skip a job that is already finished or cancelled; otherwise mark it RUNNING (``attempts`` + 1,
-  ``started_at``), open a ``job_attempts`` row, set the job's time limit from its agent and
-  publish the job's context to the pipeline;
+  skip a job that is already finished or cancelled; back off (snooze) from a job whose attempt
+  runs on a live worker, never starting a second attempt beside it; otherwise mark it RUNNING
+  (``attempts`` + 1, ``started_at``), open a ``job_attempts`` row, set the job's time limit from
+  its agent and publish the job's context to the pipeline;
 * after: record the attempt's outcome: PENDING with ``next_attempt_at`` while a retry waits,
   FAILED with its error class, or CANCELLED. COMPLETED is written by the actor itself, in the
   same transaction as the result.
@@ -17,15 +18,17 @@ hook runs first and the job row says what happens before the retry is enqueued).
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 
-from dramatiq.middleware import Middleware, SkipMessage
+from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 
 from roastq import db
 from roastq.db import Q
+from roastq.exceptions import Snooze
 from roastq.settings import get_settings
-from roastq.jobctx import JobContext, current_job, start_error, worker_id
+from roastq.jobctx import JobContext, current_job, start_error, worker_id, worker_stale_after_s
 
 from .errors import ErrorClass
 from .retries import decision_for
@@ -48,6 +51,11 @@ def job_id_of(message) -> str | None:
         return str(uuid.UUID(raw))
     except ValueError:
         return None
+
+
+class AttemptAlive(Snooze, MiddlewareError):
+    """This delivery found an attempt of its job running on a live worker: it waits (a Snooze,
+    re-enqueued by Retries). A ``MiddlewareError``, so that dramatiq lets it stop the message."""
 
 
 class JobState(Middleware):
@@ -73,7 +81,7 @@ class JobState(Middleware):
             self._reject(message, f"payload is not a job id: args={list(message.args)!r:.200} kwargs={sorted(message.kwargs)!r}")
         try:
             started = self._start(message, job_id)
-        except SkipMessage:
+        except (SkipMessage, AttemptAlive):
             raise
         except Exception as exc:  # the database is down, say: the actor raises it, and it is retried
             start_error.set(exc)
@@ -89,14 +97,21 @@ class JobState(Middleware):
         logger.info("job started: attempt %d, time limit %d s", ctx.attempt, row["time_limit_s"])
 
     def _start(self, message, job_id):
+        stale = worker_stale_after_s()
         with db.transaction() as cur:
-            cur.execute(Q.start_job, {"job_id": job_id, "message_id": message.message_id, "worker_id": worker_id()})
+            cur.execute(Q.start_job, {"job_id": job_id, "message_id": message.message_id, "worker_id": worker_id(),
+                                      "stale_after_s": stale})
             row = cur.fetchone()
             if row is None:
                 cur.execute(Q.job_by_id, {"job_id": job_id})
                 job = cur.fetchone()
                 if job is None:
                     self._reject(message, f"unknown job {job_id}")
+                if job["status"] == "RUNNING":
+                    cur.execute(Q.job_attempt_alive, {"job_id": job_id, "stale_after_s": stale})
+                    alive = cur.fetchone()["alive"]
+                    if alive or job["cancel_requested_at"] is None:
+                        self._back_off(message, job)
                 if job["cancel_requested_at"] is not None and job["status"] in ("PENDING", "RUNNING"):
                     cur.execute(Q.close_crashed_attempts, {"job_id": job_id})
                     cur.execute(Q.job_cancelled, {"job_id": job_id, "reason": "cancelled before it ran"})
@@ -118,6 +133,18 @@ class JobState(Middleware):
         )
         return row, ctx
 
+    @staticmethod
+    def _back_off(message, job):
+        """An attempt of this job runs on a live worker: leave it alone, and look again once that
+        worker could be gone (a snooze: no attempt used). If it dies, this delivery takes over;
+        if it finishes, this delivery is skipped."""
+        delay_s = worker_stale_after_s() * random.uniform(1.0, 1.25)
+        logger.warning("job %s runs on live worker %s: this delivery backs off for %.1f s",
+                       job["id"], job["worker_id"], delay_s)
+        message.roastq_backed_off = True  # counted by the metrics middleware
+        message.options["throws"] = Snooze  # an expected exception: one INFO line, no traceback
+        raise AttemptAlive(delay_s, f"an attempt runs on live worker {job['worker_id']}")
+
     def _lost(self, message, ctx, crashes: int):
         """Its worker died under it `crashes` times: a poison message. Fail it for good, rather
         than let the surviving workers pick it up (and die) again and again."""
@@ -137,6 +164,8 @@ class JobState(Middleware):
         raise SkipMessage(why)
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
+        if message.options.get("throws") is Snooze and isinstance(exception, AttemptAlive):
+            del message.options["throws"]  # not to be serialised with the re-enqueued message
         ctx = getattr(message, "roastq_job", None)
         if ctx is None:
             return

@@ -7,7 +7,11 @@ What differs from stock dramatiq-pg 0.12 (DESIGN.md lists the defects):
 * the consumer's backoff resets as soon as a processing slot frees (defect 1);
 * requeued messages are announced with NOTIFY (defect 3), and every consumer rescans its queue
   for orphaned messages every ``RECOVERY_INTERVAL_S`` seconds instead of at random about every
-  five minutes; a message whose worker is alive is never taken, since its advisory lock is held;
+  five minutes; a message whose worker is alive is never taken: its advisory lock is held, and
+  when Postgres dropped that session anyway, the worker's heartbeat and liveness lock still say
+  it runs (``roastq_worker_alive``, migration 0009);
+* a delivery's lock is freed only after the transaction that ends it (ack, nack, requeue) has
+  committed; stock queues the release first, and a rescan in between runs the message twice;
 * enqueue can run on the caller's cursor, so a job row and its message commit together.
 """
 
@@ -29,6 +33,7 @@ from dramatiq_pg.utils import raise_connection_error, tidy4json, transaction
 from psycopg2.extras import Json
 
 from roastq import db
+from roastq.jobctx import worker_id, worker_stale_after_s
 from roastq.settings import get_settings
 
 logger = logging.getLogger("roastq.brokers.postgres")
@@ -131,7 +136,8 @@ class RoastqConsumer(PostgresConsumer):
                 return
             ids = list(found)
             curs.execute(db.Q.broker_consume_many,
-                         {"ids": ids, "locks": [message_lock(found[i]) for i in ids], "queue": self.queue_name})
+                         {"ids": ids, "locks": [message_lock(found[i]) for i in ids], "queue": self.queue_name,
+                          "consumer_id": worker_id(), "stale_after_s": worker_stale_after_s()})
             outcome = {str(row[0]): (row[1], row[2]) for row in curs.fetchall()}
             for message_id in ids:  # keep the order the notifications came in
                 lock, consumed = outcome.get(message_id, (None, False))

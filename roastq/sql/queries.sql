@@ -41,15 +41,18 @@ WHERE j.id = %(job_id)s;
 
 -- name: start_job
 -- A delivery of the job's message begins an attempt, in one statement: the job becomes RUNNING
--- (RUNNING is accepted too: the attempt before died with its worker), an attempt left open by a
--- dead worker is closed as crashed, and the new attempt row is opened. `crashes` counts the
--- attempts that died with their worker, this delivery's predecessor included.
+-- (RUNNING is accepted only when the attempt before is dead: its worker is gone, see
+-- roastq_worker_alive; never beside a live attempt), an attempt left open by a dead worker is
+-- closed as crashed, and the new attempt row is opened. `crashes` counts the attempts that died
+-- with their worker, this delivery's predecessor included.
 WITH started AS (
     UPDATE jobs j
     SET status = 'RUNNING', attempts = attempts + 1, started_at = now(), updated_at = now(),
         next_attempt_at = NULL, message_id = %(message_id)s, worker_id = %(worker_id)s
     FROM agent_versions av, evaluations e
-    WHERE j.id = %(job_id)s AND j.status IN ('PENDING', 'RUNNING') AND j.cancel_requested_at IS NULL
+    WHERE j.id = %(job_id)s AND j.cancel_requested_at IS NULL
+      AND (j.status = 'PENDING'
+           OR (j.status = 'RUNNING' AND NOT roastq_worker_alive(j.worker_id, %(stale_after_s)s)))
       AND av.id = j.agent_version_id AND e.id = j.evaluation_id
     RETURNING j.id, j.attempts, j.evaluation_id, e.agent_id, av.time_limit_s, av.retry_on_timeout
 ), crashed AS (
@@ -64,6 +67,11 @@ SELECT s.*,
        (SELECT count(*) FROM job_attempts WHERE job_id = s.id AND outcome = 'crashed')
        + (SELECT count(*) FROM crashed) AS crashes
 FROM started s;
+
+-- name: job_attempt_alive
+-- A RUNNING job whose attempt runs on a live worker (roastq_worker_alive).
+SELECT j.status = 'RUNNING' AND roastq_worker_alive(j.worker_id, %(stale_after_s)s) AS alive
+FROM jobs j WHERE j.id = %(job_id)s;
 
 -- name: job_lost
 -- A job whose workers keep dying under it (a poison message): FAILED, never retried.
@@ -256,10 +264,16 @@ HAVING NOT EXISTS (
       AND av.provides_grades = %(provides_grades)s AND av.time_limit_s = %(time_limit_s)s);
 
 -- name: heartbeat
-INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, queues)
-VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(threads)s, %(queues)s)
+-- new_lock: the liveness session has just taken the worker's lock (roastq_worker_lock).
+INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, queues, lock_since)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(threads)s, %(queues)s,
+        CASE WHEN %(new_lock)s THEN now() END)
 ON CONFLICT (worker_id) DO UPDATE SET last_seen_at = now(), threads = EXCLUDED.threads,
-    queues = EXCLUDED.queues;
+    queues = EXCLUDED.queues,
+    lock_since = CASE WHEN %(new_lock)s THEN now() ELSE worker_heartbeats.lock_since END;
+
+-- name: take_worker_lock
+SELECT pg_try_advisory_lock(roastq_worker_lock(%(worker_id)s)) AS taken;
 
 -- name: worker_gone
 DELETE FROM worker_heartbeats WHERE worker_id = %(worker_id)s;
@@ -333,7 +347,9 @@ SELECT message::text FROM dramatiq.queue WHERE message_id = ANY(%(ids)s::uuid[])
 
 -- name: broker_consume_many
 -- dramatiq-pg's CONSUME_ONE for many messages: take each message that is waiting and whose
--- advisory lock is free (a live worker holds the lock of every message it runs). Returns the
+-- advisory lock is free (a live worker holds the lock of every message it runs). A 'consumed'
+-- one is taken again only when the worker that took it is gone: its lock may be free because
+-- Postgres ended that session (terminated, restarted) while the worker runs it on. Returns the
 -- messages locked, and whether each was taken; a lock won on a message finished in between
 -- must be released by the caller. Only messages still in the consumer's queue: a retry moves a
 -- message to its delay queue under the same id, where its lock is another key.
@@ -341,11 +357,14 @@ WITH candidates AS MATERIALIZED (
     SELECT q.message_id, t.lock
     FROM dramatiq.queue q JOIN unnest(%(ids)s::uuid[], %(locks)s::bigint[]) AS t(id, lock)
       ON q.message_id = t.id
-    WHERE q.state IN ('queued', 'consumed') AND q.queue_name = %(queue)s
+    WHERE q.queue_name = %(queue)s
+      AND (q.state = 'queued'
+           OR (q.state = 'consumed' AND NOT roastq_worker_alive(q.consumer_id, %(stale_after_s)s)))
 ), locked AS MATERIALIZED (
     SELECT message_id, lock FROM candidates WHERE pg_try_advisory_lock(lock)
 ), taken AS (
-    UPDATE dramatiq.queue q SET state = 'consumed', mtime = (NOW() AT TIME ZONE 'UTC')
+    UPDATE dramatiq.queue q SET state = 'consumed', mtime = (NOW() AT TIME ZONE 'UTC'),
+        consumer_id = %(consumer_id)s
     FROM locked WHERE q.message_id = locked.message_id AND q.state IN ('queued', 'consumed')
       AND q.queue_name = %(queue)s
     RETURNING q.message_id
