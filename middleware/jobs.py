@@ -22,6 +22,7 @@ import random
 import time
 import uuid
 
+import psycopg2
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 
 from roastq import db
@@ -53,6 +54,20 @@ def job_id_of(message) -> str | None:
         return None
 
 
+def _with_retries(write, tries: int = 5) -> None:
+    """Write an attempt's outcome, again after a lost connection (a terminated session, a
+    restart): left unwritten, the job would read RUNNING on a live worker, and its next delivery
+    would back off from an attempt that has ended."""
+    for n in range(tries):
+        try:
+            return write()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            if n == tries - 1:
+                raise
+            logger.warning("could not record the attempt's outcome (%s): again in %.1f s", exc, 0.2 * 2 ** n)
+            time.sleep(0.2 * 2 ** n)
+
+
 class AttemptAlive(Snooze, MiddlewareError):
     """This delivery found an attempt of its job running on a live worker: it waits (a Snooze,
     re-enqueued by Retries). A ``MiddlewareError``, so that dramatiq lets it stop the message."""
@@ -64,6 +79,12 @@ class JobState(Middleware):
     Actor options:
       roastq_job(bool): the actor runs a job; its only argument is the job id.
     """
+
+    def __init__(self):
+        #: jobs whose attempt runs in this process now: a delivery of one of them must back off,
+        #: and one of a job this worker's row names but that no longer runs here may take over
+        #: (its attempt ended, though writing the job row failed).
+        self._running: set[str] = set()
 
     @property
     def actor_options(self):
@@ -92,6 +113,7 @@ class JobState(Middleware):
         if row["crashes"] >= get_settings().job_crash_limit:
             self._lost(message, ctx, row["crashes"])
         message.roastq_job = ctx
+        self._running.add(job_id)
         message.options["time_limit"] = int(row["time_limit_s"] * 1000)
         current_job.set(ctx)
         logger.info("job started: attempt %d, time limit %d s", ctx.attempt, row["time_limit_s"])
@@ -100,7 +122,7 @@ class JobState(Middleware):
         stale = worker_stale_after_s()
         with db.transaction() as cur:
             cur.execute(Q.start_job, {"job_id": job_id, "message_id": message.message_id, "worker_id": worker_id(),
-                                      "stale_after_s": stale})
+                                      "stale_after_s": stale, "not_running_here": job_id not in self._running})
             row = cur.fetchone()
             if row is None:
                 cur.execute(Q.job_by_id, {"job_id": job_id})
@@ -178,19 +200,7 @@ class JobState(Middleware):
                 logger.info("job completed")
                 return
             decision = decision_for(message, exception)
-            with db.transaction() as cur:
-                if decision.action == "retry":
-                    cur.execute(Q.job_wait_retry, {"job_id": ctx.job_id, "delay_s": decision.delay_s,
-                                                   "error_class": str(decision.error_class), "error": decision.error})
-                elif decision.action == "cancel":
-                    cur.execute(Q.job_cancelled, {"job_id": ctx.job_id, "reason": decision.error})
-                else:
-                    cur.execute(Q.job_fail, {"job_id": ctx.job_id, "error_class": str(decision.error_class),
-                                             "error": decision.error})
-                outcome = {"retry": "retry", "cancel": "cancelled"}.get(decision.action, "failed")
-                if decision.error_class is ErrorClass.SNOOZED:
-                    outcome = "snoozed"
-                self._end_attempt(ctx, outcome, decision, cur=cur)
+            _with_retries(lambda: self._record_outcome(ctx, decision))
             if decision.action == "retry":
                 logger.warning("job attempt failed (%s): retry in %.1f s (%s)", decision.error_class,
                                decision.delay_s, decision.delay_reason)
@@ -199,7 +209,23 @@ class JobState(Middleware):
             else:
                 logger.error("job failed (%s): %s", decision.error_class, decision.error)
         finally:
+            self._running.discard(ctx.job_id)
             current_job.set(None)
+
+    def _record_outcome(self, ctx, decision) -> None:
+        with db.transaction() as cur:
+            if decision.action == "retry":
+                cur.execute(Q.job_wait_retry, {"job_id": ctx.job_id, "delay_s": decision.delay_s,
+                                               "error_class": str(decision.error_class), "error": decision.error})
+            elif decision.action == "cancel":
+                cur.execute(Q.job_cancelled, {"job_id": ctx.job_id, "reason": decision.error})
+            else:
+                cur.execute(Q.job_fail, {"job_id": ctx.job_id, "error_class": str(decision.error_class),
+                                         "error": decision.error})
+            outcome = {"retry": "retry", "cancel": "cancelled"}.get(decision.action, "failed")
+            if decision.error_class is ErrorClass.SNOOZED:
+                outcome = "snoozed"
+            self._end_attempt(ctx, outcome, decision, cur=cur)
 
     def _end_attempt(self, ctx, outcome, decision=None, cur=None, error_class=None, error=None):
         params = {

@@ -270,3 +270,21 @@ def test_a_cancel_request_leaves_a_live_attempt_to_stop_itself(db, database_url,
             assert wait_for_status(db, [job_id], timeout=20)[job_id] == "CANCELLED"
     finally:
         other.dies()
+
+
+def test_a_worker_is_alive_while_its_liveness_session_lives(db, database_url):
+    """roastq_worker_alive: the liveness lock decides for a worker that declares one (a kill -9
+    frees it at once; late beats do not make a live worker dead); the heartbeat for one that
+    does not (an older release), or whose lock predates the server's start."""
+    alive = lambda w: one(db, "SELECT roastq_worker_alive(%s, 3)", w)  # noqa: E731
+    session = psycopg2.connect(database_url)
+    with session.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(roastq_worker_lock('w:1'))")
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, lock_since, last_seen_at) "
+                    "VALUES ('w:1', 'w', 1, 1, now(), now() - interval '1 minute'), "
+                    "('old:2', 'old', 2, 1, NULL, now()), ('old:3', 'old', 3, 1, NULL, now() - interval '1 minute')")
+    assert alive("w:1")  # its beats are late, but its session holds the lock
+    session.close()
+    wait_until(lambda: not alive("w:1"), timeout=5, what="the lock to be freed")
+    assert (alive("old:2"), alive("old:3"), alive("nobody:4"), alive(None)) == (True, False, False, False)

@@ -12,7 +12,9 @@ What differs from stock dramatiq-pg 0.12 (DESIGN.md lists the defects):
   it runs (``roastq_worker_alive``, migration 0009);
 * a delivery's lock is freed only after the transaction that ends it (ack, nack, requeue) has
   committed; stock queues the release first, and a rescan in between runs the message twice;
-* enqueue can run on the caller's cursor, so a job row and its message commit together.
+* enqueue can run on the caller's cursor, so a job row and its message commit together;
+* results of ``store_results=True`` actors work (roastq/brokers/results.py; stock builds them
+  on a pool of its own and returns a failure as a dict).
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ import dramatiq
 from dramatiq.common import compute_backoff, dq_name
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
+from dramatiq.results import Results
 from dramatiq_pg import PostgresBroker
 from dramatiq_pg.broker import QUERIES, PostgresConsumer, message_lock
 from dramatiq_pg.utils import raise_connection_error, tidy4json, transaction
 from psycopg2.extras import Json
 
 from roastq import db
+from roastq.brokers.results import PostgresResults
 from roastq.jobctx import worker_id, worker_stale_after_s
 from roastq.settings import get_settings
 
@@ -217,6 +221,9 @@ class RoastqBroker(PostgresBroker):
         super().__init__(pool=_LazyPool(), results=False, middleware=middleware)
         self.recovery_interval_s = get_settings().recovery_interval_s
         self.add_middleware(SizePool())
+        # Results of store_results=True actors, in Postgres (roastq/brokers/results.py).
+        self.backend = PostgresResults(self.pool)
+        self.add_middleware(Results(backend=self.backend))
 
     def consume(self, queue_name, prefetch=1, timeout=30000):
         return RoastqConsumer(

@@ -207,13 +207,16 @@ def enforce_retention(batch: int = 5000) -> dict:
     from roastq.brokers.outbox import purge_sent
 
     relayed = purge_sent(s.retention_days * DAY_S, batch=batch)  # RabbitMQ's outbox (roastq/brokers/outbox.py)
+    from roastq.brokers.results import clear_expired
+
+    expired_results = clear_expired(batch)  # store_results=True actors (roastq/brokers/results.py)
     with db.transaction() as cur:
         cur.execute(OPS.delete_old_ticks, {"days": 30})
         ticks = cur.rowcount
         cur.execute(OPS.delete_dead_heartbeats, {"days": 1})
         heartbeats = cur.rowcount
     return {"done_messages": done, "dead_letters": dead, "relayed_outbox_rows": relayed, "ticks": ticks,
-            "dead_heartbeats": heartbeats}
+            "dead_heartbeats": heartbeats, "expired_results": expired_results}
 
 
 def roll_up_costs(days: int = 2) -> dict:

@@ -41,8 +41,9 @@ WHERE j.id = %(job_id)s;
 
 -- name: start_job
 -- A delivery of the job's message begins an attempt, in one statement: the job becomes RUNNING
--- (RUNNING is accepted only when the attempt before is dead: its worker is gone, see
--- roastq_worker_alive; never beside a live attempt), an attempt left open by a dead worker is
+-- (RUNNING is accepted only when the attempt before is over: its worker is gone, see
+-- roastq_worker_alive, or it is this worker, where it no longer runs; never beside a live
+-- attempt), an attempt left open by a dead worker is
 -- closed as crashed, and the new attempt row is opened. `crashes` counts the attempts that died
 -- with their worker, this delivery's predecessor included.
 WITH started AS (
@@ -52,6 +53,7 @@ WITH started AS (
     FROM agent_versions av, evaluations e
     WHERE j.id = %(job_id)s AND j.cancel_requested_at IS NULL
       AND (j.status = 'PENDING'
+           OR (j.status = 'RUNNING' AND j.worker_id = %(worker_id)s AND %(not_running_here)s)
            OR (j.status = 'RUNNING' AND NOT roastq_worker_alive(j.worker_id, %(stale_after_s)s)))
       AND av.id = j.agent_version_id AND e.id = j.evaluation_id
     RETURNING j.id, j.attempts, j.evaluation_id, e.agent_id, av.time_limit_s, av.retry_on_timeout

@@ -15,15 +15,19 @@ LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT hashtextextended('roastq.worker:' || worker_id, 0)
 $$;
 
--- Is this worker alive? Its heartbeat is fresh, and its liveness lock is held (a kill -9 ends
--- the session and frees the lock at once, long before the heartbeat goes stale). A lock taken
--- before the server last started proves nothing (a restart frees every lock while the workers
--- live on and reconnect): then the heartbeat alone decides. A NULL worker is not alive.
+-- Is this worker alive? Its liveness lock is held: a kill -9 ends its session and frees the
+-- lock at once, long before its heartbeat goes stale, and a worker whose beats are late (an
+-- overloaded database) but whose session lives is not taken for dead. A lock taken before the
+-- server last started proves nothing (a restart frees every lock while the workers live on and
+-- reconnect), nor does a worker that takes none (an older release): for those the heartbeat
+-- decides (fresh within stale_after_s). No row (a graceful stop deletes it), or NULL: not alive.
 -- The probe is a transaction-level lock: held, at most, until the caller's transaction ends.
 CREATE OR REPLACE FUNCTION roastq_worker_alive(worker text, stale_after_s double precision) RETURNS boolean
 LANGUAGE sql VOLATILE AS $$
-    SELECT coalesce(bool_or(h.lock_since IS NULL OR h.lock_since < pg_postmaster_start_time()
-                            OR NOT pg_try_advisory_xact_lock(roastq_worker_lock(worker))), false)
+    SELECT coalesce(bool_or(
+        CASE WHEN h.lock_since IS NULL OR h.lock_since < pg_postmaster_start_time()
+             THEN h.last_seen_at > now() - make_interval(secs => stale_after_s)
+             ELSE NOT pg_try_advisory_xact_lock(roastq_worker_lock(worker)) END), false)
     FROM worker_heartbeats h
-    WHERE h.worker_id = worker AND h.last_seen_at > now() - make_interval(secs => stale_after_s)
+    WHERE h.worker_id = worker
 $$;
