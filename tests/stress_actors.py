@@ -9,7 +9,7 @@ record survives what the test does to the database and to the workers.
 matters here) instead of ours: the same scenario shows what the stock broker does.
 
 Actors (queue ``stress``):
-* ``stress_plain(n)``: a plain actor (no job): a few milliseconds of work;
+* ``stress_plain(n)``: a plain actor (no job): up to ``STRESS_PLAIN_WORK_S`` of work (20 ms);
 * ``stress_job(job_id)``: a job actor; what it does comes from ``stress_plan`` (kind, fails):
   ``ok`` saves a result (pipeline.save: evaluation version, job COMPLETED, message done);
   ``transient`` fails with a retried error ``fails`` times first; ``permanent`` fails with
@@ -35,6 +35,7 @@ from roastq.jobctx import current_job, start_error
 from roastq.ops import scheduler
 
 QUEUE = "stress"
+PLAIN_WORK_S = float(os.environ.get("STRESS_PLAIN_WORK_S", "0.02"))  # a plain message's work, at most
 
 
 def _stock_broker():
@@ -90,7 +91,7 @@ def _message_key() -> str:
 @dramatiq.actor(queue_name=QUEUE, priority=50)
 def stress_plain(n):
     with _Execution(_message_key()):
-        time.sleep(random.uniform(0.002, 0.02))
+        time.sleep(random.uniform(0, PLAIN_WORK_S))
 
 
 @dramatiq.actor(queue_name=QUEUE, priority=10, roastq_job=True)
