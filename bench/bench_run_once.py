@@ -24,8 +24,7 @@ from _common import ROOT, connect, fresh_database, machine, seed_minimal  # noqa
 
 import stress  # noqa: E402
 
-TABLES = ("job_attempts, evaluation_versions, tasks, jobs, dramatiq.queue, worker_heartbeats, "
-          "schedule_ticks, stress_plan")
+TABLES = "job_attempts, evaluation_versions, tasks, jobs, dramatiq.queue, worker_heartbeats, schedule_ticks"
 
 
 def checkout(ref: str, into: str) -> Path:
@@ -47,8 +46,7 @@ def main() -> None:
     conn = connect()
     seed_minimal(conn, n_documents=4)
     with conn.cursor() as cur:
-        cur.execute("CREATE TABLE IF NOT EXISTS stress_plan (job_id uuid PRIMARY KEY, kind text NOT NULL, "
-                    "fails integer NOT NULL DEFAULT 0)")
+        cur.execute("DROP TABLE IF EXISTS stress_plan")  # stress.run creates it
     base = stress.Scenario()
     k = args.scale
     scenario = stress.Scenario(

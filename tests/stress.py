@@ -49,6 +49,7 @@ class Scenario:
     permanent_jobs: int = 40
     cancel_jobs: int = 40
     ticks: int = 20
+    slow: float = 0.06  # this share of plain messages and of completing jobs works 1 to 3 s (an LLM call)
     pools: int = 2  # worker pools of one process each: killing one leaves the other running
     threads: int = 8
     chunks: int = 6  # sent in this many chunks, one a second, while the workers run
@@ -99,7 +100,7 @@ def _plan(conn, run: Run) -> list[list]:
     s = run.scenario
     with conn.cursor() as cur:
         cur.execute("CREATE TABLE IF NOT EXISTS stress_plan (job_id uuid PRIMARY KEY, kind text NOT NULL, "
-                    "fails integer NOT NULL DEFAULT 0)")
+                    "fails integer NOT NULL DEFAULT 0, work_s float8)")
         cur.execute("TRUNCATE stress_plan")
         cur.execute("""
             INSERT INTO evaluations (document_id, agent_id)
@@ -119,7 +120,9 @@ def _plan(conn, run: Run) -> list[list]:
     for kind in kinds:
         job_id, message_id = str(uuid.uuid4()), str(uuid.uuid4())
         ev, dv, av = random.choice(targets)
-        jobs.append((job_id, ev, dv, av, message_id, kind, random.randint(1, 2) if kind == "transient" else 0))
+        work_s = random.uniform(1, 3) if kind == "ok" and random.random() < s.slow else None
+        jobs.append((job_id, ev, dv, av, message_id, kind, random.randint(1, 2) if kind == "transient" else 0,
+                     work_s))
         run.jobs[job_id] = kind
         messages.append(_message("stress_job", (job_id,), message_id=message_id))
     with conn.cursor() as cur:
@@ -128,15 +131,16 @@ def _plan(conn, run: Run) -> list[list]:
             SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::uuid[], %s::text[], %s::uuid[])""",
                     ([j[0] for j in jobs], [str(j[1]) for j in jobs], [str(j[2]) for j in jobs],
                      [str(j[3]) for j in jobs], ["stress"] * len(jobs), [j[4] for j in jobs]))
-        cur.execute("INSERT INTO stress_plan SELECT * FROM unnest(%s::uuid[], %s::text[], %s::int[])",
-                    ([j[0] for j in jobs], [j[5] for j in jobs], [j[6] for j in jobs]))
+        cur.execute("INSERT INTO stress_plan SELECT * FROM unnest(%s::uuid[], %s::text[], %s::int[], %s::float8[])",
+                    ([j[0] for j in jobs], [j[5] for j in jobs], [j[6] for j in jobs], [j[7] for j in jobs]))
     now_ms = int(time.time() * 1000)
     for i in range(s.plain):
+        args = (i, random.uniform(1, 3)) if random.random() < s.slow else (i,)
         if i < s.delayed:
-            m = _message("stress_plain", (i,), queue="stress.DQ",
+            m = _message("stress_plain", args, queue="stress.DQ",
                          options={"eta": now_ms + random.randint(1000, 8000)})
         else:
-            m = _message("stress_plain", (i,))
+            m = _message("stress_plain", args)
         run.plain_ids.append(m.message_id)
         messages.append(m)
     base = datetime(2020, 1, 1, tzinfo=timezone.utc)
@@ -186,13 +190,19 @@ def _kill_a_worker(conn, run: Run, pool: subprocess.Popen) -> int | None:
 
 
 def _terminate_backends(conn, n: int) -> int:
-    """End ``n`` random sessions of the workers (pool, consumer, listener and heartbeat ones)."""
+    """End sessions of the workers: ``n`` at random (pool, consumer, listener and heartbeat ones),
+    and one of those that hold advisory locks (a consumer holding running messages, or a
+    worker's liveness session): the messages it holds then look orphaned."""
     with conn.cursor() as cur:
         cur.execute("""
             SELECT count(pg_terminate_backend(pid)) FROM (
-                SELECT pid FROM pg_stat_activity
-                WHERE datname = current_database() AND application_name LIKE 'roastq%%'
-                  AND pid <> pg_backend_pid() ORDER BY random() LIMIT %s) t""", (n,))
+                (SELECT pid FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name LIKE 'roastq%%'
+                   AND pid <> pg_backend_pid() ORDER BY random() LIMIT %s)
+                UNION
+                (SELECT DISTINCT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND a.datname = current_database()
+                   AND a.application_name LIKE 'roastq%%' ORDER BY 1 LIMIT 1)) t""", (n,))
         return cur.fetchone()[0]
 
 

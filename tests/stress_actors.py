@@ -9,8 +9,10 @@ record survives what the test does to the database and to the workers.
 matters here) instead of ours: the same scenario shows what the stock broker does.
 
 Actors (queue ``stress``):
-* ``stress_plain(n)``: a plain actor (no job): up to ``STRESS_PLAIN_WORK_S`` of work (20 ms);
-* ``stress_job(job_id)``: a job actor; what it does comes from ``stress_plan`` (kind, fails):
+* ``stress_plain(n, work_s)``: a plain actor (no job): ``work_s`` of work, or up to
+  ``STRESS_PLAIN_WORK_S`` (20 ms);
+* ``stress_job(job_id)``: a job actor; what it does comes from ``stress_plan`` (kind, fails,
+  work_s: how long its "LLM call" takes, else 10 to 50 ms):
   ``ok`` saves a result (pipeline.save: evaluation version, job COMPLETED, message done);
   ``transient`` fails with a retried error ``fails`` times first; ``permanent`` fails with
   InputError; ``cancel`` waits for its cancel request, then stops as a cancelled job does;
@@ -89,9 +91,9 @@ def _message_key() -> str:
 
 
 @dramatiq.actor(queue_name=QUEUE, priority=50)
-def stress_plain(n):
+def stress_plain(n, work_s=None):
     with _Execution(_message_key()):
-        time.sleep(random.uniform(0, PLAIN_WORK_S))
+        time.sleep(random.uniform(0, PLAIN_WORK_S) if work_s is None else work_s)
 
 
 @dramatiq.actor(queue_name=QUEUE, priority=10, roastq_job=True)
@@ -101,10 +103,10 @@ def stress_job(job_id):
         raise start_error.get() or RuntimeError("the job middleware did not start this job")
     with _Execution(_message_key(), "j:" + job_id):
         with db.transaction() as cur:
-            cur.execute("SELECT kind, fails, (SELECT count(*) FROM job_attempts WHERE job_id = %(id)s "
+            cur.execute("SELECT kind, fails, work_s, (SELECT count(*) FROM job_attempts WHERE job_id = %(id)s "
                         "AND outcome = 'retry') AS retried FROM stress_plan WHERE job_id = %(id)s", {"id": job_id})
             plan = cur.fetchone()
-        time.sleep(random.uniform(0.01, 0.05))  # an LLM call's wait
+        time.sleep(plan["work_s"] or random.uniform(0.01, 0.05))  # an LLM call's wait
         if plan["kind"] == "transient" and plan["retried"] < plan["fails"]:
             raise psycopg2.OperationalError("stress: a transient failure (retried)")
         if plan["kind"] == "permanent":
