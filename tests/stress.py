@@ -4,9 +4,11 @@ bench/bench_run_once.py.
 Real worker pools (``dramatiq stress_actors``, tests/stress_actors.py) run a mix of plain
 messages, delayed messages, job messages (completing, failing transiently then completing,
 failing permanently, cancelled) and periodic ticks (each sent twice, as two schedulers would),
-sent in chunks while they run. Meanwhile one worker process is SIGKILLed (the OOM killer) and
-its pool restarted, as a supervisor does, and Postgres backends of the workers (pool, consumer
-and heartbeat sessions) are terminated. Every execution is recorded with its start and end.
+sent in chunks while they run; a few of them work for seconds, as LLM calls do. Meanwhile one
+worker process is SIGKILLed (the OOM killer) and its pool restarted, as a supervisor does, and
+Postgres backends of the workers (pool, consumer, listener and heartbeat sessions, and, as the
+killed pool comes back, the session holding the survivor's running messages) are terminated.
+Every execution is recorded with its start and end.
 
 ``check`` then lists every violation of: each message ran to its end at least once; no two
 executions of one message overlap in time; no two executions (attempts) of one job overlap; each
@@ -49,7 +51,7 @@ class Scenario:
     permanent_jobs: int = 40
     cancel_jobs: int = 40
     ticks: int = 20
-    slow: float = 0.06  # this share of plain messages and of completing jobs works 1 to 3 s (an LLM call)
+    slow: float = 0.03  # this share of plain messages and of completing jobs works 2 to 6 s (an LLM call)
     pools: int = 2  # worker pools of one process each: killing one leaves the other running
     threads: int = 8
     chunks: int = 6  # sent in this many chunks, one a second, while the workers run
@@ -120,7 +122,7 @@ def _plan(conn, run: Run) -> list[list]:
     for kind in kinds:
         job_id, message_id = str(uuid.uuid4()), str(uuid.uuid4())
         ev, dv, av = random.choice(targets)
-        work_s = random.uniform(1, 3) if kind == "ok" and random.random() < s.slow else None
+        work_s = random.uniform(2, 6) if kind == "ok" and random.random() < s.slow else None
         jobs.append((job_id, ev, dv, av, message_id, kind, random.randint(1, 2) if kind == "transient" else 0,
                      work_s))
         run.jobs[job_id] = kind
@@ -135,7 +137,7 @@ def _plan(conn, run: Run) -> list[list]:
                     ([j[0] for j in jobs], [j[5] for j in jobs], [j[6] for j in jobs], [j[7] for j in jobs]))
     now_ms = int(time.time() * 1000)
     for i in range(s.plain):
-        args = (i, random.uniform(1, 3)) if random.random() < s.slow else (i,)
+        args = (i, random.uniform(2, 6)) if random.random() < s.slow else (i,)
         if i < s.delayed:
             m = _message("stress_plain", args, queue="stress.DQ",
                          options={"eta": now_ms + random.randint(1000, 8000)})
@@ -191,8 +193,8 @@ def _kill_a_worker(conn, run: Run, pool: subprocess.Popen) -> int | None:
 
 def _terminate_backends(conn, n: int) -> int:
     """End sessions of the workers: ``n`` at random (pool, consumer, listener and heartbeat ones),
-    and one of those that hold advisory locks (a consumer holding running messages, or a
-    worker's liveness session): the messages it holds then look orphaned."""
+    and the one that holds the most advisory locks (a consumer holding running messages): the
+    messages it holds then look orphaned while they run."""
     with conn.cursor() as cur:
         cur.execute("""
             SELECT count(pg_terminate_backend(pid)) FROM (
@@ -200,9 +202,10 @@ def _terminate_backends(conn, n: int) -> int:
                  WHERE datname = current_database() AND application_name LIKE 'roastq%%'
                    AND pid <> pg_backend_pid() ORDER BY random() LIMIT %s)
                 UNION
-                (SELECT DISTINCT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                (SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                  WHERE l.locktype = 'advisory' AND a.datname = current_database()
-                   AND a.application_name LIKE 'roastq%%' ORDER BY 1 LIMIT 1)) t""", (n,))
+                   AND a.application_name LIKE 'roastq%%' GROUP BY l.pid ORDER BY count(*) DESC LIMIT 1)) t""",
+                    (n,))
         return cur.fetchone()[0]
 
 
@@ -263,6 +266,9 @@ def run(database_url: str, scenario: Scenario, *, broker: str = "ours", log_dir:
             if restart_at and pools[0].poll() is not None:  # the supervisor's part: start it again
                 pools[0] = _start_pool(r, 0, env)
                 restart_at = None
+                # While the new pool boots (its consumers scan their queues first thing), Postgres
+                # ends the session that holds the survivor's running messages.
+                r.terminated += _terminate_backends(conn, 0)
             if cancels and since >= 1.5:
                 with conn.cursor() as cur:
                     for job_id in cancels:
