@@ -168,6 +168,8 @@ class Metrics(Middleware):
         m.IN_PROGRESS.labels(*labels).inc()
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
+        if getattr(message, "roastq_backed_off", False):  # JobState: an attempt runs elsewhere
+            m.BACKED_OFF.labels(*_labels(message)).inc()
         started = getattr(message, "_roastq_started", None)
         if started is None:
             return

@@ -86,6 +86,10 @@ def setup_metrics() -> dict:
                               "Job attempts that waited without failing (paused, budget, rate limiter), by reason.",
                               ["queue", "actor", "reason"])
             CANCELLED = Counter("roastq_messages_cancelled_total", "Jobs cancelled while they ran.", ["queue", "actor"])
+            BACKED_OFF = Counter("roastq_job_deliveries_backed_off_total",
+                                 "Deliveries of a job's message that found an attempt of the job running on a live "
+                                 "worker: they left it alone and snoozed (no second attempt beside it).",
+                                 ["queue", "actor"])
             DURATION = Histogram("roastq_job_duration_seconds",
                                  "Time one job attempt took, by outcome (succeeded, failed, retried, snoozed, cancelled).",
                                  ["queue", "actor", "outcome"], buckets=JOB_BUCKETS)

@@ -73,12 +73,22 @@ def set_message(cur, job_id, message_id) -> None:
 # -- an attempt ----------------------------------------------------------------------------------
 
 
-def start(cur, job_id, *, message_id, worker_id) -> dict | None:
-    """PENDING (or RUNNING after a dead worker) -> RUNNING, with a new attempt row. Returns the
-    row (attempts, evaluation_id, agent_id, time_limit_s, retry_on_timeout, crashes), or None
-    when the job cannot start (finished, cancelled, unknown)."""
-    cur.execute(J.start, {"job_id": job_id, "message_id": message_id, "worker_id": worker_id})
+def start(cur, job_id, *, message_id, worker_id, stale_after_s: float, running_here: bool) -> dict | None:
+    """PENDING -> RUNNING, with a new attempt row; a RUNNING job only when its attempt is over
+    (its worker is gone, or it is this worker and the job no longer runs here: ``running_here``
+    False), never beside a live attempt. Returns the row (attempts, evaluation_id, agent_id,
+    time_limit_s, retry_on_timeout, crashes), or None when the job cannot start (finished,
+    cancelled, unknown, or running on a live worker: see ``attempt_alive``)."""
+    cur.execute(J.start, {"job_id": job_id, "message_id": message_id, "worker_id": worker_id,
+                          "stale_after_s": stale_after_s, "not_running_here": not running_here})
     return cur.fetchone()
+
+
+def attempt_alive(cur, job_id, *, stale_after_s: float) -> bool:
+    """The job is RUNNING on a worker that is alive (``roastq_worker_alive``)."""
+    cur.execute(J.attempt_alive, {"job_id": job_id, "stale_after_s": stale_after_s})
+    row = cur.fetchone()
+    return bool(row and row["alive"])
 
 
 def end_attempt(cur, job_id, attempt: int, outcome: str, *, decision: Decision | None = None,

@@ -259,7 +259,7 @@ def test_retention_deletes_old_finished_messages_and_keeps_jobs(db, seeded):
                     "('gone:1', 'gone', 1, 1, now() - interval '2 days')")
     result = maintenance.enforce_retention(batch=1)  # one row a batch: the loop is exercised
     assert result == {"done_messages": 1, "dead_letters": 1, "relayed_outbox_rows": 0, "ticks": 0,
-                      "dead_heartbeats": 1}
+                      "dead_heartbeats": 1, "expired_results": 0}
     left = {str(r[0]): r[1] for r in rows(db, "SELECT j.id, q.state::text FROM jobs j LEFT JOIN dramatiq.queue q "
                                               "ON q.message_id = j.message_id")}
     assert [left[j] for j in jobs] == [None, "done", None, "rejected", "queued"]  # every jobs row kept

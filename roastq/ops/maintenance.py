@@ -28,6 +28,7 @@ from typing import Callable
 
 from roastq import db, events, jobs
 from roastq.brokers import send_job
+from roastq.jobctx import worker_stale_after_s
 from roastq.queues import JOB_ACTORS, JOB_QUEUES
 from roastq.settings import get_settings
 from roastq.sql import load_queries
@@ -40,8 +41,8 @@ DAY_S = 86400.0
 
 
 def stale_after_s() -> float:
-    """A worker is gone after three missed heartbeats (middleware/heartbeat.py)."""
-    return 3 * get_settings().heartbeat_interval_s
+    """A worker is gone after three missed heartbeats (``jobctx.worker_stale_after_s``)."""
+    return worker_stale_after_s()
 
 
 # -- sending -------------------------------------------------------------------------------------
@@ -194,13 +195,16 @@ def enforce_retention(batch: int = 5000) -> dict:
     from roastq.brokers.outbox import purge_sent
 
     relayed = purge_sent(s.retention_days * DAY_S, batch=batch)  # RabbitMQ's outbox (roastq/brokers/outbox.py)
+    from roastq.brokers.results import clear_expired
+
+    expired_results = clear_expired(batch)  # store_results=True actors (roastq/brokers/results.py)
     with db.transaction() as cur:
         cur.execute(OPS.delete_old_ticks, {"days": 30})
         ticks = cur.rowcount
         cur.execute(OPS.delete_dead_heartbeats, {"days": 1})
         heartbeats = cur.rowcount
     return {"done_messages": done, "dead_letters": dead, "relayed_outbox_rows": relayed, "ticks": ticks,
-            "dead_heartbeats": heartbeats}
+            "dead_heartbeats": heartbeats, "expired_results": expired_results}
 
 
 def roll_up_costs(days: int = 2) -> dict:

@@ -15,15 +15,20 @@ SELECT * FROM unnest(%(ids)s::uuid[], %(evaluation_ids)s::uuid[], %(document_ver
 
 -- name: start
 -- A delivery of the job's message begins an attempt, in one statement: the job becomes RUNNING
--- (RUNNING is accepted too: the attempt before died with its worker), an attempt left open by a
--- dead worker is closed as crashed, and the new attempt row is opened. `crashes` counts the
--- attempts that died with their worker, this delivery's predecessor included.
+-- (RUNNING is accepted only when the attempt before is over: its worker is gone, see
+-- roastq_worker_alive, or it is this worker, where it no longer runs; never beside a live
+-- attempt), an attempt left open by a dead worker is
+-- closed as crashed, and the new attempt row is opened. `crashes` counts the attempts that died
+-- with their worker, this delivery's predecessor included.
 WITH started AS (
     UPDATE jobs j
     SET status = 'RUNNING', attempts = attempts + 1, started_at = now(), updated_at = now(),
         next_attempt_at = NULL, message_id = %(message_id)s, worker_id = %(worker_id)s
     FROM agent_versions av, evaluations e
-    WHERE j.id = %(job_id)s AND j.status IN ('PENDING', 'RUNNING') AND j.cancel_requested_at IS NULL
+    WHERE j.id = %(job_id)s AND j.cancel_requested_at IS NULL
+      AND (j.status = 'PENDING'
+           OR (j.status = 'RUNNING' AND j.worker_id = %(worker_id)s AND %(not_running_here)s)
+           OR (j.status = 'RUNNING' AND NOT roastq_worker_alive(j.worker_id, %(stale_after_s)s)))
       AND av.id = j.agent_version_id AND e.id = j.evaluation_id
     RETURNING j.id, j.attempts, j.evaluation_id, e.agent_id, av.time_limit_s, av.retry_on_timeout
 ), crashed AS (
@@ -38,6 +43,11 @@ SELECT s.*,
        (SELECT count(*) FROM job_attempts WHERE job_id = s.id AND outcome = 'crashed')
        + (SELECT count(*) FROM crashed) AS crashes
 FROM started s;
+
+-- name: attempt_alive
+-- A RUNNING job whose attempt runs on a live worker (roastq_worker_alive).
+SELECT j.status = 'RUNNING' AND roastq_worker_alive(j.worker_id, %(stale_after_s)s) AS alive
+FROM jobs j WHERE j.id = %(job_id)s;
 
 -- name: finish_attempt
 -- With a job's result: close its attempt as completed and mark its message done.
@@ -92,7 +102,7 @@ RETURNING id, status;
 SELECT cancel_requested_at IS NOT NULL AS cancelled FROM jobs WHERE id = %(job_id)s;
 
 -- name: lock
-SELECT id, status, evaluation_id, created_at, cancel_requested_at FROM jobs WHERE id = %(job_id)s FOR UPDATE;
+SELECT id, status, evaluation_id, created_at, cancel_requested_at, worker_id FROM jobs WHERE id = %(job_id)s FOR UPDATE;
 
 -- name: complete
 UPDATE jobs

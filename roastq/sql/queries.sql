@@ -153,10 +153,16 @@ HAVING NOT EXISTS (
       AND av.provides_grades = %(provides_grades)s AND av.time_limit_s = %(time_limit_s)s);
 
 -- name: heartbeat
-INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, queues)
-VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(threads)s, %(queues)s)
+-- new_lock: the liveness session has just taken the worker's lock (roastq_worker_lock).
+INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, queues, lock_since)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(threads)s, %(queues)s,
+        CASE WHEN %(new_lock)s THEN now() END)
 ON CONFLICT (worker_id) DO UPDATE SET last_seen_at = now(), threads = EXCLUDED.threads,
-    queues = EXCLUDED.queues;
+    queues = EXCLUDED.queues,
+    lock_since = CASE WHEN %(new_lock)s THEN now() ELSE worker_heartbeats.lock_since END;
+
+-- name: take_worker_lock
+SELECT pg_try_advisory_lock(roastq_worker_lock(%(worker_id)s)) AS taken;
 
 -- name: worker_gone
 DELETE FROM worker_heartbeats WHERE worker_id = %(worker_id)s;
@@ -219,19 +225,26 @@ SELECT message::text FROM dramatiq.queue WHERE message_id = ANY(%(ids)s::uuid[])
 
 -- name: broker_consume_many
 -- dramatiq-pg's CONSUME_ONE for many messages: take each message that is waiting and whose
--- advisory lock is free (a live worker holds the lock of every message it runs). Returns the
+-- advisory lock is free (a live worker holds the lock of every message it runs). A 'consumed'
+-- one is taken again only when the worker that took it is gone: its lock may be free because
+-- Postgres ended that session (terminated, restarted) while the worker runs it on. Returns the
 -- messages locked, and whether each was taken; a lock won on a message finished in between
--- must be released by the caller.
+-- must be released by the caller. Only messages still in the consumer's queue: a retry moves a
+-- message to its delay queue under the same id, where its lock is another key.
 WITH candidates AS MATERIALIZED (
     SELECT q.message_id, t.lock
     FROM dramatiq.queue q JOIN unnest(%(ids)s::uuid[], %(locks)s::bigint[]) AS t(id, lock)
       ON q.message_id = t.id
-    WHERE q.state IN ('queued', 'consumed')
+    WHERE q.queue_name = %(queue)s
+      AND (q.state = 'queued'
+           OR (q.state = 'consumed' AND NOT roastq_worker_alive(q.consumer_id, %(stale_after_s)s)))
 ), locked AS MATERIALIZED (
     SELECT message_id, lock FROM candidates WHERE pg_try_advisory_lock(lock)
 ), taken AS (
-    UPDATE dramatiq.queue q SET state = 'consumed', mtime = (NOW() AT TIME ZONE 'UTC')
+    UPDATE dramatiq.queue q SET state = 'consumed', mtime = (NOW() AT TIME ZONE 'UTC'),
+        consumer_id = %(consumer_id)s
     FROM locked WHERE q.message_id = locked.message_id AND q.state IN ('queued', 'consumed')
+      AND q.queue_name = %(queue)s
     RETURNING q.message_id
 )
 SELECT l.message_id, l.lock, (t.message_id IS NOT NULL) AS consumed
