@@ -147,6 +147,12 @@ class Settings:
     job_crash_limit: int = 3  # the reaper fails a job whose worker died this many times under it
     pause_snooze_s: float = 30.0  # while paused, a job's message comes back after this (plus jitter)
     legacy_database_url: str | None = None  # the legacy RoastMyPost database; None: DATABASE_URL
+    # The console (`roastq console`, docs/console.md).
+    console_host: str = "127.0.0.1"
+    console_port: int = 9292
+    console_token: str | None = None  # required off the loopback address (or basic-auth credentials)
+    console_basic_auth: str | None = None  # "user:password"
+    console_read_only: bool = False  # hide and refuse the actions
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -204,6 +210,11 @@ class Settings:
             job_crash_limit=_int("JOB_CRASH_LIMIT", 3),
             pause_snooze_s=_float("PAUSE_SNOOZE_S", 30.0),
             legacy_database_url=_env("LEGACY_DATABASE_URL"),
+            console_host=_env("CONSOLE_HOST", "127.0.0.1"),
+            console_port=_int("CONSOLE_PORT", 9292),
+            console_token=_env("CONSOLE_TOKEN"),
+            console_basic_auth=_env("CONSOLE_BASIC_AUTH"),
+            console_read_only=_bool("CONSOLE_READ_ONLY", False),
         )
 
     @property

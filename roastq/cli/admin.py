@@ -157,7 +157,8 @@ def _filters(args) -> dict:
     return {"statuses": statuses, "error_class": error_class, "queue": getattr(args, "queue", None),
             "agent_id": agent_id, "document_id": document_id,
             "since": parse_since(args.since) if getattr(args, "since", None) else None,
-            "until": parse_since(args.until) if getattr(args, "until", None) else None}
+            "until": parse_since(args.until) if getattr(args, "until", None) else None,
+            "search": (getattr(args, "search", None) or "").strip() or None}
 
 
 def _resolve(query: str, ref: str, what: str) -> str:
@@ -172,8 +173,12 @@ def _resolve(query: str, ref: str, what: str) -> str:
 
 
 def find_jobs(filters: dict, limit: int) -> list[dict]:
+    """Jobs matching ``filters`` (those of ``_filters``, plus optional ``search``, a text in the
+    document's title, and ``after_created_at``/``after_id``, the last row of the page before)."""
+    params = dict(search=None, after_created_at=None, after_id=None)
+    params.update(filters, limit=limit)
     with db.transaction() as cur:
-        cur.execute(OPS.find_jobs, dict(filters, limit=limit))
+        cur.execute(OPS.find_jobs, params)
         return [dict(r) for r in cur.fetchall()]
 
 
@@ -286,6 +291,7 @@ def _job_filters(p, *, statuses: bool = True) -> None:
     p.add_argument("--document", help="document id or slug")
     p.add_argument("--since", help="created since: an age (30m, 2h, 7d) or an ISO date/time")
     p.add_argument("--until", help="created before: an age or an ISO date/time")
+    p.add_argument("--search", help="text in the document's title")
 
 
 def add_commands(sub) -> None:

@@ -273,7 +273,12 @@ WHERE (%(statuses)s::text[] IS NULL OR j.status = ANY(%(statuses)s::text[]))
   AND (%(document_id)s::uuid IS NULL OR e.document_id = %(document_id)s::uuid)
   AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz)
   AND (%(until)s::timestamptz IS NULL OR j.created_at < %(until)s::timestamptz)
-ORDER BY j.created_at DESC
+  -- Text search over the document's title; a page after another starts below its last row
+  -- (keyset on jobs_created_idx: as fast on page 1,000 as on page 1).
+  AND (%(search)s::text IS NULL OR strpos(lower(dv.title), lower(%(search)s::text)) > 0)
+  AND (%(after_created_at)s::timestamptz IS NULL
+       OR (j.created_at, j.id) < (%(after_created_at)s::timestamptz, %(after_id)s::uuid))
+ORDER BY j.created_at DESC, j.id DESC
 LIMIT %(limit)s;
 
 -- name: resolve_agent
