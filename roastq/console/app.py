@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
+from urllib.parse import urlencode
 from datetime import datetime, timedelta, timezone
 
 from flask import Flask, abort, flash, g, redirect, render_template, request, url_for
@@ -111,16 +112,18 @@ def create_app(settings=None) -> Flask:
             filters = _job_filters(request.args)
         except UsageError as exc:
             return render_template("jobs.html", jobs=[], error=str(exc), args=request.args, next_page=None,
-                                   agents=_agents()), 400
+                                   first_page=None, agents=_agents()), 400
         found = find_jobs(filters, PAGE_SIZE + 1)
-        next_page = None
+        args = [(k, v) for k, v in request.args.items(multi=True) if k != "after" and v]
+        next_page = first_page = None
         if len(found) > PAGE_SIZE:
             found = found[:PAGE_SIZE]
             last = found[-1]
-            args = {k: v for k, v in request.args.items(multi=True) if k != "after"}
-            next_page = url_for("jobs", **args, after=f"{last['created_at'].isoformat()}|{last['id']}")
+            next_page = "/jobs?" + urlencode(args + [("after", f"{last['created_at'].isoformat()}|{last['id']}")])
+        if request.args.get("after"):
+            first_page = "/jobs?" + urlencode(args)
         return render_template("jobs.html", jobs=found, error=None, args=request.args, next_page=next_page,
-                               agents=_agents())
+                               first_page=first_page, agents=_agents())
 
     @app.route("/jobs/<job_id>")
     def job(job_id):

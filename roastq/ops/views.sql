@@ -30,10 +30,11 @@ JOIN agent_versions av ON av.id = j.agent_version_id
 WHERE j.id = %(job_id)s;
 
 -- name: job_llm_calls
--- The LLM steps of a job as its ledger has them: every billed call of the step over all attempts.
+-- The LLM steps of a job as its ledger has them (every billed call of a step, over all attempts;
+-- the local highlight step has no model and is left out).
 SELECT step, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, price_usd,
        billed_calls, cached, saved_usd, duration_s, attempt, request_id, completed_at
-FROM job_steps WHERE job_id = %(job_id)s
+FROM job_steps WHERE job_id = %(job_id)s AND model IS NOT NULL
 ORDER BY completed_at NULLS LAST, step;
 
 -- name: job_reruns
