@@ -27,11 +27,23 @@ def _jsonable(value):
 def _table(rows: list[dict], columns: list[str]) -> str:
     if not rows:
         return "(none)"
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    cells = [[_human(c, r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def _human(column: str, value) -> str:
+    """A figure for a person, by what its column holds: seconds as ages ('8m 08s'), dollars to the
+    cent (a tenth of a cent under a dollar); --json keeps the raw values."""
+    from roastq import humanize
+
+    if value is not None and column.endswith("_s"):
+        return humanize.age(value)
+    if value is not None and column.endswith("usd"):
+        return humanize.usd(value)
+    return _fmt(value)
 
 
 def _fmt(value) -> str:
@@ -122,7 +134,7 @@ def cmd_job(args) -> int:
     for key in ("id", "status", "queue", "attempts", "error_class", "error", "created_at", "started_at",
                 "completed_at", "duration_s", "price_usd", "evaluation_version_id", "original_job_id",
                 "cancel_reason"):
-        print(f"{key + ':':24}{_fmt(data.get(key)) if key != 'error' else (data.get(key) or '-')}")
+        print(f"{key + ':':24}{_human(key, data.get(key)) if key != 'error' else (data.get(key) or '-')}")
     print("\nAttempts:")
     print(_table(data["attempt_log"], ["attempt", "started_at", "ended_at", "outcome", "error_class",
                                        "delay_s", "delay_reason"]))
