@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test up bench bench-long install clean
+.PHONY: demo test up console screenshots bench bench-long install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,9 +31,18 @@ test: $(STAMP)
 up: $(STAMP)
 	$(BIN)/roastq up
 
+console: $(STAMP)
+	$(BIN)/roastq console
+
+# Screenshots of the console's pages (docs/console/*.png, shown in the README), taken by the
+# browser test in headless Chromium against a fresh database.
+screenshots: $(STAMP)
+	ROASTQ_SCREENSHOTS=$(CURDIR)/docs/console $(BIN)/python -m pytest -q tests/test_console_browser.py
+
 # `make bench`: the broker, concurrency and quick LLM benchmarks (about 5 minutes on 2 cores).
 # `make bench-long`: the 3-minute shared rate-limit run and the broker ceiling search (about 10).
-BENCH      := bench/bench_broker.py bench/bench_concurrency.py bench/llm_cache_hit.py bench/llm_faults.py
+BENCH      := bench/bench_broker.py bench/bench_concurrency.py bench/llm_cache_hit.py bench/llm_faults.py \
+              bench/console_pages.py
 BENCH_LONG := bench/llm_ratelimit.py bench/bench_scaling.py
 
 bench: $(STAMP)

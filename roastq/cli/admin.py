@@ -82,14 +82,19 @@ def progress_printer(label: str):
 # -- status ------------------------------------------------------------------------------------
 
 
-def status_data() -> dict:
+def status_data(*, overview: bool = False) -> dict:
+    """What `roastq status` shows. ``overview`` (the console's overview page, refreshed every few
+    seconds): without the reads whose cost grows with history (finished messages, every job's
+    status); jobs are counted as waiting and running now, and finished in the last 24 hours."""
     stale = maintenance.stale_after_s()
     with db.transaction() as cur:
-        cur.execute(Q.job_counts)
+        cur.execute(OPS.job_counts_recent if overview else Q.job_counts)
         jobs = {r["status"]: r["n"] for r in cur.fetchall()}
-        cur.execute(Q.queue_counts)
-        queues = [dict(r) for r in cur.fetchall()]
-        cur.execute(OPS.queue_summary, {})
+        queues = []
+        if not overview:
+            cur.execute(Q.queue_counts)
+            queues = [dict(r) for r in cur.fetchall()]
+        cur.execute(OPS.queue_summary, {"with_done": not overview})
         summary = {r["queue"]: dict(r) for r in cur.fetchall()}
         cur.execute(Q.live_workers, {"stale_after_s": stale})
         workers = [dict(r) for r in cur.fetchall()]

@@ -102,7 +102,7 @@ def create_app(settings=None) -> Flask:
 
     @app.route("/")
     def overview():
-        status = status_data()
+        status = status_data(overview=True)
         return page("overview.html", "_overview_live.html", status=status, chart=_chart(views.throughput_last_hour()),
                     now=datetime.now(timezone.utc))
 
@@ -144,7 +144,7 @@ def create_app(settings=None) -> Flask:
         agent_id = _uuid_or_none(request.args.get("agent"))
         selected = bool(error_class or agent_id)
         return render_template("dead.html", groups=views.dead_letter_groups(),
-                               letters=views.dead_letters(error_class=error_class, agent_id=agent_id),
+                               letters=views.dead_letters(error_class=error_class, agent_id=agent_id, limit=100),
                                error_class=error_class, agent_id=agent_id, selected=selected)
 
     @app.route("/costs")

@@ -64,7 +64,7 @@ WHERE j.status = 'FAILED'
   AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.original_job_id = j.id)
   AND (%(error_class)s::text IS NULL OR j.error_class IS NOT DISTINCT FROM %(error_class)s::text)
   AND (%(agent_id)s::uuid IS NULL OR av.agent_id = %(agent_id)s::uuid)
-ORDER BY j.completed_at DESC NULLS LAST, j.id
+ORDER BY j.created_at DESC, j.id  -- newest first, along jobs_status_idx (status, created_at)
 LIMIT %(limit)s;
 
 -- name: throughput_last_hour
