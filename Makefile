@@ -22,7 +22,7 @@ demo: $(STAMP)
 # The broker-independent tests run a second time with messages in RabbitMQ (tests/rabbitmq_pass.py),
 # with the RabbitMQ-only ones; without a RabbitMQ that pass is skipped with the reason printed.
 RABBITMQ_TESTS := tests/test_evaluation.py tests/test_failures.py tests/test_enqueue.py \
-                  tests/test_outbox.py tests/test_rabbitmq.py
+                  tests/test_outbox.py tests/test_rabbitmq.py tests/test_console.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -43,6 +43,8 @@ def _human(column: str, value) -> str:
         return humanize.age(value)
     if value is not None and column.endswith("usd"):
         return humanize.usd(value)
+    if isinstance(value, int) and not isinstance(value, bool) and column.endswith(("tokens", "calls")):
+        return humanize.count(value)
     return _fmt(value)
 
 

@@ -90,8 +90,7 @@ def create_app(settings=None) -> Flask:
         if request.method == "POST":
             given = request.form.get("token", "")
             if secrets.compare_digest(given.encode(), settings.console_token.encode()):
-                target = request.args.get("next") or "/"
-                response = redirect(target if target.startswith("/") and not target.startswith("//") else "/")
+                response = redirect(_local(request.args.get("next")) or "/")
                 response.set_cookie(access.COOKIE, access.token_cookie_value(settings.console_token),
                                     httponly=True, samesite="Strict")
                 return response
@@ -188,8 +187,7 @@ def create_app(settings=None) -> Flask:
                 error_class=request.form.get("error_class") or None,
                 agent_id=_uuid_or_none(request.form.get("agent_id")), limit=BULK_LIMIT)]
         ids = list(dict.fromkeys(ids))[:BULK_LIMIT]
-        back = request.form.get("back") or url_for("jobs")
-        back = back if back.startswith("/") and not back.startswith("//") else url_for("jobs")
+        back = _local(request.form.get("back")) or url_for("jobs")
         if not ids:
             flash("nothing selected", "error")
             return redirect(back)
@@ -216,7 +214,7 @@ def create_app(settings=None) -> Flask:
         system_pause.pause(reason, by=g.who)
         action("pause", reason)
         flash("paused: no job attempt starts until you resume", "ok")
-        return redirect(request.form.get("back") or url_for("overview"))
+        return redirect(_local(request.form.get("back")) or url_for("overview"))
 
     @app.post("/resume")
     def resume():
@@ -247,6 +245,13 @@ def create_app(settings=None) -> Flask:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def _local(target: str | None) -> str | None:
+    """A redirect target only when it is a path on this site (never another host)."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return None
 
 
 def _uuid_or_none(value) -> str | None:
