@@ -159,6 +159,12 @@ class Settings:
     job_crash_limit: int = _setting("JOB_CRASH_LIMIT", _int, 3)  # the reaper fails a job whose worker died this many times under it
     pause_snooze_s: float = _setting("PAUSE_SNOOZE_S", _float, 30.0)  # while paused, a job's message comes back after this (plus jitter)
     legacy_database_url: str | None = _setting("LEGACY_DATABASE_URL", _str, None)  # the legacy RoastMyPost database; None: DATABASE_URL
+    # The console (`roastq console`, docs/console.md).
+    console_host: str = _setting("CONSOLE_HOST", _str, "127.0.0.1")
+    console_port: int = _setting("CONSOLE_PORT", _int, 9292)
+    console_token: str | None = _setting("CONSOLE_TOKEN", _str, None)  # required off the loopback address (or basic-auth credentials)
+    console_basic_auth: str | None = _setting("CONSOLE_BASIC_AUTH", _str, None)  # "user:password"
+    console_read_only: bool = _setting("CONSOLE_READ_ONLY", _bool, False)  # hide and refuse the actions
 
     @classmethod
     def from_env(cls) -> "Settings":

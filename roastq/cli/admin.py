@@ -83,14 +83,19 @@ def progress_printer(label: str):
 # -- status ------------------------------------------------------------------------------------
 
 
-def status_data() -> dict:
+def status_data(*, overview: bool = False) -> dict:
+    """What `roastq status` shows. ``overview`` (the console's overview page, refreshed every few
+    seconds): without the reads whose cost grows with history (finished messages, every job's
+    status); jobs are counted as waiting and running now, and finished in the last 24 hours."""
     stale = maintenance.stale_after_s()
     with db.transaction() as cur:
-        cur.execute(Q.job_counts)
+        cur.execute(OPS.job_counts_recent if overview else Q.job_counts)
         jobs = {r["status"]: r["n"] for r in cur.fetchall()}
-        cur.execute(Q.queue_counts)
-        queues = [dict(r) for r in cur.fetchall()]
-        cur.execute(OPS.queue_summary, {})
+        queues = []
+        if not overview:
+            cur.execute(Q.queue_counts)
+            queues = [dict(r) for r in cur.fetchall()]
+        cur.execute(OPS.queue_summary, {"with_done": not overview})
         summary = {r["queue"]: dict(r) for r in cur.fetchall()}
         cur.execute(Q.live_workers, {"stale_after_s": stale})
         workers = [dict(r) for r in cur.fetchall()]
@@ -158,7 +163,8 @@ def _filters(args) -> dict:
     return {"statuses": statuses, "error_class": error_class, "queue": getattr(args, "queue", None),
             "agent_id": agent_id, "document_id": document_id,
             "since": parse_since(args.since) if getattr(args, "since", None) else None,
-            "until": parse_since(args.until) if getattr(args, "until", None) else None}
+            "until": parse_since(args.until) if getattr(args, "until", None) else None,
+            "search": (getattr(args, "search", None) or "").strip() or None}
 
 
 def _resolve(query: str, ref: str, what: str) -> str:
@@ -173,8 +179,12 @@ def _resolve(query: str, ref: str, what: str) -> str:
 
 
 def find_jobs(filters: dict, limit: int) -> list[dict]:
+    """Jobs matching ``filters`` (those of ``_filters``, plus optional ``search``, a text in the
+    document's title, and ``after_created_at``/``after_id``, the last row of the page before)."""
+    params = dict(search=None, after_created_at=None, after_id=None)
+    params.update(filters, limit=limit)
     with db.transaction() as cur:
-        cur.execute(OPS.find_jobs, dict(filters, limit=limit))
+        cur.execute(OPS.find_jobs, params)
         return [dict(r) for r in cur.fetchall()]
 
 
@@ -287,6 +297,7 @@ def _job_filters(p, *, statuses: bool = True) -> None:
     p.add_argument("--document", help="document id or slug")
     p.add_argument("--since", help="created since: an age (30m, 2h, 7d) or an ISO date/time")
     p.add_argument("--until", help="created before: an age or an ISO date/time")
+    p.add_argument("--search", help="text in the document's title")
 
 
 def add_commands(sub) -> None:

@@ -23,9 +23,9 @@ DEMO_SIM = dict(latency_ms=600.0, jitter_ms=300.0, fault_rate=0.06, seed=7,
 
 @contextmanager
 def stack(*, processes: int = 2, threads: int = 8, worker_log: Path | None = None, sim_config: dict | None = None,
-          scheduler: bool = False):
+          scheduler: bool = False, console: bool = False):
     """Start the simulator (unless ANTHROPIC_API_KEY is set), a worker pool and, if asked, the
-    scheduler (`periodiq actors`); stop them all after."""
+    scheduler (`periodiq actors`) and the console (`roastq console`); stop them all after."""
     settings = get_settings()
     url = db.database_url()
     db.migrate()
@@ -51,9 +51,16 @@ def stack(*, processes: int = 2, threads: int = 8, worker_log: Path | None = Non
                                     stdout=out, stderr=out, start_new_session=True)
         print(f"scheduler started (pid {periodic.pid})", file=sys.stderr)
     supervisor = Supervisor(env, processes, threads, workers, out)
+    web = None
+    if console:
+        web = subprocess.Popen([sys.executable, "-m", "roastq.cli", "console"], env=env, stdout=out, stderr=out,
+                               start_new_session=True)
+        print(f"console on http://{settings.console_host}:{settings.console_port}/ (pid {web.pid})", file=sys.stderr)
     try:
         yield supervisor, sim
     finally:
+        if web is not None:
+            stop_workers(web, timeout=5.0)
         if periodic is not None:
             stop_workers(periodic)
         stop_workers(supervisor.workers)
@@ -129,7 +136,7 @@ def stop_workers(workers: subprocess.Popen, timeout: float = 30.0) -> None:
 def run_up(*, processes: int, threads: int) -> int:
     # SIGTERM (from a supervisor, or `timeout`) stops the stack as Ctrl-C does: nothing is left behind.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    with stack(processes=processes, threads=threads, scheduler=True) as (supervisor, _sim):
+    with stack(processes=processes, threads=threads, scheduler=True, console=True) as (supervisor, _sim):
         print("roastq is up; Ctrl-C to stop", file=sys.stderr)
         try:
             while True:  # a pool that dies (a worker killed: dramatiq stops them all) is restarted

@@ -215,7 +215,9 @@ ORDER BY c.day DESC, c.price_usd DESC;
 -- name: queue_summary
 -- Per queue, each message counted once: queued (ready), delayed (waiting for its eta in the .DQ
 -- queue), in flight (held by a worker), orphaned (consumed, but no worker holds its lock: its
--- worker died), dead (rejected), done. The lock table is read once.
+-- worker died), dead (rejected), done. The lock table is read once. With with_done false, finished
+-- messages are neither read nor counted (the console's overview: the other states are few and
+-- indexed, finished ones are most of the table).
 WITH held_locks AS MATERIALIZED (
     SELECT (l.classid::bigint << 32) | l.objid::bigint AS key
     FROM pg_locks l
@@ -228,6 +230,7 @@ WITH held_locks AS MATERIALIZED (
                 THEN roastq_message_lock(q.queue_name, q.message_id) IN (SELECT key FROM held_locks)
                 ELSE false END AS held
     FROM dramatiq.queue q
+    WHERE %(with_done)s OR q.state IN ('queued', 'consumed', 'rejected')
 )
 SELECT queue,
        count(*) FILTER (WHERE NOT dq AND state = 'queued') AS queued,
@@ -239,6 +242,15 @@ SELECT queue,
        EXTRACT(EPOCH FROM now() - min(mtime) FILTER (WHERE NOT dq AND state = 'queued')) AS oldest_queued_age_s
 FROM messages
 GROUP BY queue ORDER BY queue;
+
+-- name: job_counts_recent
+-- Jobs waiting or running now, and jobs finished in the last 24 hours, by status: each part read
+-- through an index (jobs_status_idx, jobs_completed_idx), whatever the size of the history.
+SELECT status, count(*) AS n FROM jobs WHERE status IN ('PENDING', 'RUNNING') GROUP BY status
+UNION ALL
+SELECT status, count(*) AS n FROM jobs
+WHERE completed_at > now() - interval '24 hours' AND status IN ('COMPLETED', 'FAILED', 'CANCELLED')
+GROUP BY status;
 
 -- name: find_jobs
 SELECT j.id, j.status, j.queue, j.attempts, j.error_class, j.error, j.created_at, j.started_at,
@@ -256,7 +268,12 @@ WHERE (%(statuses)s::text[] IS NULL OR j.status = ANY(%(statuses)s::text[]))
   AND (%(document_id)s::uuid IS NULL OR e.document_id = %(document_id)s::uuid)
   AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz)
   AND (%(until)s::timestamptz IS NULL OR j.created_at < %(until)s::timestamptz)
-ORDER BY j.created_at DESC
+  -- Text search over the document's title; a page after another starts below its last row
+  -- (keyset on jobs_created_idx: as fast on page 1,000 as on page 1).
+  AND (%(search)s::text IS NULL OR strpos(lower(dv.title), lower(%(search)s::text)) > 0)
+  AND (%(after_created_at)s::timestamptz IS NULL
+       OR (j.created_at, j.id) < (%(after_created_at)s::timestamptz, %(after_id)s::uuid))
+ORDER BY j.created_at DESC, j.id DESC
 LIMIT %(limit)s;
 
 -- name: resolve_agent
