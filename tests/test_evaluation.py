@@ -131,3 +131,20 @@ def test_interactive_job_starts_before_a_batch_backlog_drains(db, seeded, worker
     assert batch_after >= 40, f"only {batch_after} of 100 batch jobs started after the interactive one"
     assert (started - created).total_seconds() < 1.0  # it waited for a free thread, not for the backlog
     wait_for_status(db, batch, timeout=60)
+
+
+def test_an_over_long_highlight_header_does_not_fail_the_evaluation(db, seeded, worker, sim):
+    """A model that ignores maxLength (one highlight header over 200 characters) is an answer
+    to repair, not a job to fail: the header is cut at a word boundary and the repair recorded."""
+    sim.script("sloppy:overlong_string")
+    job_id = enqueue_evaluation(first_doc(seeded), agent_with(seeded, db, critique=False))
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+    assert one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 1
+    [request] = [r for r in sim.requests() if r["job_id"] == job_id]
+    assert request["sloppy"] == ["overlong_string"]  # the answer really carried the violation
+    headers = [h for (h,) in rows(db, "SELECT header FROM comments c JOIN evaluation_versions ev "
+                                      "ON ev.id = c.evaluation_version_id WHERE ev.job_id = %s", job_id)]
+    assert headers and all(len(h) <= 200 for h in headers if h)
+    repairs = one(db, "SELECT repairs FROM evaluation_versions WHERE job_id = %s", job_id)
+    assert [r["kind"] for r in repairs] == ["string_truncated"]
+    assert repairs[0]["path"].startswith("highlights/") and repairs[0]["path"].endswith("/header")
