@@ -99,6 +99,8 @@ class Settings:
     analysis_model: str = DEFAULT_ANALYSIS_MODEL
     llm_call_timeout_s: float = 120.0  # per-call cap; the job's time left may be smaller
     default_time_limit_s: int = 240  # RoastMyPost's default per-agent job time limit
+    strict_tools: bool = True  # tools sent with strict: true (shape guaranteed; bounds checked after)
+    llm_max_tokens: int = 4096  # first max_tokens of a call; an answer cut there is asked again with more
     # The LLM cost layer (docs/llm.md): response cache, prompt caching, budget, rate limits, prices.
     llm_cache_enabled: bool = True  # the response cache in Postgres
     llm_cache_ttl_s: float = 7 * 86400.0
@@ -162,6 +164,8 @@ class Settings:
             analysis_model=_env("ANALYSIS_MODEL", DEFAULT_ANALYSIS_MODEL),
             llm_call_timeout_s=_float("LLM_CALL_TIMEOUT_S", 120.0),
             default_time_limit_s=_int("DEFAULT_TIME_LIMIT_S", 240),
+            strict_tools=_bool("STRICT_TOOLS", True),
+            llm_max_tokens=_int("LLM_MAX_TOKENS", 4096),
             llm_cache_enabled=_bool("LLM_CACHE_ENABLED", True),
             llm_cache_ttl_s=_float("LLM_CACHE_TTL_S", 7 * 86400.0),
             llm_cache_seed=_env("LLM_CACHE_SEED", ""),

@@ -139,9 +139,9 @@ SELECT id FROM evaluations WHERE id = %(evaluation_id)s FOR UPDATE;
 
 -- name: insert_evaluation_version
 INSERT INTO evaluation_versions (evaluation_id, version, job_id, agent_version_id,
-                                 document_version_id, summary, analysis, grade, self_critique)
+                                 document_version_id, summary, analysis, grade, self_critique, repairs)
 VALUES (%(evaluation_id)s, %(version)s, %(job_id)s, %(agent_version_id)s, %(document_version_id)s,
-        %(summary)s, %(analysis)s, %(grade)s, %(self_critique)s)
+        %(summary)s, %(analysis)s, %(grade)s, %(self_critique)s, %(repairs)s)
 RETURNING id;
 
 -- name: insert_highlight
