@@ -532,7 +532,8 @@ class Simulator:
                      "tool": tool, "kind": "invalid_request", "status": None, "retry_after_s": None,
                      **{k: h.headers.get(f"x-roastq-{k.replace('_', '-')}") for k in ("job_id", "attempt", "step")},
                      "input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 0,
-                     "cache_creation_input_tokens": 0, "stop_reason": None, "sloppy": []}
+                     "cache_creation_input_tokens": 0, "stop_reason": None, "sloppy": [],
+                     **_shape(req)}
             kind, retry_after = ("invalid_request", None) if problem else self._pick_kind(now, cfg)
             used, oldest = len(self._window), (self._window[0] if self._window else now)
         entry["kind"] = kind
@@ -594,6 +595,8 @@ class Simulator:
             slop = [k for k in kind.split(":", 1)[1].split(",") if k]
         elif tool and (kind == "sloppy" or (cfg.sloppiness and srng.random() < cfg.sloppiness)):
             slop = sloppy.draw(srng, strict=bool(tools[tool].get("strict")))
+            if slop and _asks_for_brevity(req):  # a model asked for a shorter answer gives one
+                slop = [k for k in slop if k != "verbose"]
         stop_reason = "tool_use" if tool else "end_turn"
         if kind == "refusal" or "refusal" in slop:
             slop = ["refusal"] if slop else []
@@ -680,6 +683,24 @@ class Simulator:
                 self._by["by_stop_reason"][entry["stop_reason"]] += 1
             for k in entry.get("sloppy") or ():
                 self._by["by_sloppy_kind"][k] += 1
+
+
+def _asks_for_brevity(req: dict) -> bool:
+    last = (req.get("messages") or [{}])[-1]
+    texts = _texts({"messages": [last]}) if isinstance(last, dict) else []
+    return any(re.search(r"\b(more briefly|shorter answer|be brief)\b", t, re.I) for t in texts)
+
+
+def _shape(req: Any) -> dict:
+    """What the request log keeps of a request's shape: its turns, its ``is_error`` tool results
+    (a corrective retry), its ``max_tokens``, whether its tool is strict."""
+    if not isinstance(req, dict):
+        return {"turns": 0, "error_results": 0, "max_tokens": None, "strict": False}
+    messages = [m for m in req.get("messages") or [] if isinstance(m, dict)]
+    errors = sum(1 for m in messages if isinstance(m.get("content"), list) for b in m["content"]
+                 if isinstance(b, dict) and b.get("type") == "tool_result" and b.get("is_error"))
+    return {"turns": len(messages), "error_results": errors, "max_tokens": req.get("max_tokens"),
+            "strict": any(isinstance(t, dict) and t.get("strict") for t in req.get("tools") or [])}
 
 
 def _sloppy_script(kind: str) -> bool:
