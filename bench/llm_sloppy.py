@@ -59,6 +59,8 @@ def run(jobs: int, sloppiness: float, strict: bool, seed: int) -> dict:
             repairs = dict(cur.fetchall())
             cur.execute("SELECT count(*) FILTER (WHERE repairs <> '[]'::jsonb), count(*) FROM evaluation_versions")
             repaired, saved = cur.fetchone()
+            cur.execute("SELECT count(*) FILTER (WHERE NOT is_valid), count(*) FROM highlights")
+            invalid, highlights = cur.fetchone()
     finally:
         stop_workers(workers)
         sim.stop()
@@ -71,7 +73,8 @@ def run(jobs: int, sloppiness: float, strict: bool, seed: int) -> dict:
             "sloppy_answers": sum(1 for r in requests if r.get("sloppy")),
             "sloppy_kinds": stats.get("by_sloppy_kind", {}), "stop_reasons": stats.get("by_stop_reason", {}),
             "corrective_requests": sum(1 for r in requests if r.get("error_results")),
-            "evaluations_repaired": f"{repaired} of {saved}", "repairs": repairs, "seconds": round(elapsed, 1)}
+            "evaluations_repaired": f"{repaired} of {saved}", "repairs": repairs,
+            "highlights_invalid": f"{invalid} of {highlights}", "seconds": round(elapsed, 1)}
 
 
 def main() -> int:

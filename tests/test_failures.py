@@ -299,7 +299,7 @@ def test_fault_storm(db, seeded, sim, broker, short_calls):
             assert error_class == FAULT_CLASS[requests[-1]["kind"]], (job_id, requests[-1])
         # A permanent fault is never retried: it is the last request the job ever made.
         for r in requests[:-1]:
-            assert FAULT_CLASS.get(r["kind"]) not in PERMANENT, (job_id, r)
+            assert FAULT_CLASS.get(r["kind"]) not in PERMANENT, (job_id, r, requests)
         # Retry-After: the next request of a job never comes before the server said.
         for earlier, later in zip(requests, requests[1:]):
             if earlier["kind"] == "rate_limit":
