@@ -22,12 +22,11 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import connect, fresh_database, machine, scalar, start_workers, stop_workers, wait_until, wait_workers_ready  # noqa: E402
-from llm_common import SimProcess, billed_tokens, sample_agents, unique_documents  # noqa: E402
+from _common import connect, fresh_database, machine, scalar, start_workers, stop_workers, wait_workers_ready  # noqa: E402
+from llm_common import SimProcess, billed_tokens, evaluate_all  # noqa: E402
 
 UNBILLED = ("rate_limit", "overloaded", "server_error", "drop", "hang")
 BILLED = ("malformed", "bad_tool_input")
@@ -43,16 +42,7 @@ def run(jobs: int, fault_rate: float, faults: tuple[str, ...], sloppiness: float
                             LLM_CALL_TIMEOUT_S="3")
     try:
         wait_workers_ready(conn, 1)
-        from roastq.api import enqueue_evaluations
-
-        agents = sample_agents()
-        docs = unique_documents(conn, jobs)
-        started = time.monotonic()
-        ids = enqueue_evaluations([(d, agents[i % len(agents)]) for i, d in enumerate(docs)], priority="batch")
-        wait_until(lambda: scalar(conn, "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND status IN "
-                                        "('COMPLETED', 'FAILED')", ids) == len(ids), timeout=900, interval=0.5,
-                   what="the jobs to finish")
-        elapsed = time.monotonic() - started
+        ids, elapsed = evaluate_all(conn, jobs)
         stats = sim.get("/_sim/stats")
         requests = sim.get("/_sim/requests")
         completed = scalar(conn, "SELECT count(*) FROM jobs WHERE status = 'COMPLETED'")

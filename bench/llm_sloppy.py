@@ -18,13 +18,12 @@ import json
 import os
 import re
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import connect, fresh_database, machine, scalar, start_workers, stop_workers, wait_until, wait_workers_ready  # noqa: E402
-from llm_common import SimProcess, billed_tokens, sample_agents, unique_documents  # noqa: E402
+from _common import connect, fresh_database, machine, start_workers, stop_workers, wait_workers_ready  # noqa: E402
+from llm_common import SimProcess, billed_tokens, evaluate_all  # noqa: E402
 
 #: What a job may fail for: the answer lacked what the evaluation needs (the hard tier), or a refusal.
 HARD = re.compile(r"missing or empty|not a number|no highlight has|not an array|not an object|no submit_\w+ tool "
@@ -39,16 +38,7 @@ def run(jobs: int, sloppiness: float, strict: bool, seed: int) -> dict:
                             STRICT_TOOLS="1" if strict else "0")
     try:
         wait_workers_ready(conn, 1)
-        from roastq.api import enqueue_evaluations
-
-        agents = sample_agents()
-        docs = unique_documents(conn, jobs)
-        started = time.monotonic()
-        ids = enqueue_evaluations([(d, agents[i % len(agents)]) for i, d in enumerate(docs)], priority="batch")
-        wait_until(lambda: scalar(conn, "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND status IN "
-                                        "('COMPLETED', 'FAILED')", ids) == len(ids), timeout=900, interval=0.5,
-                   what="the jobs to finish")
-        elapsed = time.monotonic() - started
+        ids, elapsed = evaluate_all(conn, jobs)
         stats = sim.get("/_sim/stats")
         requests = sim.get("/_sim/requests")
         with conn.cursor() as cur:
