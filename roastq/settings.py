@@ -111,6 +111,8 @@ class Settings:
     analysis_model: str = _setting("ANALYSIS_MODEL", _str, DEFAULT_ANALYSIS_MODEL)
     llm_call_timeout_s: float = _setting("LLM_CALL_TIMEOUT_S", _float, 120.0)  # per-call cap; the job's time left may be smaller
     default_time_limit_s: int = _setting("DEFAULT_TIME_LIMIT_S", _int, 240)  # RoastMyPost's default per-agent job time limit
+    strict_tools: bool = _setting("STRICT_TOOLS", _bool, True)  # tools sent with strict: true (shape guaranteed; bounds checked after)
+    llm_max_tokens: int = _setting("LLM_MAX_TOKENS", _int, 4096)  # first max_tokens of a call; an answer cut there is asked again with more
     # The LLM cost layer (docs/llm.md): response cache, prompt caching, budget, rate limits, prices.
     llm_cache_enabled: bool = _setting("LLM_CACHE_ENABLED", _bool, True)  # the response cache in Postgres
     llm_cache_ttl_s: float = _setting("LLM_CACHE_TTL_S", _float, 7 * 86400.0)

@@ -154,9 +154,17 @@ def sim(simulator):
 
     simulator.reset()
     simulator.configure(latency_ms=5, jitter_ms=2, fault_rate=0.0, faults=ALL_RANDOM_FAULTS, hang_s=30.0,
-                        retry_after_s=1.0, rpm_limit=None)
+                        retry_after_s=1.0, rpm_limit=None, sloppiness=0.0)
     yield simulator
     simulator.reset()
+
+
+@pytest.fixture(params=[0.0, 0.3], ids=["tidy", "sloppy"])
+def sloppiness(request, sim):
+    """Run a test twice: with answers that honour their schemas, and with the simulator's
+    sloppiness at 0.3 (model-like violations in about a third of the answers, sloppy.py)."""
+    sim.configure(sloppiness=request.param)
+    return request.param
 
 
 @pytest.fixture

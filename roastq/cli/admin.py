@@ -19,13 +19,14 @@ from roastq.ops import pause as system_pause
 from roastq.api import EnqueueError, cancel_job
 from roastq.cli.main import _fmt, _print_json, _table
 from roastq.db import Q
+from roastq.jobs import JobStatus
 from roastq.queues import ALL_QUEUES, JOB_QUEUES
 from roastq.settings import get_settings
 from roastq.sql import load_queries
 
 OPS = load_queries("ops.sql", "roastq.ops")
 
-STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
+STATUSES = tuple(str(s) for s in JobStatus)
 QUEUES = ALL_QUEUES
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

@@ -44,9 +44,9 @@ SELECT id FROM evaluations WHERE id = %(evaluation_id)s FOR UPDATE;
 
 -- name: insert_evaluation_version
 INSERT INTO evaluation_versions (evaluation_id, version, job_id, agent_version_id,
-                                 document_version_id, summary, analysis, grade, self_critique)
+                                 document_version_id, summary, analysis, grade, self_critique, repairs)
 VALUES (%(evaluation_id)s, %(version)s, %(job_id)s, %(agent_version_id)s, %(document_version_id)s,
-        %(summary)s, %(analysis)s, %(grade)s, %(self_critique)s)
+        %(summary)s, %(analysis)s, %(grade)s, %(self_critique)s, %(repairs)s)
 RETURNING id;
 
 -- name: insert_highlight
@@ -120,6 +120,17 @@ SELECT coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_token
        coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
        coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens
 FROM tasks WHERE job_id = ANY(%(job_ids)s::uuid[]);
+
+-- name: report_repairs
+-- Repairs made to the answers of these jobs' evaluations, by kind (roastq/evaluation/answers.py).
+SELECT r.repair->>'kind' AS kind, count(*) AS n, count(DISTINCT ev.id) AS evaluations
+FROM evaluation_versions ev, jsonb_array_elements(ev.repairs) AS r(repair)
+WHERE ev.job_id = ANY(%(job_ids)s::uuid[])
+GROUP BY 1 ORDER BY 2 DESC, 1;
+
+-- name: report_repaired
+SELECT count(*) AS evaluations, count(*) FILTER (WHERE repairs <> '[]'::jsonb) AS repaired
+FROM evaluation_versions WHERE job_id = ANY(%(job_ids)s::uuid[]);
 
 -- name: seed_document
 INSERT INTO documents (slug) VALUES (%(slug)s)
