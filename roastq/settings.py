@@ -76,6 +76,36 @@ class SettingsError(ValueError):
     """A setting has a value roastq cannot use."""
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(raw: str) -> float:
+    """Seconds from ``90``, ``90s``, ``10m``, ``6h`` or ``2d`` (ValueError otherwise)."""
+    text = str(raw).strip().lower()
+    unit = _UNITS.get(text[-1:]) if text else None
+    value = float(text[:-1] if unit else text)
+    if value < 0:
+        raise ValueError(f"a duration cannot be negative: {raw!r}")
+    return value * (unit or 1)
+
+
+def _duration(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return parse_duration(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a duration (seconds, or 90s, 10m, 6h, 2d), got {raw!r}") from None
+
+
+def _batch_lane() -> str:
+    raw = (_env("LLM_BATCH_LANE", "auto") or "auto").lower()
+    if raw not in ("off", "auto"):
+        raise SettingsError(f"LLM_BATCH_LANE must be 'off' or 'auto', got {raw!r}")
+    return raw
+
+
 def _broker_url() -> str | None:
     """BROKER_URL: unset (or ``postgres``) keeps messages in Postgres; ``amqp://``/``amqps://``
     URLs (several separated by ``;``) select RabbitMQ."""
@@ -118,6 +148,17 @@ class Settings:
     llm_rate_headroom: float = 0.95  # pace at this fraction of each limit
     llm_rate_max_wait_s: float = 20.0  # longest in-thread wait for the limiter; longer: the job snoozes
     llm_extra_prices: dict = field(default_factory=dict)  # model -> {"input":, "output":} $ per MTok
+    # The batch lane (docs/llm.md): batch-queue jobs with time to spare go through Message Batches.
+    llm_batch_lane: str = "auto"  # off | auto
+    llm_batch_default_deadline_s: float = 86400.0  # a batch-priority job's deadline when none is given
+    llm_batch_min_slack_s: float = 3 * 3600.0  # a step goes to the lane only with more time than this left
+    llm_batch_fallback_s: float = 1800.0  # under this much time left, a waiting step runs real-time
+    llm_batch_max_requests: int = 10_000  # requests a batch (the API allows 100,000 or 256 MB)
+    llm_batch_max_wait_s: float = 60.0  # a request waits at most this for its batch to be submitted
+    llm_batch_poll_s: float = 5.0  # first poll of an open batch; doubles up to LLM_BATCH_POLL_MAX_S
+    llm_batch_poll_max_s: float = 300.0
+    llm_batch_tick_s: float = 2.0  # how often each worker process offers to drive the lane; 0: only the scheduler
+    llm_batch_expected_s: float = 3600.0  # a batch open longer is late (status, alert)
     # Observability.
     sentry_dsn: str | None = None
     sentry_environment: str = "development"
@@ -180,6 +221,16 @@ class Settings:
             llm_rate_headroom=_float("LLM_RATE_HEADROOM", 0.95),
             llm_rate_max_wait_s=_float("LLM_RATE_MAX_WAIT_S", 20.0),
             llm_extra_prices=_json_object("LLM_EXTRA_PRICES"),
+            llm_batch_lane=_batch_lane(),
+            llm_batch_default_deadline_s=_duration("LLM_BATCH_DEFAULT_DEADLINE", 86400.0),
+            llm_batch_min_slack_s=_duration("LLM_BATCH_MIN_SLACK", 3 * 3600.0),
+            llm_batch_fallback_s=_duration("LLM_BATCH_FALLBACK_S", 1800.0),
+            llm_batch_max_requests=_int("LLM_BATCH_MAX_REQUESTS", 10_000),
+            llm_batch_max_wait_s=_duration("LLM_BATCH_MAX_WAIT_S", 60.0),
+            llm_batch_poll_s=_duration("LLM_BATCH_POLL_S", 5.0),
+            llm_batch_poll_max_s=_duration("LLM_BATCH_POLL_MAX_S", 300.0),
+            llm_batch_tick_s=_duration("LLM_BATCH_TICK_S", 2.0),
+            llm_batch_expected_s=_duration("LLM_BATCH_EXPECTED_S", 3600.0),
             sentry_dsn=_env("SENTRY_DSN"),
             sentry_environment=_env("SENTRY_ENVIRONMENT", "development"),
             sentry_release=_env("SENTRY_RELEASE"),

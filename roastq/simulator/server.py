@@ -43,6 +43,8 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from roastq.simulator.batches import BatchLane
+
 # kind -> (HTTP status, Anthropic error type, message). The SDK picks its exception
 # class from the status (and error.details.error_code for spend_limit).
 ERROR_FAULTS: dict[str, tuple[int, str, str]] = {
@@ -310,7 +312,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         raw = self.rfile.read(int(self.headers.get("content-length") or 0)) if method == "POST" else b""
         try:
-            if method == "POST" and self.path.split("?")[0] == "/v1/messages":
+            if self.path.startswith(("/v1/messages/batches", "/_sim/batches")):
+                self.server.sim.batches.handle(self, method, raw)  # the Batches API: batches.py
+            elif method == "POST" and self.path.split("?")[0] == "/v1/messages":
                 self.server.sim._messages(self, raw)
             else:
                 self.server.sim._control(self, method, raw)
@@ -326,6 +330,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
 
 class Simulator:
     """Threaded HTTP server imitating the Anthropic Messages API. See module docstring."""
@@ -339,6 +346,7 @@ class Simulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
+        self.batches = BatchLane(self)  # /v1/messages/batches
         self.reset()
 
     @property
@@ -415,6 +423,7 @@ class Simulator:
             self._totals = dict.fromkeys(("requests", "input_tokens", "output_tokens", "cache_read_input_tokens",
                                           "cache_creation_input_tokens"), 0)
             self._by = {k: Counter() for k in ("by_kind", "by_status", "by_model", "by_tool")}
+        self.batches.reset()
 
     def _control(self, h: _Handler, method: str, raw: bytes) -> None:
         path = h.path.split("?")[0]
