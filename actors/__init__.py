@@ -7,6 +7,7 @@ stack, and declares the actors.
 import dramatiq
 from dramatiq.middleware import CurrentMessage, ShutdownNotifications, TimeLimit
 
+from middleware.batchlane import BatchLane
 from middleware.heartbeat import Heartbeat
 from middleware.jobs import JobState
 from middleware.logs import JobLogs
@@ -39,6 +40,7 @@ broker = make_broker(
         ShutdownNotifications(),
         CurrentMessage(),
         Heartbeat(),
+        BatchLane(),
     ]
 )
 dramatiq.set_broker(broker)

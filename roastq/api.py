@@ -8,9 +8,11 @@ it, roastq commits them itself.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta, timezone
 
 from roastq import db
 from roastq.db import Q
+from roastq.settings import get_settings
 
 PRIORITIES = ("interactive", "batch")
 
@@ -31,6 +33,33 @@ def _check_priority(priority: str) -> None:
         raise EnqueueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
 
 
+def _when(value, what: str) -> datetime | None:
+    """An absolute UTC time from a datetime (naive: UTC), a timedelta or seconds from now."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, timedelta):
+        return datetime.now(timezone.utc) + value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.now(timezone.utc) + timedelta(seconds=value)
+    raise EnqueueError(f"{what} must be a datetime, a timedelta or seconds, got {value!r}")
+
+
+def _schedule(priority: str, deadline, not_before) -> tuple[datetime | None, datetime | None, int | None]:
+    """(deadline, not_before, delay in ms): a batch job without a deadline gets the default one
+    (LLM_BATCH_DEFAULT_DEADLINE), counted from its start time."""
+    start = _when(not_before, "not_before")
+    now = datetime.now(timezone.utc)
+    due = _when(deadline, "deadline")
+    if due is None and priority == "batch":
+        due = max(start or now, now) + timedelta(seconds=get_settings().llm_batch_default_deadline_s)
+    if due is not None and start is not None and due <= start:
+        raise EnqueueError(f"the deadline ({due.isoformat()}) must come after the start time ({start.isoformat()})")
+    delay_ms = int((start - now).total_seconds() * 1000) if start is not None and start > now else None
+    return due, start, delay_ms
+
+
 def _actor(queue: str):
     from actors import ACTOR_FOR_QUEUE  # the edge that sends messages may reach the actors
 
@@ -38,24 +67,29 @@ def _actor(queue: str):
 
 
 def _insert_and_send(cur, *, evaluation_id, document_version_id, agent_version_id, queue,
-                     original_job_id=None) -> str:
+                     original_job_id=None, deadline=None, not_before=None) -> str:
     actor = _actor(queue)
     job_id = str(uuid.uuid4())
     message = actor.message(job_id)
+    due, start, delay_ms = _schedule(queue, deadline, not_before)
     cur.execute(Q.insert_job, {
         "id": job_id, "evaluation_id": evaluation_id, "document_version_id": document_version_id,
         "agent_version_id": agent_version_id, "queue": queue, "message_id": message.message_id,
-        "original_job_id": original_job_id,
+        "original_job_id": original_job_id, "deadline": due, "not_before": start,
     })
-    actor.broker.enqueue_on(cur, message)
+    actor.broker.enqueue_on(cur, message, delay_ms=delay_ms)
     return job_id
 
 
-def enqueue_evaluation(document_id, agent_id, *, priority: str = "interactive", conn=None) -> str:
+def enqueue_evaluation(document_id, agent_id, *, priority: str = "interactive", deadline=None,
+                       not_before=None, conn=None) -> str:
     """Enqueue an evaluation of a document by an agent; return the job id.
 
     The document's and agent's latest versions are pinned on the job now: edits made after this
-    call do not change what the job evaluates.
+    call do not change what the job evaluates. ``deadline`` (a datetime, a timedelta or seconds
+    from now; batch jobs default to LLM_BATCH_DEFAULT_DEADLINE): a batch job with time to spare
+    sends its LLM steps through the batch lane at half the price (docs/llm.md). ``not_before``
+    (the same kinds): the job does not start before then.
     """
     _check_priority(priority)
     document_id = _uuid(document_id, "document id")
@@ -73,13 +107,15 @@ def enqueue_evaluation(document_id, agent_id, *, priority: str = "interactive", 
         evaluation_id = cur.fetchone()["id"]
         return _insert_and_send(
             cur, evaluation_id=evaluation_id, document_version_id=document["id"],
-            agent_version_id=agent["id"], queue=priority,
+            agent_version_id=agent["id"], queue=priority, deadline=deadline, not_before=not_before,
         )
 
 
-def enqueue_evaluations(pairs, *, priority: str = "batch", conn=None) -> list[str]:
+def enqueue_evaluations(pairs, *, priority: str = "batch", deadline=None, not_before=None,
+                        conn=None) -> list[str]:
     """Enqueue many evaluations (``(document_id, agent_id)`` pairs) in one transaction with a
     handful of round trips, whatever their number; return the job ids in the pairs' order.
+    ``deadline`` and ``not_before`` as for ``enqueue_evaluation``, the same for every job.
 
     All or nothing: an unknown document or agent raises EnqueueError and writes no job.
     """
@@ -104,11 +140,17 @@ def enqueue_evaluations(pairs, *, priority: str = "batch", conn=None) -> list[st
         evaluations = {(str(r["document_id"]), str(r["agent_id"])): r["id"] for r in cur.fetchall()}
         job_ids = [str(uuid.uuid4()) for _ in pairs]
         messages = [actor.message(job_id) for job_id in job_ids]
+        due, start, delay_ms = _schedule(priority, deadline, not_before)
+        if delay_ms:  # into the delay queue, as a delayed enqueue does
+            messages = [m.copy(queue_name=f"{m.queue_name}.DQ", options={**m.options, "eta": int(start.timestamp()
+                                                                                             * 1000)})
+                        for m in messages]
         cur.execute(Q.insert_jobs, {
             "ids": job_ids, "evaluation_ids": [evaluations[p] for p in pairs],
             "document_version_ids": [doc_versions[d] for d, _ in pairs],
             "agent_version_ids": [agent_versions[a] for _, a in pairs],
             "queues": [priority] * len(pairs), "message_ids": [m.message_id for m in messages],
+            "deadlines": [due] * len(pairs), "not_before": start,
         })
         actor.broker.enqueue_many_on(cur, messages)
     return job_ids

@@ -72,8 +72,18 @@ def cmd_seed(args) -> int:
 def cmd_enqueue(args) -> int:
     from roastq.api import enqueue_evaluation
 
-    print(enqueue_evaluation(args.document_id, args.agent_id, priority=args.priority))
+    print(enqueue_evaluation(args.document_id, args.agent_id, priority=args.priority, deadline=args.deadline,
+                             not_before=args.delay))
     return 0
+
+
+def _duration_arg(raw: str) -> float:
+    from roastq.settings import parse_duration
+
+    try:
+        return parse_duration(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {raw!r} (seconds, or 90s, 10m, 6h, 2d)") from None
 
 
 def cmd_relay(args) -> int:
@@ -117,8 +127,10 @@ def job_data(job_id: str) -> dict | None:
         attempts = [dict(r) for r in cur.fetchall()]
         cur.execute(Q.job_tasks, {"job_id": job_id})
         tasks = [dict(r) for r in cur.fetchall()]
+    from roastq.llm import batch
+
     data = dict(job)
-    data.update(attempt_log=attempts, tasks=tasks)
+    data.update(attempt_log=attempts, tasks=tasks, batch_lane=batch.job_requests(job_id))
     return data
 
 
@@ -130,9 +142,9 @@ def cmd_job(args) -> int:
     if args.json:
         _print_json(data)
         return 0
-    for key in ("id", "status", "queue", "attempts", "error_class", "error", "created_at", "started_at",
-                "completed_at", "duration_s", "price_usd", "evaluation_version_id", "original_job_id",
-                "cancel_reason"):
+    for key in ("id", "status", "queue", "attempts", "error_class", "error", "created_at", "not_before",
+                "deadline", "started_at", "completed_at", "duration_s", "price_usd", "evaluation_version_id",
+                "original_job_id", "cancel_reason"):
         print(f"{key + ':':24}{_fmt(data.get(key)) if key != 'error' else (data.get(key) or '-')}")
     print("\nAttempts:")
     print(_table(data["attempt_log"], ["attempt", "started_at", "ended_at", "outcome", "error_class",
@@ -140,6 +152,10 @@ def cmd_job(args) -> int:
     print("\nTasks:")
     print(_table(data["tasks"], ["name", "model", "input_tokens", "output_tokens", "cache_read_tokens",
                                  "cache_write_tokens", "price_usd", "duration_s"]))
+    if data["batch_lane"]:
+        print("\nBatch lane (Message Batches):")
+        print(_table(data["batch_lane"], ["step", "state", "batch_id", "submissions", "error_type", "price_usd",
+                                          "saved_usd", "created_at", "ended_at"]))
     print("\nLogs:")
     for line in data.get("logs") or []:
         print(f"{line.get('time', '')[11:23]}  #{line.get('attempt', '-')}  {line.get('level', ''):7}  "
@@ -196,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--document-id", required=True)
     p.add_argument("--agent-id", required=True)
     p.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
+    p.add_argument("--deadline", type=_duration_arg, metavar="DURATION",
+                   help="done within this (e.g. 6h); a batch job with time to spare uses the batch lane")
+    p.add_argument("--delay", type=_duration_arg, metavar="DURATION", help="do not start before this (e.g. 10m)")
     p.set_defaults(fn=cmd_enqueue)
     p = sub.add_parser("job", help="one job, with its attempts and tasks")
     p.add_argument("job_id")

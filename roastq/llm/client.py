@@ -25,6 +25,7 @@ import httpx2 as httpx
 import jsonschema
 
 from roastq import db, events
+from roastq.llm import batch
 from roastq.llm import budget
 from roastq.llm import cache
 from roastq.llm import ledger
@@ -139,6 +140,12 @@ class Claude:
         budget.check(settings, model=model, step=step)
         if settings.prompt_caching:
             system, tools = with_prompt_cache(system, tools)
+        # The batch lane (roastq/llm/batch.py): a batch job with time to spare waits for a Message Batch.
+        lane = batch.lane_call(settings, step=step, model=model, max_tokens=max_tokens, system=system,
+                               messages=messages, tools=tools, tool_choice=tool_choice, tool=tool,
+                               cache_key=key, cache_seed=seed)
+        if lane is not None:
+            return lane
         estimate = ratelimit.estimate_input_tokens(system, messages, tools)
         ratelimit.acquire(settings, model, estimate)
 

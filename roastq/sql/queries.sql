@@ -18,9 +18,9 @@ RETURNING id;
 
 -- name: insert_job
 INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id,
-                  original_job_id)
+                  original_job_id, deadline, not_before, next_attempt_at)
 VALUES (%(id)s, %(evaluation_id)s, %(document_version_id)s, %(agent_version_id)s, %(queue)s,
-        %(message_id)s, %(original_job_id)s)
+        %(message_id)s, %(original_job_id)s, %(deadline)s, %(not_before)s, %(not_before)s)
 RETURNING id;
 
 -- name: job_by_id
@@ -200,8 +200,8 @@ SELECT status, count(*) AS n FROM jobs GROUP BY status ORDER BY status;
 
 -- name: queue_counts
 -- Broker messages by queue and state, with the age of the oldest waiting one.
-SELECT regexp_replace(queue_name, '\.DQ$', '') AS queue,
-       CASE WHEN queue_name LIKE '%%.DQ' AND state IN ('queued', 'consumed') THEN 'delayed'
+SELECT regexp_replace(queue_name, '\.(DQ|lane)$', '') AS queue,
+       CASE WHEN queue_name ~ '\.(DQ|lane)$' AND state IN ('queued', 'consumed') THEN 'delayed'
             ELSE state::text END AS state,
        count(*) AS n,
        EXTRACT(EPOCH FROM now() - min(mtime)) AS oldest_age_s
@@ -285,9 +285,12 @@ ON CONFLICT (document_id, agent_id) DO UPDATE SET document_id = EXCLUDED.documen
 RETURNING id, document_id, agent_id;
 
 -- name: insert_jobs
-INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id)
-SELECT * FROM unnest(%(ids)s::uuid[], %(evaluation_ids)s::uuid[], %(document_version_ids)s::uuid[],
-                     %(agent_version_ids)s::uuid[], %(queues)s::text[], %(message_ids)s::uuid[]);
+INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id, deadline,
+                  not_before, next_attempt_at)
+SELECT *, %(not_before)s::timestamptz, %(not_before)s::timestamptz
+FROM unnest(%(ids)s::uuid[], %(evaluation_ids)s::uuid[], %(document_version_ids)s::uuid[],
+            %(agent_version_ids)s::uuid[], %(queues)s::text[], %(message_ids)s::uuid[],
+            %(deadlines)s::timestamptz[]);
 
 -- name: enqueue_messages
 -- dramatiq-pg's ENQUEUE for many messages in one statement, with one NOTIFY each.
@@ -306,8 +309,8 @@ FROM enqueued;
 -- name: metrics_snapshot
 -- The metrics exporter's one read a scrape: broker messages by queue and state (messages of a
 -- .DQ delay queue are "delayed") with the age of the oldest, then one row about live workers.
-SELECT 'queue' AS kind, regexp_replace(queue_name, '\.DQ$', '') AS queue,
-       CASE WHEN queue_name LIKE '%%.DQ' AND state IN ('queued', 'consumed') THEN 'delayed'
+SELECT 'queue' AS kind, regexp_replace(queue_name, '\.(DQ|lane)$', '') AS queue,
+       CASE WHEN queue_name ~ '\.(DQ|lane)$' AND state IN ('queued', 'consumed') THEN 'delayed'
             ELSE state::text END AS state,
        count(*) AS n,
        EXTRACT(EPOCH FROM now() - min(mtime))::float8 AS age_s
