@@ -16,7 +16,7 @@ from roastq.api import enqueue_evaluation, enqueue_evaluations
 pytestmark = pytest.mark.postgres_broker  # the lane parks messages in the Postgres broker
 
 LANE_ENV = {
-    "LLM_BATCH_MIN_SLACK": "60", "LLM_BATCH_FALLBACK_S": "5", "LLM_BATCH_MAX_WAIT_S": "0.2",
+    "LLM_BATCH_LANE": "auto", "LLM_BATCH_MIN_SLACK": "60", "LLM_BATCH_FALLBACK_S": "5", "LLM_BATCH_MAX_WAIT_S": "0.2",
     "LLM_BATCH_POLL_S": "0.1", "LLM_BATCH_POLL_MAX_S": "0.3", "LLM_BATCH_TICK_S": "0.1", "BACKOFF_SCALE": "0.01",
 }
 
@@ -36,8 +36,7 @@ def lane(simulator, monkeypatch):
                                 stall_s=30.0, create_delay_s=30.0, max_processing=None)
     yield simulator.batches
     simulator.batches.reset()
-    for k in LANE_ENV:
-        monkeypatch.delenv(k)
+    monkeypatch.undo()
     reload_settings()
     client._default = None
 
