@@ -285,8 +285,9 @@ def _record_result(settings, batch_id: str, line) -> int:
                                              "duration_s": waited, "attempt": None, "request_id": message.id})
                 if req["cache_key"] and settings.llm_cache_enabled:
                     cache_entry = (req, message, usage, price)
-            events.emit("llm_call", model=req["model"], step=req["step"], duration_s=0.0, usage=usage,
-                        price_usd=price, exception=None, cached=False)
+            # Tokens and dollars count with every other call's; a batch answer has no call latency.
+            events.emit("llm_call", model=req["model"], step=req["step"], duration_s=None, usage=usage,
+                        price_usd=price, exception=None, cached=False, batch=True)
         elif not mine:
             return 0
         elif result.type == "errored":
