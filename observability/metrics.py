@@ -164,7 +164,8 @@ def record_llm_call(*, model: str, step: str, outcome: str, duration_s: float, u
     m["LLM_REQUESTS"].labels(model, step, outcome).inc()
     if cached:
         return  # not sent, not paid for
-    m["LLM_LATENCY"].labels(model, step).observe(duration_s)
+    if duration_s is not None:  # None: a batch-lane answer, which has no call latency
+        m["LLM_LATENCY"].labels(model, step).observe(duration_s)
     if usage is not None:
         for kind in TOKEN_KINDS:
             n = getattr(usage, f"{kind}_tokens", 0) or 0

@@ -99,6 +99,9 @@ def database_url(tmp_path_factory):
     # The response cache is off unless a test turns it on (tests/test_cache*.py): most tests run
     # one document and agent many times over, and are about what reaches the API.
     os.environ.setdefault("LLM_CACHE_ENABLED", "0")
+    # The batch lane likewise (tests/test_batch_lane*.py turn it on): batch-queue jobs would
+    # otherwise wait for Message Batches.
+    os.environ.setdefault("LLM_BATCH_LANE", "off")
     from roastq import db
     from roastq.settings import reload_settings
 
@@ -128,7 +131,7 @@ def simulator(database_url):
 TABLES = ("worker_heartbeats, comments, highlights, tasks, job_attempts, evaluation_versions, jobs, evaluations, "
           "agent_versions, agents, document_versions, documents, dramatiq.queue, "
           "schedule_ticks, system_state, cost_daily, legacy_jobs, legacy_ids, "
-          "llm_cache, job_steps, llm_spend_daily, llm_rate_limits, outbox")
+          "llm_cache, job_steps, llm_spend_daily, llm_rate_limits, outbox, llm_batch_requests, llm_batches")
 
 
 @pytest.fixture

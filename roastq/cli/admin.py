@@ -117,8 +117,11 @@ def status_data(*, overview: bool = False) -> dict:
         per_queue = rabbitmq_summary(QUEUES)
         extra = {"broker": "rabbitmq", "outbox": backlog()}
     # "queues" (messages by queue and state) is kept as it was for existing scripts.
+    from roastq.llm import batch
+
     return {"paused": paused, "jobs": jobs, "queue_summary": per_queue, "queues": queues,
-            "workers": workers, "scheduler": ticks, **extra}
+            "workers": workers, "scheduler": ticks, "batch_lane": dict(batch.status(), enabled=batch.enabled(
+                get_settings())), **extra}
 
 
 @_command
@@ -137,6 +140,12 @@ def cmd_status(args) -> int:
               f"(oldest {data['outbox']['oldest_unsent_s']:.1f} s)")
     print(_table(data["queue_summary"], ["queue", "queued", "delayed", "in_flight", "orphaned", "dead", "done",
                                          "oldest_queued_age_s"]))
+    lane = data["batch_lane"]
+    print(f"\nBatch lane ({'on' if lane['enabled'] else 'off'}): {lane['waiting']} requests waiting, "
+          f"{lane['in_batches']} in {lane['open_batches']} open batches (oldest request "
+          f"{_fmt(lane['oldest_request_s'])} s, oldest batch {_fmt(lane['oldest_batch_s'])} s); "
+          f"{lane['answered']} answered, {lane['errored']} errored, {lane['fell_back']} fell back; "
+          f"billed ${lane['billed_usd']:.4f}, saved ${lane['saved_usd']:.4f}")
     print(f"\nWorkers: {len(data['workers'])} live")
     if data["workers"]:
         print(_table(data["workers"], ["worker_id", "threads", "queues", "started_at", "last_seen_s"]))

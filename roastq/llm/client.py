@@ -28,6 +28,7 @@ import httpx2 as httpx
 import jsonschema
 
 from roastq import db, events
+from roastq.llm import batch
 from roastq.llm import budget
 from roastq.llm import cache
 from roastq.llm import ledger
@@ -161,6 +162,12 @@ class Claude:
         budget.check(settings, model=model, step=step)
         if settings.prompt_caching:
             system, tools = with_prompt_cache(system, tools)
+        # The batch lane (roastq/llm/batch.py): a batch job with time to spare waits for a Message Batch.
+        lane = batch.lane_call(settings, step=step, model=model, max_tokens=max_tokens, system=system,
+                               messages=messages, tools=tools, tool_choice=tool_choice, tool=tool,
+                               cache_key=key, cache_seed=seed)
+        if lane is not None:  # the pipeline checks and repairs its input like any answer's
+            return lane
         room = self._context_room(step=step, model=model, system=system, messages=messages, tools=tools)
         max_tokens = min(max_tokens, room)
 
@@ -196,7 +203,7 @@ class Claude:
                 events.emit("llm_retry", model=model, step=step, reason=reason)
                 continue
             try:
-                payload = _tool_input(response.content, tool, step=step, request_id=request_id)
+                payload = tool_input(response.content, tool, step=step, request_id=request_id)
                 check(payload)
             except BadLLMOutput as exc:  # paid for, but unusable: never cached
                 exc.request_id = exc.request_id or request_id
@@ -309,7 +316,7 @@ class Claude:
             hit = cache.lookup(key, cur)
             if hit is not None:
                 try:
-                    payload = _tool_input(hit.response.get("content") or [], tool, step=step,
+                    payload = tool_input(hit.response.get("content") or [], tool, step=step,
                                           request_id=hit.request_id)
                     check(payload)
                 except BadLLMOutput:  # stored before the step's checks changed: a miss
@@ -344,7 +351,7 @@ def _block(block, name: str):
     return block.get(name) if isinstance(block, dict) else getattr(block, name, None)
 
 
-def _tool_input(content, tool: dict, *, step: str, request_id: str | None) -> dict:
+def tool_input(content, tool: dict, *, step: str, request_id: str | None) -> dict:
     """The forced tool's input (an object), or BadLLMOutput."""
     blocks = [b for b in content if _block(b, "type") == "tool_use" and _block(b, "name") == tool["name"]]
     if not blocks:

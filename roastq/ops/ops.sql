@@ -214,7 +214,7 @@ ORDER BY c.day DESC, c.price_usd DESC;
 
 -- name: queue_summary
 -- Per queue, each message counted once: queued (ready), delayed (waiting for its eta in the .DQ
--- queue), in flight (held by a worker), orphaned (consumed, but no worker holds its lock: its
+-- queue, or parked in .lane for the batch lane), in flight (held by a worker), orphaned (consumed, but no worker holds its lock: its
 -- worker died), dead (rejected), done. The lock table is read once. With with_done false, finished
 -- messages are neither read nor counted (the console's overview: the other states are few and
 -- indexed, finished ones are most of the table).
@@ -224,7 +224,7 @@ WITH held_locks AS MATERIALIZED (
     WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 ), messages AS (
-    SELECT regexp_replace(q.queue_name, '\.DQ$', '') AS queue, q.queue_name LIKE '%%.DQ' AS dq,
+    SELECT regexp_replace(q.queue_name, '\.(DQ|lane)$', '') AS queue, q.queue_name ~ '\.(DQ|lane)$' AS dq,
            q.state, q.mtime,
            CASE WHEN q.state = 'consumed'
                 THEN roastq_message_lock(q.queue_name, q.message_id) IN (SELECT key FROM held_locks)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from roastq import db
-from roastq.api import _uuid
+from roastq.api import parse_id
 from roastq.db import Q
 from roastq.sql import load_queries
 
@@ -16,7 +16,7 @@ def job_detail(job_id: str, *, with_document: bool = False) -> dict | None:
     """A job with its attempts, tasks, LLM calls, reruns and evaluation (grade, summary, analysis,
     self-critique, highlights with their validity); ``with_document`` adds the document's text
     (what the highlights' offsets point into). None for an unknown job."""
-    job_id = _uuid(job_id, "job id")
+    job_id = parse_id(job_id, "job id")
     with db.transaction() as cur:
         cur.execute(Q.job_by_id, {"job_id": job_id})
         job = cur.fetchone()

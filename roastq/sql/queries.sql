@@ -97,8 +97,8 @@ SELECT status, count(*) AS n FROM jobs GROUP BY status ORDER BY status;
 
 -- name: queue_counts
 -- Broker messages by queue and state, with the age of the oldest waiting one.
-SELECT regexp_replace(queue_name, '\.DQ$', '') AS queue,
-       CASE WHEN queue_name LIKE '%%.DQ' AND state IN ('queued', 'consumed') THEN 'delayed'
+SELECT regexp_replace(queue_name, '\.(DQ|lane)$', '') AS queue,
+       CASE WHEN queue_name ~ '\.(DQ|lane)$' AND state IN ('queued', 'consumed') THEN 'delayed'
             ELSE state::text END AS state,
        count(*) AS n,
        EXTRACT(EPOCH FROM now() - min(mtime)) AS oldest_age_s
@@ -215,8 +215,8 @@ FROM enqueued;
 -- name: metrics_snapshot
 -- The metrics exporter's one read a scrape: broker messages by queue and state (messages of a
 -- .DQ delay queue are "delayed") with the age of the oldest, then one row about live workers.
-SELECT 'queue' AS kind, regexp_replace(queue_name, '\.DQ$', '') AS queue,
-       CASE WHEN queue_name LIKE '%%.DQ' AND state IN ('queued', 'consumed') THEN 'delayed'
+SELECT 'queue' AS kind, regexp_replace(queue_name, '\.(DQ|lane)$', '') AS queue,
+       CASE WHEN queue_name ~ '\.(DQ|lane)$' AND state IN ('queued', 'consumed') THEN 'delayed'
             ELSE state::text END AS state,
        count(*) AS n,
        EXTRACT(EPOCH FROM now() - min(mtime))::float8 AS age_s
