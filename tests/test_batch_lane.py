@@ -71,7 +71,7 @@ def test_a_batch_job_with_time_to_spare_runs_both_steps_through_the_lane(db, see
     # Billed at batch prices: the tasks' price is half what the same tokens cost real-time.
     from roastq.llm.pricing import Usage, cost_usd
 
-    for name, model, i, o, cr, cw, price in rows(db, "SELECT name, model, input_tokens, output_tokens, "
+    for _name, model, i, o, cr, cw, price in rows(db, "SELECT name, model, input_tokens, output_tokens, "
                                                      "cache_read_tokens, cache_write_tokens, price_usd FROM tasks "
                                                      "WHERE job_id = %s AND model IS NOT NULL", job_id):
         assert price == cost_usd(model, Usage(i, o, cr, cw), batch=True) > 0

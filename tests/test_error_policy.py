@@ -11,12 +11,12 @@ import psycopg2
 import pytest
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
+from roastq.exceptions import BadLLMOutput, InputError, JobCancelled, JobTimeLimit, LLMRefusal
 from roastq.failures import CLASS_POLICIES, Action, ErrorClass, RetryPolicy, classify, server_delay_s
 
 POLICY = RetryPolicy()
 MAX_WAITS = POLICY.max_waits
 decide = POLICY.decide
-from roastq.exceptions import BadLLMOutput, InputError, JobCancelled, JobTimeLimit, LLMRefusal
 
 REQUEST = httpx2.Request("POST", "http://sim/v1/messages")
 
