@@ -198,8 +198,8 @@ def _kill_a_worker(conn, run: Run, pool: subprocess.Popen) -> int | None:
 
 def _terminate_backends(conn, n: int) -> int:
     """End sessions of the workers: ``n`` at random (pool, consumer, listener and heartbeat ones),
-    and the one that holds the most advisory locks (a consumer holding running messages): the
-    messages it holds then look orphaned while they run."""
+    and the one that holds the locks of the most running messages (a consumer's): those messages
+    then look orphaned while they run."""
     with conn.cursor() as cur:
         cur.execute("""
             SELECT count(pg_terminate_backend(pid)) FROM (
@@ -207,10 +207,12 @@ def _terminate_backends(conn, n: int) -> int:
                  WHERE datname = current_database() AND application_name LIKE 'roastq%%'
                    AND pid <> pg_backend_pid() ORDER BY random() LIMIT %s)
                 UNION
-                (SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE l.locktype = 'advisory' AND a.datname = current_database()
-                   AND a.application_name LIKE 'roastq%%' GROUP BY l.pid ORDER BY count(*) DESC LIMIT 1)) t""",
-                    (n,))
+                (SELECT l.pid FROM pg_locks l
+                 JOIN (SELECT roastq_message_lock(queue_name, message_id) AS k FROM dramatiq.queue
+                       WHERE queue_name = 'stress' AND state = 'consumed') m
+                   ON l.classid = ((m.k >> 32) & 4294967295)::oid AND l.objid = (m.k & 4294967295)::oid
+                 WHERE l.locktype = 'advisory' AND l.objsubid = 1
+                 GROUP BY l.pid ORDER BY count(*) DESC LIMIT 1)) t""", (n,))
         return cur.fetchone()[0]
 
 
