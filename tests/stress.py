@@ -52,7 +52,8 @@ class Scenario:
     cancel_jobs: int = 40
     ticks: int = 20
     slow: float = 0.03  # this share of plain messages and of completing jobs works 2 to 6 s (an LLM call)
-    long: int = 8  # plain messages sent first that work 12 to 15 s: they run through the kill and restart
+    long: int = 8  # plain messages of 10 to 12 s, sent once the killed pool is back: Postgres then ends
+    # the session holding their locks, then every listening session (their consumers rescan)
     pools: int = 2  # worker pools of one process each: killing one leaves the other running
     threads: int = 8
     chunks: int = 6  # sent in this many chunks, one a second, while the workers run
@@ -154,10 +155,6 @@ def _plan(conn, run: Run) -> list[list]:
             run.tick_ids[m.message_id] = scheduled_at
             messages.append(m)
     random.shuffle(messages)
-    for i in range(s.long):
-        m = _message("stress_plain", (-1 - i, random.uniform(12, 15)))
-        run.plain_ids.append(m.message_id)
-        messages.insert(0, m)
     size = -(-len(messages) // s.chunks)
     return [messages[i:i + size] for i in range(0, len(messages), size)]
 
@@ -176,6 +173,13 @@ def _start_pool(run: Run, index: int, env_extra: dict) -> subprocess.Popen:
         [sys.executable, "-m", "dramatiq", "stress_actors", "--path", str(ROOT / "tests"), str(run.code_root),
          "--processes", "1", "--threads", str(run.scenario.threads)],
         env=env, stdout=log, stderr=log, start_new_session=True, cwd=run.code_root)
+
+
+def _send_long(conn, r: Run, n: int) -> None:
+    messages = [_message("stress_plain", (-1 - i, random.uniform(10, 12))) for i in range(n)]
+    with conn.cursor() as cur:
+        _enqueue(cur, messages)
+    r.plain_ids.extend(m.message_id for m in messages)
 
 
 def _worker_pids(conn) -> set[int]:
@@ -216,6 +220,15 @@ def _terminate_backends(conn, n: int) -> int:
         return cur.fetchone()[0]
 
 
+def _terminate_listeners(conn) -> int:
+    with conn.cursor() as cur:
+        cur.execute("""
+            SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+            WHERE datname = current_database() AND application_name LIKE 'roastq%%'
+              AND query ILIKE 'LISTEN%%' AND pid <> pg_backend_pid()""")
+        return cur.fetchone()[0]
+
+
 def _stop(pool: subprocess.Popen) -> None:
     if pool.poll() is None:
         pool.send_signal(signal.SIGTERM)
@@ -252,7 +265,7 @@ def run(database_url: str, scenario: Scenario, *, broker: str = "ours", log_dir:
         # Faults, spread over the run: (what, when in seconds after the first chunk).
         faults = sorted([("kill", 2.5)] + [("terminate", 1.0 + 2.2 * i) for i in range(scenario.terminations)],
                         key=lambda f: f[1])
-        restart_at = None
+        restart_at, restarted = None, None
         while time.monotonic() < deadline:
             now = time.time()
             if chunks and (not sent_at or now - sent_at[-1] >= 1.0):
@@ -268,14 +281,23 @@ def run(database_url: str, scenario: Scenario, *, broker: str = "ours", log_dir:
                     else:
                         faults.insert(0, ("kill", since + 0.5))  # not up yet: a little later
                         break
+                elif what == "orphan":
+                    r.terminated += _terminate_backends(conn, 0)
+                elif what == "listeners":
+                    r.terminated += _terminate_listeners(conn)
                 else:
                     r.terminated += _terminate_backends(conn, scenario.backends_a_round)
             if restart_at and pools[0].poll() is not None:  # the supervisor's part: start it again
                 pools[0] = _start_pool(r, 0, env)
                 restart_at = None
-                # While the new pool boots (its consumers scan their queues first thing), Postgres
-                # ends the session that holds the survivor's running messages.
-                r.terminated += _terminate_backends(conn, 0)
+                restarted = pools[0]
+            if restarted is not None and _worker_pids(conn) & {p.pid for p in psutil.Process(
+                    restarted.pid).children(recursive=True)}:
+                # Both pools run again: long messages, then their lock holder's session ends, then
+                # every listener's (each consumer restarts and scans its queue).
+                restarted = None
+                _send_long(conn, r, scenario.long)
+                faults = sorted(faults + [("orphan", since + 3.0), ("listeners", since + 4.0)], key=lambda f: f[1])
             if cancels and since >= 1.5:
                 with conn.cursor() as cur:
                     for job_id in cancels:
@@ -285,7 +307,7 @@ def run(database_url: str, scenario: Scenario, *, broker: str = "ours", log_dir:
                                     "ELSE completed_at END WHERE id = %s AND status IN ('PENDING', 'RUNNING')",
                                     (job_id,))
                 cancels = []
-            if not chunks and not faults and not restart_at and _done(conn, r):
+            if not chunks and not faults and not restart_at and restarted is None and _done(conn, r):
                 break
             time.sleep(0.2)
         r.finished = time.time()
