@@ -221,11 +221,14 @@ def _terminate_backends(conn, n: int) -> int:
 
 
 def _terminate_listeners(conn) -> int:
+    """End the consumers' listening sessions (their last statement: LISTEN, or the scan of pending
+    messages that follows it): each consumer restarts, and scans its queue."""
     with conn.cursor() as cur:
         cur.execute("""
             SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
             WHERE datname = current_database() AND application_name LIKE 'roastq%%'
-              AND query ILIKE 'LISTEN%%' AND pid <> pg_backend_pid()""")
+              AND (query ILIKE 'LISTEN%%' OR query ILIKE 'SELECT message::text%%state IN%%')
+              AND pid <> pg_backend_pid()""")
         return cur.fetchone()[0]
 
 
