@@ -52,6 +52,8 @@ class Scenario:
     cancel_jobs: int = 40
     ticks: int = 20
     slow: float = 0.03  # this share of plain messages and of completing jobs works 2 to 6 s (an LLM call)
+    long: int = 8  # plain messages of 10 to 12 s, sent once the killed pool is back: Postgres then ends
+    # the session holding their locks, then every listening session (their consumers rescan)
     pools: int = 2  # worker pools of one process each: killing one leaves the other running
     threads: int = 8
     chunks: int = 6  # sent in this many chunks, one a second, while the workers run
@@ -173,6 +175,13 @@ def _start_pool(run: Run, index: int, env_extra: dict) -> subprocess.Popen:
         env=env, stdout=log, stderr=log, start_new_session=True, cwd=run.code_root)
 
 
+def _send_long(conn, r: Run, n: int) -> None:
+    messages = [_message("stress_plain", (-1 - i, random.uniform(10, 12))) for i in range(n)]
+    with conn.cursor() as cur:
+        _enqueue(cur, messages)
+    r.plain_ids.extend(m.message_id for m in messages)
+
+
 def _worker_pids(conn) -> set[int]:
     with conn.cursor() as cur:
         cur.execute("SELECT pid FROM worker_heartbeats WHERE last_seen_at > now() - interval '3 seconds'")
@@ -193,8 +202,8 @@ def _kill_a_worker(conn, run: Run, pool: subprocess.Popen) -> int | None:
 
 def _terminate_backends(conn, n: int) -> int:
     """End sessions of the workers: ``n`` at random (pool, consumer, listener and heartbeat ones),
-    and the one that holds the most advisory locks (a consumer holding running messages): the
-    messages it holds then look orphaned while they run."""
+    and the one that holds the locks of the most running messages (a consumer's): those messages
+    then look orphaned while they run."""
     with conn.cursor() as cur:
         cur.execute("""
             SELECT count(pg_terminate_backend(pid)) FROM (
@@ -202,10 +211,24 @@ def _terminate_backends(conn, n: int) -> int:
                  WHERE datname = current_database() AND application_name LIKE 'roastq%%'
                    AND pid <> pg_backend_pid() ORDER BY random() LIMIT %s)
                 UNION
-                (SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE l.locktype = 'advisory' AND a.datname = current_database()
-                   AND a.application_name LIKE 'roastq%%' GROUP BY l.pid ORDER BY count(*) DESC LIMIT 1)) t""",
-                    (n,))
+                (SELECT l.pid FROM pg_locks l
+                 JOIN (SELECT roastq_message_lock(queue_name, message_id) AS k FROM dramatiq.queue
+                       WHERE queue_name = 'stress' AND state = 'consumed') m
+                   ON l.classid = ((m.k >> 32) & 4294967295)::oid AND l.objid = (m.k & 4294967295)::oid
+                 WHERE l.locktype = 'advisory' AND l.objsubid = 1
+                 GROUP BY l.pid ORDER BY count(*) DESC LIMIT 1)) t""", (n,))
+        return cur.fetchone()[0]
+
+
+def _terminate_listeners(conn) -> int:
+    """End the consumers' listening sessions (their last statement: LISTEN, or the scan of pending
+    messages that follows it): each consumer restarts, and scans its queue."""
+    with conn.cursor() as cur:
+        cur.execute("""
+            SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+            WHERE datname = current_database() AND application_name LIKE 'roastq%%'
+              AND (query ILIKE 'LISTEN%%' OR query ILIKE 'SELECT message::text%%state IN%%')
+              AND pid <> pg_backend_pid()""")
         return cur.fetchone()[0]
 
 
@@ -245,7 +268,7 @@ def run(database_url: str, scenario: Scenario, *, broker: str = "ours", log_dir:
         # Faults, spread over the run: (what, when in seconds after the first chunk).
         faults = sorted([("kill", 2.5)] + [("terminate", 1.0 + 2.2 * i) for i in range(scenario.terminations)],
                         key=lambda f: f[1])
-        restart_at = None
+        restart_at, restarted = None, None
         while time.monotonic() < deadline:
             now = time.time()
             if chunks and (not sent_at or now - sent_at[-1] >= 1.0):
@@ -261,14 +284,23 @@ def run(database_url: str, scenario: Scenario, *, broker: str = "ours", log_dir:
                     else:
                         faults.insert(0, ("kill", since + 0.5))  # not up yet: a little later
                         break
+                elif what == "orphan":
+                    r.terminated += _terminate_backends(conn, 0)
+                elif what == "listeners":
+                    r.terminated += _terminate_listeners(conn)
                 else:
                     r.terminated += _terminate_backends(conn, scenario.backends_a_round)
             if restart_at and pools[0].poll() is not None:  # the supervisor's part: start it again
                 pools[0] = _start_pool(r, 0, env)
                 restart_at = None
-                # While the new pool boots (its consumers scan their queues first thing), Postgres
-                # ends the session that holds the survivor's running messages.
-                r.terminated += _terminate_backends(conn, 0)
+                restarted = pools[0]
+            if restarted is not None and _worker_pids(conn) & {p.pid for p in psutil.Process(
+                    restarted.pid).children(recursive=True)}:
+                # Both pools run again: long messages, then their lock holder's session ends, then
+                # every listener's (each consumer restarts and scans its queue).
+                restarted = None
+                _send_long(conn, r, scenario.long)
+                faults = sorted(faults + [("orphan", since + 3.0), ("listeners", since + 4.0)], key=lambda f: f[1])
             if cancels and since >= 1.5:
                 with conn.cursor() as cur:
                     for job_id in cancels:
@@ -278,7 +310,7 @@ def run(database_url: str, scenario: Scenario, *, broker: str = "ours", log_dir:
                                     "ELSE completed_at END WHERE id = %s AND status IN ('PENDING', 'RUNNING')",
                                     (job_id,))
                 cancels = []
-            if not chunks and not faults and not restart_at and _done(conn, r):
+            if not chunks and not faults and not restart_at and restarted is None and _done(conn, r):
                 break
             time.sleep(0.2)
         r.finished = time.time()
@@ -314,18 +346,19 @@ def _lines(path):
                 yield parts[0], parts[1], int(parts[2]), float(parts[3])
 
 
-def executions(r: Run) -> dict[str, list[tuple[float, float, int]]]:
-    """key -> [(start, end, pid)]; a run killed with its process ends at the kill."""
+def executions(r: Run) -> dict[str, list[tuple[float, float, int, bool, bool]]]:
+    """key -> [(start, end, pid, finished, ok)]; a run killed with its process ends at the kill
+    (finished False); ok: it ended without raising."""
     open_runs: dict[tuple[str, int], list[float]] = defaultdict(list)
     runs: dict[str, list] = defaultdict(list)
     for phase, key, pid, t in _lines(r.log_path):
         if phase == "start":
             open_runs[(key, pid)].append(t)
         else:
-            runs[key].append((open_runs[(key, pid)].pop(0), t, pid))
+            runs[key].append((open_runs[(key, pid)].pop(0), t, pid, True, phase == "end"))
     for (key, pid), starts in open_runs.items():
         for start in starts:
-            runs[key].append((start, r.killed.get(pid, INF), pid))
+            runs[key].append((start, r.killed.get(pid, INF), pid, False, False))
     for key in runs:
         runs[key].sort()
     return runs
@@ -335,20 +368,26 @@ def _overlaps(runs) -> list:
     return [(a, b) for a, b in zip(runs, runs[1:]) if b[0] < a[1]]
 
 
+def reruns(runs, prefix="m:") -> int:
+    """Executions of a message that began after an earlier one had succeeded: at least once
+    allows them (an acknowledgement lost with its session), but each is work done twice."""
+    return sum(1 for key, key_runs in runs.items() if key.startswith(prefix)
+               for i, b in enumerate(key_runs) if any(a[4] and a[1] <= b[0] for a in key_runs[:i]))
+
+
 def check(database_url: str, r: Run) -> dict[str, list]:
     runs = executions(r)
     violations: dict[str, list] = defaultdict(list)
-    completed = lambda key: any(end != INF and pid not in r.killed for _, end, pid in runs.get(key, ()))  # noqa: E731
+    succeeded = lambda key: any(run[4] for run in runs.get(key, ()))  # noqa: E731
     for message_id in list(r.plain_ids) + list(r.tick_ids):
-        if not completed("m:" + message_id):
-            violations["message never ran to its end"].append(message_id)
+        if not succeeded("m:" + message_id):
+            violations["message never succeeded"].append(message_id)
     for key, key_runs in runs.items():
         if key.startswith(("m:", "j:", "t:")) and _overlaps(key_runs):
             kind = {"m": "message", "j": "job", "t": "tick"}[key[0]]
             violations[f"two executions of one {kind} overlap"].append((key, _overlaps(key_runs)[0]))
         if key.startswith("t:"):
-            finished = [x for x in key_runs if x[2] not in r.killed]
-            if len(finished) > 1:
+            if sum(1 for run in key_runs if run[4]) > 1:
                 violations["a tick's task ran twice"].append(key)
     conn = psycopg2.connect(database_url)
     try:
@@ -386,7 +425,8 @@ def summary(r: Run, violations: dict) -> str:
     n_msgs = len(r.plain_ids) + len(r.tick_ids) + len(r.jobs)
     lines = [f"{Path(r.log_path).stem.split('-', 1)[1]}: {n_msgs} messages ({len(r.plain_ids)} plain, {len(r.jobs)} jobs, "
              f"{len(r.tick_ids)} tick fires), {n_exec} executions in {r.finished - r.started:.1f} s; "
-             f"{len(r.killed)} worker killed, {r.terminated} backends terminated"]
+             f"{len(r.killed)} worker killed, {r.terminated} backends terminated; "
+             f"{reruns(runs)} re-runs of a message after it had succeeded (allowed, counted)"]
     for what, items in violations.items():
         lines.append(f"  {what}: {len(items)} (e.g. {items[:2]})")
     return "\n".join(lines)

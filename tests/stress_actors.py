@@ -1,7 +1,7 @@
 """Actors for the execution-counting stress test (tests/test_stress.py, bench/bench_run_once.py).
 
 Run by real worker processes: ``dramatiq stress_actors --path tests .``. Every execution appends
-a ``start`` and an ``end`` line (message id, job id or tick, pid, wall-clock time) to the file
+a ``start`` and an ``end`` (or, when it raised, ``fail``) line (message id, job id or tick, pid, wall-clock time) to the file
 ``STRESS_LOG`` names, with one ``O_APPEND`` write a line (atomic between processes), so that the
 record survives what the test does to the database and to the workers.
 
@@ -81,9 +81,9 @@ class _Execution:
         for key in self.keys:
             record("start", key)
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *_):
         for key in self.keys:
-            record("end", key)
+            record("end" if exc_type is None else "fail", key)
 
 
 def _message_key() -> str:

@@ -60,6 +60,12 @@ FROM requeued;
 """
 
 
+#: Messages this process has taken and not yet finished (acked, nacked, requeued), whatever
+#: consumer took them: a consumer that dramatiq restarts (after a lost connection) starts with an
+#: empty ``in_processing`` while the worker threads still run what the old one handed out.
+HELD: set[str] = set()
+
+
 class RoastqConsumer(PostgresConsumer):
     def __init__(self, *, recovery_interval_s: float, **kw):
         super().__init__(**kw)
@@ -70,6 +76,11 @@ class RoastqConsumer(PostgresConsumer):
         self._ready: deque[dramatiq.MessageProxy] = deque()  # consumed, not yet handed out
 
     def close(self):
+        # Taken but never handed out: this process lets go of them (a rescan takes them again).
+        for proxy in self._ready:
+            HELD.discard(proxy.message_id)
+            self.in_processing.discard(proxy.message_id)
+        self._ready.clear()
         # The listening connection is closed, not pooled: its LISTEN would outlive this consumer
         # and hand another consumer notifications for a queue it does not serve.
         if self._listen_conn is not None:
@@ -124,11 +135,11 @@ class RoastqConsumer(PostgresConsumer):
                 continue  # not ours (a pooled connection may carry an old LISTEN)
             if "kwargs" in notify.payload:
                 message = Message.decode(notify.payload.encode("utf-8"))
-                if message.message_id not in self.in_processing:
+                if message.message_id not in HELD:
                     found.setdefault(message.message_id, message)
             else:
                 message_id = json.loads(notify.payload)["message_id"]
-                if message_id not in self.in_processing and message_id not in found:
+                if message_id not in HELD and message_id not in found:
                     by_id.append(message_id)
         with transaction(self.get_consume_conn()) as curs:
             if by_id:
@@ -147,6 +158,7 @@ class RoastqConsumer(PostgresConsumer):
                 lock, consumed = outcome.get(message_id, (None, False))
                 if consumed:
                     self.in_processing.add(message_id)
+                    HELD.add(message_id)
                     self._ready.append(dramatiq.MessageProxy(found[message_id]))
                 elif lock is not None:
                     # Locked, but finished by another worker in between: let go at once.
@@ -196,6 +208,7 @@ class RoastqConsumer(PostgresConsumer):
     def _release_after_commit(self, message):
         self.unlock_q.put_nowait(message)
         self.in_processing.discard(message.message_id)
+        HELD.discard(message.message_id)
 
     @raise_connection_error
     def requeue(self, messages):
@@ -204,14 +217,17 @@ class RoastqConsumer(PostgresConsumer):
         messages = list(messages)
         if not messages:
             return
-        conn = self.get_consume_conn()
-        with transaction(conn) as curs:
-            curs.execute(REQUEUE_NOTIFY, (tuple(m.message_id for m in messages),))
-        with transaction(conn) as curs:  # committed: now the locks may go
-            curs.execute("SELECT pg_advisory_unlock(l) FROM unnest(%s::bigint[]) AS l",
-                         ([message_lock(m) for m in messages],))
-        for message in messages:
-            self.in_processing.discard(message.message_id)
+        try:
+            conn = self.get_consume_conn()
+            with transaction(conn) as curs:
+                curs.execute(REQUEUE_NOTIFY, (tuple(m.message_id for m in messages),))
+            with transaction(conn) as curs:  # committed: now the locks may go
+                curs.execute("SELECT pg_advisory_unlock(l) FROM unnest(%s::bigint[]) AS l",
+                             ([message_lock(m) for m in messages],))
+        finally:  # requeued, or lost from memory if that failed: a rescan takes them again
+            for message in messages:
+                self.in_processing.discard(message.message_id)
+                HELD.discard(message.message_id)
 
 
 class RoastqBroker(PostgresBroker):

@@ -237,8 +237,9 @@ SELECT message::text FROM dramatiq.queue WHERE message_id = ANY(%(ids)s::uuid[])
 -- name: broker_consume_many
 -- dramatiq-pg's CONSUME_ONE for many messages: take each message that is waiting and whose
 -- advisory lock is free (a live worker holds the lock of every message it runs). A 'consumed'
--- one is taken again only when the worker that took it is gone: its lock may be free because
--- Postgres ended that session (terminated, restarted) while the worker runs it on. Returns the
+-- one is taken again only when the worker that took it is gone (its lock may be free because
+-- Postgres ended that session, terminated or restarted, while the worker runs it on), or is
+-- this worker, which no longer holds it (the caller leaves out the messages it still runs). Returns the
 -- messages locked, and whether each was taken; a lock won on a message finished in between
 -- must be released by the caller. Only messages still in the consumer's queue: a retry moves a
 -- message to its delay queue under the same id, where its lock is another key.
@@ -248,7 +249,8 @@ WITH candidates AS MATERIALIZED (
       ON q.message_id = t.id
     WHERE q.queue_name = %(queue)s
       AND (q.state = 'queued'
-           OR (q.state = 'consumed' AND NOT roastq_worker_alive(q.consumer_id, %(stale_after_s)s)))
+           OR (q.state = 'consumed' AND (q.consumer_id IS NOT DISTINCT FROM %(consumer_id)s
+                                          OR NOT roastq_worker_alive(q.consumer_id, %(stale_after_s)s))))
 ), locked AS MATERIALIZED (
     SELECT message_id, lock FROM candidates WHERE pg_try_advisory_lock(lock)
 ), taken AS (
