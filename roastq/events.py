@@ -22,6 +22,9 @@ Events:
   (``roastq/evaluation/answers.py``, ``REPAIR_KINDS``).
   ``llm_retry``: model, step, reason ("corrective", "max_tokens_raised", "shorter_answer"); one
   extra request within a call (each is also an ``llm_call``).
+  ``llm_batch``: action ("submitted", "submit_failed"), queue, requests; the batch lane
+  (``roastq/llm/batch_driver.py``). A batch answer is also an ``llm_call`` with ``duration_s``
+  None and ``batch`` True (its tokens and dollars count; it has no call latency).
 
   Jobs:
   ``job_failed``: job_id, queue, actor, error_class; a job failed for good outside any message,

@@ -38,10 +38,6 @@ class JobTimeLimit(RoastqError):
     """The job's time limit left no time for the next LLM call."""
 
 
-class MessageRejected(RoastqError):
-    """A message the actor cannot take (missing, malformed or unknown job id)."""
-
-
 class Snooze(RoastqError):
     """Not a failure: the job must wait (system paused, budget spent, rate limit) and run again
     after ``delay_s``. It uses up no attempt and is not bounded like a rate-limit wait."""
@@ -50,3 +46,19 @@ class Snooze(RoastqError):
         super().__init__(f"waiting {delay_s:.1f} s: {reason}")
         self.delay_s = delay_s
         self.reason = reason
+
+
+from dramatiq.errors import Retry as _DramatiqRetry  # noqa: E402
+
+
+class LaneWait(Snooze, _DramatiqRetry):
+    """A step waits in the batch lane (``roastq.llm.batch``): the job's message is parked, using no
+    attempt and no thread, until the lane has the step's outcome or ``delay_s`` (the last moment
+    to run it real-time) comes. (A dramatiq ``Retry`` too, only so that the worker does not log
+    the expected wait as an unhandled exception with its traceback: it is classified SNOOZED.)"""
+
+    parks = True  # the broker parks the message instead of delaying it
+
+    def __init__(self, delay_s: float, step: str):
+        super().__init__(delay_s, f"batch_lane:{step}")
+        self.step = step

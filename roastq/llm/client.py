@@ -28,12 +28,14 @@ import httpx2 as httpx
 import jsonschema
 
 from roastq import db, events
+from roastq.llm import batch
 from roastq.llm import budget
 from roastq.llm import cache
 from roastq.llm import ledger
 from roastq.llm import models
 from roastq.llm import ratelimit
 from roastq.exceptions import BadLLMOutput, InputError, JobTimeLimit, LLMRefusal
+from roastq.failures import ErrorClass, classify
 from roastq.jobctx import current_job
 from roastq.llm.pricing import Usage, cost_usd
 from roastq.llm.strict import strict_tool
@@ -45,10 +47,6 @@ logger = logging.getLogger("roastq.llm.client")
 SIMULATOR_KEY = "sk-roastq-simulator"
 #: Below this much time left, an LLM call is not worth starting.
 MIN_CALL_TIMEOUT_S = 1.0
-#: Errors for which waiting does not help: they never close the rate-limit gate.
-SPEND_LIMIT_ERRORS = tuple(
-    getattr(anthropic, n) for n in ("EnforcedSpendLimitReachedError", "ContractSpendLimitReachedError",
-                                    "LinkedOrganizationSpendLimitReachedError") if hasattr(anthropic, n))
 EPHEMERAL = {"type": "ephemeral"}
 #: Tokens that must be left for the answer: a prompt leaving fewer cannot be evaluated.
 MIN_ANSWER_TOKENS = 1024
@@ -164,6 +162,12 @@ class Claude:
         budget.check(settings, model=model, step=step)
         if settings.prompt_caching:
             system, tools = with_prompt_cache(system, tools)
+        # The batch lane (roastq/llm/batch.py): a batch job with time to spare waits for a Message Batch.
+        lane = batch.lane_call(settings, step=step, model=model, max_tokens=max_tokens, system=system,
+                               messages=messages, tools=tools, tool_choice=tool_choice, tool=tool,
+                               cache_key=key, cache_seed=seed)
+        if lane is not None:  # the pipeline checks and repairs its input like any answer's
+            return lane
         room = self._context_room(step=step, model=model, system=system, messages=messages, tools=tools)
         max_tokens = min(max_tokens, room)
 
@@ -199,7 +203,7 @@ class Claude:
                 events.emit("llm_retry", model=model, step=step, reason=reason)
                 continue
             try:
-                payload = _tool_input(response.content, tool, step=step, request_id=request_id)
+                payload = tool_input(response.content, tool, step=step, request_id=request_id)
                 check(payload)
             except BadLLMOutput as exc:  # paid for, but unusable: never cached
                 exc.request_id = exc.request_id or request_id
@@ -312,7 +316,7 @@ class Claude:
             hit = cache.lookup(key, cur)
             if hit is not None:
                 try:
-                    payload = _tool_input(hit.response.get("content") or [], tool, step=step,
+                    payload = tool_input(hit.response.get("content") or [], tool, step=step,
                                           request_id=hit.request_id)
                     check(payload)
                 except BadLLMOutput:  # stored before the step's checks changed: a miss
@@ -335,7 +339,7 @@ class Claude:
         try:
             ratelimit.settle(self.settings, model, input_estimate=estimate, headers=getattr(response, "headers", None),
                              status=getattr(response, "status_code", None),
-                             gate_allowed=not isinstance(exc, SPEND_LIMIT_ERRORS))
+                             gate_allowed=classify(exc) is not ErrorClass.SPEND_LIMIT)  # waiting never helps
         except Exception:  # the call's own error is the one to classify and report
             logger.exception("rate limiter settle failed after %s", type(exc).__name__)
         finally:
@@ -347,7 +351,7 @@ def _block(block, name: str):
     return block.get(name) if isinstance(block, dict) else getattr(block, name, None)
 
 
-def _tool_input(content, tool: dict, *, step: str, request_id: str | None) -> dict:
+def tool_input(content, tool: dict, *, step: str, request_id: str | None) -> dict:
     """The forced tool's input (an object), or BadLLMOutput."""
     blocks = [b for b in content if _block(b, "type") == "tool_use" and _block(b, "name") == tool["name"]]
     if not blocks:

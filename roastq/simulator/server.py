@@ -54,6 +54,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from roastq.simulator import sloppy
+from roastq.simulator.batches import BatchLane
 
 # kind -> (HTTP status, Anthropic error type, message). The SDK picks its exception
 # class from the status (and error.details.error_code for spend_limit).
@@ -365,7 +366,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         raw = self.rfile.read(int(self.headers.get("content-length") or 0)) if method == "POST" else b""
         try:
-            if method == "POST" and self.path.split("?")[0] == "/v1/messages":
+            if self.path.startswith(("/v1/messages/batches", "/_sim/batches")):
+                self.server.sim.batches.handle(self, method, raw)  # the Batches API: batches.py
+            elif method == "POST" and self.path.split("?")[0] == "/v1/messages":
                 self.server.sim._messages(self, raw)
             elif method == "POST" and self.path.split("?")[0] == "/v1/messages/count_tokens":
                 self.server.sim._count_tokens(self, raw)
@@ -383,6 +386,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
 
 class Simulator:
     """Threaded HTTP server imitating the Anthropic Messages API. See module docstring."""
@@ -396,6 +402,7 @@ class Simulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
+        self.batches = BatchLane(self)  # /v1/messages/batches
         self.reset()
 
     @property
@@ -475,6 +482,7 @@ class Simulator:
                                           "cache_creation_input_tokens", "count_tokens"), 0)
             self._by = {k: Counter() for k in ("by_kind", "by_status", "by_model", "by_tool", "by_stop_reason",
                                                "by_sloppy_kind")}
+        self.batches.reset()
 
     def _control(self, h: _Handler, method: str, raw: bytes) -> None:
         path = h.path.split("?")[0]
