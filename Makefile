@@ -50,10 +50,11 @@ screenshots: $(STAMP)
 	ROASTQ_SCREENSHOTS=$(CURDIR)/docs/console $(BIN)/python -m pytest -q tests/test_console_browser.py
 
 # `make bench`: the broker, concurrency and quick LLM benchmarks (about 5 minutes on 2 cores).
-# `make bench-long`: the 3-minute shared rate-limit run and the broker ceiling search (about 10).
+# `make bench-long`: the 3-minute shared rate-limit run, the broker ceiling search and the sloppy-answer
+# runs (about 15).
 BENCH      := bench/bench_broker.py bench/bench_concurrency.py bench/llm_cache_hit.py bench/llm_faults.py \
               bench/console_pages.py
-BENCH_LONG := bench/llm_ratelimit.py bench/bench_scaling.py
+BENCH_LONG := bench/llm_ratelimit.py bench/bench_scaling.py bench/llm_sloppy.py
 
 bench: $(STAMP)
 	@for script in $(BENCH); do echo "== $$script"; $(BIN)/python $$script || exit 1; done

@@ -101,6 +101,8 @@ def test_bad_llm_output_retried_at_most_twice(db, seeded, worker, sim):
     assert one(db, "SELECT error_class, attempts FROM jobs WHERE id = %s", job_id) == ("BAD_LLM_OUTPUT", 3)
     requests = [r for r in sim.requests() if r["job_id"] == job_id]
     assert [(r["attempt"], r["error_results"]) for r in requests] == [(str(a), e) for a in (1, 2, 3) for e in (0, 1)]
+    # A later attempt's first request is not the first attempt's: it says an earlier answer was unusable.
+    assert requests[2]["input_tokens"] > requests[0]["input_tokens"]
 
 
 def test_refusal_fails_at_once_with_its_own_class(db, seeded, worker, sim):

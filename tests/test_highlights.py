@@ -330,6 +330,11 @@ def test_curly_double_quotes_and_a_dash_against_straight():
     assert m.quoted_text == 'says "calibration" matters more than raw accuracy - a claim'
 
 
+def test_quotation_marks_around_the_whole_quote():
+    m = located("\u201cTheir Brier scores improved by a third\u201d")
+    assert m.quoted_text == "Their Brier scores improved by a third" and m.strategy == "typography"
+
+
 def test_ellipsis_for_omitted_words():
     for mark in ("...", "\u2026", "[...]"):
         m = located(f"the study followed 40 forecasters {mark} scored every prediction")

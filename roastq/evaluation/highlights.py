@@ -10,7 +10,8 @@ progressively looser strategies:
 1. ``exact``: a plain substring;
 2. ``case_insensitive``: the same, ignoring case;
 3. ``whitespace``: runs of whitespace on both sides treated as equal (line breaks, paragraphs);
-4. ``typography``: the same, with curly and straight quotes, apostrophes and dashes as equal;
+4. ``typography``: the same, with curly and straight quotes, apostrophes and dashes as equal,
+   and without quotation marks the model put around the whole quote;
 5. ``ellipsis``: a quote with ``...``, ``…`` or ``[...]`` where words were left out: its parts in
    order, in one paragraph's reach (``MAX_ELLIPSIS_GAP`` characters apart at most);
 6. ``fuzzy``: ``rapidfuzz`` partial alignment, accepted at or above ``min_score`` (a changed word).
@@ -182,6 +183,9 @@ def _finders(content: str, quote: str) -> Iterator[tuple[str, Finder]]:
     typographic = _typographic(quote)
     if typographic != loose:
         yield "typography", _regex_finder(re.compile(typographic, re.IGNORECASE), content)
+    bare = quote.strip().strip(_EQUIVALENT[0] + _EQUIVALENT[1]).strip()
+    if bare and bare != quote.strip():  # a quote the model put in quotation marks of its own
+        yield "typography", _regex_finder(re.compile(_typographic(bare), re.IGNORECASE), content)
     parts = [p for p in _ELLIPSIS.split(quote) if p.strip()]
     if _ELLIPSIS.search(quote) and parts:
         gap = r"[\s\S]{0,%d}?" % MAX_ELLIPSIS_GAP

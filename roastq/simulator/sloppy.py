@@ -169,11 +169,11 @@ class Slop:
         if how == "two_lines" and self.lines:
             at = [i for i, (_, t) in enumerate(self.lines[:-1]) if q and q in t]
             if at:
-                n, _ = self.lines[at[0]]
+                n, line = self.lines[at[0]]
                 nxt = next((ln for ln in self.lines[at[0] + 1:] if ln[1].strip()), None)
-                if nxt is not None:
+                if nxt is not None:  # from the quote to the end of its line, then on into the next
                     words = nxt[1].split()
-                    q = q + " " + " ".join(words[: self.rng.randint(2, max(2, min(8, len(words))))])
+                    q = line[line.index(q):].rstrip() + " " + " ".join(words[: self.rng.randint(2, max(2, min(8, len(words))))])
                     for lk in ("end_line",):
                         if lk in h:
                             h[lk] = nxt[0]
