@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test up console screenshots bench bench-long install clean
+.PHONY: demo test test-unit lint up console screenshots bench bench-long install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,17 @@ demo: $(STAMP)
 RABBITMQ_TESTS := tests/test_evaluation.py tests/test_failures.py tests/test_enqueue.py \
                   tests/test_outbox.py tests/test_rabbitmq.py tests/test_console.py
 
-test: $(STAMP)
+# The habits: lint and format (ruff) and the layer check (import-linter, docs/architecture.md).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+# The fast tier: the tests that need no Postgres, simulator or worker (marked `unit` at collection).
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit
+
+test: lint
 	$(BIN)/python -m pytest
 	ROASTQ_TEST_BROKER=rabbitmq $(BIN)/python -m pytest $(RABBITMQ_TESTS)
 

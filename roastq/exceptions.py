@@ -26,10 +26,6 @@ class JobTimeLimit(RoastqError):
     """The job's time limit left no time for the next LLM call."""
 
 
-class MessageRejected(RoastqError):
-    """A message the actor cannot take (missing, malformed or unknown job id)."""
-
-
 class Snooze(RoastqError):
     """Not a failure: the job must wait (system paused, budget spent, rate limit) and run again
     after ``delay_s``. It uses up no attempt and is not bounded like a rate-limit wait."""

@@ -38,10 +38,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "postgres_broker: inspects the Postgres broker's own tables "
                                        "(dramatiq.queue): not run in the RabbitMQ pass")
     config.addinivalue_line("markers", "rabbitmq: needs the RabbitMQ broker: run only in the RabbitMQ pass")
+    config.addinivalue_line("markers", "unit: needs no Postgres, simulator or worker (`make test-unit`)")
+
+
+#: The unit tier (`make test-unit`): whole modules that need no Postgres, simulator or worker;
+#: single tests elsewhere carry ``@pytest.mark.unit`` themselves.
+UNIT_MODULES = {"test_error_policy.py", "test_highlights.py", "test_samples.py", "test_layers.py"}
 
 
 def pytest_collection_modifyitems(config, items):
     """Each pass runs the tests that apply to its broker; the others are deselected."""
+    for item in items:
+        if item.path.name in UNIT_MODULES:
+            item.add_marker(pytest.mark.unit)
     keep, drop = [], []
     for item in items:
         marker = "postgres_broker" if RABBITMQ_PASS else "rabbitmq"
@@ -192,13 +201,17 @@ def llm_settings(simulator):
 
 
 @pytest.fixture
-def fast_backoff(request, monkeypatch):
-    """Backoff scaled down so that retries happen in milliseconds (the policy itself is unchanged).
+def fast_backoff(request, monkeypatch, broker):
+    """Backoff scaled down so that retries happen in milliseconds (the policy itself is unchanged):
+    in this process's stack, and (BACKOFF_SCALE) for worker processes a test starts.
     A test module may set ``BACKOFF_SCALE = "0.002"`` to change the factor."""
+    from helpers import stack_options
     from roastq import settings
 
-    monkeypatch.setenv("BACKOFF_SCALE", getattr(request.module, "BACKOFF_SCALE", "0.01"))
+    scale = getattr(request.module, "BACKOFF_SCALE", "0.01")
+    monkeypatch.setenv("BACKOFF_SCALE", scale)
     settings.reload_settings()
-    yield
+    with stack_options(broker, backoff_scale=float(scale)):
+        yield
     monkeypatch.delenv("BACKOFF_SCALE")
     settings.reload_settings()

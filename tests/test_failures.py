@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import pytest
 
-from helpers import kill_all, kill_group, one, rows, running_worker, start_workers, wait_for_status, wait_until
+from helpers import kill_all, kill_group, one, rows, running_worker, start_workers, wait_for_status, wait_until, stack_options
 from messages import wait_consumed, wait_rejected
 from roastq.api import enqueue_evaluation, rerun_job
 
@@ -57,7 +57,7 @@ def test_transient_fault_is_retried_then_completes(db, seeded, worker, sim, shor
     job_id = a_job(seeded, db)
     assert wait_for_status(db, [job_id], timeout=30)[job_id] == "COMPLETED"
     attempts = attempts_of(db, job_id)
-    assert [(a[0], a[1], a[2]) for a in attempts] == [(1, "retry", FAULT_CLASS[fault]), (2, "completed", None)]
+    assert [(a[0], a[1], a[2]) for a in attempts] == [(1, "retried", FAULT_CLASS[fault]), (2, "completed", None)]
     if fault == "rate_limit":
         assert attempts[0][4] == "server_requested" and attempts[0][3] >= sim.config.retry_after_s
     assert one(db, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
@@ -88,7 +88,7 @@ def test_exhausted_backoff_fails_with_the_class(db, seeded, worker, sim):
     job_id = a_job(seeded, db)
     assert wait_for_status(db, [job_id])[job_id] == "FAILED"
     assert one(db, "SELECT error_class, attempts FROM jobs WHERE id = %s", job_id) == ("UPSTREAM", 5)
-    assert [a[1] for a in attempts_of(db, job_id)] == ["retry"] * 4 + ["failed"]
+    assert [a[1] for a in attempts_of(db, job_id)] == ["retried"] * 4 + ["failed"]
 
 
 def test_unknown_error_is_retried_once(db, seeded, worker, sim, monkeypatch):
@@ -105,7 +105,7 @@ def test_unknown_error_is_retried_once(db, seeded, worker, sim, monkeypatch):
     monkeypatch.setattr(pipeline, "locate_highlight", flaky)
     job_id = a_job(seeded, db)
     assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
-    assert [(a[1], a[2]) for a in attempts_of(db, job_id)] == [("retry", "UNKNOWN"), ("completed", None)]
+    assert [(a[1], a[2]) for a in attempts_of(db, job_id)] == [("retried", "UNKNOWN"), ("completed", None)]
 
 
 def test_database_connection_lost_mid_job_is_retried(db, seeded, worker, sim, database_url):
@@ -125,7 +125,7 @@ def test_database_connection_lost_mid_job_is_retried(db, seeded, worker, sim, da
         blocker.rollback()
         blocker.close()
     assert wait_for_status(db, [job_id], timeout=30)[job_id] == "COMPLETED"
-    assert [(a[1], a[2]) for a in attempts_of(db, job_id)] == [("retry", "DATABASE"), ("completed", None)]
+    assert [(a[1], a[2]) for a in attempts_of(db, job_id)] == [("retried", "DATABASE"), ("completed", None)]
     assert one(db, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
 
 
@@ -151,7 +151,7 @@ def test_time_limit_retried_when_the_agent_allows_it(db, seeded, worker, sim):
     wait_until(lambda: one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 2, timeout=20, what="retry")
     sim.configure(latency_ms=5)
     assert wait_for_status(db, [job_id], timeout=20)[job_id] in ("COMPLETED", "FAILED")
-    assert attempts_of(db, job_id)[0][1:3] == ("retry", "TIMEOUT")
+    assert attempts_of(db, job_id)[0][1:3] == ("retried", "TIMEOUT")
 
 
 def test_retry_reruns_a_dead_letter_as_a_linked_job(db, seeded, worker, sim):
@@ -324,17 +324,13 @@ def test_recovery_never_takes_a_message_whose_worker_is_alive(db, seeded, sim):
 def test_a_job_whose_workers_keep_dying_fails_as_worker_lost(db, seeded, sim, broker, monkeypatch):
     """A poison message: after JOB_CRASH_LIMIT deliveries died with their worker, the next
     delivery fails the job instead of running it (and killing another worker)."""
-    from roastq import settings
-
-    monkeypatch.setenv("JOB_CRASH_LIMIT", "3")
-    settings.reload_settings()
     job_id = a_job(seeded, db)
     with db.cursor() as cur:  # the state after three workers died mid-job: two closed, one still open
         cur.execute("UPDATE jobs SET status = 'RUNNING', attempts = 3, worker_id = 'gone:1' WHERE id = %s", (job_id,))
         cur.execute("INSERT INTO job_attempts (job_id, attempt, outcome, ended_at) VALUES "
                     "(%s, 1, 'crashed', now()), (%s, 2, 'crashed', now())", (job_id, job_id))
         cur.execute("INSERT INTO job_attempts (job_id, attempt) VALUES (%s, 3)", (job_id,))
-    with running_worker(broker, threads=2):
+    with stack_options(broker, job_crash_limit=3), running_worker(broker, threads=2):
         assert wait_for_status(db, [job_id])[job_id] == "FAILED"
     assert one(db, "SELECT error_class FROM jobs WHERE id = %s", job_id) == "WORKER_LOST"
     assert [a[1] for a in attempts_of(db, job_id)] == ["crashed", "crashed", "crashed", "failed"]

@@ -106,7 +106,7 @@ def test_a_budget_hold_is_counted_and_the_exporter_reports_spend_and_cap(db, see
     held = one(db, "SELECT count(*) FROM job_attempts WHERE job_id = %s AND delay_reason = 'budget'", job_id)
     assert delta(before, after, "roastq_llm_budget_holds_total", model=model) == held
     assert delta(before, after, "roastq_llm_budget_holds_total") == held
-    assert delta(before, after, "roastq_messages_retried_total", error_class="SNOOZED") == held  # waits, not failures
+    assert delta(before, after, "roastq_messages_snoozed_total", reason="budget") == held  # waits, not failures
     assert delta(before, after, "roastq_messages_failed_total") == 0
     # The spend gauge is the ledger's today, the job's price included; the cap the exporter's setting.
     price = one(db, "SELECT price_usd FROM jobs WHERE id = %s", job_id)
@@ -154,7 +154,7 @@ def test_a_snooze_for_the_rate_limiter_is_counted(db, seeded, worker, sim, llm_s
     assert delta(before, after, waits, model=model, outcome="snoozed") == snoozes
     assert delta(before, after, "roastq_llm_rate_limit_wait_seconds_total", model=model, outcome="snoozed") >= \
         0.5 * snoozes
-    assert delta(before, after, "roastq_messages_retried_total", error_class="SNOOZED") == snoozes
+    assert delta(before, after, "roastq_messages_snoozed_total", reason="rate_limit") == snoozes
 
 
 def test_a_429_closing_the_gate_is_counted(db, seeded, worker, sim):

@@ -53,6 +53,7 @@ def test_job_status_is_constrained(db, seeded):
             cur.execute("UPDATE jobs SET status = 'DONE' WHERE id = %s", (job_id,))
 
 
+@pytest.mark.unit
 def test_default_model_is_current():
     known = typing.get_args(typing.get_args(anthropic.types.ModelParam)[0])
     from anthropic._data.deprecated_models import DEPRECATED_MODELS
@@ -61,6 +62,7 @@ def test_default_model_is_current():
     assert DEFAULT_ANALYSIS_MODEL not in DEPRECATED_MODELS
 
 
+@pytest.mark.unit
 def test_settings_from_env(monkeypatch):
     monkeypatch.setenv("METRICS_PORT", "9999")
     monkeypatch.setenv("LOG_FORMAT", "pretty")
@@ -69,6 +71,7 @@ def test_settings_from_env(monkeypatch):
     assert (s.metrics_port, s.log_format, s.analysis_model) == (9999, "pretty", "claude-haiku-4-5")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name,value", [("METRICS_PORT", "ninety"), ("LOG_FORMAT", "xml")])
 def test_bad_settings_are_clear_errors(monkeypatch, name, value):
     monkeypatch.setenv(name, value)

@@ -19,13 +19,14 @@ from roastq.ops import pause as system_pause
 from roastq.api import EnqueueError, cancel_job
 from roastq.cli.main import _fmt, _print_json, _table
 from roastq.db import Q
+from roastq.queues import ALL_QUEUES, JOB_QUEUES
 from roastq.settings import get_settings
 from roastq.sql import load_queries
 
 OPS = load_queries("ops.sql", "roastq.ops")
 
 STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
-QUEUES = ("interactive", "batch", "maintenance")
+QUEUES = ALL_QUEUES
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -291,7 +292,7 @@ def _job_filters(p, *, statuses: bool = True) -> None:
     if statuses:
         p.add_argument("--status", help="one status or several, comma-separated (e.g. PENDING,RUNNING)")
     p.add_argument("--class", dest="error_class", help="error class, e.g. RATE_LIMITED")
-    p.add_argument("--queue", choices=["interactive", "batch"])
+    p.add_argument("--queue", choices=list(JOB_QUEUES))
     p.add_argument("--agent", help="agent id, slug or name")
     p.add_argument("--document", help="document id or slug")
     p.add_argument("--since", help="created since: an age (30m, 2h, 7d) or an ISO date/time")

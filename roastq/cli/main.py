@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from roastq import db
 from roastq.db import Q
+from roastq.queues import JOB_QUEUES
 
 
 def _print_json(data) -> None:
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("enqueue", help="enqueue an evaluation; prints the job id")
     p.add_argument("--document-id", required=True)
     p.add_argument("--agent-id", required=True)
-    p.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
+    p.add_argument("--priority", choices=list(JOB_QUEUES), default="interactive")
     p.set_defaults(fn=cmd_enqueue)
     p = sub.add_parser("job", help="one job, with its attempts and tasks")
     p.add_argument("job_id")

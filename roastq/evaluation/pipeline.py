@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Callable
 
-from roastq import db
+from roastq import db, jobs
 from roastq.llm import ledger
 from roastq.db import Q
 from roastq.exceptions import InputError, JobCancelled
@@ -233,9 +233,8 @@ def save(inputs: JobInputs, result: EvaluationResult) -> str | None:
     transaction. Returns the evaluation version id, or None when the job was already finished
     (a duplicate delivery): the first result stands and this one is discarded."""
     with db.transaction() as cur:
-        cur.execute(Q.lock_job, {"job_id": inputs.job_id})
-        job = cur.fetchone()
-        if job is None or job["status"] in ("COMPLETED", "FAILED", "CANCELLED"):
+        job = jobs.lock(cur, inputs.job_id)
+        if job is None or jobs.is_finished(job["status"]):
             logger.warning("job already %s: result discarded", job and job["status"])
             return None
         cur.execute(Q.lock_evaluation, {"evaluation_id": inputs.evaluation_id})
@@ -284,17 +283,13 @@ def save(inputs: JobInputs, result: EvaluationResult) -> str | None:
         tasks = _tasks(inputs.job_id, result, cur)
         for t in tasks:
             cur.execute(Q.insert_task, {"job_id": inputs.job_id, "evaluation_version_id": ev_id, **t})
-        cur.execute(
-            Q.complete_job,
-            {"job_id": inputs.job_id, "evaluation_version_id": ev_id,
-             "price_usd": sum((t["price_usd"] for t in tasks), Decimal(0))},
-        )
+        jobs.complete(cur, inputs.job_id, evaluation_version_id=ev_id,
+                      price_usd=sum((t["price_usd"] for t in tasks), Decimal(0)))
         job = current_job.get()
         if job is not None:
             # The attempt ends, and the message is acknowledged, with the result: the three never
             # disagree, and the broker's ack needs no round trip of its own.
-            cur.execute(Q.finish_attempt, {"job_id": inputs.job_id, "attempt": job.attempt,
-                                           "message_id": job.message_id})
+            jobs.finish_attempt(cur, inputs.job_id, job.attempt, job.message_id)
     if job is not None:
         job.finished_with_result = True
     return str(ev_id)
@@ -326,9 +321,7 @@ def _tasks(job_id: str, result: EvaluationResult, cur) -> list[dict]:
 
 def cancel_requested(job_id: str) -> bool:
     with db.transaction() as cur:
-        cur.execute(Q.cancel_requested, {"job_id": job_id})
-        row = cur.fetchone()
-    return bool(row and row["cancelled"])
+        return jobs.cancel_requested(cur, job_id)
 
 
 def evaluate(job_id: str, claude: Claude | None = None) -> str | None:

@@ -30,6 +30,7 @@ from roastq.llm import cache
 from roastq.llm import ledger
 from roastq.llm import ratelimit
 from roastq.exceptions import BadLLMOutput, JobTimeLimit
+from roastq.failures import ErrorClass, classify
 from roastq.jobctx import current_job
 from roastq.llm.pricing import Usage, cost_usd
 from roastq.settings import Settings, get_settings
@@ -40,10 +41,6 @@ logger = logging.getLogger("roastq.llm.client")
 SIMULATOR_KEY = "sk-roastq-simulator"
 #: Below this much time left, an LLM call is not worth starting.
 MIN_CALL_TIMEOUT_S = 1.0
-#: Errors for which waiting does not help: they never close the rate-limit gate.
-SPEND_LIMIT_ERRORS = tuple(
-    getattr(anthropic, n) for n in ("EnforcedSpendLimitReachedError", "ContractSpendLimitReachedError",
-                                    "LinkedOrganizationSpendLimitReachedError") if hasattr(anthropic, n))
 EPHEMERAL = {"type": "ephemeral"}
 
 
@@ -235,7 +232,7 @@ class Claude:
         try:
             ratelimit.settle(self.settings, model, input_estimate=estimate, headers=getattr(response, "headers", None),
                              status=getattr(response, "status_code", None),
-                             gate_allowed=not isinstance(exc, SPEND_LIMIT_ERRORS))
+                             gate_allowed=classify(exc) is not ErrorClass.SPEND_LIMIT)  # waiting never helps
         except Exception:  # the call's own error is the one to classify and report
             logger.exception("rate limiter settle failed after %s", type(exc).__name__)
         finally:

@@ -68,20 +68,6 @@ FOR UPDATE OF j SKIP LOCKED;
 -- live worker holds it.
 SELECT pg_try_advisory_xact_lock(roastq_message_lock(%(queue_name)s, %(message_id)s)) AS free;
 
--- name: job_worker_lost
--- The job's worker died: it waits for its message again (or a new one).
-UPDATE jobs
-SET status = 'PENDING', worker_id = NULL, error_class = 'WORKER_LOST', error = %(error)s,
-    next_attempt_at = NULL, updated_at = now()
-WHERE id = %(job_id)s AND status = 'RUNNING';
-
--- name: job_failed_worker_lost
-UPDATE jobs
-SET status = 'FAILED', error_class = 'WORKER_LOST', error = %(error)s, completed_at = now(),
-    worker_id = NULL, next_attempt_at = NULL, updated_at = now(),
-    duration_s = EXTRACT(EPOCH FROM now() - created_at)
-WHERE id = %(job_id)s AND status = 'RUNNING';
-
 -- name: requeue_messages
 -- Back to 'queued', with a NOTIFY so that a listening worker takes them at once.
 WITH requeued AS (
@@ -151,9 +137,6 @@ WHERE j.id = %(job_id)s AND j.status = 'PENDING' AND j.cancel_requested_at IS NU
                   WHERE q.state IN ('queued', 'consumed')
                     AND (q.message_id = j.message_id OR q.message->'args'->>0 = j.id::text))
 FOR UPDATE OF j SKIP LOCKED;
-
--- name: set_job_message
-UPDATE jobs SET message_id = %(message_id)s, updated_at = now() WHERE id = %(job_id)s;
 
 -- name: retire_messages_of_finished_jobs
 -- Live messages whose job has finished (cancelled while queued, failed by the reaper): a worker
@@ -317,13 +300,6 @@ RETURNING value, updated_at;
 
 -- name: delete_state
 DELETE FROM system_state WHERE key = %(key)s RETURNING value;
-
--- name: job_paused
--- The job waits for the pause to end: PENDING still, and `roastq jobs` says why.
-UPDATE jobs
-SET next_attempt_at = now() + make_interval(secs => %(delay_s)s), error_class = 'SNOOZED',
-    error = %(error)s, updated_at = now()
-WHERE id = %(job_id)s AND status = 'PENDING';
 
 -- name: health_schema
 SELECT to_regclass('dramatiq.queue') IS NOT NULL AS broker_queue,
