@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import one, rows, running_worker, wait_for_status
+
 from roastq.api import cancel_job, enqueue_evaluation, enqueue_evaluations
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")
