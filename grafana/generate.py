@@ -182,6 +182,23 @@ LLM = dashboard("roastq-llm", "roastq: LLM",
     timeseries("Response cache", "Cache lookups per second by outcome (hit, miss, bypass) and answers stored.", [
         target(f"sum by (outcome) (rate(roastq_llm_cache_lookups_total[{RATE}]))", "{{outcome}}"),
     ], unit="reqps"),
+    stat("Batch lane saved", "Dollars the batch lane saved against the same answers real-time (all time, "
+         "from Postgres).", "max(roastq_batch_lane_saved_dollars)", unit="currencyUSD"),
+    stat("Oldest open batch", "Age of the oldest Message Batch not yet collected; red past LLM_BATCH_EXPECTED_S.",
+         "max(roastq_batch_lane_oldest_batch_age_seconds)", unit="s", thresholds=[(1800, "orange"), (3600, "red")]),
+    timeseries("Batch lane depth", "LLM requests waiting for a batch and in open batches, and open batches.", [
+        target("max by (state) (roastq_batch_lane_requests)", "requests {{state}}", "A"),
+        target("max(roastq_batch_lane_open_batches)", "open batches", "B"),
+    ]),
+    timeseries("Batch lane age", "Oldest open batch and oldest pending request, against the expected window.", [
+        target("max(roastq_batch_lane_oldest_batch_age_seconds)", "oldest batch", "A"),
+        target("max(roastq_batch_lane_oldest_request_age_seconds)", "oldest request", "B"),
+        target("max(roastq_batch_lane_expected_seconds)", "expected window", "C"),
+    ], unit="s"),
+    timeseries("Batch lane dollars", "Billed at batch prices, and saved against real-time, per hour.", [
+        target(f"max(deriv(roastq_batch_lane_billed_dollars[{RATE}])) * 3600", "billed / h", "A"),
+        target(f"max(deriv(roastq_batch_lane_saved_dollars[{RATE}])) * 3600", "saved / h", "B"),
+    ], unit="currencyUSD"),
     timeseries("Rate limiter", "Waits for the shared rate limiter per second, by reason and outcome (waited in "
                "the thread, or snoozed), and gate closures (a 429, or a limit with nothing left).", [
         target(f"sum by (reason, outcome) (rate(roastq_llm_rate_limit_waits_total[{RATE}]))",

@@ -69,6 +69,14 @@ def on_llm_unknown_model(*, model, **_):
     m.LLM_UNKNOWN_MODEL.labels(model).inc()
 
 
+def on_llm_repair(*, step, kind, **_):
+    m.LLM_REPAIRS.labels(step, kind).inc()
+
+
+def on_llm_retry(*, model, step, reason, **_):
+    m.LLM_RETRIES.labels(model, step, reason).inc()
+
+
 def on_job_failed(*, queue, actor, error_class, **_):
     """``job_failed`` listener: a job failed for good outside any message (the stale-job reaper)."""
     m.FAILED.labels(queue, actor, str(error_class)).inc()
@@ -83,6 +91,8 @@ LISTENERS = {
     "llm_rate_limit_wait": on_llm_rate_limit_wait,
     "llm_rate_limit_gate": on_llm_rate_limit_gate,
     "llm_unknown_model": on_llm_unknown_model,
+    "llm_repair": on_llm_repair,
+    "llm_retry": on_llm_retry,
     "job_failed": on_job_failed,
 }
 

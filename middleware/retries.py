@@ -54,4 +54,7 @@ class Retries(Middleware):
             message.options["waited_s"] = message.options.get("waited_s", 0.0) + decision.delay_s
         message.options["bypass_cache"] = decision.error_class is ErrorClass.BAD_LLM_OUTPUT
         message.options.pop("traceback", None)
+        if getattr(exception, "parks", False) and hasattr(broker, "park"):
+            broker.park(message)  # a step waits in the batch lane, which wakes the job (roastq/llm/batch.py)
+            return
         broker.enqueue(message, delay=max(1, int(decision.delay_s * 1000)))

@@ -13,8 +13,9 @@ after-hooks in reverse, so:
   ``JobState`` (no attempt is opened while paused).
 * ``JobState`` before ``TimeLimit`` (it sets each job's time limit from its agent); ``Metrics``
   after it, so only attempts that really start are counted.
-* dramatiq's ``TimeLimit``, ``ShutdownNotifications``, ``CurrentMessage``; our ``Heartbeat``;
-  periodiq's middleware (accepts the ``periodic`` actor option, drops ticks older than 55 s).
+* dramatiq's ``TimeLimit``, ``ShutdownNotifications``, ``CurrentMessage``; our ``Heartbeat`` and
+  ``BatchLane`` (the batch lane's driver thread); periodiq's middleware (accepts the
+  ``periodic`` actor option, drops ticks older than 55 s).
 
 Settings are read here, once, and passed to the constructors: a test builds a stack with the
 options it needs (``build_stack(settings.replace(...))``) instead of patching the environment.
@@ -27,8 +28,10 @@ from dramatiq.middleware import CurrentMessage, Middleware, ShutdownNotification
 from periodiq import PeriodiqMiddleware
 
 from roastq.failures import RetryPolicy
+from roastq.llm import batch
 from roastq.settings import Settings, get_settings
 
+from .batchlane import BatchLane
 from .heartbeat import Heartbeat
 from .jobs import JobState
 from .logs import JobLogs
@@ -55,5 +58,6 @@ def build_stack(settings: Settings | None = None, *, exporter: bool = True) -> l
         ShutdownNotifications(),
         CurrentMessage(),
         Heartbeat(interval_s=settings.heartbeat_interval_s),
+        BatchLane(enabled=batch.enabled(settings), tick_s=settings.llm_batch_tick_s),
         PeriodiqMiddleware(skip_delay=55),
     ]

@@ -61,11 +61,16 @@ class PostgresCollector:
             cur.execute(Q.metrics_snapshot, {"stale_after_s": stale_after_s})
             rows = cur.fetchall()
         spend = budget.status(settings, conn=self._conn)  # the ledger is in Postgres whatever the broker
+        from roastq.llm.batch import Q as LANE
+
+        with self._cursor() as cur:  # the batch lane (roastq/llm/batch.py)
+            cur.execute(LANE.lane_status)
+            lane = dict(zip([c.name for c in cur.description], cur.fetchone()))
         if settings.rabbitmq:  # messages live in RabbitMQ: depth is read there (roastq/brokers/__init__.py)
             from roastq.brokers.rabbitmq import rabbitmq_metric_rows
 
             rows = [r for r in rows if r[0] != "queue"] + rabbitmq_metric_rows(QUEUES)
-        return rows, spend
+        return rows, spend, lane
 
     def collect(self):
         started = time.monotonic()
@@ -73,7 +78,7 @@ class PostgresCollector:
                                "1 if the exporter's last read of queue and worker state from Postgres worked.")
         with self._lock:
             try:
-                rows, spend = self._read()
+                rows, spend, lane = self._read()
             except Exception as exc:
                 logger.warning("metrics: could not read Postgres: %s", exc)
                 if self._conn is not None:
@@ -129,9 +134,39 @@ class PostgresCollector:
                                 "The daily LLM spend cap, LLM_DAILY_BUDGET_USD (0: no cap).")
         cap.add_metric([], float(spend.cap_usd or 0))
         yield cap
+        yield from lane_metrics(lane, get_settings().llm_batch_expected_s)
         took = GaugeMetricFamily("roastq_metrics_postgres_read_seconds", "How long the exporter's Postgres read took.")
         took.add_metric([], time.monotonic() - started)
         yield took
+
+
+def lane_metrics(lane: dict, expected_s: float):
+    """The batch lane's gauges (docs/metrics.md)."""
+    requests = GaugeMetricFamily("roastq_batch_lane_requests", "LLM requests in the batch lane: waiting for a "
+                                 "batch, or in an open batch.", labels=["state"])
+    requests.add_metric(["waiting"], lane["waiting"])
+    requests.add_metric(["in_batch"], lane["in_batches"])
+    yield requests
+    open_batches = GaugeMetricFamily("roastq_batch_lane_open_batches", "Message Batches not yet collected.")
+    open_batches.add_metric([], lane["open_batches"])
+    yield open_batches
+    for name, key, what in (("roastq_batch_lane_oldest_batch_age_seconds", "oldest_batch_s", "open batch"),
+                            ("roastq_batch_lane_oldest_request_age_seconds", "oldest_request_s", "pending request")):
+        g = GaugeMetricFamily(name, f"Age of the oldest {what} in the batch lane; 0 when there is none.")
+        g.add_metric([], float(lane[key] or 0.0))
+        yield g
+    expected = GaugeMetricFamily("roastq_batch_lane_expected_seconds",
+                                 "LLM_BATCH_EXPECTED_S: a batch open longer is late (the alert's threshold).")
+    expected.add_metric([], expected_s)
+    yield expected
+    billed = GaugeMetricFamily("roastq_batch_lane_billed_dollars", "Dollars billed for batch-lane answers (at "
+                               "batch prices), all time.")
+    billed.add_metric([], float(lane["billed_usd"]))
+    yield billed
+    saved = GaugeMetricFamily("roastq_batch_lane_saved_dollars", "Dollars the batch lane saved against the same "
+                              "answers real-time, all time.")
+    saved.add_metric([], float(lane["saved_usd"]))
+    yield saved
 
 
 def build_registry(postgres: PostgresCollector | None = None) -> CollectorRegistry:

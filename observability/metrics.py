@@ -135,6 +135,14 @@ def setup_metrics() -> dict:
             LLM_UNKNOWN_MODEL = Counter("roastq_llm_unknown_model_calls_total",
                                         "Calls priced for a model the price table does not know (charged the dearest rate).",
                                         ["model"])
+            LLM_REPAIRS = Counter("roastq_llm_answer_repairs_total",
+                                  "Soft violations repaired in Claude's answers before they were saved, by step and kind "
+                                  "(string_truncated, number_clamped, number_coerced, enum_defaulted, extra_ignored, "
+                                  "items_trimmed, field_defaulted, highlight_dropped).", ["step", "kind"])
+            LLM_RETRIES = Counter("roastq_llm_in_call_retries_total",
+                                  "Extra requests within one LLM call, by reason: corrective (the answer failed the hard "
+                                  "tier and was sent back as an is_error tool result), max_tokens_raised, shorter_answer.",
+                                  ["model", "step", "reason"])
             _metrics = {name: value for name, value in locals().items() if name.isupper()}
     return _metrics
 
@@ -156,7 +164,8 @@ def record_llm_call(*, model: str, step: str, outcome: str, duration_s: float, u
     m["LLM_REQUESTS"].labels(model, step, outcome).inc()
     if cached:
         return  # not sent, not paid for
-    m["LLM_LATENCY"].labels(model, step).observe(duration_s)
+    if duration_s is not None:  # None: a batch-lane answer, which has no call latency
+        m["LLM_LATENCY"].labels(model, step).observe(duration_s)
     if usage is not None:
         for kind in TOKEN_KINDS:
             n = getattr(usage, f"{kind}_tokens", 0) or 0

@@ -12,11 +12,13 @@ imported here). That set-up belongs to worker processes, at boot.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta, timezone
 
 from roastq import db, jobs
 from roastq.brokers import send_job, send_jobs
 from roastq.db import Q
-from roastq.queues import INTERACTIVE, BATCH, JOB_QUEUES
+from roastq.queues import BATCH, INTERACTIVE, JOB_QUEUES
+from roastq.settings import get_settings
 
 PRIORITIES = JOB_QUEUES
 
@@ -38,22 +40,54 @@ def _check_priority(priority: str) -> None:
         raise EnqueueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
 
 
+def _when(value, what: str) -> datetime | None:
+    """An absolute UTC time from a datetime (naive: UTC), a timedelta or seconds from now."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, timedelta):
+        return datetime.now(timezone.utc) + value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.now(timezone.utc) + timedelta(seconds=value)
+    raise EnqueueError(f"{what} must be a datetime, a timedelta or seconds, got {value!r}")
+
+
+def _schedule(priority: str, deadline, not_before) -> tuple[datetime | None, datetime | None, int | None]:
+    """(deadline, not_before, delay in ms): a batch job without a deadline gets the default one
+    (LLM_BATCH_DEFAULT_DEADLINE), counted from its start time."""
+    start = _when(not_before, "not_before")
+    now = datetime.now(timezone.utc)
+    due = _when(deadline, "deadline")
+    if due is None and priority == BATCH:
+        due = max(start or now, now) + timedelta(seconds=get_settings().llm_batch_default_deadline_s)
+    if due is not None and start is not None and due <= start:
+        raise EnqueueError(f"the deadline ({due.isoformat()}) must come after the start time ({start.isoformat()})")
+    delay_ms = int((start - now).total_seconds() * 1000) if start is not None and start > now else None
+    return due, start, delay_ms
+
+
 def insert_and_send(cur, *, evaluation_id, document_version_id, agent_version_id, queue,
-                    original_job_id=None) -> str:
+                    original_job_id=None, deadline=None, not_before=None) -> str:
     """A new job row and its message, on the caller's cursor; returns the job id."""
     job_id = str(uuid.uuid4())
-    message = send_job(cur, queue, job_id)
+    due, start, delay_ms = _schedule(queue, deadline, not_before)
+    message = send_job(cur, queue, job_id, delay_ms=delay_ms)
     jobs.insert(cur, job_id=job_id, evaluation_id=evaluation_id, document_version_id=document_version_id,
                 agent_version_id=agent_version_id, queue=queue, message_id=message.message_id,
-                original_job_id=original_job_id)
+                original_job_id=original_job_id, deadline=due, not_before=start)
     return job_id
 
 
-def enqueue_evaluation(document_id, agent_id, *, priority: str = INTERACTIVE, conn=None) -> str:
+def enqueue_evaluation(document_id, agent_id, *, priority: str = INTERACTIVE, deadline=None,
+                       not_before=None, conn=None) -> str:
     """Enqueue an evaluation of a document by an agent; return the job id.
 
     The document's and agent's latest versions are pinned on the job now: edits made after this
-    call do not change what the job evaluates.
+    call do not change what the job evaluates. ``deadline`` (a datetime, a timedelta or seconds
+    from now; batch jobs default to LLM_BATCH_DEFAULT_DEADLINE): a batch job with time to spare
+    sends its LLM steps through the batch lane at half the price (docs/llm.md). ``not_before``
+    (the same kinds): the job does not start before then.
     """
     _check_priority(priority)
     document_id = parse_id(document_id, "document id")
@@ -71,13 +105,15 @@ def enqueue_evaluation(document_id, agent_id, *, priority: str = INTERACTIVE, co
         evaluation_id = cur.fetchone()["id"]
         return insert_and_send(
             cur, evaluation_id=evaluation_id, document_version_id=document["id"],
-            agent_version_id=agent["id"], queue=priority,
+            agent_version_id=agent["id"], queue=priority, deadline=deadline, not_before=not_before,
         )
 
 
-def enqueue_evaluations(pairs, *, priority: str = BATCH, conn=None) -> list[str]:
+def enqueue_evaluations(pairs, *, priority: str = BATCH, deadline=None, not_before=None,
+                        conn=None) -> list[str]:
     """Enqueue many evaluations (``(document_id, agent_id)`` pairs) in one transaction with a
     handful of round trips, whatever their number; return the job ids in the pairs' order.
+    ``deadline`` and ``not_before`` as for ``enqueue_evaluation``, the same for every job.
 
     All or nothing: an unknown document or agent raises EnqueueError and writes no job.
     """
@@ -100,11 +136,13 @@ def enqueue_evaluations(pairs, *, priority: str = BATCH, conn=None) -> list[str]
                                            "agent_ids": [a for _, a in distinct]})
         evaluations = {(str(r["document_id"]), str(r["agent_id"])): r["id"] for r in cur.fetchall()}
         job_ids = [str(uuid.uuid4()) for _ in pairs]
-        messages = send_jobs(cur, priority, job_ids)
+        due, start, delay_ms = _schedule(priority, deadline, not_before)
+        messages = send_jobs(cur, priority, job_ids, delay_ms=delay_ms)
         jobs.insert_many(cur, job_ids=job_ids, evaluation_ids=[evaluations[p] for p in pairs],
                          document_version_ids=[doc_versions[d] for d, _ in pairs],
                          agent_version_ids=[agent_versions[a] for _, a in pairs],
-                         queues=[priority] * len(pairs), message_ids=[m.message_id for m in messages])
+                         queues=[priority] * len(pairs), message_ids=[m.message_id for m in messages],
+                         deadlines=[due] * len(pairs), not_before=start)
     return job_ids
 
 

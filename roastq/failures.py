@@ -29,7 +29,7 @@ import httpx2
 import psycopg2
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
-from roastq.exceptions import BadLLMOutput, InputError, JobCancelled, JobTimeLimit, Snooze
+from roastq.exceptions import BadLLMOutput, InputError, JobCancelled, JobTimeLimit, LLMRefusal, Snooze
 from roastq.redact import clean_error
 
 
@@ -42,6 +42,7 @@ class ErrorClass(str, enum.Enum):
     AUTH = "AUTH"
     INVALID_REQUEST = "INVALID_REQUEST"
     BAD_LLM_OUTPUT = "BAD_LLM_OUTPUT"
+    REFUSAL = "REFUSAL"  # the model declined (stop_reason "refusal"): asking again gets the same
     DATABASE = "DATABASE"
     TIMEOUT = "TIMEOUT"
     INPUT = "INPUT"
@@ -84,6 +85,7 @@ POLICY: dict[type, ErrorClass] = {
     anthropic.ContentTooLargeError: ErrorClass.INVALID_REQUEST,
     anthropic.RequestHeaderFieldsTooLargeError: ErrorClass.INVALID_REQUEST,
     BadLLMOutput: ErrorClass.BAD_LLM_OUTPUT,
+    LLMRefusal: ErrorClass.REFUSAL,
     psycopg2.OperationalError: ErrorClass.DATABASE,
     psycopg2.InterfaceError: ErrorClass.DATABASE,
     TimeLimitExceeded: ErrorClass.TIMEOUT,
@@ -134,6 +136,7 @@ CLASS_POLICIES: dict[ErrorClass, ClassPolicy] = {
     ErrorClass.AUTH: ClassPolicy(retry=False, level="fatal"),
     ErrorClass.INVALID_REQUEST: PERMANENT,
     ErrorClass.BAD_LLM_OUTPUT: ClassPolicy(retry=True, max_attempts=3, base_s=1.0, cap_s=10.0),
+    ErrorClass.REFUSAL: PERMANENT,
     ErrorClass.DATABASE: BACKOFF,
     ErrorClass.TIMEOUT: PERMANENT,  # per agent: agent_versions.retry_on_timeout
     ErrorClass.INPUT: PERMANENT,

@@ -49,19 +49,22 @@ def is_finished(status: str | None) -> bool:
 
 
 def insert(cur, *, job_id, evaluation_id, document_version_id, agent_version_id, queue, message_id,
-           original_job_id=None) -> None:
-    """A new PENDING job (its message is sent in the same transaction)."""
+           original_job_id=None, deadline=None, not_before=None) -> None:
+    """A new PENDING job (its message is sent in the same transaction). ``deadline``: by when it
+    must be done (the batch lane routes by it); ``not_before``: it does not start earlier."""
     cur.execute(J.insert, {
         "id": job_id, "evaluation_id": evaluation_id, "document_version_id": document_version_id,
         "agent_version_id": agent_version_id, "queue": queue, "message_id": message_id,
-        "original_job_id": original_job_id,
+        "original_job_id": original_job_id, "deadline": deadline, "not_before": not_before,
     })
 
 
-def insert_many(cur, *, job_ids, evaluation_ids, document_version_ids, agent_version_ids, queues, message_ids) -> None:
+def insert_many(cur, *, job_ids, evaluation_ids, document_version_ids, agent_version_ids, queues, message_ids,
+                deadlines=None, not_before=None) -> None:
     cur.execute(J.insert_many, {
         "ids": job_ids, "evaluation_ids": evaluation_ids, "document_version_ids": document_version_ids,
         "agent_version_ids": agent_version_ids, "queues": queues, "message_ids": message_ids,
+        "deadlines": deadlines or [None] * len(job_ids), "not_before": not_before,
     })
 
 

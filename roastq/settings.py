@@ -83,6 +83,31 @@ def _choice(*allowed: str):
     return parse
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(raw: str) -> float:
+    """Seconds from ``90``, ``90s``, ``10m``, ``6h`` or ``2d`` (ValueError otherwise)."""
+    text = str(raw).strip().lower()
+    unit = _UNITS.get(text[-1:]) if text else None
+    value = float(text[:-1] if unit else text)
+    if value < 0:
+        raise ValueError(f"a duration cannot be negative: {raw!r}")
+    return value * (unit or 1)
+
+
+def _duration(name: str, raw: str) -> float:
+    try:
+        return parse_duration(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a duration (seconds, or 90s, 10m, 6h, 2d), got {raw!r}") from None
+
+
+def _lower_choice(*allowed: str):
+    inner = _choice(*allowed)
+    return lambda name, raw: inner(name, raw.lower())
+
+
 def _broker_url(name: str, raw: str) -> str | None:
     """Unset (or ``postgres``) keeps messages in Postgres; ``amqp://``/``amqps://`` URLs (several
     separated by ``;``) select RabbitMQ."""
@@ -111,6 +136,19 @@ class Settings:
     analysis_model: str = _setting("ANALYSIS_MODEL", _str, DEFAULT_ANALYSIS_MODEL)
     llm_call_timeout_s: float = _setting("LLM_CALL_TIMEOUT_S", _float, 120.0)  # per-call cap; the job's time left may be smaller
     default_time_limit_s: int = _setting("DEFAULT_TIME_LIMIT_S", _int, 240)  # RoastMyPost's default per-agent job time limit
+    strict_tools: bool = _setting("STRICT_TOOLS", _bool, True)  # tools sent with strict: true (shape guaranteed; bounds checked after)
+    llm_max_tokens: int = _setting("LLM_MAX_TOKENS", _int, 4096)  # first max_tokens of a call; an answer cut there is asked again with more
+    # The batch lane (docs/llm.md): batch-queue jobs with time to spare go through Message Batches.
+    llm_batch_lane: str = _setting("LLM_BATCH_LANE", _lower_choice("off", "auto"), "auto")  # off | auto
+    llm_batch_default_deadline_s: float = _setting("LLM_BATCH_DEFAULT_DEADLINE", _duration, 86400.0)  # a batch-priority job's deadline when none is given
+    llm_batch_min_slack_s: float = _setting("LLM_BATCH_MIN_SLACK", _duration, 3 * 3600.0)  # a step goes to the lane only with more time than this left
+    llm_batch_fallback_s: float = _setting("LLM_BATCH_FALLBACK_S", _duration, 1800.0)  # under this much time left, a waiting step runs real-time
+    llm_batch_max_requests: int = _setting("LLM_BATCH_MAX_REQUESTS", _int, 10_000)  # requests a batch (the API allows 100,000 or 256 MB)
+    llm_batch_max_wait_s: float = _setting("LLM_BATCH_MAX_WAIT_S", _duration, 60.0)  # a request waits at most this for its batch to be submitted
+    llm_batch_poll_s: float = _setting("LLM_BATCH_POLL_S", _duration, 5.0)  # first poll of an open batch; doubles up to LLM_BATCH_POLL_MAX_S
+    llm_batch_poll_max_s: float = _setting("LLM_BATCH_POLL_MAX_S", _duration, 300.0)
+    llm_batch_tick_s: float = _setting("LLM_BATCH_TICK_S", _duration, 2.0)  # how often each worker process offers to drive the lane; 0: only the scheduler
+    llm_batch_expected_s: float = _setting("LLM_BATCH_EXPECTED_S", _duration, 3600.0)  # a batch open longer is late (status, alert)
     # The LLM cost layer (docs/llm.md): response cache, prompt caching, budget, rate limits, prices.
     llm_cache_enabled: bool = _setting("LLM_CACHE_ENABLED", _bool, True)  # the response cache in Postgres
     llm_cache_ttl_s: float = _setting("LLM_CACHE_TTL_S", _float, 7 * 86400.0)

@@ -99,6 +99,9 @@ def database_url(tmp_path_factory):
     # The response cache is off unless a test turns it on (tests/test_cache*.py): most tests run
     # one document and agent many times over, and are about what reaches the API.
     os.environ.setdefault("LLM_CACHE_ENABLED", "0")
+    # The batch lane likewise (tests/test_batch_lane*.py turn it on): batch-queue jobs would
+    # otherwise wait for Message Batches.
+    os.environ.setdefault("LLM_BATCH_LANE", "off")
     from roastq import db
     from roastq.settings import reload_settings
 
@@ -128,7 +131,7 @@ def simulator(database_url):
 TABLES = ("worker_heartbeats, comments, highlights, tasks, job_attempts, evaluation_versions, jobs, evaluations, "
           "agent_versions, agents, document_versions, documents, dramatiq.queue, "
           "schedule_ticks, system_state, cost_daily, legacy_jobs, legacy_ids, "
-          "llm_cache, job_steps, llm_spend_daily, llm_rate_limits, outbox")
+          "llm_cache, job_steps, llm_spend_daily, llm_rate_limits, outbox, llm_batch_requests, llm_batches")
 
 
 @pytest.fixture
@@ -154,9 +157,17 @@ def sim(simulator):
 
     simulator.reset()
     simulator.configure(latency_ms=5, jitter_ms=2, fault_rate=0.0, faults=ALL_RANDOM_FAULTS, hang_s=30.0,
-                        retry_after_s=1.0, rpm_limit=None)
+                        retry_after_s=1.0, rpm_limit=None, sloppiness=0.0)
     yield simulator
     simulator.reset()
+
+
+@pytest.fixture(params=[0.0, 0.3], ids=["tidy", "sloppy"])
+def sloppiness(request, sim):
+    """Run a test twice: with answers that honour their schemas, and with the simulator's
+    sloppiness at 0.3 (model-like violations in about a third of the answers, sloppy.py)."""
+    sim.configure(sloppiness=request.param)
+    return request.param
 
 
 @pytest.fixture

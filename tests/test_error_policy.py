@@ -11,12 +11,12 @@ import psycopg2
 import pytest
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
+from roastq.exceptions import BadLLMOutput, InputError, JobCancelled, JobTimeLimit, LLMRefusal
 from roastq.failures import CLASS_POLICIES, Action, ErrorClass, RetryPolicy, classify, server_delay_s
 
 POLICY = RetryPolicy()
 MAX_WAITS = POLICY.max_waits
 decide = POLICY.decide
-from roastq.exceptions import BadLLMOutput, InputError, JobCancelled, JobTimeLimit
 
 REQUEST = httpx2.Request("POST", "http://sim/v1/messages")
 
@@ -44,6 +44,7 @@ def status_error(cls, status, headers=None, body=None):
     (status_error(anthropic.UnprocessableEntityError, 422), ErrorClass.INVALID_REQUEST),
     (status_error(anthropic.ContentTooLargeError, 413), ErrorClass.INVALID_REQUEST),
     (BadLLMOutput("bad", step="analysis"), ErrorClass.BAD_LLM_OUTPUT),
+    (LLMRefusal("declined", step="analysis"), ErrorClass.REFUSAL),
     (psycopg2.OperationalError("db down"), ErrorClass.DATABASE),
     (psycopg2.InterfaceError("closed"), ErrorClass.DATABASE),
     (TimeLimitExceeded(), ErrorClass.TIMEOUT),
@@ -97,6 +98,10 @@ def test_server_delay_http_date_and_reset_headers():
 def test_permanent_classes_fail_at_once(cls, status):
     decision = decide(status_error(cls, status, {"retry-after": "1"}), {})
     assert decision.action is Action.FAIL
+
+
+def test_a_refusal_fails_at_once():
+    assert decide(LLMRefusal("declined", step="analysis"), {}).action is Action.FAIL
 
 
 def test_fatal_levels():

@@ -213,7 +213,7 @@ def test_a_job_sent_by_the_app_under_another_message_id_is_not_sent_again(db, se
 
 
 def test_a_retry_waiting_in_the_delay_queue_is_not_sent_again(db, seeded):
-    job_id = a_job(seeded)
+    a_job(seeded)
     with db.cursor() as cur:  # as the Retries middleware leaves it: same message, in the .DQ queue
         cur.execute("UPDATE dramatiq.queue SET queue_name = 'interactive.DQ'")
         cur.execute("UPDATE jobs SET updated_at = now() - interval '1 hour', next_attempt_at = now() + interval '1 minute'")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import anthropic
+import psycopg2.errors
 import typing
 
 from roastq import db as roastq_db
@@ -48,7 +49,7 @@ def test_job_status_is_constrained(db, seeded):
 
     doc, agent = next(iter(seeded.documents.values())), next(iter(seeded.agents.values()))
     job_id = enqueue_evaluation(doc, agent)
-    with pytest.raises(Exception):
+    with pytest.raises(psycopg2.errors.CheckViolation):
         with db.cursor() as cur:
             cur.execute("UPDATE jobs SET status = 'DONE' WHERE id = %s", (job_id,))
 

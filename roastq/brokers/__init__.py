@@ -17,8 +17,10 @@ done, and RabbitMQ delivers it again when that worker's connection dies.
 from __future__ import annotations
 
 import threading
+import time
 
 import dramatiq
+from dramatiq.common import dq_name
 
 from roastq.queues import job_message
 from roastq.settings import get_settings
@@ -69,8 +71,12 @@ def send_job(cur, queue: str, job_id, *, delay_ms: int | None = None) -> dramati
     return sending_broker().enqueue_on(cur, message, delay_ms=delay_ms)
 
 
-def send_jobs(cur, queue: str, job_ids) -> list[dramatiq.Message]:
-    """Send many jobs' messages on the caller's transaction in one statement."""
+def send_jobs(cur, queue: str, job_ids, *, delay_ms: int | None = None) -> list[dramatiq.Message]:
+    """Send many jobs' messages on the caller's transaction in one statement (``delay_ms``: into
+    the delay queue, due then, as a delayed enqueue does)."""
     messages = [job_message(queue, str(j)) for j in job_ids]
+    if delay_ms:
+        eta = int(time.time() * 1000) + delay_ms
+        messages = [m.copy(queue_name=dq_name(m.queue_name), options={**m.options, "eta": eta}) for m in messages]
     sending_broker().enqueue_many_on(cur, messages)
     return messages

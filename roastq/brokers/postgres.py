@@ -26,7 +26,7 @@ from collections import deque
 from queue import Empty
 
 import dramatiq
-from dramatiq.common import compute_backoff, dq_name
+from dramatiq.common import compute_backoff, dq_name, q_name
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 from dramatiq.results import Results
@@ -257,6 +257,16 @@ class RoastqBroker(PostgresBroker):
         self.emit_after("enqueue", message, delay_ms)
         return message
 
+
+    def park(self, message: Message) -> None:
+        """Park a job's message while one of its steps waits in the batch lane: it stays queued in
+        ``<queue>.lane``, which no consumer serves, until the lane wakes it (``roastq.llm.batch``)."""
+        from roastq.llm import batch
+
+        message = message.copy(queue_name=q_name(message.queue_name))
+        message.options.pop("eta", None)
+        with db.transaction() as cur:
+            batch.park(cur, message.message_id, message.queue_name, Json(tidy4json(message)))
 
     def enqueue_many_on(self, cur, messages: list[Message]) -> None:
         """Enqueue many messages on the caller's cursor in one statement (one NOTIFY each)."""

@@ -16,6 +16,7 @@ from roastq import db
 from roastq.api import EnqueueError, cancel_job
 from roastq.cli.main import _fmt, _print_json, _table
 from roastq.humanize import AgeError, parse_age, parse_since
+from roastq.jobs import JobStatus
 from roastq.ops import maintenance
 from roastq.ops import pause as system_pause
 from roastq.ops.views import find_jobs, status_data
@@ -25,7 +26,7 @@ from roastq.sql import load_queries
 
 OPS = load_queries("ops.sql", "roastq.ops")
 
-STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
+STATUSES = tuple(str(s) for s in JobStatus)
 QUEUES = ALL_QUEUES
 
 
@@ -79,6 +80,12 @@ def cmd_status(args) -> int:
               f"(oldest {data['outbox']['oldest_unsent_s']:.1f} s)")
     print(_table(data["queue_summary"], ["queue", "queued", "delayed", "in_flight", "orphaned", "dead", "done",
                                          "oldest_queued_age_s"]))
+    lane = data["batch_lane"]
+    print(f"\nBatch lane ({'on' if lane['enabled'] else 'off'}): {lane['waiting']} requests waiting, "
+          f"{lane['in_batches']} in {lane['open_batches']} open batches (oldest request "
+          f"{_fmt(lane['oldest_request_s'])} s, oldest batch {_fmt(lane['oldest_batch_s'])} s); "
+          f"{lane['answered']} answered, {lane['errored']} errored, {lane['fell_back']} fell back; "
+          f"billed ${lane['billed_usd']:.4f}, saved ${lane['saved_usd']:.4f}")
     print(f"\nWorkers: {len(data['workers'])} live")
     if data["workers"]:
         print(_table(data["workers"], ["worker_id", "threads", "queues", "started_at", "last_seen_s"]))

@@ -1,16 +1,19 @@
-"""``roastq demo`` (``make demo``): seed, run ~40 evaluations through the stack, report, stop."""
+"""``roastq demo`` (``make demo``): seed, run ~40 evaluations through the stack (a few of them
+through the batch lane), report, stop."""
 
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import time
+from datetime import timedelta
 
-from roastq import db
+from roastq import db, jobs
 from roastq.db import Q
 from roastq.settings import get_settings
 
-FINISHED = ("COMPLETED", "FAILED", "CANCELLED")
+FINISHED = tuple(str(s) for s in jobs.FINISHED)
 
 
 def progress_bar(done: int, total: int, counts: dict, width: int = 30) -> str:
@@ -45,13 +48,41 @@ def wait_for(job_ids: list[str], *, timeout_s: float, show: bool = True) -> dict
         time.sleep(0.5)
 
 
+def revise_agent() -> str:
+    """A new version of the first bundled agent with self-critique, its instructions revised;
+    return the agent's id."""
+    with db.transaction() as cur:
+        cur.execute("""
+            INSERT INTO agent_versions (agent_id, version, name, description, primary_instructions,
+                                        self_critique_instructions, provides_grades, time_limit_s)
+            SELECT agent_id, version + 1, name, description,
+                   primary_instructions || E'\n\nRevised: be stricter about unsupported claims.',
+                   self_critique_instructions, provides_grades, time_limit_s
+            FROM agent_versions av
+            WHERE self_critique_instructions IS NOT NULL
+              AND version = (SELECT max(version) FROM agent_versions WHERE agent_id = av.agent_id)
+            ORDER BY name LIMIT 1
+            RETURNING agent_id""")
+        return str(cur.fetchone()["agent_id"])
+
+
 def report(job_ids: list[str]) -> dict:
     with db.transaction() as cur:
         cur.execute(Q.report, {"job_ids": job_ids})
         summary = dict(cur.fetchone())
         cur.execute(Q.report_tokens, {"job_ids": job_ids})
         summary.update(cur.fetchone())
+        cur.execute(Q.report_repaired, {"job_ids": job_ids})
+        summary.update(cur.fetchone())
+        cur.execute(Q.report_repairs, {"job_ids": job_ids})
+        summary["repairs"] = {r["kind"]: r["n"] for r in cur.fetchall()}
     summary["by_status"] = job_statuses(job_ids)
+    with db.transaction() as cur:  # the batch lane's part (roastq/llm/batch.py)
+        cur.execute("SELECT count(DISTINCT r.job_id) AS jobs, count(DISTINCT r.batch_id) AS batches, "
+                    "coalesce(sum(r.price_usd) FILTER (WHERE r.billed), 0) AS billed_usd, "
+                    "coalesce(sum(r.saved_usd) FILTER (WHERE r.billed), 0) AS saved_usd "
+                    "FROM llm_batch_requests r WHERE r.job_id = ANY(%(ids)s::uuid[])", {"ids": job_ids})
+        summary["lane"] = dict(cur.fetchone())
     return summary
 
 
@@ -63,11 +94,21 @@ def print_report(summary: dict) -> None:
     print(f"  tokens:         {summary['input_tokens']} input, {summary['output_tokens']} output, "
           f"{summary['cache_read_tokens']} cache read, {summary['cache_write_tokens']} cache write")
     print(f"  dollars:        ${summary['price_usd']:.4f}")
+    if "repaired" in summary:
+        kinds = ", ".join(f"{k} {n}" for k, n in summary["repairs"].items()) or "none"
+        print(f"  answers:        {summary['repaired']} of {summary['evaluations']} evaluations had answers "
+              f"repaired; repairs by kind: {kinds}")
     if p50 is not None:
         print(f"  job duration:   p50 {p50:.2f} s, p95 {p95:.2f} s (enqueue to done)")
+    lane = summary.get("lane")
+    full = (lane["billed_usd"] + lane["saved_usd"]) if lane else 0
+    if lane and lane["jobs"] and full:
+        print(f"  batch lane:     {lane['jobs']} evaluations through {lane['batches']} Message Batches: billed "
+              f"${lane['billed_usd']:.4f} instead of ${full:.4f} real-time (saved ${lane['saved_usd']:.4f}, "
+              f"{lane['saved_usd'] / full:.0%})")
 
 
-def run_demo(*, jobs: int = 40, processes: int = 2, threads: int = 8) -> int:
+def run_demo(*, jobs: int = 40, lane_jobs: int = 6, processes: int = 2, threads: int = 8) -> int:
     from roastq.api import enqueue_evaluation
     from roastq.evaluation.seed import seed
     from roastq.cli.stack import stack
@@ -77,13 +118,24 @@ def run_demo(*, jobs: int = 40, processes: int = 2, threads: int = 8) -> int:
     seeded = seed()
     print(f"seeded {len(seeded.documents)} documents and {len(seeded.agents)} agents", file=sys.stderr)
     log = settings.home / "logs" / "worker.log"
+    # The batch lane at demo speed: the simulator's batches end after 2 s; the workers gather
+    # requests for 2 s and poll every second (a real deployment waits a minute and polls slower).
+    for name, value in (("LLM_BATCH_MAX_WAIT_S", "2"), ("LLM_BATCH_POLL_S", "1"), ("LLM_BATCH_POLL_MAX_S", "2")):
+        os.environ.setdefault(name, value)
     with stack(processes=processes, threads=threads, worker_log=log):
-        pairs = itertools.islice(itertools.cycle(itertools.product(seeded.documents.values(),
-                                                                   seeded.agents.values())), jobs)
+        pairs = list(itertools.islice(itertools.cycle(itertools.product(seeded.documents.values(),
+                                                                        seeded.agents.values())), jobs))
+        # Batch jobs due within 30 minutes run real-time (no room for the lane).
         job_ids = [
-            enqueue_evaluation(doc, agent, priority="batch" if n % 4 else "interactive")
+            enqueue_evaluation(doc, agent, priority="batch" if n % 4 else "interactive",
+                               deadline=timedelta(minutes=30) if n % 4 else None)
             for n, (doc, agent) in enumerate(pairs)
         ]
+        # Then an agent's instructions change, and its re-grade of every document, due in 12
+        # hours, goes through the batch lane at half the price.
+        agent = revise_agent()
+        job_ids += [enqueue_evaluation(doc, agent, priority="batch", deadline=timedelta(hours=12))
+                    for doc in list(seeded.documents.values())[:lane_jobs]]
         print(f"enqueued {len(job_ids)} evaluations (worker logs: {log}; metrics while it runs: "
               f"http://{settings.metrics_host}:{settings.metrics_port}/metrics, or keep them up with `roastq up`)",
               file=sys.stderr)

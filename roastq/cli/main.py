@@ -88,8 +88,18 @@ def cmd_seed(args) -> int:
 def cmd_enqueue(args) -> int:
     from roastq.api import enqueue_evaluation
 
-    print(enqueue_evaluation(args.document_id, args.agent_id, priority=args.priority))
+    print(enqueue_evaluation(args.document_id, args.agent_id, priority=args.priority, deadline=args.deadline,
+                             not_before=args.delay))
     return 0
+
+
+def _duration_arg(raw: str) -> float:
+    from roastq.settings import parse_duration
+
+    try:
+        return parse_duration(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {raw!r} (seconds, or 90s, 10m, 6h, 2d)") from None
 
 
 def cmd_relay(args) -> int:
@@ -123,7 +133,12 @@ def cmd_relay(args) -> int:
 def job_data(job_id: str) -> dict | None:
     from roastq.ops.views import job_detail
 
-    return job_detail(job_id)
+    from roastq.llm import batch
+
+    data = job_detail(job_id)
+    if data is not None:
+        data["batch_lane"] = batch.job_requests(data["id"])
+    return data
 
 
 def cmd_job(args) -> int:
@@ -134,8 +149,8 @@ def cmd_job(args) -> int:
     if args.json:
         _print_json(data)
         return 0
-    for key in ("id", "status", "queue", "attempts", "error_class", "error", "created_at", "started_at",
-                "completed_at", "duration_s", "price_usd", "evaluation_version_id", "original_job_id",
+    for key in ("id", "status", "queue", "attempts", "error_class", "error", "created_at", "not_before",
+                "deadline", "started_at", "completed_at", "duration_s", "price_usd", "evaluation_version_id", "original_job_id",
                 "cancel_reason"):
         print(f"{key + ':':24}{_human(key, data.get(key)) if key != 'error' else (data.get(key) or '-')}")
     print("\nAttempts:")

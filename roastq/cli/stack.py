@@ -16,8 +16,9 @@ from pathlib import Path
 from roastq import db
 from roastq.settings import get_settings
 
-#: The demo's simulator: realistic latency and a few transient faults, so retries show.
-DEMO_SIM = dict(latency_ms=600.0, jitter_ms=300.0, fault_rate=0.06, seed=7,
+#: The demo's simulator: realistic latency, a few transient faults, so retries show, and answers
+#: that sometimes break their schema as real models do, so repairs show.
+DEMO_SIM = dict(latency_ms=600.0, jitter_ms=300.0, fault_rate=0.06, seed=7, sloppiness=0.3,
                 faults=("rate_limit", "overloaded", "server_error", "drop", "bad_tool_input"))
 
 

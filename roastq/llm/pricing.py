@@ -30,6 +30,8 @@ MILLION = Decimal(1_000_000)
 MICRO = Decimal("0.000001")
 CACHE_WRITE_FACTOR = Decimal("1.25")  # 5-minute ephemeral cache write
 CACHE_READ_FACTOR = Decimal("0.1")
+#: The Message Batches API bills every token kind at half the real-time price.
+BATCH_FACTOR = Decimal("0.5")
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,8 @@ def price_for(model: str) -> Price:
     return UNKNOWN_MODEL_PRICE
 
 
-def cost_usd(model: str, usage: Usage) -> Decimal:
-    """Dollars for one call, exact to the micro-dollar."""
+def cost_usd(model: str, usage: Usage, *, batch: bool = False) -> Decimal:
+    """Dollars for one call, exact to the micro-dollar; ``batch``: a Message Batches result (50%)."""
     p = price_for(model)
     total = (
         usage.input_tokens * p.input
@@ -154,4 +156,6 @@ def cost_usd(model: str, usage: Usage) -> Decimal:
         + usage.cache_write_tokens * p.cache_write
         + usage.cache_read_tokens * p.cache_read
     ) / MILLION
+    if batch:
+        total *= BATCH_FACTOR
     return total.quantize(MICRO)

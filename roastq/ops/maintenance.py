@@ -15,6 +15,8 @@ skipped or lost tick is caught up by the next one, and running a task twice chan
 * ``enforce_retention``: finished broker messages older than ``RETENTION_DAYS`` (dead letters:
   ``DEAD_LETTER_RETENTION_DAYS``) are deleted in small batches; ``jobs`` rows are kept.
 * ``roll_up_costs``: ``cost_daily`` recomputed for today and yesterday (UTC) from ``tasks``.
+* ``drive_batch_lane``: the batch lane's submit, poll, collect, fallback and wake-up
+  (``roastq.llm.batch_driver``), also driven by every worker every ``LLM_BATCH_TICK_S``.
 
 A worker that holds a message (its advisory lock) is alive, whatever its heartbeat says: nothing
 here touches such a message or its job.
@@ -215,6 +217,13 @@ def roll_up_costs(days: int = 2) -> dict:
         return {"days": days, "rows": cur.rowcount}
 
 
+def drive_batch_lane() -> dict:
+    """The batch lane's backstop: workers drive it every few seconds (middleware/batchlane.py)."""
+    from roastq.llm import batch_driver
+
+    return batch_driver.drive()
+
+
 @dataclass(frozen=True)
 class Task:
     fn: Callable[[], dict]
@@ -229,4 +238,5 @@ TASKS: dict[str, Task] = {
     "reconcile_jobs": Task(reconcile_jobs, "*/5 * * * *", "jobs without messages, messages of finished jobs"),
     "enforce_retention": Task(enforce_retention, "17 * * * *", "delete old finished broker messages"),
     "roll_up_costs": Task(roll_up_costs, "5 * * * *", "cost_daily for today and yesterday"),
+    "drive_batch_lane": Task(drive_batch_lane, "* * * * *", "batch lane: submit, poll, collect, fall back, wake"),
 }

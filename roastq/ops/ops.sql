@@ -214,7 +214,7 @@ ORDER BY c.day DESC, c.price_usd DESC;
 
 -- name: queue_summary
 -- Per queue, each message counted once: queued (ready), delayed (waiting for its eta in the .DQ
--- queue), in flight (held by a worker), orphaned (consumed, but no worker holds its lock: its
+-- queue, or parked in .lane for the batch lane), in flight (held by a worker), orphaned (consumed, but no worker holds its lock: its
 -- worker died), dead (rejected), done. The lock table is read once. With with_done false, finished
 -- messages are neither read nor counted (the console's overview: the other states are few and
 -- indexed, finished ones are most of the table).
@@ -232,7 +232,9 @@ WITH held_locks AS MATERIALIZED (
     WHERE %(with_done)s OR q.state IN ('queued', 'consumed', 'rejected')
     GROUP BY q.queue_name, q.state
 ), messages AS (
-    SELECT regexp_replace(queue_name, '\.DQ$', '') AS queue, queue_name LIKE '%%.DQ' AS dq, state, n, held, oldest
+    -- a .DQ queue holds delayed messages, a .lane queue jobs waiting for the batch lane: both "delayed"
+    SELECT regexp_replace(queue_name, '\.(DQ|lane)$', '') AS queue, queue_name ~ '\.(DQ|lane)$' AS dq,
+           state, n, held, oldest
     FROM per_name
 )
 SELECT queue,

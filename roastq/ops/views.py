@@ -52,8 +52,11 @@ def status_data(*, overview: bool = False) -> dict:
         per_queue = rabbitmq_summary(ALL_QUEUES)
         extra = {"broker": "rabbitmq", "outbox": backlog()}
     # "queues" (messages by queue and state) is kept as it was for existing scripts.
+    from roastq.llm import batch
+
     return {"paused": paused, "jobs": jobs, "queue_summary": per_queue, "queues": queues,
-            "workers": workers, "scheduler": ticks, **extra}
+            "workers": workers, "scheduler": ticks, "batch_lane": dict(batch.status(), enabled=batch.enabled(
+                get_settings())), **extra}
 
 
 def find_jobs(filters: dict, limit: int) -> list[dict]:

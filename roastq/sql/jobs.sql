@@ -3,15 +3,18 @@
 
 -- name: insert
 INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id,
-                  original_job_id)
+                  original_job_id, deadline, not_before, next_attempt_at)
 VALUES (%(id)s, %(evaluation_id)s, %(document_version_id)s, %(agent_version_id)s, %(queue)s,
-        %(message_id)s, %(original_job_id)s)
+        %(message_id)s, %(original_job_id)s, %(deadline)s, %(not_before)s, %(not_before)s)
 RETURNING id;
 
 -- name: insert_many
-INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id)
-SELECT * FROM unnest(%(ids)s::uuid[], %(evaluation_ids)s::uuid[], %(document_version_ids)s::uuid[],
-                     %(agent_version_ids)s::uuid[], %(queues)s::text[], %(message_ids)s::uuid[]);
+INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id, deadline,
+                  not_before, next_attempt_at)
+SELECT *, %(not_before)s::timestamptz, %(not_before)s::timestamptz
+FROM unnest(%(ids)s::uuid[], %(evaluation_ids)s::uuid[], %(document_version_ids)s::uuid[],
+            %(agent_version_ids)s::uuid[], %(queues)s::text[], %(message_ids)s::uuid[],
+            %(deadlines)s::timestamptz[]);
 
 -- name: start
 -- A delivery of the job's message begins an attempt, in one statement: the job becomes RUNNING

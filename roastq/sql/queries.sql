@@ -44,9 +44,9 @@ SELECT id FROM evaluations WHERE id = %(evaluation_id)s FOR UPDATE;
 
 -- name: insert_evaluation_version
 INSERT INTO evaluation_versions (evaluation_id, version, job_id, agent_version_id,
-                                 document_version_id, summary, analysis, grade, self_critique)
+                                 document_version_id, summary, analysis, grade, self_critique, repairs)
 VALUES (%(evaluation_id)s, %(version)s, %(job_id)s, %(agent_version_id)s, %(document_version_id)s,
-        %(summary)s, %(analysis)s, %(grade)s, %(self_critique)s)
+        %(summary)s, %(analysis)s, %(grade)s, %(self_critique)s, %(repairs)s)
 RETURNING id;
 
 -- name: insert_highlight
@@ -97,8 +97,8 @@ SELECT status, count(*) AS n FROM jobs GROUP BY status ORDER BY status;
 
 -- name: queue_counts
 -- Broker messages by queue and state, with the age of the oldest waiting one.
-SELECT regexp_replace(queue_name, '\.DQ$', '') AS queue,
-       CASE WHEN queue_name LIKE '%%.DQ' AND state IN ('queued', 'consumed') THEN 'delayed'
+SELECT regexp_replace(queue_name, '\.(DQ|lane)$', '') AS queue,
+       CASE WHEN queue_name ~ '\.(DQ|lane)$' AND state IN ('queued', 'consumed') THEN 'delayed'
             ELSE state::text END AS state,
        count(*) AS n,
        EXTRACT(EPOCH FROM now() - min(mtime)) AS oldest_age_s
@@ -120,6 +120,17 @@ SELECT coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_token
        coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
        coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens
 FROM tasks WHERE job_id = ANY(%(job_ids)s::uuid[]);
+
+-- name: report_repairs
+-- Repairs made to the answers of these jobs' evaluations, by kind (roastq/evaluation/answers.py).
+SELECT r.repair->>'kind' AS kind, count(*) AS n, count(DISTINCT ev.id) AS evaluations
+FROM evaluation_versions ev, jsonb_array_elements(ev.repairs) AS r(repair)
+WHERE ev.job_id = ANY(%(job_ids)s::uuid[])
+GROUP BY 1 ORDER BY 2 DESC, 1;
+
+-- name: report_repaired
+SELECT count(*) AS evaluations, count(*) FILTER (WHERE repairs <> '[]'::jsonb) AS repaired
+FROM evaluation_versions WHERE job_id = ANY(%(job_ids)s::uuid[]);
 
 -- name: seed_document
 INSERT INTO documents (slug) VALUES (%(slug)s)
@@ -204,8 +215,8 @@ FROM enqueued;
 -- name: metrics_snapshot
 -- The metrics exporter's one read a scrape: broker messages by queue and state (messages of a
 -- .DQ delay queue are "delayed") with the age of the oldest, then one row about live workers.
-SELECT 'queue' AS kind, regexp_replace(queue_name, '\.DQ$', '') AS queue,
-       CASE WHEN queue_name LIKE '%%.DQ' AND state IN ('queued', 'consumed') THEN 'delayed'
+SELECT 'queue' AS kind, regexp_replace(queue_name, '\.(DQ|lane)$', '') AS queue,
+       CASE WHEN queue_name ~ '\.(DQ|lane)$' AND state IN ('queued', 'consumed') THEN 'delayed'
             ELSE state::text END AS state,
        count(*) AS n,
        EXTRACT(EPOCH FROM now() - min(mtime))::float8 AS age_s
