@@ -1,6 +1,6 @@
 """Figures for people (roastq/humanize.py): what the CLI's tables and the console's pages print."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -33,9 +33,9 @@ def test_counts_and_moments():
 
 def test_ages_and_dates_read_back():
     assert humanize.parse_age("90s") == 90 and humanize.parse_age(" 2h ") == 7200 and humanize.parse_age("1w") == 604800
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     assert abs((before - humanize.parse_since("30m")).total_seconds() - 1800) < 5
-    assert humanize.parse_since("2026-03-01") == datetime(2026, 3, 1, tzinfo=timezone.utc)
+    assert humanize.parse_since("2026-03-01") == datetime(2026, 3, 1, tzinfo=UTC)
     for bad in ("", "soon", "5 minutes"):
         with pytest.raises(humanize.AgeError):
             humanize.parse_age(bad)
