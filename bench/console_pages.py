@@ -128,6 +128,11 @@ def main() -> int:
     if a.reuse:
         url = _common.SERVER.rsplit("/", 1)[0] + "/roastq_console_bench"
         os.environ["DATABASE_URL"] = url
+        from roastq import db
+        from roastq.settings import reload_settings
+
+        reload_settings()
+        db.migrate()  # migrations added since it was filled
         conn = connect()
         job_id = scalar(conn, "SELECT ev.job_id::text FROM evaluation_versions ev JOIN highlights h "
                               "ON h.evaluation_version_id = ev.id LIMIT 1")

@@ -1,11 +1,18 @@
 """Figures for people: ages as ``8m 08s``, dollars to the cent (or a tenth of a cent when small),
-counts with thousands separators. The CLI's tables and the console's pages both use these;
+counts with thousands separators; and ages as people write them read back (``30m``, ``7d``). The CLI's tables and the console's pages both use these;
 ``--json`` and the console's data keep the raw values."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import re
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class AgeError(ValueError):
+    """A text that is not an age (or a date) as people write them."""
 
 
 def age(seconds) -> str:
@@ -33,7 +40,7 @@ def since(moment, now: datetime | None = None) -> str:
     """How long ago a timestamp was, as an age ('3m 05s ago')."""
     if moment is None:
         return "-"
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return f"{age((now - moment).total_seconds())} ago"
 
 
@@ -56,5 +63,27 @@ def moment(value) -> str:
     if value is None:
         return "-"
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
     return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- read back from people -------------------------------------------------------------------
+
+
+def parse_age(text: str) -> float:
+    """'90s', '15m', '2h', '7d', '1w' -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text or "")
+    if not match:
+        raise AgeError(f"{text!r} is not an age: use a number and a unit, e.g. 30m, 2h, 7d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_since(text: str) -> datetime:
+    """An age ('2h': two hours ago) or an ISO date or time ('2026-03-01', '2026-03-01T12:00')."""
+    if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*[smhdw]\s*", text):
+        return datetime.now(UTC) - timedelta(seconds=parse_age(text))
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise AgeError(f"{text!r} is neither an age (30m, 2h, 7d) nor an ISO date (2026-03-01[T12:00])") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

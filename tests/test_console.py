@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import one, rows, running_worker, wait_for_status
+
 from roastq.api import cancel_job, enqueue_evaluation, enqueue_evaluations
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")
@@ -139,6 +139,19 @@ def test_jobs_filters_search_and_keyset_paging(db, seeded, states):
     assert "No job matches." in other
     assert len(re.findall(r'name="job_id"', client.get(f"/jobs?q={word}&status=FAILED").get_data(as_text=True))) == 1
     assert client.get("/jobs?status=BOGUS").status_code == 400
+    assert client.get("/jobs?since=soon").status_code == 400
+
+
+def test_cli_jobs_search_over_the_title(db, seeded, states, capsys):
+    import json
+
+    from roastq.cli.main import main
+
+    other = list(seeded.documents.values())[1]
+    extra = enqueue_evaluation(other, agent_with_critique(db))
+    title = one(db, "SELECT title FROM document_versions WHERE document_id = %s", other)
+    assert main(["jobs", "--search", title.split()[-1].upper(), "--json"]) == 0
+    assert [j["id"] for j in json.loads(capsys.readouterr().out)] == [extra]
 
 
 def test_off_loopback_the_console_refuses_to_start_without_credentials(database_url):

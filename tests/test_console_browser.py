@@ -12,12 +12,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-
 from helpers import kill_all, one, wait_for_status, wait_until
+
 from roastq.api import enqueue_evaluation
 
 pytestmark = [pytest.mark.usefixtures("fast_backoff"), pytest.mark.postgres_broker]

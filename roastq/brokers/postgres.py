@@ -9,7 +9,7 @@ What differs from stock dramatiq-pg 0.12 (docs/architecture.md, "The broker", li
   for orphaned messages every ``RECOVERY_INTERVAL_S`` seconds instead of at random about every
   five minutes; a message whose worker is alive is never taken: its advisory lock is held, and
   when Postgres dropped that session anyway, the worker's heartbeat and liveness lock still say
-  it runs (``roastq_worker_alive``, migration 0009);
+  it runs (``roastq_worker_alive``, migration 0010);
 * a delivery's lock is freed only after the transaction that ends it (ack, nack, requeue) has
   committed; stock queues the release first, and a rescan in between runs the message twice;
 * enqueue can run on the caller's cursor, so a job row and its message commit together;

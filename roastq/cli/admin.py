@@ -11,15 +11,15 @@ import functools
 import re
 import sys
 import time
-from datetime import datetime, timedelta, timezone
 
 from roastq import db
-from roastq.ops import maintenance
-from roastq.ops import pause as system_pause
 from roastq.api import EnqueueError, cancel_job
 from roastq.cli.main import _fmt, _print_json, _table
-from roastq.db import Q
+from roastq.humanize import AgeError, parse_age, parse_since
 from roastq.jobs import JobStatus
+from roastq.ops import maintenance
+from roastq.ops import pause as system_pause
+from roastq.ops.views import find_jobs, status_data
 from roastq.queues import ALL_QUEUES, JOB_QUEUES
 from roastq.settings import get_settings
 from roastq.sql import load_queries
@@ -28,7 +28,6 @@ OPS = load_queries("ops.sql", "roastq.ops")
 
 STATUSES = tuple(str(s) for s in JobStatus)
 QUEUES = ALL_QUEUES
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 class UsageError(ValueError):
@@ -42,30 +41,11 @@ def _command(fn):
     def run(args) -> int:
         try:
             return fn(args)
-        except UsageError as exc:
+        except (UsageError, AgeError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 
     return run
-
-
-def parse_age(text: str) -> float:
-    """'90s', '15m', '2h', '7d', '1w' -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text or "")
-    if not match:
-        raise UsageError(f"{text!r} is not an age: use a number and a unit, e.g. 30m, 2h, 7d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def parse_since(text: str) -> datetime:
-    """An age ('2h': two hours ago) or an ISO date or time ('2026-03-01', '2026-03-01T12:00')."""
-    if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*[smhdw]\s*", text):
-        return datetime.now(timezone.utc) - timedelta(seconds=parse_age(text))
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise UsageError(f"{text!r} is neither an age (30m, 2h, 7d) nor an ISO date (2026-03-01[T12:00])") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def progress_printer(label: str):
@@ -82,46 +62,6 @@ def progress_printer(label: str):
 
 
 # -- status ------------------------------------------------------------------------------------
-
-
-def status_data(*, overview: bool = False) -> dict:
-    """What `roastq status` shows. ``overview`` (the console's overview page, refreshed every few
-    seconds): without the reads whose cost grows with history (finished messages, every job's
-    status); jobs are counted as waiting and running now, and finished in the last 24 hours."""
-    stale = maintenance.stale_after_s()
-    with db.transaction() as cur:
-        cur.execute(OPS.job_counts_recent if overview else Q.job_counts)
-        jobs = {r["status"]: r["n"] for r in cur.fetchall()}
-        queues = []
-        if not overview:
-            cur.execute(Q.queue_counts)
-            queues = [dict(r) for r in cur.fetchall()]
-        cur.execute(OPS.queue_summary, {"with_done": not overview})
-        summary = {r["queue"]: dict(r) for r in cur.fetchall()}
-        cur.execute(Q.live_workers, {"stale_after_s": stale})
-        workers = [dict(r) for r in cur.fetchall()]
-        cur.execute(OPS.last_ticks)
-        ticks = [dict(r) for r in cur.fetchall()]
-    paused = system_pause.state()
-    now = datetime.now(timezone.utc)
-    for w in workers:
-        w["last_seen_s"] = (now - w["last_seen_at"]).total_seconds()
-    zero = dict(queued=0, delayed=0, in_flight=0, orphaned=0, dead=0, done=0, oldest_queued_age_s=None)
-    per_queue = [summary.get(q, dict(zero, queue=q)) for q in QUEUES]
-    per_queue += [row for name, row in sorted(summary.items()) if name not in QUEUES]
-    extra = {"broker": "postgres"}
-    if get_settings().rabbitmq:  # messages live in RabbitMQ: dramatiq.queue is empty (docs/scaling.md)
-        from roastq.brokers.rabbitmq import rabbitmq_summary
-        from roastq.brokers.outbox import backlog
-
-        per_queue = rabbitmq_summary(QUEUES)
-        extra = {"broker": "rabbitmq", "outbox": backlog()}
-    # "queues" (messages by queue and state) is kept as it was for existing scripts.
-    from roastq.llm import batch
-
-    return {"paused": paused, "jobs": jobs, "queue_summary": per_queue, "queues": queues,
-            "workers": workers, "scheduler": ticks, "batch_lane": dict(batch.status(), enabled=batch.enabled(
-                get_settings())), **extra}
 
 
 @_command
@@ -186,16 +126,6 @@ def _resolve(query: str, ref: str, what: str) -> str:
     if len(found) > 1:
         raise UsageError(f"{what} {ref!r} is ambiguous: {', '.join(found)}")
     return found[0]
-
-
-def find_jobs(filters: dict, limit: int) -> list[dict]:
-    """Jobs matching ``filters`` (those of ``_filters``, plus optional ``search``, a text in the
-    document's title, and ``after_created_at``/``after_id``, the last row of the page before)."""
-    params = dict(search=None, after_created_at=None, after_id=None)
-    params.update(filters, limit=limit)
-    with db.transaction() as cur:
-        cur.execute(OPS.find_jobs, params)
-        return [dict(r) for r in cur.fetchall()]
 
 
 @_command

@@ -131,9 +131,8 @@ def cmd_relay(args) -> int:
 
 
 def job_data(job_id: str) -> dict | None:
-    from roastq.ops.views import job_detail
-
     from roastq.llm import batch
+    from roastq.ops.views import job_detail
 
     data = job_detail(job_id)
     if data is not None:

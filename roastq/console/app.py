@@ -12,22 +12,25 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
-from datetime import datetime, timedelta, timezone
 
 from flask import Flask, abort, flash, g, redirect, render_template, request, url_for
 
 from roastq import db, humanize
 from roastq.api import EnqueueError, cancel_job, rerun_job
-from roastq.cli.admin import OPS, STATUSES, UsageError, find_jobs, parse_since, status_data
 from roastq.console import access
+from roastq.humanize import AgeError, parse_since
+from roastq.jobs import JobStatus
 from roastq.ops import pause as system_pause
 from roastq.ops import views
+from roastq.ops.views import find_jobs, status_data
 from roastq.redact import redact
 from roastq.settings import get_settings
 
 log = logging.getLogger("roastq.console")
 
+STATUSES = tuple(s.value for s in JobStatus)
 PAGE_SIZE = 50
 BULK_LIMIT = 1000  # jobs one bulk action may touch
 LIVE_STATUSES = ("PENDING", "RUNNING")
@@ -103,13 +106,13 @@ def create_app(settings=None) -> Flask:
     def overview():
         status = status_data(overview=True)
         return page("overview.html", "_overview_live.html", status=status, chart=_chart(views.throughput_last_hour()),
-                    now=datetime.now(timezone.utc))
+                    now=datetime.now(UTC))
 
     @app.route("/jobs")
     def jobs():
         try:
             filters = _job_filters(request.args)
-        except UsageError as exc:
+        except (FilterError, AgeError) as exc:
             return render_template("jobs.html", jobs=[], error=str(exc), args=request.args, next_page=None,
                                    first_page=None, agents=_agents()), 400
         found = find_jobs(filters, PAGE_SIZE + 1)
@@ -247,6 +250,10 @@ def create_app(settings=None) -> Flask:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
+class FilterError(ValueError):
+    """A jobs page filter that cannot be applied as written."""
+
+
 def _local(target: str | None) -> str | None:
     """A redirect target only when it is a path on this site (never another host)."""
     if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
@@ -271,7 +278,7 @@ def _job_filters(args) -> dict:
     """The jobs page's query string -> the filters of ``find_jobs`` (as ``roastq jobs`` has them)."""
     statuses = [s for s in args.getlist("status") if s] or None
     if statuses and set(statuses) - set(STATUSES):
-        raise UsageError(f"unknown status: use {', '.join(STATUSES)}")
+        raise FilterError(f"unknown status: use {', '.join(STATUSES)}")
     error_class = (args.get("class") or "").strip().upper() or None
     agent = (args.get("agent") or "").strip() or None
     after_created_at = after_id = None
@@ -280,10 +287,10 @@ def _job_filters(args) -> dict:
         try:
             after_created_at = datetime.fromisoformat(created)
         except ValueError:
-            raise UsageError("bad page cursor") from None
+            raise FilterError("bad page cursor") from None
         after_id = _uuid_or_none(last_id)
         if after_id is None:
-            raise UsageError("bad page cursor")
+            raise FilterError("bad page cursor")
     return {"statuses": statuses, "error_class": error_class, "queue": args.get("queue") or None,
             "agent_id": _uuid_or_none(agent) if agent else None, "document_id": None,
             "since": parse_since(args["since"]) if args.get("since") else None, "until": None,
@@ -293,7 +300,7 @@ def _job_filters(args) -> dict:
 
 def _chart(rows: list[dict]) -> dict:
     """The last hour, a bar a minute: completed above, failed stacked on top."""
-    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
     by_minute = {r["minute"]: r for r in rows}
     bars = []
     for i in range(60):
@@ -311,13 +318,13 @@ def _chart(rows: list[dict]) -> dict:
 def _timeline(job: dict) -> list[dict]:
     """Each attempt as a bar on one time axis, from the job's creation to now (or its end)."""
     start = job["created_at"]
-    end = job["completed_at"] or datetime.now(timezone.utc)
+    end = job["completed_at"] or datetime.now(UTC)
     for a in job["attempt_log"]:
-        end = max(end, a["ended_at"] or datetime.now(timezone.utc))
+        end = max(end, a["ended_at"] or datetime.now(UTC))
     span = max((end - start).total_seconds(), 0.001)
     bars = []
     for a in job["attempt_log"]:
-        a_end = a["ended_at"] or datetime.now(timezone.utc)
+        a_end = a["ended_at"] or datetime.now(UTC)
         left = 100 * (a["started_at"] - start).total_seconds() / span
         width = max(100 * (a_end - a["started_at"]).total_seconds() / span, 0.8)
         bars.append(dict(a, left=round(max(left, 0), 2), width=round(min(width, 100 - left), 2),

@@ -4,6 +4,7 @@ server with a thread pool: the pages use the process's shared Postgres pool)."""
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from roastq.console.access import is_loopback
@@ -39,4 +40,10 @@ def serve(host: str | None = None, port: int | None = None, *, threads: int = 8)
     mode = "read-only" if settings.console_read_only else "read-write"
     auth = "token" if settings.console_token else "basic auth" if settings.console_basic_auth else "no auth (loopback)"
     print(f"roastq console on http://{host}:{port}/ ({mode}, {auth})", file=sys.stderr, flush=True)
-    waitress_serve(app, host=host, port=port, threads=threads, ident="roastq-console", _quiet=True)
+    # SIGTERM (a supervisor, `roastq up` stopping) exits as Ctrl-C does: exit handlers run, so an
+    # embedded Postgres this process started is stopped too (roastq/embedded.py).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        waitress_serve(app, host=host, port=port, threads=threads, ident="roastq-console", _quiet=True)
+    except KeyboardInterrupt:
+        pass

@@ -223,23 +223,29 @@ WITH held_locks AS MATERIALIZED (
     FROM pg_locks l
     WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-), messages AS (
-    SELECT regexp_replace(q.queue_name, '\.(DQ|lane)$', '') AS queue, q.queue_name ~ '\.(DQ|lane)$' AS dq,
-           q.state, q.mtime,
-           CASE WHEN q.state = 'consumed'
-                THEN roastq_message_lock(q.queue_name, q.message_id) IN (SELECT key FROM held_locks)
-                ELSE false END AS held
+), per_name AS (
+    -- Counted per queue name and state first: the per-row work is the lock test alone.
+    SELECT q.queue_name, q.state, count(*) AS n, min(q.mtime) AS oldest,
+           count(*) FILTER (WHERE q.state = 'consumed'
+                            AND roastq_message_lock(q.queue_name, q.message_id) IN (SELECT key FROM held_locks)) AS held
     FROM dramatiq.queue q
     WHERE %(with_done)s OR q.state IN ('queued', 'consumed', 'rejected')
+    GROUP BY q.queue_name, q.state
+), messages AS (
+    -- a .DQ queue holds delayed messages, a .lane queue jobs waiting for the batch lane: both "delayed"
+    SELECT regexp_replace(queue_name, '\.(DQ|lane)$', '') AS queue, queue_name ~ '\.(DQ|lane)$' AS dq,
+           state, n, held, oldest
+    FROM per_name
 )
 SELECT queue,
-       count(*) FILTER (WHERE NOT dq AND state = 'queued') AS queued,
-       count(*) FILTER (WHERE dq AND (state = 'queued' OR (state = 'consumed' AND held))) AS delayed,
-       count(*) FILTER (WHERE NOT dq AND state = 'consumed' AND held) AS in_flight,
-       count(*) FILTER (WHERE state = 'consumed' AND NOT held) AS orphaned,
-       count(*) FILTER (WHERE state = 'rejected') AS dead,
-       count(*) FILTER (WHERE state = 'done') AS done,
-       EXTRACT(EPOCH FROM now() - min(mtime) FILTER (WHERE NOT dq AND state = 'queued')) AS oldest_queued_age_s
+       coalesce(sum(n) FILTER (WHERE NOT dq AND state = 'queued'), 0)::bigint AS queued,
+       (coalesce(sum(n) FILTER (WHERE dq AND state = 'queued'), 0)
+        + coalesce(sum(held) FILTER (WHERE dq AND state = 'consumed'), 0))::bigint AS delayed,
+       coalesce(sum(held) FILTER (WHERE NOT dq AND state = 'consumed'), 0)::bigint AS in_flight,
+       coalesce(sum(n - held) FILTER (WHERE state = 'consumed'), 0)::bigint AS orphaned,
+       coalesce(sum(n) FILTER (WHERE state = 'rejected'), 0)::bigint AS dead,
+       coalesce(sum(n) FILTER (WHERE state = 'done'), 0)::bigint AS done,
+       EXTRACT(EPOCH FROM now() - min(oldest) FILTER (WHERE NOT dq AND state = 'queued')) AS oldest_queued_age_s
 FROM messages
 GROUP BY queue ORDER BY queue;
 

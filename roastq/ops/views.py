@@ -1,15 +1,72 @@
-"""What a job produced and what the queue holds, read for people: ``roastq job`` and the console
-(roastq/console/) both read through these functions and the named queries in views.sql."""
+"""What a job produced and what the queue holds, read for people: the CLI (``roastq status``,
+``jobs``, ``job``) and the console (roastq/console/) both read through these functions and the
+named queries in views.sql and ops.sql."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from roastq import db
 from roastq.api import parse_id
 from roastq.db import Q
+from roastq.ops import maintenance
+from roastq.ops import pause as system_pause
+from roastq.queues import ALL_QUEUES
+from roastq.settings import get_settings
 from roastq.sql import load_queries
 
 VIEWS = load_queries("views.sql", __package__)
 OPS = load_queries("ops.sql", __package__)
+
+
+def status_data(*, overview: bool = False) -> dict:
+    """What `roastq status` shows. ``overview`` (the console's overview page, refreshed every few
+    seconds): without the reads whose cost grows with history (finished messages, every job's
+    status); jobs are counted as waiting and running now, and finished in the last 24 hours."""
+    stale = maintenance.stale_after_s()
+    with db.transaction() as cur:
+        cur.execute(OPS.job_counts_recent if overview else Q.job_counts)
+        jobs = {r["status"]: r["n"] for r in cur.fetchall()}
+        queues = []
+        if not overview:
+            cur.execute(Q.queue_counts)
+            queues = [dict(r) for r in cur.fetchall()]
+        cur.execute(OPS.queue_summary, {"with_done": not overview})
+        summary = {r["queue"]: dict(r) for r in cur.fetchall()}
+        cur.execute(Q.live_workers, {"stale_after_s": stale})
+        workers = [dict(r) for r in cur.fetchall()]
+        cur.execute(OPS.last_ticks)
+        ticks = [dict(r) for r in cur.fetchall()]
+    paused = system_pause.state()
+    now = datetime.now(UTC)
+    for w in workers:
+        w["last_seen_s"] = (now - w["last_seen_at"]).total_seconds()
+    zero = dict(queued=0, delayed=0, in_flight=0, orphaned=0, dead=0, done=0, oldest_queued_age_s=None)
+    per_queue = [summary.get(q, dict(zero, queue=q)) for q in ALL_QUEUES]
+    per_queue += [row for name, row in sorted(summary.items()) if name not in ALL_QUEUES]
+    extra = {"broker": "postgres"}
+    if get_settings().rabbitmq:  # messages live in RabbitMQ: dramatiq.queue is empty (docs/scaling.md)
+        from roastq.brokers.outbox import backlog
+        from roastq.brokers.rabbitmq import rabbitmq_summary
+
+        per_queue = rabbitmq_summary(ALL_QUEUES)
+        extra = {"broker": "rabbitmq", "outbox": backlog()}
+    # "queues" (messages by queue and state) is kept as it was for existing scripts.
+    from roastq.llm import batch
+
+    return {"paused": paused, "jobs": jobs, "queue_summary": per_queue, "queues": queues,
+            "workers": workers, "scheduler": ticks, "batch_lane": dict(batch.status(), enabled=batch.enabled(
+                get_settings())), **extra}
+
+
+def find_jobs(filters: dict, limit: int) -> list[dict]:
+    """Jobs matching ``filters`` (those of ``_filters``, plus optional ``search``, a text in the
+    document's title, and ``after_created_at``/``after_id``, the last row of the page before)."""
+    params = dict(search=None, after_created_at=None, after_id=None)
+    params.update(filters, limit=limit)
+    with db.transaction() as cur:
+        cur.execute(OPS.find_jobs, params)
+        return [dict(r) for r in cur.fetchall()]
 
 
 def job_detail(job_id: str, *, with_document: bool = False) -> dict | None:
@@ -93,7 +150,6 @@ def costs(days: int = 7) -> dict:
     """Spend by day, agent and model (the scheduler's roll-up), live spend by day and model with
     the response cache's savings, and today's spend against the budget."""
     from roastq.llm import budget
-    from roastq.settings import get_settings
 
     with db.transaction() as cur:
         cur.execute(OPS.cost_report, {"days": days})
