@@ -19,6 +19,9 @@ JOB_QUEUES = (INTERACTIVE, BATCH)
 JOB_ACTORS = {INTERACTIVE: "evaluate_document", BATCH: "evaluate_document_batch"}
 #: dramatiq actor priorities (lower runs first).
 JOB_PRIORITIES = {INTERACTIVE: 0, BATCH: 100}
+#: A job's message parked while a step waits in the batch lane: ``<queue>.lane``, which no consumer
+#: serves, until the lane wakes it (``roastq.llm.batch``).
+LANE_SUFFIX = ".lane"
 #: Every queue roastq declares, for status and metrics.
 ALL_QUEUES = (INTERACTIVE, BATCH, MAINTENANCE)
 

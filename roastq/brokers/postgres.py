@@ -38,10 +38,13 @@ from psycopg2.extras import Json
 from roastq import db
 from roastq.brokers.results import PostgresResults
 from roastq.jobctx import worker_id, worker_stale_after_s
-from roastq.queues import JOB_QUEUES
+from roastq.queues import JOB_QUEUES, LANE_SUFFIX
+from roastq.sql import load_queries
 from roastq.settings import get_settings
 
 logger = logging.getLogger("roastq.brokers.postgres")
+
+PQ = load_queries("postgres.sql", __package__)
 
 
 # Requeue (on worker shutdown) as dramatiq-pg does, but NOTIFY listeners so that a running worker
@@ -277,12 +280,11 @@ class RoastqBroker(PostgresBroker):
     def park(self, message: Message) -> None:
         """Park a job's message while one of its steps waits in the batch lane: it stays queued in
         ``<queue>.lane``, which no consumer serves, until the lane wakes it (``roastq.llm.batch``)."""
-        from roastq.llm import batch
-
         message = message.copy(queue_name=q_name(message.queue_name))
         message.options.pop("eta", None)
         with db.transaction() as cur:
-            batch.park(cur, message.message_id, message.queue_name, Json(tidy4json(message)))
+            cur.execute(PQ.park_message, {"queue_name": message.queue_name + LANE_SUFFIX,
+                                          "message_id": message.message_id, "message": Json(tidy4json(message))})
 
     def enqueue_many_on(self, cur, messages: list[Message]) -> None:
         """Enqueue many messages on the caller's cursor in one statement (one NOTIFY each)."""

@@ -7,15 +7,13 @@ filter, a missing confirmation) prints ``error: ...`` and exits 2, like the rest
 
 from __future__ import annotations
 
-import functools
 import re
 import sys
-import time
 
 from roastq import db
 from roastq.api import EnqueueError, cancel_job
-from roastq.cli.main import _fmt, _print_json, _table
-from roastq.humanize import AgeError, parse_age, parse_since
+from roastq.cli.output import UsageError, command, fmt, print_json, progress_printer, table
+from roastq.humanize import parse_age, parse_since
 from roastq.jobs import JobStatus
 from roastq.ops import maintenance
 from roastq.ops import pause as system_pause
@@ -30,67 +28,36 @@ STATUSES = tuple(str(s) for s in JobStatus)
 QUEUES = ALL_QUEUES
 
 
-class UsageError(ValueError):
-    """The command line asks for something that cannot be done as asked."""
-
-
-def _command(fn):
-    """Usage errors exit 2 with one clear line (no traceback)."""
-
-    @functools.wraps(fn)
-    def run(args) -> int:
-        try:
-            return fn(args)
-        except (UsageError, AgeError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-
-    return run
-
-
-def progress_printer(label: str):
-    """A progress callback for long operations: a line on stderr at most twice a second."""
-    last = [0.0]
-
-    def report(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done >= total or now - last[0] >= 0.5:
-            last[0] = now
-            print(f"{label}: {done}/{total}", file=sys.stderr, flush=True)
-
-    return report
-
-
 # -- status ------------------------------------------------------------------------------------
 
 
-@_command
+@command
 def cmd_status(args) -> int:
     data = status_data()
     if args.json:
-        _print_json(data)
+        print_json(data)
         return 0
     paused = data["paused"]
-    print("System:    " + (f"PAUSED since {_fmt(paused['since'])} by {paused.get('by')}: {paused.get('reason')}"
+    print("System:    " + (f"PAUSED since {fmt(paused['since'])} by {paused.get('by')}: {paused.get('reason')}"
                            if paused else "running"))
     print("Jobs:      " + ("  ".join(f"{k} {v}" for k, v in data["jobs"].items()) or "none"))
     print(f"\nQueues (broker messages, {data['broker']}):")
     if "outbox" in data:
         print(f"Outbox:    {data['outbox']['unsent']} not yet relayed to RabbitMQ "
               f"(oldest {data['outbox']['oldest_unsent_s']:.1f} s)")
-    print(_table(data["queue_summary"], ["queue", "queued", "delayed", "in_flight", "orphaned", "dead", "done",
+    print(table(data["queue_summary"], ["queue", "queued", "delayed", "in_flight", "orphaned", "dead", "done",
                                          "oldest_queued_age_s"]))
     lane = data["batch_lane"]
     print(f"\nBatch lane ({'on' if lane['enabled'] else 'off'}): {lane['waiting']} requests waiting, "
           f"{lane['in_batches']} in {lane['open_batches']} open batches (oldest request "
-          f"{_fmt(lane['oldest_request_s'])} s, oldest batch {_fmt(lane['oldest_batch_s'])} s); "
+          f"{fmt(lane['oldest_request_s'])} s, oldest batch {fmt(lane['oldest_batch_s'])} s); "
           f"{lane['answered']} answered, {lane['errored']} errored, {lane['fell_back']} fell back; "
           f"billed ${lane['billed_usd']:.4f}, saved ${lane['saved_usd']:.4f}")
     print(f"\nWorkers: {len(data['workers'])} live")
     if data["workers"]:
-        print(_table(data["workers"], ["worker_id", "threads", "queues", "started_at", "last_seen_s"]))
+        print(table(data["workers"], ["worker_id", "threads", "queues", "started_at", "last_seen_s"]))
     print("\nScheduler (last tick of each task):")
-    print(_table(data["scheduler"], ["task", "tick", "outcome", "age_s", "duplicates", "error"])
+    print(table(data["scheduler"], ["task", "tick", "outcome", "age_s", "duplicates", "error"])
           if data["scheduler"] else "(no tick yet: is `periodiq actors` running?)")
     return 0
 
@@ -128,20 +95,20 @@ def _resolve(query: str, ref: str, what: str) -> str:
     return found[0]
 
 
-@_command
+@command
 def cmd_jobs(args) -> int:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
     found = find_jobs(_filters(args), args.limit)
     if args.json:
-        _print_json(found)
+        print_json(found)
     else:
-        print(_table(found, ["id", "status", "queue", "attempts", "error_class", "agent_name", "document_title",
+        print(table(found, ["id", "status", "queue", "attempts", "error_class", "agent_name", "document_title",
                              "created_at", "duration_s", "price_usd"]))
     return 0
 
 
-@_command
+@command
 def cmd_cancel(args) -> int:
     filtered = any(getattr(args, k) for k in ("status", "error_class", "queue", "agent", "document", "since", "until"))
     if args.job_ids and filtered:
@@ -184,7 +151,7 @@ def _cancel_word(status: str) -> str:
 # -- pause, purge --------------------------------------------------------------------------------
 
 
-@_command
+@command
 def cmd_pause(args) -> int:
     state = system_pause.pause(args.reason)
     print(f"paused: no job attempt starts until `roastq resume` (reason: {state['reason']}). Running attempts "
@@ -192,7 +159,7 @@ def cmd_pause(args) -> int:
     return 0
 
 
-@_command
+@command
 def cmd_resume(args) -> int:
     ended = system_pause.resume()
     if ended is None:
@@ -203,7 +170,7 @@ def cmd_resume(args) -> int:
     return 0
 
 
-@_command
+@command
 def cmd_purge(args) -> int:
     states = (("done",) if args.done else ()) + (("rejected",) if args.dead else ())
     if not states:

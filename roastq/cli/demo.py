@@ -89,7 +89,7 @@ def report(job_ids: list[str]) -> dict:
 def print_report(summary: dict) -> None:
     p50, p95 = summary["p50_s"], summary["p95_s"]
     print("\nroastq demo report")
-    print(f"  jobs by status: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["by_status"].items())))
+    print("  jobs by status: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["by_status"].items())))
     print(f"  attempts:       {summary['attempts']} for {summary['jobs']} jobs")
     print(f"  tokens:         {summary['input_tokens']} input, {summary['output_tokens']} output, "
           f"{summary['cache_read_tokens']} cache read, {summary['cache_write_tokens']} cache write")

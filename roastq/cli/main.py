@@ -4,62 +4,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
-from decimal import Decimal
 
 from roastq import db
+from roastq.cli.output import fmt, human, print_json, table
 from roastq.db import Q
 from roastq.queues import JOB_QUEUES
-
-
-def _print_json(data) -> None:
-    print(json.dumps(data, indent=2, default=_jsonable))
-
-
-def _jsonable(value):
-    if isinstance(value, Decimal):
-        return float(value)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
-
-
-def _table(rows: list[dict], columns: list[str]) -> str:
-    if not rows:
-        return "(none)"
-    cells = [[_human(c, r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
-def _human(column: str, value) -> str:
-    """A figure for a person, by what its column holds: seconds as ages ('8m 08s'), dollars to the
-    cent (a tenth of a cent under a dollar); --json keeps the raw values."""
-    from roastq import humanize
-
-    if value is not None and column.endswith("_s"):
-        return humanize.age(value)
-    if value is not None and column.endswith("usd"):
-        return humanize.usd(value)
-    if isinstance(value, int) and not isinstance(value, bool) and column.endswith(("tokens", "calls")):
-        return humanize.count(value)
-    return _fmt(value)
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    if isinstance(value, Decimal):
-        return f"{value:.4f}"
-    if hasattr(value, "strftime"):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -77,9 +27,9 @@ def cmd_seed(args) -> int:
     db.migrate()
     seeded = seed()
     if args.json:
-        _print_json({"documents": seeded.documents, "agents": seeded.agents})
+        print_json({"documents": seeded.documents, "agents": seeded.agents})
     else:
-        print(_table([{"kind": "document", "slug": s, "id": i} for s, i in seeded.documents.items()]
+        print(table([{"kind": "document", "slug": s, "id": i} for s, i in seeded.documents.items()]
                      + [{"kind": "agent", "slug": s, "id": i} for s, i in seeded.agents.items()],
                      ["kind", "slug", "id"]))
     return 0
@@ -146,20 +96,20 @@ def cmd_job(args) -> int:
         print(f"error: unknown job {args.job_id}", file=sys.stderr)
         return 1
     if args.json:
-        _print_json(data)
+        print_json(data)
         return 0
     for key in ("id", "status", "queue", "attempts", "error_class", "error", "created_at", "not_before",
                 "deadline", "started_at", "completed_at", "duration_s", "price_usd", "evaluation_version_id", "original_job_id",
                 "cancel_reason"):
-        print(f"{key + ':':24}{_human(key, data.get(key)) if key != 'error' else (data.get(key) or '-')}")
+        print(f"{key + ':':24}{human(key, data.get(key)) if key != 'error' else (data.get(key) or '-')}")
     print("\nAttempts:")
-    print(_table(data["attempt_log"], ["attempt", "started_at", "ended_at", "outcome", "error_class",
+    print(table(data["attempt_log"], ["attempt", "started_at", "ended_at", "outcome", "error_class",
                                        "delay_s", "delay_reason"]))
     print("\nTasks:")
-    print(_table(data["tasks"], ["name", "model", "input_tokens", "output_tokens", "cache_read_tokens",
+    print(table(data["tasks"], ["name", "model", "input_tokens", "output_tokens", "cache_read_tokens",
                                  "cache_write_tokens", "price_usd", "duration_s"]))
     print("\nLLM calls:")
-    print(_table(data["llm_calls"], ["step", "model", "billed_calls", "input_tokens", "output_tokens",
+    print(table(data["llm_calls"], ["step", "model", "billed_calls", "input_tokens", "output_tokens",
                                      "cache_read_tokens", "cache_write_tokens", "price_usd", "request_id"]))
     if data["reruns"]:
         print("\nReruns: " + ", ".join(f"{r['id']} ({r['status']})" for r in data["reruns"]))
@@ -193,7 +143,7 @@ def _print_evaluation(evaluation: dict | None) -> None:
     for n, h in enumerate(highlights, 1):
         where = f"chars {h['start_offset']}-{h['end_offset']}" if h["is_valid"] else f"INVALID: {h['error']}"
         print(f"  {n}. [{h.get('level') or '-'}] {h.get('header') or '(no header)'}  ({where})")
-        print(f"     \"{_fmt(h['quoted_text'])}\"")
+        print(f"     \"{fmt(h['quoted_text'])}\"")
 
 
 def cmd_retry(args) -> int:

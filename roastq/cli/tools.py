@@ -7,21 +7,23 @@ import sys
 
 from roastq import db
 from roastq.ops import maintenance
-from roastq.cli.admin import OPS, UsageError, _command, progress_printer
-from roastq.cli.main import _print_json, _table
+from roastq.cli.output import UsageError, command, print_json, progress_printer, table
+from roastq.sql import load_queries
 from roastq.queues import JOB_QUEUES
+
+OPS = load_queries("ops.sql", "roastq.ops")
 
 
 # -- health, maintenance, costs ----------------------------------------------------------------
 
 
-@_command
+@command
 def cmd_health(args) -> int:
     from roastq.ops.health import check
 
     report = check("live" if args.live else "ready")
     if args.json:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
     else:
         for c in report.checks:
             mark = "ok  " if c.ok else ("FAIL" if c.critical else "warn")
@@ -30,30 +32,30 @@ def cmd_health(args) -> int:
     return 0 if report.ok else 1
 
 
-@_command
+@command
 def cmd_maintenance_run(args) -> int:
     task = maintenance.TASKS[args.task]
     result = task.fn()
     if args.json:
-        _print_json({"task": args.task, "result": result})
+        print_json({"task": args.task, "result": result})
     else:
         print(f"{args.task}: " + ", ".join(f"{k} {v}" for k, v in result.items()))
     return 0
 
 
-@_command
+@command
 def cmd_maintenance_ticks(args) -> int:
     with db.transaction() as cur:
         cur.execute(OPS.recent_ticks, {"task": args.task, "limit": args.limit})
         ticks = [dict(r) for r in cur.fetchall()]
     if args.json:
-        _print_json(ticks)
+        print_json(ticks)
     else:
-        print(_table(ticks, ["task", "tick", "claimed_by", "outcome", "runs", "duplicates", "result", "error"]))
+        print(table(ticks, ["task", "tick", "claimed_by", "outcome", "runs", "duplicates", "result", "error"]))
     return 0
 
 
-@_command
+@command
 def cmd_costs(args) -> int:
     if args.days < 1:
         raise UsageError("--days must be at least 1")
@@ -61,9 +63,9 @@ def cmd_costs(args) -> int:
         cur.execute(OPS.cost_report, {"days": args.days})
         found = [dict(r) for r in cur.fetchall()]
     if args.json:
-        _print_json(found)
+        print_json(found)
     else:
-        print(_table(found, ["day", "agent_name", "model", "jobs", "tasks", "input_tokens", "output_tokens",
+        print(table(found, ["day", "agent_name", "model", "jobs", "tasks", "input_tokens", "output_tokens",
                              "price_usd"]))
         print("(rolled up hourly by the scheduler; `roastq maintenance run roll_up_costs` to refresh now)")
     return 0
@@ -72,7 +74,7 @@ def cmd_costs(args) -> int:
 # -- legacy ----------------------------------------------------------------------------------------
 
 
-@_command
+@command
 def cmd_legacy_import(args) -> int:
     from roastq.ops.legacy import LegacyError, import_pending
 
@@ -84,7 +86,7 @@ def cmd_legacy_import(args) -> int:
     except LegacyError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        _print_json(result)
+        print_json(result)
     elif args.dry_run:
         print(f"{result['pending']} legacy PENDING job(s): {result['would_create']} to create, "
               f"{result['already_imported']} already imported")
@@ -96,7 +98,7 @@ def cmd_legacy_import(args) -> int:
     return 1 if not args.dry_run and result["skipped"] else 0
 
 
-@_command
+@command
 def cmd_legacy_status(args) -> int:
     from roastq.ops.legacy import LegacyError, status
 
@@ -105,7 +107,7 @@ def cmd_legacy_status(args) -> int:
     except LegacyError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        _print_json(data)
+        print_json(data)
     else:
         print("Legacy jobs: " + ("  ".join(f"{k} {v}" for k, v in data["legacy"].items()) or "none"))
         print(f"Imported here: {data['imported']}; left to import: {data['left_to_import']}; "

@@ -33,6 +33,8 @@ from roastq import db
 from roastq.exceptions import BadLLMOutput, LaneWait
 from roastq.jobctx import current_job
 from roastq.llm.pricing import Usage
+from roastq.llm.toolcall import ToolCall
+from roastq.queues import LANE_SUFFIX
 from roastq.settings import Settings
 from roastq.sql import load_queries
 
@@ -43,7 +45,7 @@ Q = load_queries("batch.sql", __package__)
 #: Queues whose jobs may use the lane (interactive work never waits for a batch).
 LANE_QUEUES = ("batch",)
 #: Suffix of the broker queue where a waiting job's message is parked.
-PARK_SUFFIX = ".lane"
+PARK_SUFFIX = LANE_SUFFIX
 PENDING = ("waiting", "submitting", "submitted")
 #: An error response's type -> the HTTP status the same error has real-time (the SDK picks its
 #: exception class from the status and the error's details).
@@ -132,8 +134,6 @@ def lane_call(settings: Settings, *, step: str, model: str, max_tokens: int, sys
         raise BadLLMOutput(f"{step}: {(row['error'] or {}).get('message', 'invalid tool input')} "
                            f"(batch {row['batch_id']})", step=step, request_id=row["response_id"])
     if state == "succeeded":  # collected after this attempt loaded its memo
-        from roastq.llm.client import ToolCall
-
         usage = Usage(row["input_tokens"], row["output_tokens"], row["cache_read_tokens"], row["cache_write_tokens"])
         return ToolCall(step=step, model=row["model"], input=row["output"], usage=usage,
                         price_usd=row["price_usd"] or Decimal(0), duration_s=row["waited_s"] or 0.0,
@@ -144,12 +144,6 @@ def lane_call(settings: Settings, *, step: str, model: str, max_tokens: int, sys
 def _park_for(settings: Settings, slack: float) -> float:
     """How long the job may wait at most: until only LLM_BATCH_FALLBACK_S is left."""
     return max(1.0, slack - settings.llm_batch_fallback_s)
-
-
-def park(cur, message_id: str, queue_name: str, message_json) -> None:
-    """Park a job's message (the broker calls this for a ``LaneWait``)."""
-    cur.execute(Q.park_message, {"queue_name": queue_name + PARK_SUFFIX, "message_id": message_id,
-                                 "message": message_json})
 
 
 def status() -> dict:

@@ -312,7 +312,7 @@ def _ledger(cur, req, usage: Usage, price: Decimal) -> None:
 def _validated(req, message):
     """(output, error, state): the forced tool's input, checked as a real-time answer is."""
     from roastq.exceptions import BadLLMOutput
-    from roastq.llm.client import tool_input
+    from roastq.llm.toolcall import tool_input
 
     tool = {"name": req["tool_name"], "input_schema": req["tool_schema"]}
     try:

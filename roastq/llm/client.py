@@ -19,7 +19,6 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Callable
 
@@ -38,6 +37,7 @@ from roastq.exceptions import BadLLMOutput, InputError, JobTimeLimit, LLMRefusal
 from roastq.failures import ErrorClass, classify
 from roastq.jobctx import current_job
 from roastq.llm.pricing import Usage, cost_usd
+from roastq.llm.toolcall import ToolCall, tool_input
 from roastq.llm.strict import strict_tool
 from roastq.settings import Settings, get_settings
 
@@ -56,22 +56,6 @@ SHORTER_NOTE = ("Your previous answer was cut off at the output limit. Answer ag
                 "analysis and descriptions, the same tool.")
 RETRY_NOTE = ("An earlier answer to this request could not be used. Follow the tool's schema exactly and "
               "respect every bound its descriptions state.")
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """One completed, validated tool call."""
-
-    step: str
-    model: str
-    input: dict[str, Any]
-    usage: Usage  # billed by this call (zero for a cache hit)
-    price_usd: Decimal  # billed by this call (zero for a cache hit)
-    duration_s: float
-    request_id: str | None
-    cached: bool = False  # served from the response cache
-    saved_usd: Decimal = field(default=Decimal(0))  # what the cache hit saved
-    memoised: bool = False  # restored from an earlier attempt of the same job
 
 
 def with_prompt_cache(system: list[dict], tools: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -345,23 +329,6 @@ class Claude:
         finally:
             events.emit("llm_call", model=model, step=step, duration_s=time.monotonic() - started,
                         usage=None, price_usd=None, exception=exc, cached=False)
-
-
-def _block(block, name: str):
-    return block.get(name) if isinstance(block, dict) else getattr(block, name, None)
-
-
-def tool_input(content, tool: dict, *, step: str, request_id: str | None) -> dict:
-    """The forced tool's input (an object), or BadLLMOutput."""
-    blocks = [b for b in content if _block(b, "type") == "tool_use" and _block(b, "name") == tool["name"]]
-    if not blocks:
-        raise BadLLMOutput(f"{step}: no {tool['name']} tool call in the response", step=step, request_id=request_id,
-                           feedback=f"Call the {tool['name']} tool with your answer.")
-    payload = _block(blocks[0], "input")
-    if not isinstance(payload, dict):
-        raise BadLLMOutput(f"{step}: tool input is not an object", step=step, request_id=request_id,
-                           feedback=f"The {tool['name']} input must be a JSON object.")
-    return payload
 
 
 def _schema_check(payload: dict, *, tool: dict, step: str) -> None:

@@ -304,8 +304,6 @@ class BatchLane:
         """The results, made once when the batch has ended (under the lock)."""
         if b.results is not None:
             return b.results
-        from roastq.simulator.server import ERROR_FAULTS, _forced_tool, _problem
-
         cfg = self.sim.config
         results = []
         for (custom_id, params), outcome in zip(b.requests, b.outcomes):
@@ -313,16 +311,16 @@ class BatchLane:
                 outcome = "canceled"  # nothing had been processed when the cancel came
             elif b.expires <= b.ends:
                 outcome = "expired"
-            problem = _problem(params)
+            problem = self.sim.request_problem(params)
             if problem and outcome == "succeeded":
                 outcome = "errored:invalid_request"
             if outcome == "succeeded":
-                message, usage, _sloppy = self.sim._answer(params, cfg, _forced_tool(params), "")
+                message, usage, _sloppy = self.sim.answer(params, cfg, self.sim.forced_tool(params), "")
                 result = {"type": "succeeded", "message": message}
                 self._bill(params["model"], usage)
             elif outcome.startswith("errored:"):
                 kind = outcome.split(":", 1)[1]
-                status, etype, text = {**ERROR_FAULTS, **EXTRA_ERRORS}[kind]
+                status, etype, text = {**self.sim.error_faults, **EXTRA_ERRORS}[kind]
                 error: dict[str, Any] = {"type": etype, "message": problem if problem and kind == "invalid_request"
                                          else text}
                 if kind == "spend_limit":

@@ -393,6 +393,11 @@ class _Handler(BaseHTTPRequestHandler):
 class Simulator:
     """Threaded HTTP server imitating the Anthropic Messages API. See module docstring."""
 
+    #: What the Batches API (batches.py) shares with the Messages endpoint.
+    error_faults = ERROR_FAULTS
+    forced_tool = staticmethod(_forced_tool)
+    request_problem = staticmethod(_problem)
+
     def __init__(self, config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0):
         self.config = config or SimConfig()
         self.host, self.port = host, port
@@ -574,7 +579,7 @@ class Simulator:
             entry["status"] = status
             self._record(entry)
             return h.send(status, _error_body(etype, error, rid), headers)
-        message, usage, slop = self._answer(req, cfg, tool, kind)
+        message, usage, slop = self.answer(req, cfg, tool, kind)
         if message["stop_reason"] == "refusal":
             kind = entry["kind"] = "refusal"
         elif kind.startswith("sloppy"):
@@ -590,7 +595,7 @@ class Simulator:
         body = json.dumps(message).encode()
         h.send(200, body[: len(body) // 2] if kind == "malformed" else body, headers)
 
-    def _answer(self, req: dict, cfg: SimConfig, tool: str | None, kind: str) -> tuple[dict, dict, list[str]]:
+    def answer(self, req: dict, cfg: SimConfig, tool: str | None, kind: str) -> tuple[dict, dict, list[str]]:
         """The message, its usage, and the sloppiness kinds it carries."""
         digest = hashlib.sha256(json.dumps(req, sort_keys=True).encode()).hexdigest()
         rng = random.Random(f"{cfg.seed}:{digest}")  # same request -> same content (ids stay unique)
