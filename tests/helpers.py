@@ -101,7 +101,7 @@ def stack_options(broker, **changes):
     saved = []
     for mw in broker.middleware:
         new = fresh.get(type(mw))
-        for attr in ("policy", "snooze_s", "interval_s", "crash_limit"):
+        for attr in ("policy", "snooze_s", "interval_s", "crash_limit", "enabled", "tick_s"):
             if new is not None and attr in vars(new):
                 saved.append((mw, attr, getattr(mw, attr)))
                 setattr(mw, attr, getattr(new, attr))

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from helpers import one, rows, running_worker, wait_for_status, wait_until
+from helpers import one, rows, running_worker, wait_for_status, wait_until, stack_options
 from roastq.api import enqueue_evaluation, enqueue_evaluations
 
 pytestmark = pytest.mark.postgres_broker  # the lane parks messages in the Postgres broker
@@ -43,7 +43,8 @@ def lane(simulator, monkeypatch):
 
 @pytest.fixture
 def lane_worker(lane, broker, sim):
-    with running_worker(broker, threads=4) as w:
+    # The stack's batch-lane options as the lane fixture's settings give them (BatchLane's driver).
+    with stack_options(broker), running_worker(broker, threads=4) as w:
         yield w
 
 

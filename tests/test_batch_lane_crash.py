@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import pytest
 
-from helpers import one, rows, running_worker, wait_for_status, wait_until
+from helpers import one, rows, running_worker, stack_options, wait_for_status, wait_until
 from roastq.api import enqueue_evaluations
 
 from test_batch_lane import _pair, lane  # noqa: F401  (the fixture)
@@ -34,7 +34,7 @@ def parked(lane, broker, sim, monkeypatch, db, seeded):  # noqa: F811
     reload_settings()
     client._default = None
     doc, agent = _pair(seeded, db, critique=False)
-    with running_worker(broker, threads=4) as w:
+    with stack_options(broker), running_worker(broker, threads=4) as w:  # no driver thread (TICK_S 0)
         job_ids = enqueue_evaluations([(doc, agent)] * 4, deadline=timedelta(hours=2))
         wait_until(lambda: one(db, "SELECT count(*) FROM dramatiq.queue WHERE queue_name = 'batch.lane'") == 4,
                    timeout=20, what="four parked jobs")
