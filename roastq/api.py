@@ -39,6 +39,7 @@ def _actor(queue: str):
 
 def _insert_and_send(cur, *, evaluation_id, document_version_id, agent_version_id, queue,
                      original_job_id=None) -> str:
+    """A job with versions already known, and its message (the legacy import's path)."""
     actor = _actor(queue)
     job_id = str(uuid.uuid4())
     message = actor.message(job_id)
@@ -51,30 +52,56 @@ def _insert_and_send(cur, *, evaluation_id, document_version_id, agent_version_i
     return job_id
 
 
+#: A NOTIFY payload must stay under 8,000 bytes: a bigger message is announced by its id.
+_NOTIFY_MAX = 8000
+
+
+def _send_job(cur, *, queues, document_id=None, agent_id=None, priority=None, rerun_of=None) -> dict:
+    """The job and its message in one statement (``enqueue_job``); one candidate message for
+    each of ``queues`` (the job's queue decides which is sent). Returns the statement's row, with
+    ``job_id`` and the message sent."""
+    from roastq.brokers import is_rabbitmq
+
+    job_id = str(uuid.uuid4())
+    actors = [_actor(q) for q in queues]
+    messages = [actor.message(job_id) for actor in actors]
+    encoded = [m.encode().decode("utf-8") for m in messages]
+    broker = actors[0].broker
+    cur.execute(Q.enqueue_job, {
+        "job_id": job_id, "document_id": document_id, "agent_id": agent_id, "queue": priority,
+        "rerun_of": rerun_of, "outbox": is_rabbitmq(broker), "queues": list(queues),
+        "queue_names": [m.queue_name for m in messages], "message_ids": [m.message_id for m in messages],
+        "messages": encoded,
+        "notifies": [e if len(e.encode()) < _NOTIFY_MAX else '{"message_id": "%s"}' % m.message_id
+                     for e, m in zip(encoded, messages)],
+    })
+    row = dict(cur.fetchone())
+    row["job_id"] = job_id
+    if row["created"]:
+        # The broker's enqueue hooks (metrics count the message), for the message sent.
+        sent = next(m for m in messages if m.message_id == str(row["message_id"]))
+        broker.emit_before("enqueue", sent, None)
+        broker.emit_after("enqueue", sent, None)
+    return row
+
+
 def enqueue_evaluation(document_id, agent_id, *, priority: str = "interactive", conn=None) -> str:
     """Enqueue an evaluation of a document by an agent; return the job id.
 
     The document's and agent's latest versions are pinned on the job now: edits made after this
-    call do not change what the job evaluates.
+    call do not change what the job evaluates. One statement: with the caller's ``conn``, one
+    round trip in the caller's transaction; without it, that and the commit.
     """
     _check_priority(priority)
     document_id = _uuid(document_id, "document id")
     agent_id = _uuid(agent_id, "agent id")
     with db.transaction(conn) as cur:
-        cur.execute(Q.latest_document_version, {"document_id": document_id})
-        document = cur.fetchone()
-        if document is None:
-            raise EnqueueError(f"unknown document {document_id}")
-        cur.execute(Q.latest_agent_version, {"agent_id": agent_id})
-        agent = cur.fetchone()
-        if agent is None:
-            raise EnqueueError(f"unknown agent {agent_id}")
-        cur.execute(Q.upsert_evaluation, {"document_id": document_id, "agent_id": agent_id})
-        evaluation_id = cur.fetchone()["id"]
-        return _insert_and_send(
-            cur, evaluation_id=evaluation_id, document_version_id=document["id"],
-            agent_version_id=agent["id"], queue=priority,
-        )
+        row = _send_job(cur, queues=[priority], document_id=document_id, agent_id=agent_id, priority=priority)
+    if not row["document_known"]:
+        raise EnqueueError(f"unknown document {document_id}")
+    if not row["agent_known"]:
+        raise EnqueueError(f"unknown agent {agent_id}")
+    return row["job_id"]
 
 
 def enqueue_evaluations(pairs, *, priority: str = "batch", conn=None) -> list[str]:
@@ -115,19 +142,16 @@ def enqueue_evaluations(pairs, *, priority: str = "batch", conn=None) -> list[st
 
 
 def rerun_job(job_id, *, conn=None) -> str:
-    """Run a finished job again as a new job (same pinned versions), linked by original_job_id."""
+    """Run a finished job again as a new job (same pinned versions), linked by original_job_id.
+    One statement, as ``enqueue_evaluation``."""
     job_id = _uuid(job_id, "job id")
     with db.transaction(conn) as cur:
-        cur.execute(Q.job_by_id, {"job_id": job_id})
-        job = cur.fetchone()
-        if job is None:
-            raise EnqueueError(f"unknown job {job_id}")
-        if job["status"] not in ("FAILED", "CANCELLED", "COMPLETED"):
-            raise EnqueueError(f"job {job_id} is {job['status']}: only a finished job can be rerun")
-        return _insert_and_send(
-            cur, evaluation_id=job["evaluation_id"], document_version_id=job["document_version_id"],
-            agent_version_id=job["agent_version_id"], queue=job["queue"], original_job_id=job_id,
-        )
+        row = _send_job(cur, queues=PRIORITIES, rerun_of=job_id)
+    if row["rerun_status"] is None:
+        raise EnqueueError(f"unknown job {job_id}")
+    if not row["created"]:
+        raise EnqueueError(f"job {job_id} is {row['rerun_status']}: only a finished job can be rerun")
+    return row["job_id"]
 
 
 def cancel_job(job_id, *, reason: str = "cancelled by operator", conn=None) -> str:

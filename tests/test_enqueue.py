@@ -130,6 +130,57 @@ def test_batch_enqueue_uses_a_few_statements_whatever_the_size(db, seeded, datab
     assert len(statements) <= 6
 
 
+def _counting_statements(monkeypatch) -> list:
+    import psycopg2.extras
+
+    statements = []
+
+    class Counting(psycopg2.extras.RealDictCursor):
+        def execute(self, query, vars=None):
+            statements.append(query)
+            return super().execute(query, vars)
+
+    monkeypatch.setattr(psycopg2.extras, "RealDictCursor", Counting)  # the cursor roastq.db hands out
+    return statements
+
+
+def test_enqueue_is_one_statement_in_the_callers_transaction(db, seeded, database_url, monkeypatch):
+    statements = _counting_statements(monkeypatch)
+    doc, agent = _pair(seeded)
+    app = psycopg2.connect(database_url)
+    try:
+        job_id = enqueue_evaluation(doc, agent, conn=app)
+        assert len(statements) == 1  # versions, evaluation, job, message and NOTIFY: one round trip
+        assert counts(db) == (0, 0)
+        app.commit()
+    finally:
+        app.close()
+    assert counts(db) == (1, 1)
+    assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "PENDING"
+
+
+def test_rerun_is_one_statement_and_refuses_a_job_not_finished(db, seeded, monkeypatch):
+    from roastq.api import rerun_job
+
+    doc, agent = _pair(seeded)
+    pending = enqueue_evaluation(doc, agent, priority="batch")
+    with pytest.raises(EnqueueError, match="is PENDING: only a finished job"):
+        rerun_job(pending)
+    with pytest.raises(EnqueueError, match="unknown job"):
+        rerun_job("00000000-0000-0000-0000-000000000000")
+    assert counts(db) == (1, 1)  # nothing written by either
+    with db.cursor() as cur:
+        cur.execute("UPDATE jobs SET status = 'FAILED' WHERE id = %s", (pending,))
+    statements = _counting_statements(monkeypatch)
+    new = rerun_job(pending)
+    assert len(statements) == 1
+    assert counts(db) == (2, 2)
+    row = one(db, "SELECT original_job_id::text || ' ' || queue FROM jobs WHERE id = %s", new)
+    assert row == f"{pending} batch"  # the old job's queue, and its message to that queue's actor
+    assert one(db, f"SELECT message->>'actor_name' FROM {MESSAGES} q JOIN jobs j ON j.message_id = q.message_id "
+                   "WHERE j.id = %s", new) == "evaluate_document_batch"
+
+
 def test_batch_enqueue_is_all_or_nothing(db, seeded):
     from roastq.api import enqueue_evaluations
 

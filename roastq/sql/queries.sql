@@ -350,3 +350,59 @@ WITH candidates AS MATERIALIZED (
 )
 SELECT l.message_id, l.lock, (t.message_id IS NOT NULL) AS consumed
 FROM locked l LEFT JOIN taken t ON t.message_id = l.message_id;
+
+-- name: enqueue_job
+-- enqueue_evaluation and rerun_job in one statement, one round trip: the versions pinned (the
+-- latest ones; for a rerun, those of the finished job), the evaluation upserted, the job row and
+-- its message written, and the NOTIFY that wakes a worker (delivered at commit). The caller
+-- passes one candidate message a queue (a rerun's queue is the old job's); the one for the job's
+-- queue is written, to dramatiq.queue or, with RabbitMQ (%(outbox)s), to the outbox. Nothing is
+-- written when the document, the agent or the job to rerun is unknown, or that job has not
+-- finished: the row returned says which (created = 0).
+WITH rerun AS (
+    SELECT status, evaluation_id, document_version_id, agent_version_id, queue
+    FROM jobs WHERE id = %(rerun_of)s
+), dv AS (
+    SELECT id FROM document_versions WHERE document_id = %(document_id)s ORDER BY version DESC LIMIT 1
+), av AS (
+    SELECT id FROM agent_versions WHERE agent_id = %(agent_id)s ORDER BY version DESC LIMIT 1
+), ev AS (
+    INSERT INTO evaluations (document_id, agent_id)
+    SELECT %(document_id)s, %(agent_id)s WHERE EXISTS (SELECT 1 FROM dv) AND EXISTS (SELECT 1 FROM av)
+    ON CONFLICT (document_id, agent_id) DO UPDATE SET document_id = EXCLUDED.document_id
+    RETURNING id
+), pinned AS (
+    SELECT ev.id AS evaluation_id, dv.id AS document_version_id, av.id AS agent_version_id,
+           %(queue)s::text AS queue
+    FROM ev, dv, av
+    UNION ALL
+    SELECT evaluation_id, document_version_id, agent_version_id, queue
+    FROM rerun WHERE status IN ('FAILED', 'CANCELLED', 'COMPLETED')
+), msg AS (
+    SELECT p.*, t.queue_name, t.message_id, t.message, t.notify
+    FROM pinned p
+    JOIN unnest(%(queues)s::text[], %(queue_names)s::text[], %(message_ids)s::uuid[], %(messages)s::jsonb[],
+                %(notifies)s::text[]) AS t(queue, queue_name, message_id, message, notify) USING (queue)
+), job AS (
+    INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id,
+                      original_job_id)
+    SELECT %(job_id)s, evaluation_id, document_version_id, agent_version_id, queue, message_id, %(rerun_of)s
+    FROM msg
+    RETURNING id
+), queued AS (
+    INSERT INTO dramatiq.queue (queue_name, message_id, "state", message)
+    SELECT queue_name, message_id, 'queued', message FROM msg WHERE NOT %(outbox)s
+    RETURNING message_id
+), boxed AS (
+    INSERT INTO outbox (queue_name, message_id, message)
+    SELECT queue_name, message_id, message FROM msg WHERE %(outbox)s
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM job) AS created,
+       (SELECT message_id FROM msg) AS message_id,
+       EXISTS (SELECT 1 FROM dv) AS document_known,
+       EXISTS (SELECT 1 FROM av) AS agent_known,
+       (SELECT status FROM rerun) AS rerun_status,
+       (SELECT count(pg_notify('dramatiq.' || msg.queue_name || '.enqueue', msg.notify))
+        FROM msg JOIN queued USING (message_id)) AS notified,
+       (SELECT count(pg_notify('roastq_outbox', '1')) FROM boxed) AS relayed;
