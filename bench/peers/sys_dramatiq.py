@@ -26,6 +26,8 @@ import peerlib  # noqa: E402
 
 SERVER = os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATABASE = os.environ.get("PEER_DATABASE", "roastq_peers")
+#: Finished jobs (and done messages) put in the tables before the workloads: PEER_PREFILL=1000000.
+PREFILL = int(os.environ.get("PEER_PREFILL", "0"))
 
 
 def fresh_database() -> str:
@@ -75,13 +77,36 @@ class Dramatiq(peerlib.System):
 
             (self.doc,), self.agent = seed_minimal(self.conn)
 
+
     def setup(self):
         with self.conn.cursor() as cur:
             if self.mode == "jobs":
                 cur.execute("TRUNCATE dramatiq.queue, job_attempts, jobs CASCADE")
+                if PREFILL:
+                    self._prefill(cur, PREFILL)
             else:
                 cur.execute("TRUNCATE dramatiq.queue")
             cur.execute("VACUUM ANALYZE")
+
+    def _prefill(self, cur, n: int) -> None:
+        """n finished jobs (with their attempt and their done message) already in the tables, as
+        after weeks of work within the retention (the growth run of issue 14, item 5)."""
+        message = self.actor.message("00000000-0000-0000-0000-000000000000").encode().decode()
+        cur.execute("INSERT INTO evaluations (document_id, agent_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                    (self.doc, self.agent))
+        cur.execute("""
+            WITH e AS (SELECT id FROM evaluations LIMIT 1),
+            dv AS (SELECT id FROM document_versions LIMIT 1), av AS (SELECT id FROM agent_versions LIMIT 1)
+            INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, status, queue, attempts,
+                              created_at, started_at, completed_at, updated_at, duration_s, message_id)
+            SELECT gen_random_uuid(), e.id, dv.id, av.id, 'COMPLETED', 'batch', 1, t, t, t, t, 0.01, gen_random_uuid()
+            FROM e, dv, av, generate_series(1, %(n)s) AS g,
+                 LATERAL (SELECT now() - make_interval(secs => g * 0.5) AS t) AS ts""", {"n": n})
+        cur.execute("""INSERT INTO job_attempts (job_id, attempt, message_id, started_at, ended_at, outcome)
+                       SELECT id, 1, message_id, started_at, completed_at, 'completed' FROM jobs""")
+        cur.execute("""INSERT INTO dramatiq.queue (queue_name, message_id, "state", mtime, message)
+                       SELECT 'batch', message_id, 'done', completed_at, %(m)s::jsonb FROM jobs""", {"m": message})
+
 
     def enqueue_one(self) -> str:
         if self.mode == "jobs":
