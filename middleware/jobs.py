@@ -89,10 +89,13 @@ class JobState(Middleware):
         logger.info("job started: attempt %d, time limit %d s", ctx.attempt, row["time_limit_s"])
 
     def _start(self, message, job_id):
-        with db.transaction() as cur:
-            cur.execute(Q.start_job, {"job_id": job_id, "message_id": message.message_id, "worker_id": worker_id()})
-            row = cur.fetchone()
-            if row is None:
+        # One round trip, committed without waiting for the WAL flush: if Postgres crashes before
+        # a later commit flushes it, the job is PENDING again and its message is delivered again,
+        # as if this attempt had not begun (docs/architecture.md, "synchronous_commit").
+        row = db.execute_one(Q.start_job, {"job_id": job_id, "message_id": message.message_id,
+                                           "worker_id": worker_id()}, durable=False)
+        if row is None:
+            with db.transaction() as cur:
                 cur.execute(Q.job_by_id, {"job_id": job_id})
                 job = cur.fetchone()
                 if job is None:

@@ -76,9 +76,10 @@ class JobLogs(Middleware):
         if not pending:
             return 0
         try:
-            with db.transaction() as cur:
-                cur.execute(Q.append_job_logs, {"job_ids": list(pending),
-                                                "lines": [Json(lines) for lines in pending.values()]})
+            # Lines lost in a crash of Postgres are in the process's log anyway: no WAL flush waited for.
+            db.execute_one(Q.append_job_logs, {"job_ids": list(pending),
+                                               "lines": [Json(lines) for lines in pending.values()]},
+                           durable=False, fetch=None)
         except Exception as exc:  # the database may be down: the lines are in the process log anyway
             logger.warning("could not store the log lines of %d jobs: %s", len(pending), exc)
             return 0

@@ -8,6 +8,7 @@ it, roastq commits them itself.
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
 
 from roastq import db
 from roastq.db import Q
@@ -50,6 +51,19 @@ def _insert_and_send(cur, *, evaluation_id, document_version_id, agent_version_i
     })
     actor.broker.enqueue_on(cur, message)
     return job_id
+
+
+@contextmanager
+def _one_statement(conn):
+    """A cursor for one statement: on the caller's connection (in the caller's transaction), or
+    on a pooled connection in autocommit, so that the statement is its own transaction and costs
+    one round trip (psycopg2's BEGIN and COMMIT would be two more)."""
+    if conn is not None:
+        with db.transaction(conn) as cur:
+            yield cur
+        return
+    with db.autocommit() as cur:
+        yield cur
 
 
 #: A NOTIFY payload must stay under 8,000 bytes: a bigger message is announced by its id.
@@ -95,7 +109,7 @@ def enqueue_evaluation(document_id, agent_id, *, priority: str = "interactive", 
     _check_priority(priority)
     document_id = _uuid(document_id, "document id")
     agent_id = _uuid(agent_id, "agent id")
-    with db.transaction(conn) as cur:
+    with _one_statement(conn) as cur:
         row = _send_job(cur, queues=[priority], document_id=document_id, agent_id=agent_id, priority=priority)
     if not row["document_known"]:
         raise EnqueueError(f"unknown document {document_id}")
@@ -145,7 +159,7 @@ def rerun_job(job_id, *, conn=None) -> str:
     """Run a finished job again as a new job (same pinned versions), linked by original_job_id.
     One statement, as ``enqueue_evaluation``."""
     job_id = _uuid(job_id, "job id")
-    with db.transaction(conn) as cur:
+    with _one_statement(conn) as cur:
         row = _send_job(cur, queues=PRIORITIES, rerun_of=job_id)
     if row["rerun_status"] is None:
         raise EnqueueError(f"unknown job {job_id}")
