@@ -76,9 +76,9 @@ def _send_job(cur, *, queues, document_id=None, agent_id=None, priority=None, re
     ``job_id`` and the message sent."""
     from roastq.brokers import is_rabbitmq
 
-    job_id = db.time_ordered_id()
+    job_id = str(uuid.uuid4())
     actors = [_actor(q) for q in queues]
-    messages = [actor.message(job_id).copy(message_id=db.time_ordered_id()) for actor in actors]
+    messages = [actor.message(job_id) for actor in actors]
     encoded = [m.encode().decode("utf-8") for m in messages]
     broker = actors[0].broker
     cur.execute(Q.enqueue_job, {
@@ -143,8 +143,8 @@ def enqueue_evaluations(pairs, *, priority: str = "batch", conn=None) -> list[st
         cur.execute(Q.upsert_evaluations, {"document_ids": [d for d, _ in distinct],
                                            "agent_ids": [a for _, a in distinct]})
         evaluations = {(str(r["document_id"]), str(r["agent_id"])): r["id"] for r in cur.fetchall()}
-        job_ids = [db.time_ordered_id() for _ in pairs]
-        messages = [actor.message(job_id).copy(message_id=db.time_ordered_id()) for job_id in job_ids]
+        job_ids = [str(uuid.uuid4()) for _ in pairs]
+        messages = [actor.message(job_id) for job_id in job_ids]
         cur.execute(Q.insert_jobs, {
             "ids": job_ids, "evaluation_ids": [evaluations[p] for p in pairs],
             "document_version_ids": [doc_versions[d] for d, _ in pairs],

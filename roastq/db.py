@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -29,17 +28,6 @@ _lock = threading.Lock()
 _pool: "BlockingPool | None" = None
 _pool_pid: int | None = None
 _url: str | None = None
-
-
-def time_ordered_id() -> str:
-    """A UUID version 7 (RFC 9562): 48 bits of Unix milliseconds, then random bits. Ids made in
-    time order land together at the right of a b-tree index, where random (version 4) ids touch a
-    random leaf page of the whole index on every insert and lookup: on a table of a million rows
-    the hot pages stop fitting in the buffer cache (docs/benchmarks.md, item 5)."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
-    return str(uuid.UUID(int=value))
 
 
 def database_url() -> str:

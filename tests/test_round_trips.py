@@ -44,18 +44,3 @@ def test_hot_tables_have_their_own_autovacuum_settings(db):
         options = one(db, "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", table)
         assert "autovacuum_vacuum_scale_factor=0.01" in options, (table, options)
         assert "autovacuum_vacuum_cost_delay=0" in options
-
-
-def test_job_and_message_ids_are_time_ordered(db, seeded):
-    import time
-    import uuid
-
-    from roastq.api import enqueue_evaluation
-
-    doc, agent = next(iter(seeded.documents.values())), next(iter(seeded.agents.values()))
-    first = enqueue_evaluation(doc, agent)
-    time.sleep(0.002)
-    second = enqueue_evaluation(doc, agent)
-    assert uuid.UUID(first).version == 7 and first < second  # later ids sort after: one index edge
-    message = one(db, "SELECT message_id::text FROM jobs WHERE id = %s", second)
-    assert uuid.UUID(message).version == 7
