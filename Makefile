@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-unit lint up console screenshots bench bench-long install clean
+.PHONY: demo test test-unit lint up console screenshots bench bench-long bench-peers install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ bench: $(STAMP)
 
 bench-long: $(STAMP)
 	@for script in $(BENCH_LONG); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+# `make bench-peers`: workloads A, B, C, E against roastq, stock dramatiq-pg, pgqueuer and
+# procrastinate (installed at run time into bench/peers/.venv), 3 reps, medians (about 20 minutes).
+bench-peers: $(STAMP)
+	$(BIN)/python bench/peers/run.py
 
 clean:
 	rm -rf $(VENV) .roastq .pytest_cache

@@ -126,10 +126,13 @@ class JobState(Middleware):
 
     def _start(self, message, job_id):
         stale = worker_stale_after_s()
-        with db.transaction() as cur:
-            row = jobs.start(cur, job_id, message_id=message.message_id, worker_id=worker_id(),
-                             stale_after_s=stale, running_here=job_id in self._running)
-            if row is None:
+        # One round trip, committed without waiting for the WAL flush: if Postgres crashes before
+        # a later commit flushes it, the job is PENDING again and its message is delivered again,
+        # as if this attempt had not begun (docs/architecture.md, "synchronous_commit").
+        row = jobs.start(None, job_id, message_id=message.message_id, worker_id=worker_id(),
+                         stale_after_s=stale, running_here=job_id in self._running, durable=False)
+        if row is None:
+            with db.transaction() as cur:
                 job = jobs.lock(cur, job_id)
                 if job is None:
                     self._reject(message, f"unknown job {job_id}")

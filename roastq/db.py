@@ -174,6 +174,48 @@ def transaction(conn=None) -> Iterator[psycopg2.extras.RealDictCursor]:
             p.discard_idle()
 
 
+@contextmanager
+def autocommit() -> Iterator[psycopg2.extras.RealDictCursor]:
+    """A cursor on a pooled connection in autocommit: each statement is its own transaction and
+    costs one round trip. ``transaction()`` costs two more for a single statement: psycopg2 sends
+    BEGIN and COMMIT each on its own."""
+    p = pool()
+    conn = p.getconn()
+    broken = False
+    try:
+        conn.autocommit = True
+        try:
+            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                yield cur
+        finally:
+            if conn.closed == 0:
+                conn.autocommit = False
+    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        broken = conn.closed != 0
+        raise
+    finally:
+        p.putconn(conn, close=broken or conn.closed != 0)
+        if broken:
+            p.discard_idle()
+
+
+def execute_one(sql: str, params=None, *, durable: bool = True, fetch: str | None = "one"):
+    """One statement as its own transaction, in one round trip; return its row (``fetch="one"``),
+    its rows (``"all"``) or None.
+
+    ``durable=False`` sends ``SET LOCAL synchronous_commit = off`` in the same query string: the
+    commit does not wait for the WAL flush, and a crash of Postgres may lose it (a later durable
+    commit flushes it too). Only for writes that recovery repairs or that may be lost:
+    docs/architecture.md lists them."""
+    with autocommit() as cur:
+        cur.execute(sql if durable else "SET LOCAL synchronous_commit = off; " + sql, params)
+        if fetch == "one":
+            return cur.fetchone()
+        if fetch == "all":
+            return cur.fetchall()
+        return None
+
+
 def migrate(conn=None) -> list[str]:
     """Apply the numbered migrations not yet applied; return the names applied (idempotent)."""
     own = conn is None

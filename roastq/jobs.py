@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 
+from roastq import db
 from roastq.failures import Decision
 from roastq.sql import load_queries
 
@@ -76,14 +77,20 @@ def set_message(cur, job_id, message_id) -> None:
 # -- an attempt ----------------------------------------------------------------------------------
 
 
-def start(cur, job_id, *, message_id, worker_id, stale_after_s: float, running_here: bool) -> dict | None:
+def start(cur, job_id, *, message_id, worker_id, stale_after_s: float, running_here: bool,
+          durable: bool = True) -> dict | None:
     """PENDING -> RUNNING, with a new attempt row; a RUNNING job only when its attempt is over
     (its worker is gone, or it is this worker and the job no longer runs here: ``running_here``
     False), never beside a live attempt. Returns the row (attempts, evaluation_id, agent_id,
     time_limit_s, retry_on_timeout, crashes), or None when the job cannot start (finished,
-    cancelled, unknown, or running on a live worker: see ``attempt_alive``)."""
-    cur.execute(J.start, {"job_id": job_id, "message_id": message_id, "worker_id": worker_id,
-                          "stale_after_s": stale_after_s, "not_running_here": not running_here})
+    cancelled, unknown, or running on a live worker: see ``attempt_alive``). With ``cur`` None
+    it is one statement in one round trip of its own (``durable=False``: its commit does not wait
+    for the WAL flush, see ``db.execute_one``)."""
+    params = {"job_id": job_id, "message_id": message_id, "worker_id": worker_id,
+              "stale_after_s": stale_after_s, "not_running_here": not running_here}
+    if cur is None:
+        return db.execute_one(J.start, params, durable=durable)
+    cur.execute(J.start, params)
     return cur.fetchone()
 
 
@@ -179,7 +186,13 @@ def finish_attempt(cur, job_id, attempt: int, message_id) -> None:
     cur.execute(J.finish_attempt, {"job_id": job_id, "attempt": attempt, "message_id": message_id})
 
 
-def append_logs(cur, job_ids: list, lines: list) -> None:
-    """Log lines of finished attempts, many jobs in one statement (a jsonb array a job)."""
-    cur.execute(J.append_logs, {"job_ids": job_ids, "lines": lines})
+def append_logs(cur, job_ids: list, lines: list, *, durable: bool = True) -> None:
+    """Log lines of finished attempts, many jobs in one statement (a jsonb array a job); with
+    ``cur`` None, one round trip of its own (``durable=False``: lines a crash may lose are in the
+    process's log anyway)."""
+    params = {"job_ids": job_ids, "lines": lines}
+    if cur is None:
+        db.execute_one(J.append_logs, params, durable=durable, fetch=None)
+        return
+    cur.execute(J.append_logs, params)
 

@@ -17,10 +17,16 @@ _PATTERNS = [
     (re.compile(r"(?i)(password\s*=\s*)\S+"), r"\1***"),
 ]
 
+#: What every pattern above needs somewhere in the text: one search tells most log lines (which
+#: hold no secret) apart, instead of six substitutions a line.
+_MAYBE = re.compile(r"(?i)sk-|bearer|x-api-key|://|password")
+
 MAX_ERROR_CHARS = 1000
 
 
 def redact(text: str) -> str:
+    if not _MAYBE.search(text):
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text

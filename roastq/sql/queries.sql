@@ -262,3 +262,4 @@ WITH candidates AS MATERIALIZED (
 )
 SELECT l.message_id, l.lock, (t.message_id IS NOT NULL) AS consumed
 FROM locked l LEFT JOIN taken t ON t.message_id = l.message_id;
+

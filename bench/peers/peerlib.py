@@ -1,0 +1,213 @@
+"""The workloads of the peer comparison, the same for every system (standard library only: it runs
+in the project's venv and in the peers' venv alike).
+
+A job body reports to the harness with one UDP datagram on the loopback (``probe``): the job's
+tag, the wall-clock time and the worker's pid. That needs nothing from the system under test, so
+every system is timed the same way, by the same clock.
+
+* A: ``A_JOBS`` no-op jobs enqueued in one batch, then a worker started at concurrency 10 and timed
+  from its launch (start-up counted) to the last job's end; ``a_steady`` is the rate from the first
+  job's end to the last's.
+* E: ``E_JOBS`` enqueues, one call (and one commit) each, no worker running.
+* B: an idle worker (concurrency 10): ``B_JOBS`` jobs 20 ms apart, latency from just before the
+  enqueue call to the start of the job's body.
+* C: ``C_JOBS`` jobs that each wait 1 s, at 100 in flight (and at 500: ``c500``), the worker up and
+  idle; timed from just before the batch enqueue to the last job's end, against whole rounds.
+  The worker's resident memory is read at the end of the 100-in-flight run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import statistics
+import sys
+import threading
+import time
+
+A_JOBS, E_JOBS, B_JOBS, C_JOBS = (int(os.environ.get(f"PEER_{w}_JOBS", d))
+                                  for w, d in (("A", 5000), ("E", 5000), ("B", 200), ("C", 600)))
+B_GAP_S, C_WAIT_S = 0.02, 1.0
+
+_sock = None
+
+
+def probe(tag) -> None:
+    """Called by a job body: tell the harness that job ``tag`` is here now."""
+    global _sock
+    if _sock is None:
+        _sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    _sock.sendto(f"{tag} {time.time():.6f} {os.getpid()}".encode(), ("127.0.0.1", int(os.environ["PEER_PROBE_PORT"])))
+
+
+class Probe:
+    """The harness's end: receives the job bodies' datagrams on a port of its own."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.seen: dict[str, float] = {}
+        self.pids: set[int] = set()
+        self._cv = threading.Condition()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            data = self.sock.recv(256).decode().split()
+            with self._cv:
+                self.seen.setdefault(data[0], float(data[1]))
+                self.pids.add(int(data[2]))
+                self._cv.notify_all()
+
+    def reset(self):
+        with self._cv:
+            self.seen.clear()
+
+    def wait_count(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while len(self.seen) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SystemExit(f"peers: timed out with {len(self.seen)} of {n} jobs reported")
+                self._cv.wait(left)
+
+    def wait_tag(self, tag: str, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while tag not in self.seen:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SystemExit(f"peers: job {tag} not reported within {timeout} s")
+                self._cv.wait(left)
+            return self.seen[tag]
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return float("nan")
+
+
+def percentile(values, q: float) -> float:
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+class System:
+    """What a system under test provides. ``probe_at`` is "start" or "end" of the job body."""
+
+    name = "?"
+
+    def setup(self) -> None: ...                       # a fresh database with the system's schema
+    def enqueue_batch(self, n: int) -> None: ...       # n no-op jobs (or C's waiting jobs) at once
+    def enqueue_one(self) -> str: ...                  # one job; return its tag
+    def start_worker(self, concurrency: int, wait_s: float, probe_at: str, port: int): ...
+    def stop_worker(self, worker) -> None: ...
+    def close(self) -> None: ...
+
+
+def _warm(system: System, probe: Probe) -> None:
+    """The worker is up when a first job has run."""
+    tag = system.enqueue_one()
+    probe.wait_tag(tag, 120)
+    probe.reset()
+
+
+def run_a(system: System, probe: Probe) -> dict:
+    system.setup()
+    system.enqueue_batch(A_JOBS)
+    probe.reset()
+    launched = time.time()
+    worker = system.start_worker(10, 0.0, "end", probe.port)
+    try:
+        probe.wait_count(A_JOBS, 600)
+    finally:
+        system.stop_worker(worker)
+    times = sorted(probe.seen.values())
+    return {"a_per_s": A_JOBS / (times[-1] - launched), "a_steady_per_s": (A_JOBS - 1) / (times[-1] - times[0])}
+
+
+def run_e(system: System, probe: Probe) -> dict:
+    system.setup()
+    started = time.perf_counter()
+    for _ in range(E_JOBS):
+        system.enqueue_one()
+    return {"e_per_s": E_JOBS / (time.perf_counter() - started)}
+
+
+def run_b(system: System, probe: Probe) -> dict:
+    system.setup()
+    worker = system.start_worker(10, 0.0, "start", probe.port)
+    try:
+        _warm(system, probe)
+        latencies = []
+        for _ in range(B_JOBS):
+            before = time.time()
+            tag = system.enqueue_one()
+            latencies.append((probe.wait_tag(tag, 30) - before) * 1000)
+            time.sleep(B_GAP_S)
+    finally:
+        system.stop_worker(worker)
+    return {"b_p50_ms": percentile(latencies, 0.5), "b_p99_ms": percentile(latencies, 0.99)}
+
+
+def run_c(system: System, probe: Probe, in_flight: int) -> dict:
+    system.setup()
+    worker = system.start_worker(in_flight, C_WAIT_S, "end", probe.port)
+    try:
+        _warm(system, probe)
+        probe.pids.clear()
+        before = time.time()
+        system.enqueue_batch(C_JOBS)
+        probe.wait_count(C_JOBS, 300)
+        rss = max(rss_mib(pid) for pid in probe.pids)
+    finally:
+        system.stop_worker(worker)
+    span = max(probe.seen.values()) - before
+    ideal = math.ceil(C_JOBS / in_flight) * C_WAIT_S
+    key = "c" if in_flight == 100 else f"c{in_flight}"
+    out = {f"{key}_ratio": ideal / span}
+    if in_flight == 100:
+        out["rss_mib"] = rss
+    return out
+
+
+def main(system: System, argv=None) -> int:
+    """Run the workloads named in argv (a, e, b, c, c500) once; print one JSON line."""
+    workloads = (argv if argv is not None else sys.argv[1:]) or ["a", "e", "b", "c", "c500"]
+    probe = Probe()
+    result = {"system": system.name}
+    try:
+        for w in workloads:
+            started = time.monotonic()
+            if w == "a":
+                result.update(run_a(system, probe))
+            elif w == "e":
+                result.update(run_e(system, probe))
+            elif w == "b":
+                result.update(run_b(system, probe))
+            elif w == "c":
+                result.update(run_c(system, probe, 100))
+            elif w == "c500":
+                result.update(run_c(system, probe, 500))
+            print(f"  [{system.name}] {w} done in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        system.close()
+    print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}), flush=True)
+    return 0
+
+
+def median(values):
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.median(values) if values else float("nan")

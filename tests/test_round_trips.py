@@ -1,0 +1,46 @@
+"""The job path's statements: one round trip where one statement does, the WAL flush skipped only
+where it is named, and the hot tables vacuumed early."""
+
+from helpers import one
+
+
+def test_execute_one_is_its_own_transaction_and_leaves_the_pooled_connection_as_it_was(db):
+    from roastq import db as roastq_db
+
+    with db.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS rt_probe (n int)")
+    try:
+        row = roastq_db.execute_one("INSERT INTO rt_probe VALUES (1) RETURNING current_setting('synchronous_commit') AS s,"
+                                    " txid_current_if_assigned() IS NOT NULL AS in_tx")
+        assert row["s"] == "on" and row["in_tx"]
+        assert one(db, "SELECT count(*) FROM rt_probe") == 1  # committed: another session sees it
+        lazy = roastq_db.execute_one("SELECT current_setting('synchronous_commit') AS s", durable=False)
+        assert lazy["s"] == "off"
+        first = roastq_db.execute_one("SELECT txid_current() AS t")["t"]
+        assert roastq_db.execute_one("SELECT txid_current() AS t")["t"] != first  # a transaction each
+        with roastq_db.transaction() as cur:  # the pooled connections are in transactions again
+            cur.execute("SELECT txid_current() AS t, current_setting('synchronous_commit') AS s")
+            row = cur.fetchone()
+            cur.execute("SELECT txid_current() AS t")
+            assert cur.fetchone()["t"] == row["t"] and row["s"] == "on"
+    finally:
+        with db.cursor() as cur:
+            cur.execute("DROP TABLE rt_probe")
+
+
+def test_a_failed_statement_leaves_nothing_and_the_pool_usable(db):
+    import psycopg2
+    import pytest
+
+    from roastq import db as roastq_db
+
+    with pytest.raises(psycopg2.errors.DivisionByZero):
+        roastq_db.execute_one("SELECT 1 / 0")
+    assert roastq_db.execute_one("SELECT 2 AS n")["n"] == 2
+
+
+def test_hot_tables_have_their_own_autovacuum_settings(db):
+    for table in ("dramatiq.queue", "jobs", "job_attempts"):
+        options = one(db, "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", table)
+        assert "autovacuum_vacuum_scale_factor=0.01" in options, (table, options)
+        assert "autovacuum_vacuum_cost_delay=0" in options
