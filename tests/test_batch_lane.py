@@ -30,7 +30,8 @@ def lane(simulator, monkeypatch):
     for k, v in LANE_ENV.items():
         monkeypatch.setenv(k, v)
     reload_settings()
-    client._default = None
+    with client._default_lock:  # not while a worker thread is making the old one
+        client._default = None
     simulator.batches.reset()
     simulator.batches.configure(end_after_s=0.3, error_rate=0.0, fault_rate=0.0, expire_after_s=86400.0,
                                 stall_s=30.0, create_delay_s=30.0, max_processing=None)
@@ -38,7 +39,20 @@ def lane(simulator, monkeypatch):
     simulator.batches.reset()
     monkeypatch.undo()
     reload_settings()
-    client._default = None
+    with client._default_lock:  # not while a worker thread is making the old one
+        client._default = None
+
+
+def set_lane_env(monkeypatch, **env):
+    """Change lane settings for the rest of a test: the driver reads the Claude client's settings."""
+    from roastq.llm import client
+    from roastq.settings import reload_settings
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    reload_settings()
+    with client._default_lock:  # not while a worker thread is making the old one
+        client._default = None
 
 
 @pytest.fixture
@@ -119,13 +133,10 @@ def test_not_before_delays_the_start(db, seeded, worker, sim):
     assert set(wait_for_status(db, bulk, timeout=30).values()) == {"COMPLETED"}
 
 
-def test_many_jobs_share_one_batch(db, seeded, lane_worker, lane, sim):
+def test_many_jobs_share_one_batch(db, seeded, lane_worker, lane, sim, monkeypatch):
     lane.configure(end_after_s=0.5)
     doc, agent = _pair(seeded, db, critique=False)
-    os.environ["LLM_BATCH_MAX_WAIT_S"] = "1.0"  # the lane gathers a second of requests into one batch
-    from roastq.settings import reload_settings
-
-    reload_settings()
+    set_lane_env(monkeypatch, LLM_BATCH_MAX_WAIT_S="3")  # the lane gathers 3 s of requests into one batch
     job_ids = enqueue_evaluations([(doc, agent)] * 12, deadline=timedelta(hours=3))
     assert set(wait_for_status(db, job_ids, timeout=40).values()) == {"COMPLETED"}
     assert one(db, "SELECT count(DISTINCT batch_id) FROM llm_batch_requests WHERE job_id = ANY(%s::uuid[])",
@@ -272,13 +283,11 @@ def test_a_batch_endpoint_500_is_retried_without_losing_requests(db, seeded, lan
     assert one(db, "SELECT count(*) FROM llm_batches") == lane.stats()["batches"]
 
 
-def test_a_results_stream_cut_halfway_is_resumed_and_nothing_is_billed_twice(db, seeded, lane_worker, lane, sim):
+def test_a_results_stream_cut_halfway_is_resumed_and_nothing_is_billed_twice(db, seeded, lane_worker, lane, sim,
+                                                                            monkeypatch):
     lane.script_faults("cut_results")
     doc, agent = _pair(seeded, db, critique=False)
-    os.environ["LLM_BATCH_MAX_WAIT_S"] = "1.0"
-    from roastq.settings import reload_settings
-
-    reload_settings()
+    set_lane_env(monkeypatch, LLM_BATCH_MAX_WAIT_S="3")
     job_ids = enqueue_evaluations([(doc, agent)] * 8, deadline=timedelta(hours=2))
     assert set(wait_for_status(db, job_ids, timeout=40).values()) == {"COMPLETED"}
     assert lane.stats()["faults_cut_results"] == 1

@@ -32,7 +32,8 @@ def parked(lane, broker, sim, monkeypatch, db, seeded):  # noqa: F811
 
     monkeypatch.setenv("LLM_BATCH_TICK_S", "0")
     reload_settings()
-    client._default = None
+    with client._default_lock:
+        client._default = None
     doc, agent = _pair(seeded, db, critique=False)
     with running_worker(broker, threads=4) as w:
         job_ids = enqueue_evaluations([(doc, agent)] * 4, deadline=timedelta(hours=2))
