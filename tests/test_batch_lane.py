@@ -298,3 +298,36 @@ def test_a_results_stream_cut_halfway_is_resumed_and_nothing_is_billed_twice(db,
     assert one(db, "SELECT sum(billed_calls) FROM job_steps WHERE job_id = ANY(%s::uuid[])", job_ids) == 8
     assert one(db, "SELECT sum(price_usd) FROM tasks WHERE job_id = ANY(%s::uuid[])", job_ids) == \
         Decimal(lane.stats()["billed_usd"])
+
+
+def test_the_cli_enqueues_with_a_deadline_and_a_delay(db, seeded, capsys):
+    from roastq.cli.main import main
+
+    doc, agent = _pair(seeded, db, critique=False)
+    doc, agent = str(doc), str(agent)
+    assert main(["enqueue", "--document-id", doc, "--agent-id", agent, "--priority", "batch", "--deadline", "6h",
+                 "--delay", "10m"]) == 0
+    job_id = capsys.readouterr().out.strip()
+    start, due = rows(db, "SELECT EXTRACT(EPOCH FROM not_before - now()), EXTRACT(EPOCH FROM deadline - now()) "
+                          "FROM jobs WHERE id = %s", job_id)[0]
+    assert 590 < start <= 600 and 6 * 3600 - 60 < due <= 6 * 3600
+    assert one(db, "SELECT queue_name FROM dramatiq.queue WHERE message->'args'->>0 = %s", job_id) == "batch.DQ"
+    with pytest.raises(SystemExit):
+        main(["enqueue", "--document-id", doc, "--agent-id", agent, "--deadline", "soon"])
+
+
+def test_durations():
+    from roastq.settings import parse_duration
+
+    assert [parse_duration(x) for x in ("90", "90s", "10m", "6h", "2d", "1.5h")] == [90, 90, 600, 21600, 172800, 5400]
+    for bad in ("", "soon", "-5m", "6x"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_a_deadline_before_the_start_time_is_refused(db, seeded):
+    from roastq.api import EnqueueError
+
+    doc, agent = _pair(seeded, db, critique=False)
+    with pytest.raises(EnqueueError):
+        enqueue_evaluation(doc, agent, priority="batch", deadline=60, not_before=120)
