@@ -177,7 +177,7 @@ WITH woken AS (
     SET queue_name = q.message->>'queue_name', state = 'queued', mtime = (now() AT TIME ZONE 'UTC')
     WHERE q.queue_name LIKE '%%.lane' AND q.state = 'queued'
       AND NOT EXISTS (SELECT 1 FROM llm_batch_requests r
-                      WHERE r.job_id::text = q.message->'args'->>0
+                      WHERE r.job_id = (q.message->'args'->>0)::uuid  -- parked: job messages only
                         AND r.state IN ('waiting', 'submitting', 'submitted'))
     RETURNING q.queue_name, q.message_id, q.message
 )
