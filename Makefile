@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test up bench bench-long install clean
+.PHONY: demo test test-unit lint up console screenshots bench bench-long install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,18 +22,37 @@ demo: $(STAMP)
 # The broker-independent tests run a second time with messages in RabbitMQ (tests/rabbitmq_pass.py),
 # with the RabbitMQ-only ones; without a RabbitMQ that pass is skipped with the reason printed.
 RABBITMQ_TESTS := tests/test_evaluation.py tests/test_failures.py tests/test_enqueue.py \
-                  tests/test_outbox.py tests/test_rabbitmq.py
+                  tests/test_outbox.py tests/test_rabbitmq.py tests/test_console.py
 
-test: $(STAMP)
+# The habits: lint and format (ruff) and the layer check (import-linter, docs/architecture.md).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+# The fast tier: the tests that need no Postgres, simulator or worker (marked `unit` at collection).
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit
+
+test: lint
 	$(BIN)/python -m pytest
 	ROASTQ_TEST_BROKER=rabbitmq $(BIN)/python -m pytest $(RABBITMQ_TESTS)
 
 up: $(STAMP)
 	$(BIN)/roastq up
 
+console: $(STAMP)
+	$(BIN)/roastq console
+
+# Screenshots of the console's pages (docs/console/*.png, shown in the README), taken by the
+# browser test in headless Chromium against a fresh database.
+screenshots: $(STAMP)
+	ROASTQ_SCREENSHOTS=$(CURDIR)/docs/console $(BIN)/python -m pytest -q tests/test_console_browser.py
+
 # `make bench`: the broker, concurrency and quick LLM benchmarks (about 5 minutes on 2 cores).
 # `make bench-long`: the 3-minute shared rate-limit run and the broker ceiling search (about 10).
-BENCH      := bench/bench_broker.py bench/bench_concurrency.py bench/llm_cache_hit.py bench/llm_faults.py
+BENCH      := bench/bench_broker.py bench/bench_concurrency.py bench/llm_cache_hit.py bench/llm_faults.py \
+              bench/console_pages.py
 BENCH_LONG := bench/llm_ratelimit.py bench/bench_scaling.py
 
 bench: $(STAMP)

@@ -1,48 +1,23 @@
 """The Dramatiq entry point: ``dramatiq actors`` runs workers, ``periodiq actors`` the scheduler.
 
-Importing this module configures the process (logging), builds the broker with our middleware
-stack, and declares the actors.
+Importing this module builds the broker with roastq's middleware stack (``middleware.stack``) and
+declares the actors, and does nothing else: an app may import it to call
+``evaluate_document.send(job_id)`` without roastq touching its logging, Sentry or metrics. A
+worker process is set up when it boots (``ProcessSetup``, ``Metrics``); the scheduler, which
+never boots a worker, is set up here when ``periodiq`` is the program running.
 """
 
+import os
+import sys
+
 import dramatiq
-from dramatiq.middleware import CurrentMessage, ShutdownNotifications, TimeLimit
 
-from middleware.batchlane import BatchLane
-from middleware.heartbeat import Heartbeat
-from middleware.jobs import JobState
-from middleware.logs import JobLogs
-from middleware.metrics import Metrics
-from middleware.retries import Retries
-from middleware.sentry import Sentry
-from observability.logging import setup_logging
-from observability.sentry import setup_sentry
-from roastq.evaluation import pipeline
+from middleware.stack import build_stack
 from roastq.brokers import make_broker
+from roastq.evaluation import pipeline
+from roastq.queues import BATCH, INTERACTIVE, JOB_ACTORS, JOB_PRIORITIES
 
-setup_logging()
-setup_sentry()
-
-# Order matters: JobState sets each job's time limit before TimeLimit reads it, and after a
-# failure its hook runs before Retries' (after-hooks run in reverse), so the job row says what
-# happens before the retry is enqueued. Sentry and JobLogs come before JobState so that their
-# after-hooks run once the job row is written; Metrics after it, so that it counts only attempts
-# that start. Metrics replaces dramatiq's Prometheus middleware (and runs the one exporter).
-# The broker is Postgres (dramatiq-pg, hardened) unless BROKER_URL names RabbitMQ: the same
-# middleware either way (roastq/brokers/__init__.py).
-broker = make_broker(
-    middleware=[
-        Retries(),
-        Sentry(),
-        JobLogs(),
-        JobState(),
-        Metrics(),
-        TimeLimit(),
-        ShutdownNotifications(),
-        CurrentMessage(),
-        Heartbeat(),
-        BatchLane(),
-    ]
-)
+broker = make_broker(middleware=build_stack())
 dramatiq.set_broker(broker)
 
 
@@ -50,24 +25,21 @@ def _evaluate_document(job_id: str) -> None:
     pipeline.evaluate(job_id)
 
 
+def _job_actor(queue: str):
+    return dramatiq.actor(_evaluate_document, actor_name=JOB_ACTORS[queue], queue_name=queue,
+                          priority=JOB_PRIORITIES[queue], roastq_job=True)
+
+
 #: Interactive evaluations: a person is waiting. Workers take these before batch work.
-evaluate_document = dramatiq.actor(
-    _evaluate_document, actor_name="evaluate_document", queue_name="interactive", priority=0, roastq_job=True
-)
+evaluate_document = _job_actor(INTERACTIVE)
 #: Batch evaluations (re-running an agent over many documents): lower priority, own queue.
-evaluate_document_batch = dramatiq.actor(
-    _evaluate_document, actor_name="evaluate_document_batch", queue_name="batch", priority=100, roastq_job=True
-)
+evaluate_document_batch = _job_actor(BATCH)
 
-ACTOR_FOR_QUEUE = {"interactive": evaluate_document, "batch": evaluate_document_batch}
+ACTOR_FOR_QUEUE = {INTERACTIVE: evaluate_document, BATCH: evaluate_document_batch}
 
-# Operations. The system pause holds job messages before an attempt starts (so after Retries,
-# which re-enqueues them, and before JobState); periodiq's middleware accepts the `periodic`
-# option and drops periodic messages older than a tick; actors/periodic.py declares them.
-from middleware.pause import SystemPause  # noqa: E402
-from periodiq import PeriodiqMiddleware  # noqa: E402
+from actors import periodic  # noqa: E402,F401  (the housekeeping actors)
 
-broker.add_middleware(SystemPause(), before=JobState)
-broker.add_middleware(PeriodiqMiddleware(skip_delay=55))
+if os.path.basename(sys.argv[0]) == "periodiq":  # the scheduler's own process: an entry point
+    from observability.process import setup_process
 
-from actors import periodic  # noqa: E402,F401
+    setup_process()

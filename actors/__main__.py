@@ -14,11 +14,11 @@ import sys
 
 import dramatiq.cli
 
-from observability.logging import setup_logging
+from observability.process import setup_process
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
+    setup_process()
     args = dramatiq.cli.make_argument_parser().parse_args(["actors", *(sys.argv[1:] if argv is None else argv)])
     return dramatiq.cli.main(args)
 

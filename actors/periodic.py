@@ -13,9 +13,10 @@ from dramatiq.middleware import CurrentMessage
 from periodiq import cron
 
 from roastq.ops import maintenance
+from roastq.queues import MAINTENANCE
 from roastq.ops import scheduler
 
-QUEUE = "maintenance"
+QUEUE = MAINTENANCE
 
 
 def _periodic_actor(name: str, task: maintenance.Task):

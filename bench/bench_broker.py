@@ -102,7 +102,7 @@ def bench_drain_stock(conn, n, processes, threads, *, module="stock_actors", act
             if now_done != done:
                 done, last_change, last = now_done, time.monotonic(), time.monotonic()
             elif time.monotonic() - last_change > 20:
-                # Stock loses acks when its fixed pool of 16 runs out (DESIGN.md, defect 2).
+                # Stock loses acks when its fixed pool of 16 runs out (dramatiq-pg defect 2, docs/architecture.md).
                 print(f"    stock stalled: {done} of {n} done, no progress for 20 s "
                       f"(see .roastq/bench/stock_actors.log for 'connection pool exhausted')", flush=True)
                 break

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -73,6 +74,22 @@ def unique_documents(conn, n: int) -> list[str]:
                         (doc_id, f"{doc.title} (copy {i})", list(doc.authors), f"Copy {i}.\n{doc.content}"))
             ids.append(str(doc_id))
     return ids
+
+
+def evaluate_all(conn, jobs: int) -> tuple[list[str], float]:
+    """``jobs`` evaluations of distinct documents over the sample agents, on the batch lane, waited
+    for until every one is COMPLETED or FAILED: their ids and the seconds it took."""
+    from _common import scalar, wait_until
+    from roastq.api import enqueue_evaluations
+
+    agents = sample_agents()
+    docs = unique_documents(conn, jobs)
+    started = time.monotonic()
+    ids = enqueue_evaluations([(d, agents[i % len(agents)]) for i, d in enumerate(docs)], priority="batch")
+    wait_until(lambda: scalar(conn, "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND status IN "
+                                    "('COMPLETED', 'FAILED')", ids) == len(ids), timeout=900, interval=0.5,
+               what="the jobs to finish")
+    return ids, time.monotonic() - started
 
 
 def sample_agents() -> list[str]:

@@ -10,7 +10,7 @@ import time
 import dramatiq
 
 import actors  # noqa: F401  (our broker, middleware and actors)
-from roastq import db
+from roastq import db, jobs
 from roastq.jobctx import current_job
 
 IO_WAIT_S = float(os.environ.get("BENCH_IO_WAIT_S", "1.0"))
@@ -28,7 +28,7 @@ def _complete(job_id: str) -> None:
     job = current_job.get()
     with db.transaction() as cur:
         cur.execute(COMPLETE, {"job_id": job_id})
-        cur.execute(db.Q.finish_attempt, {"job_id": job_id, "attempt": job.attempt, "message_id": job.message_id})
+        jobs.finish_attempt(cur, job_id, job.attempt, job.message_id)
     job.finished_with_result = True
 
 

@@ -121,8 +121,10 @@ OVERVIEW = dashboard("roastq-overview", "roastq: overview",
     timeseries("Failures by error class", "Jobs that failed for good, per second, by error class.", [
         target(f"sum by (error_class) (rate(roastq_messages_failed_total[{RATE}]))", "{{error_class}}"),
     ], unit="reqps", stack=True),
-    timeseries("Retries by error class", "Failed attempts that will be retried (SNOOZED: waits), by class.", [
-        target(f"sum by (error_class) (rate(roastq_messages_retried_total[{RATE}]))", "{{error_class}}"),
+    timeseries("Retries and snoozes", "Failed attempts that will be retried, by error class; and attempts that "
+               "waited without failing (snoozed: pause, budget, rate limiter), by reason.", [
+        target(f"sum by (error_class) (rate(roastq_messages_retried_total[{RATE}]))", "{{error_class}}", "A"),
+        target(f"sum by (reason) (rate(roastq_messages_snoozed_total[{RATE}]))", "snoozed: {{reason}}", "B"),
     ], unit="reqps", stack=True),
     timeseries("Queue depth", "Broker messages by queue and state (from Postgres).", [
         target("max by (queue, state) (roastq_queue_messages)", "{{queue}} {{state}}"),

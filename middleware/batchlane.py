@@ -12,20 +12,24 @@ import threading
 
 from dramatiq.middleware import Middleware
 
-from roastq.llm import batch
-from roastq.settings import get_settings
 
 
 class BatchLane(Middleware):
-    """Start the lane's driver thread at worker boot, stop it at shutdown."""
+    """Start the lane's driver thread at worker boot, stop it at shutdown.
 
-    def __init__(self):
+    Parameters:
+      enabled(bool): the lane is on (``LLM_BATCH_LANE``, ``roastq.llm.batch.enabled``).
+      tick_s(float): how often the driver offers to run (``LLM_BATCH_TICK_S``; 0: the scheduler only).
+    """
+
+    def __init__(self, *, enabled: bool = False, tick_s: float = 0.0):
+        self.enabled = enabled
+        self.tick_s = tick_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def after_worker_boot(self, broker, worker):
-        settings = get_settings()
-        if not batch.enabled(settings) or settings.llm_batch_tick_s <= 0:
+        if not self.enabled or self.tick_s <= 0:
             return
         from roastq.llm import batch_driver
 

@@ -3,9 +3,10 @@
 For actors declared with ``roastq_job=True`` (their one argument is a job id):
 
 * before: reject a message whose payload is not a known job id (one log line; a dead letter);
-  skip a job that is already finished or cancelled; otherwise mark it RUNNING (``attempts`` + 1,
-  ``started_at``), open a ``job_attempts`` row, set the job's time limit from its agent and
-  publish the job's context to the pipeline;
+  skip a job that is already finished or cancelled; back off (snooze) from a job whose attempt
+  runs on a live worker, never starting a second attempt beside it; otherwise mark it RUNNING
+  (``attempts`` + 1, ``started_at``), open a ``job_attempts`` row, set the job's time limit from
+  its agent and publish the job's context to the pipeline;
 * after: record the attempt's outcome: PENDING with ``next_attempt_at`` while a retry waits,
   FAILED with its error class, or CANCELLED. COMPLETED is written by the actor itself, in the
   same transaction as the result.
@@ -17,17 +18,19 @@ hook runs first and the job row says what happens before the retry is enqueued).
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 
-from dramatiq.middleware import Middleware, SkipMessage
+import psycopg2
+from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 
-from roastq import db
-from roastq.db import Q
-from roastq.settings import get_settings
-from roastq.jobctx import JobContext, current_job, start_error, worker_id
+from roastq import db, jobs
+from roastq.exceptions import Snooze
+from roastq.failures import Action, ErrorClass, RetryPolicy
+from roastq.jobctx import JobContext, current_job, start_error, worker_id, worker_stale_after_s
+from roastq.jobs import JobStatus
 
-from .errors import ErrorClass
 from .retries import decision_for
 
 logger = logging.getLogger("roastq.jobs")
@@ -50,12 +53,44 @@ def job_id_of(message) -> str | None:
         return None
 
 
+def _with_retries(write, tries: int = 5) -> None:
+    """Write an attempt's outcome, again after a lost connection (a terminated session, a
+    restart): left unwritten, the job would read RUNNING on a live worker, and its next delivery
+    would back off from an attempt that has ended."""
+    for n in range(tries):
+        try:
+            return write()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            if n == tries - 1:
+                raise
+            logger.warning("could not record the attempt's outcome (%s): again in %.1f s", exc, 0.2 * 2 ** n)
+            time.sleep(0.2 * 2 ** n)
+
+
+class AttemptAlive(Snooze, MiddlewareError):
+    """This delivery found an attempt of its job running on a live worker: it waits (a Snooze,
+    re-enqueued by Retries). A ``MiddlewareError``, so that dramatiq lets it stop the message."""
+
+
 class JobState(Middleware):
-    """Maintain ``jobs`` and ``job_attempts`` for job actors.
+    """Maintain ``jobs`` and ``job_attempts`` for job actors (through ``roastq.jobs``).
+
+    Parameters:
+      policy(RetryPolicy): the decision after a failed attempt (shared with ``Retries``).
+      crash_limit(int): a job whose worker died under it this many times fails as WORKER_LOST
+        at its next delivery (``JOB_CRASH_LIMIT``).
 
     Actor options:
       roastq_job(bool): the actor runs a job; its only argument is the job id.
     """
+
+    def __init__(self, policy: RetryPolicy, *, crash_limit: int = 3):
+        self.policy = policy
+        self.crash_limit = crash_limit
+        #: jobs whose attempt runs in this process now: a delivery of one of them must back off,
+        #: and one of a job this worker's row names but that no longer runs here may take over
+        #: (its attempt ended, though writing the job row failed).
+        self._running: set[str] = set()
 
     @property
     def actor_options(self):
@@ -73,7 +108,7 @@ class JobState(Middleware):
             self._reject(message, f"payload is not a job id: args={list(message.args)!r:.200} kwargs={sorted(message.kwargs)!r}")
         try:
             started = self._start(message, job_id)
-        except SkipMessage:
+        except (SkipMessage, AttemptAlive):
             raise
         except Exception as exc:  # the database is down, say: the actor raises it, and it is retried
             start_error.set(exc)
@@ -81,25 +116,29 @@ class JobState(Middleware):
         if started is None:
             raise SkipMessage()
         row, ctx = started
-        if row["crashes"] >= get_settings().job_crash_limit:
+        if row["crashes"] >= self.crash_limit:
             self._lost(message, ctx, row["crashes"])
         message.roastq_job = ctx
+        self._running.add(job_id)
         message.options["time_limit"] = int(row["time_limit_s"] * 1000)
         current_job.set(ctx)
         logger.info("job started: attempt %d, time limit %d s", ctx.attempt, row["time_limit_s"])
 
     def _start(self, message, job_id):
+        stale = worker_stale_after_s()
         with db.transaction() as cur:
-            cur.execute(Q.start_job, {"job_id": job_id, "message_id": message.message_id, "worker_id": worker_id()})
-            row = cur.fetchone()
+            row = jobs.start(cur, job_id, message_id=message.message_id, worker_id=worker_id(),
+                             stale_after_s=stale, running_here=job_id in self._running)
             if row is None:
-                cur.execute(Q.job_by_id, {"job_id": job_id})
-                job = cur.fetchone()
+                job = jobs.lock(cur, job_id)
                 if job is None:
                     self._reject(message, f"unknown job {job_id}")
-                if job["cancel_requested_at"] is not None and job["status"] in ("PENDING", "RUNNING"):
-                    cur.execute(Q.close_crashed_attempts, {"job_id": job_id})
-                    cur.execute(Q.job_cancelled, {"job_id": job_id, "reason": "cancelled before it ran"})
+                if job["status"] == JobStatus.RUNNING:
+                    if jobs.attempt_alive(cur, job_id, stale_after_s=stale) or job["cancel_requested_at"] is None:
+                        self._back_off(message, job)
+                if job["cancel_requested_at"] is not None and JobStatus(job["status"]) in jobs.LIVE:
+                    jobs.close_crashed_attempts(cur, job_id)
+                    jobs.cancel(cur, job_id, "cancelled before it ran")
                     logger.info("job %s cancelled: skipped", job_id)
                 else:
                     logger.info("job %s already %s: message skipped", job_id, job["status"])
@@ -118,15 +157,28 @@ class JobState(Middleware):
         )
         return row, ctx
 
+    @staticmethod
+    def _back_off(message, job):
+        """An attempt of this job runs on a live worker: leave it alone, and look again once that
+        worker could be gone (a snooze: no attempt used). If it dies, this delivery takes over;
+        if it finishes, this delivery is skipped."""
+        delay_s = worker_stale_after_s() * random.uniform(1.0, 1.25)
+        logger.warning("job %s runs on live worker %s: this delivery backs off for %.1f s",
+                       job["id"], job["worker_id"], delay_s)
+        message.roastq_backed_off = True  # counted by the metrics middleware
+        message.options["throws"] = Snooze  # an expected exception: one INFO line, no traceback
+        raise AttemptAlive(delay_s, f"an attempt runs on live worker {job['worker_id']}")
+
     def _lost(self, message, ctx, crashes: int):
         """Its worker died under it `crashes` times: a poison message. Fail it for good, rather
         than let the surviving workers pick it up (and die) again and again."""
         error = f"its worker died {crashes} times while running it"
         with db.transaction() as cur:
-            cur.execute(Q.job_lost, {"job_id": ctx.job_id, "error": error})
-            self._end_attempt(ctx, "failed", cur=cur, error_class="WORKER_LOST", error=error)
+            jobs.fail_worker_lost(cur, ctx.job_id, error)
+            jobs.end_attempt(cur, ctx.job_id, ctx.attempt, Action.FAIL.outcome,
+                             error_class=str(ErrorClass.WORKER_LOST), error=error)
         logger.error("job %s failed (WORKER_LOST): %s", ctx.job_id, error)
-        message.roastq_error_class = "WORKER_LOST"  # what the metrics count this dead letter as
+        message.roastq_error_class = str(ErrorClass.WORKER_LOST)  # what the metrics count this dead letter as
         message.fail()
         raise SkipMessage(error)
 
@@ -137,6 +189,8 @@ class JobState(Middleware):
         raise SkipMessage(why)
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
+        if message.options.get("throws") is Snooze and isinstance(exception, AttemptAlive):
+            del message.options["throws"]  # not to be serialised with the re-enqueued message
         ctx = getattr(message, "roastq_job", None)
         if ctx is None:
             return
@@ -145,43 +199,35 @@ class JobState(Middleware):
                 if ctx.finished_with_result:
                     message.roastq_acked = True  # the result's transaction acknowledged the message
                 else:  # a duplicate delivery whose result was discarded
-                    self._end_attempt(ctx, "completed")
+                    with db.transaction() as cur:
+                        jobs.end_attempt(cur, ctx.job_id, ctx.attempt, "completed")
                 logger.info("job completed")
                 return
-            decision = decision_for(message, exception)
-            with db.transaction() as cur:
-                if decision.action == "retry":
-                    cur.execute(Q.job_wait_retry, {"job_id": ctx.job_id, "delay_s": decision.delay_s,
-                                                   "error_class": str(decision.error_class), "error": decision.error})
-                elif decision.action == "cancel":
-                    cur.execute(Q.job_cancelled, {"job_id": ctx.job_id, "reason": decision.error})
-                else:
-                    cur.execute(Q.job_fail, {"job_id": ctx.job_id, "error_class": str(decision.error_class),
-                                             "error": decision.error})
-                outcome = {"retry": "retry", "cancel": "cancelled"}.get(decision.action, "failed")
-                if decision.error_class is ErrorClass.SNOOZED:
-                    outcome = "snoozed"
-                self._end_attempt(ctx, outcome, decision, cur=cur)
-            if decision.action == "retry":
+            decision = decision_for(message, exception, self.policy)
+            _with_retries(lambda: self._record_outcome(ctx, decision))
+            if decision.action is Action.RETRY:
                 logger.warning("job attempt failed (%s): retry in %.1f s (%s)", decision.error_class,
                                decision.delay_s, decision.delay_reason)
-            elif decision.action == "cancel":
+            elif decision.action is Action.SNOOZE:
+                logger.info("job snoozed: runs again in %.1f s (%s)", decision.delay_s, decision.delay_reason)
+            elif decision.action is Action.CANCEL:
                 logger.info("job cancelled: %s", decision.error)
             else:
                 logger.error("job failed (%s): %s", decision.error_class, decision.error)
         finally:
+            self._running.discard(ctx.job_id)
             current_job.set(None)
 
-    def _end_attempt(self, ctx, outcome, decision=None, cur=None, error_class=None, error=None):
-        params = {
-            "job_id": ctx.job_id, "attempt": ctx.attempt, "outcome": outcome,
-            "error_class": str(decision.error_class) if decision else error_class,
-            "error": decision.error if decision else error,
-            "delay_s": decision.delay_s if decision and decision.action == "retry" else None,
-            "delay_reason": decision.delay_reason if decision and decision.action == "retry" else None,
-        }
-        with db.transaction(cur.connection if cur else None) as c:
-            c.execute(Q.end_attempt, params)
+    @staticmethod
+    def _record_outcome(ctx, decision) -> None:
+        with db.transaction() as cur:
+            if decision.waits:
+                jobs.wait(cur, ctx.job_id, decision)
+            elif decision.action is Action.CANCEL:
+                jobs.cancel(cur, ctx.job_id, decision.error)
+            else:
+                jobs.fail(cur, ctx.job_id, decision.error_class, decision.error)
+            jobs.end_attempt(cur, ctx.job_id, ctx.attempt, decision.action.outcome, decision=decision)
 
     def after_skip_message(self, broker, message):
         current_job.set(None)

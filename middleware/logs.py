@@ -18,7 +18,7 @@ from dramatiq.middleware import Middleware
 from psycopg2.extras import Json
 
 from observability.logging import take_job_lines
-from roastq import db
+from roastq import db, jobs
 from roastq.db import Q
 
 logger = logging.getLogger("roastq.logs")
@@ -77,8 +77,7 @@ class JobLogs(Middleware):
             return 0
         try:
             with db.transaction() as cur:
-                cur.execute(Q.append_job_logs, {"job_ids": list(pending),
-                                                "lines": [Json(lines) for lines in pending.values()]})
+                jobs.append_logs(cur, list(pending), [Json(lines) for lines in pending.values()])
         except Exception as exc:  # the database may be down: the lines are in the process log anyway
             logger.warning("could not store the log lines of %d jobs: %s", len(pending), exc)
             return 0

@@ -8,6 +8,10 @@ processes write to prometheus_client's multiprocess files (``observability.metri
 Place it after ``JobState`` in the middleware list: its before hook then runs only for attempts
 that really start (JobState skips finished jobs), and every outcome comes from ``decision_for``,
 the one retry decision that the job row, the logs and Sentry report too.
+
+Nothing happens until the process boots as a worker (``after_process_boot`` in ``dramatiq
+actors``, or ``before_worker_boot`` for a worker embedded in a process): building the broker in
+an app's process that only sends messages touches no metric and sets up no Prometheus state.
 """
 
 from __future__ import annotations
@@ -16,16 +20,13 @@ import time
 
 from dramatiq.middleware import Middleware
 
+from dramatiq.common import q_name
+
 from observability import metrics as m
-from observability.exporter import run_exporter
 from roastq import events
+from roastq.failures import Action, RetryPolicy, classify
 
-from .errors import classify
 from .retries import decision_for
-
-
-def _outcome_of(decision) -> str:
-    return {"retry": "retried", "cancel": "cancelled"}.get(decision.action, "failed")
 
 
 def on_llm_call(*, model, step, duration_s, usage, price_usd, exception, cached, **_):
@@ -68,6 +69,14 @@ def on_llm_unknown_model(*, model, **_):
     m.LLM_UNKNOWN_MODEL.labels(model).inc()
 
 
+def on_llm_repair(*, step, kind, **_):
+    m.LLM_REPAIRS.labels(step, kind).inc()
+
+
+def on_llm_retry(*, model, step, reason, **_):
+    m.LLM_RETRIES.labels(model, step, reason).inc()
+
+
 def on_job_failed(*, queue, actor, error_class, **_):
     """``job_failed`` listener: a job failed for good outside any message (the stale-job reaper)."""
     m.FAILED.labels(queue, actor, str(error_class)).inc()
@@ -82,6 +91,8 @@ LISTENERS = {
     "llm_rate_limit_wait": on_llm_rate_limit_wait,
     "llm_rate_limit_gate": on_llm_rate_limit_gate,
     "llm_unknown_model": on_llm_unknown_model,
+    "llm_repair": on_llm_repair,
+    "llm_retry": on_llm_retry,
     "job_failed": on_job_failed,
 }
 
@@ -97,26 +108,42 @@ class Metrics(Middleware):
     liveness and today's LLM spend and cap, read from Postgres per scrape.
 
     Parameters:
+      policy(RetryPolicy): the decision after a failed attempt (shared with ``Retries``).
       exporter(bool): declare the exporter fork (default True). ``METRICS_HOST`` and
         ``METRICS_PORT`` say where it listens.
     """
 
-    def __init__(self, *, exporter: bool = True):
+    def __init__(self, policy: RetryPolicy, *, exporter: bool = True):
+        self.policy = policy
         self.exporter = exporter
         self._delayed: set[str] = set()
-        for event, listener in LISTENERS.items():
-            events.subscribe(event, listener)
+        self._booted = False
 
     @property
     def forks(self):
-        return [run_exporter] if self.exporter else []
+        if not self.exporter:
+            return []
+        from observability.exporter import run_exporter  # its own process: imported there
+
+        return [run_exporter]
 
     # -- process lifecycle ------------------------------------------------------------------
+
+    def _boot(self):
+        if not self._booted:
+            m.setup_metrics()
+            for event, listener in LISTENERS.items():
+                events.subscribe(event, listener)
+            self._booted = True
 
     def after_process_boot(self, broker):
         # A dramatiq worker process, before it records anything: clear dead processes' files.
         self._worker_process = True
         m.clean_at_boot()
+        self._boot()
+
+    def before_worker_boot(self, broker, worker):
+        self._boot()  # a worker embedded in a process (tests, benchmarks): no files to clean
 
     def after_worker_shutdown(self, broker, worker):
         # The process exits next: its live gauges go. (A worker embedded in a process that lives
@@ -127,6 +154,8 @@ class Metrics(Middleware):
     # -- enqueue and delay --------------------------------------------------------------------
 
     def after_enqueue(self, broker, message, delay):
+        if not self._booted:
+            return  # a process that only sends (an app, the CLI): no metrics of ours there
         if not delay and message.message_id in self._delayed:
             # A worker moving a due message from the delay queue to its queue: not a new send.
             self._delayed.discard(message.message_id)
@@ -135,6 +164,8 @@ class Metrics(Middleware):
         m.ENQUEUED.labels(*_labels(message), "true" if delay else "false").inc()
 
     def before_delay_message(self, broker, message):
+        if not self._booted:
+            return
         self._delayed.add(message.message_id)
         m.DELAYED.labels(*_labels(message)).inc()
 
@@ -147,6 +178,8 @@ class Metrics(Middleware):
         m.IN_PROGRESS.labels(*labels).inc()
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
+        if getattr(message, "roastq_backed_off", False):  # JobState: an attempt runs elsewhere
+            m.BACKED_OFF.labels(*_labels(message)).inc()
         started = getattr(message, "_roastq_started", None)
         if started is None:
             return
@@ -157,11 +190,13 @@ class Metrics(Middleware):
             outcome = "succeeded"
             m.SUCCEEDED.labels(*labels).inc()
         else:
-            decision = decision_for(message, exception)
-            outcome = _outcome_of(decision)
-            if outcome == "retried":
+            decision = decision_for(message, exception, self.policy)
+            outcome = decision.action.outcome
+            if decision.action is Action.RETRY:
                 m.RETRIED.labels(*labels, str(decision.error_class)).inc()
-            elif outcome == "cancelled":
+            elif decision.action is Action.SNOOZE:
+                m.SNOOZED.labels(*labels, decision.delay_reason or "unknown").inc()
+            elif decision.action is Action.CANCEL:
                 m.CANCELLED.labels(*labels).inc()
             else:
                 m.FAILED.labels(*labels, str(decision.error_class)).inc()
@@ -176,7 +211,4 @@ class Metrics(Middleware):
 
 
 def _labels(message) -> tuple[str, str]:
-    queue = message.queue_name
-    if queue.endswith(".DQ"):
-        queue = queue[:-3]
-    return queue, message.actor_name
+    return q_name(message.queue_name), message.actor_name

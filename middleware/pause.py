@@ -16,17 +16,13 @@ import random
 
 from dramatiq.middleware import Middleware, MiddlewareError
 
-from roastq import db
+from roastq import db, jobs
 from roastq.ops import pause
 from roastq.exceptions import Snooze
-from roastq.settings import get_settings
-from roastq.sql import load_queries
 
 from .jobs import job_id_of
 
-logger = logging.getLogger("roastq.ops.pause")
-
-OPS = load_queries("ops.sql", "roastq.ops")
+logger = logging.getLogger("roastq.pause")
 
 
 class SystemPaused(Snooze, MiddlewareError):
@@ -39,7 +35,14 @@ class SystemPause(Middleware):
 
     Applies to actors declared with ``roastq_job=True``; reads the pause at most once a second
     per process.
+
+    Parameters:
+      snooze_s(float): how long a held job waits before it looks again (``PAUSE_SNOOZE_S``),
+        plus up to 25% jitter.
     """
+
+    def __init__(self, *, snooze_s: float = 30.0):
+        self.snooze_s = snooze_s
 
     def before_process_message(self, broker, message):
         if not broker.get_actor(message.actor_name).options.get("roastq_job", False):
@@ -52,13 +55,13 @@ class SystemPause(Middleware):
         if paused is None:
             return
         # Jitter: when the pause ends, the waiting jobs come back spread out, not all at once.
-        delay_s = get_settings().pause_snooze_s * random.uniform(1.0, 1.25)
+        delay_s = self.snooze_s * random.uniform(1.0, 1.25)
         job_id = job_id_of(message)
         if job_id is not None:
             try:
                 with db.transaction() as cur:
-                    cur.execute(OPS.job_paused, {"job_id": job_id, "delay_s": delay_s,
-                                                 "error": f"system paused: {paused.get('reason') or 'no reason given'}"})
+                    jobs.hold(cur, job_id, delay_s=delay_s,
+                              error=f"system paused: {paused.get('reason') or 'no reason given'}")
             except Exception as exc:  # the row is only informative: the message still waits
                 logger.warning("could not mark job %s as paused: %s", job_id, exc)
         # An expected exception: dramatiq logs it in one INFO line instead of an ERROR traceback a

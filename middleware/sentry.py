@@ -2,7 +2,7 @@
 
 sentry-sdk's Dramatiq integration reports every failed attempt (four events for a job retried
 three times). This middleware reports once, when ``decision_for`` says the failure is final
-(``action == "fail"``), or when a message is rejected as not being a job. Earlier attempts of the
+(``Action.FAIL``), or when a message is rejected as not being a job. Earlier attempts of the
 job become breadcrumbs (from ``job_attempts``, so attempts in other processes count too), as do
 the attempt's own log lines (sentry-sdk's logging integration, configured in
 ``observability.sentry``). Cancellations are not failures and send nothing.
@@ -22,13 +22,15 @@ import logging
 from datetime import timezone
 
 import sentry_sdk
+from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
 
 from observability.sentry import flush
 from roastq import db
 from roastq.db import Q
 
-from .errors import ErrorClass
+from roastq.failures import Action, ErrorClass, RetryPolicy
+
 from .jobs import job_id_of
 from .retries import decision_for
 
@@ -39,10 +41,12 @@ class Sentry(Middleware):
     """Report final job failures to Sentry (a no-op while ``SENTRY_DSN`` is unset).
 
     Parameters:
+      policy(RetryPolicy): the decision after a failed attempt (shared with ``Retries``).
       flush_timeout_s(float): how long a stopping worker waits for unsent events (default 10).
     """
 
-    def __init__(self, *, flush_timeout_s: float = 10.0):
+    def __init__(self, policy: RetryPolicy, *, flush_timeout_s: float = 10.0):
+        self.policy = policy
         self.flush_timeout_s = flush_timeout_s
 
     def before_process_message(self, broker, message):
@@ -60,8 +64,8 @@ class Sentry(Middleware):
     def after_process_message(self, broker, message, *, result=None, exception=None):
         try:
             if exception is not None and sentry_sdk.get_client().is_active():
-                decision = decision_for(message, exception)
-                if decision.action == "fail":
+                decision = decision_for(message, exception, self.policy)
+                if decision.action is Action.FAIL:
                     self._report(message, exception, decision)
         except Exception:  # reporting must never change what happens to the job
             logger.exception("could not report the failure to Sentry")
@@ -105,7 +109,7 @@ class Sentry(Middleware):
 
 
 def _tag(scope, message, error_class, *, attempt, agent_id):
-    queue = message.queue_name[:-3] if message.queue_name.endswith(".DQ") else message.queue_name
+    queue = q_name(message.queue_name)
     scope.set_tag("actor", message.actor_name)
     scope.set_tag("queue", queue)
     scope.set_tag("error_class", str(error_class))

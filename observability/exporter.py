@@ -22,14 +22,14 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from observability.logging import setup_logging
-from observability.metrics import METRICS_DIR, prune_dead  # sets PROMETHEUS_MULTIPROC_DIR first
+from observability.metrics import enable_multiprocess, multiprocess_dir, prune_dead
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from roastq import db
 from roastq.llm import budget
-from roastq.brokers.postgres import QUEUES
+from roastq.queues import JOB_QUEUES as QUEUES
 from roastq.db import Q
 from roastq.settings import get_settings
 
@@ -171,7 +171,7 @@ def lane_metrics(lane: dict, expected_s: float):
 
 def build_registry(postgres: PostgresCollector | None = None) -> CollectorRegistry:
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(METRICS_DIR))
+    MultiProcessCollector(registry, path=str(multiprocess_dir()))
     registry.register(postgres or PostgresCollector())
     return registry
 
@@ -225,6 +225,7 @@ def make_server(host: str, port: int) -> HTTPServer:
 def run_exporter() -> int:
     """The exporter process's main (a dramatiq fork function): serve until SIGTERM."""
     setup_logging()
+    enable_multiprocess()
     settings = get_settings()
     try:
         server = make_server(settings.metrics_host, settings.metrics_port)
@@ -234,7 +235,7 @@ def run_exporter() -> int:
                      settings.metrics_host, settings.metrics_port, exc)
         return 1
     host, port = server.server_address[:2]
-    logger.info("metrics exporter listening on http://%s:%d/metrics (files in %s)", host, port, METRICS_DIR)
+    logger.info("metrics exporter listening on http://%s:%d/metrics (files in %s)", host, port, multiprocess_dir())
     try:
         server.serve_forever()
     finally:

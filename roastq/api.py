@@ -3,6 +3,10 @@
 A job row and its Dramatiq message are written in one transaction. Given the caller's ``conn``,
 both commit or roll back with the caller's own transaction (nothing is committed here); without
 it, roastq commits them itself.
+
+Sending configures nothing in the caller's process: no logging, Sentry or metrics set-up, no
+files, no threads (``roastq.brokers.sending_broker``; the worker module ``actors`` is never
+imported here). That set-up belongs to worker processes, at boot.
 """
 
 from __future__ import annotations
@@ -10,18 +14,21 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from roastq import db
+from roastq import db, jobs
+from roastq.brokers import send_job, send_jobs
 from roastq.db import Q
+from roastq.queues import BATCH, INTERACTIVE, JOB_QUEUES
 from roastq.settings import get_settings
 
-PRIORITIES = ("interactive", "batch")
+PRIORITIES = JOB_QUEUES
 
 
 class EnqueueError(ValueError):
     """The evaluation cannot be enqueued (unknown document or agent, bad priority)."""
 
 
-def _uuid(value, what: str) -> str:
+def parse_id(value, what: str) -> str:
+    """`value` as a canonical UUID string, or EnqueueError naming `what`."""
     try:
         return str(uuid.UUID(str(value)))
     except ValueError:
@@ -52,7 +59,7 @@ def _schedule(priority: str, deadline, not_before) -> tuple[datetime | None, dat
     start = _when(not_before, "not_before")
     now = datetime.now(timezone.utc)
     due = _when(deadline, "deadline")
-    if due is None and priority == "batch":
+    if due is None and priority == BATCH:
         due = max(start or now, now) + timedelta(seconds=get_settings().llm_batch_default_deadline_s)
     if due is not None and start is not None and due <= start:
         raise EnqueueError(f"the deadline ({due.isoformat()}) must come after the start time ({start.isoformat()})")
@@ -60,28 +67,19 @@ def _schedule(priority: str, deadline, not_before) -> tuple[datetime | None, dat
     return due, start, delay_ms
 
 
-def _actor(queue: str):
-    from actors import ACTOR_FOR_QUEUE  # the edge that sends messages may reach the actors
-
-    return ACTOR_FOR_QUEUE[queue]
-
-
-def _insert_and_send(cur, *, evaluation_id, document_version_id, agent_version_id, queue,
-                     original_job_id=None, deadline=None, not_before=None) -> str:
-    actor = _actor(queue)
+def insert_and_send(cur, *, evaluation_id, document_version_id, agent_version_id, queue,
+                    original_job_id=None, deadline=None, not_before=None) -> str:
+    """A new job row and its message, on the caller's cursor; returns the job id."""
     job_id = str(uuid.uuid4())
-    message = actor.message(job_id)
     due, start, delay_ms = _schedule(queue, deadline, not_before)
-    cur.execute(Q.insert_job, {
-        "id": job_id, "evaluation_id": evaluation_id, "document_version_id": document_version_id,
-        "agent_version_id": agent_version_id, "queue": queue, "message_id": message.message_id,
-        "original_job_id": original_job_id, "deadline": due, "not_before": start,
-    })
-    actor.broker.enqueue_on(cur, message, delay_ms=delay_ms)
+    message = send_job(cur, queue, job_id, delay_ms=delay_ms)
+    jobs.insert(cur, job_id=job_id, evaluation_id=evaluation_id, document_version_id=document_version_id,
+                agent_version_id=agent_version_id, queue=queue, message_id=message.message_id,
+                original_job_id=original_job_id, deadline=due, not_before=start)
     return job_id
 
 
-def enqueue_evaluation(document_id, agent_id, *, priority: str = "interactive", deadline=None,
+def enqueue_evaluation(document_id, agent_id, *, priority: str = INTERACTIVE, deadline=None,
                        not_before=None, conn=None) -> str:
     """Enqueue an evaluation of a document by an agent; return the job id.
 
@@ -92,8 +90,8 @@ def enqueue_evaluation(document_id, agent_id, *, priority: str = "interactive", 
     (the same kinds): the job does not start before then.
     """
     _check_priority(priority)
-    document_id = _uuid(document_id, "document id")
-    agent_id = _uuid(agent_id, "agent id")
+    document_id = parse_id(document_id, "document id")
+    agent_id = parse_id(agent_id, "agent id")
     with db.transaction(conn) as cur:
         cur.execute(Q.latest_document_version, {"document_id": document_id})
         document = cur.fetchone()
@@ -105,13 +103,13 @@ def enqueue_evaluation(document_id, agent_id, *, priority: str = "interactive", 
             raise EnqueueError(f"unknown agent {agent_id}")
         cur.execute(Q.upsert_evaluation, {"document_id": document_id, "agent_id": agent_id})
         evaluation_id = cur.fetchone()["id"]
-        return _insert_and_send(
+        return insert_and_send(
             cur, evaluation_id=evaluation_id, document_version_id=document["id"],
             agent_version_id=agent["id"], queue=priority, deadline=deadline, not_before=not_before,
         )
 
 
-def enqueue_evaluations(pairs, *, priority: str = "batch", deadline=None, not_before=None,
+def enqueue_evaluations(pairs, *, priority: str = BATCH, deadline=None, not_before=None,
                         conn=None) -> list[str]:
     """Enqueue many evaluations (``(document_id, agent_id)`` pairs) in one transaction with a
     handful of round trips, whatever their number; return the job ids in the pairs' order.
@@ -120,10 +118,9 @@ def enqueue_evaluations(pairs, *, priority: str = "batch", deadline=None, not_be
     All or nothing: an unknown document or agent raises EnqueueError and writes no job.
     """
     _check_priority(priority)
-    pairs = [(_uuid(d, "document id"), _uuid(a, "agent id")) for d, a in pairs]
+    pairs = [(parse_id(d, "document id"), parse_id(a, "agent id")) for d, a in pairs]
     if not pairs:
         return []
-    actor = _actor(priority)
     with db.transaction(conn) as cur:
         cur.execute(Q.latest_document_versions, {"ids": sorted({d for d, _ in pairs})})
         doc_versions = {str(r["document_id"]): r["id"] for r in cur.fetchall()}
@@ -139,34 +136,27 @@ def enqueue_evaluations(pairs, *, priority: str = "batch", deadline=None, not_be
                                            "agent_ids": [a for _, a in distinct]})
         evaluations = {(str(r["document_id"]), str(r["agent_id"])): r["id"] for r in cur.fetchall()}
         job_ids = [str(uuid.uuid4()) for _ in pairs]
-        messages = [actor.message(job_id) for job_id in job_ids]
         due, start, delay_ms = _schedule(priority, deadline, not_before)
-        if delay_ms:  # into the delay queue, as a delayed enqueue does
-            messages = [m.copy(queue_name=f"{m.queue_name}.DQ", options={**m.options, "eta": int(start.timestamp()
-                                                                                             * 1000)})
-                        for m in messages]
-        cur.execute(Q.insert_jobs, {
-            "ids": job_ids, "evaluation_ids": [evaluations[p] for p in pairs],
-            "document_version_ids": [doc_versions[d] for d, _ in pairs],
-            "agent_version_ids": [agent_versions[a] for _, a in pairs],
-            "queues": [priority] * len(pairs), "message_ids": [m.message_id for m in messages],
-            "deadlines": [due] * len(pairs), "not_before": start,
-        })
-        actor.broker.enqueue_many_on(cur, messages)
+        messages = send_jobs(cur, priority, job_ids, delay_ms=delay_ms)
+        jobs.insert_many(cur, job_ids=job_ids, evaluation_ids=[evaluations[p] for p in pairs],
+                         document_version_ids=[doc_versions[d] for d, _ in pairs],
+                         agent_version_ids=[agent_versions[a] for _, a in pairs],
+                         queues=[priority] * len(pairs), message_ids=[m.message_id for m in messages],
+                         deadlines=[due] * len(pairs), not_before=start)
     return job_ids
 
 
 def rerun_job(job_id, *, conn=None) -> str:
     """Run a finished job again as a new job (same pinned versions), linked by original_job_id."""
-    job_id = _uuid(job_id, "job id")
+    job_id = parse_id(job_id, "job id")
     with db.transaction(conn) as cur:
         cur.execute(Q.job_by_id, {"job_id": job_id})
         job = cur.fetchone()
         if job is None:
             raise EnqueueError(f"unknown job {job_id}")
-        if job["status"] not in ("FAILED", "CANCELLED", "COMPLETED"):
+        if not jobs.is_finished(job["status"]):
             raise EnqueueError(f"job {job_id} is {job['status']}: only a finished job can be rerun")
-        return _insert_and_send(
+        return insert_and_send(
             cur, evaluation_id=job["evaluation_id"], document_version_id=job["document_version_id"],
             agent_version_id=job["agent_version_id"], queue=job["queue"], original_job_id=job_id,
         )
@@ -175,12 +165,11 @@ def rerun_job(job_id, *, conn=None) -> str:
 def cancel_job(job_id, *, reason: str = "cancelled by operator", conn=None) -> str:
     """Cancel a job: a PENDING one never runs; a RUNNING one stops at its next step boundary.
     Returns the job's status after the request."""
-    job_id = _uuid(job_id, "job id")
+    job_id = parse_id(job_id, "job id")
     with db.transaction(conn) as cur:
-        cur.execute(Q.request_cancel, {"job_id": job_id, "reason": reason})
-        row = cur.fetchone()
-        if row is not None:
-            return row["status"]
+        status = jobs.request_cancel(cur, job_id, reason)
+        if status is not None:
+            return status
         cur.execute(Q.job_by_id, {"job_id": job_id})
         job = cur.fetchone()
     if job is None:

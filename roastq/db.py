@@ -2,7 +2,7 @@
 
 One pool a process, shared by the broker (dramatiq-pg) and our own queries. It blocks when all
 connections are out instead of raising "connection pool exhausted": an ack that waits a moment is
-fine, an ack that is lost reruns a job (DESIGN.md, dramatiq-pg defect 2).
+fine, an ack that is lost reruns a job (dramatiq-pg 0.12 defect 2, docs/architecture.md).
 """
 
 from __future__ import annotations

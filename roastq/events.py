@@ -18,6 +18,10 @@ Events:
   ``llm_rate_limit_gate``: model, closed_for_s, reason ("429" or "<kind> exhausted"); the
   model's gate is closed for every worker.
   ``llm_unknown_model``: model, price (the Price charged: the dearest known rate).
+  ``llm_repair``: step, kind; one soft violation repaired in an answer before it was saved
+  (``roastq/evaluation/answers.py``, ``REPAIR_KINDS``).
+  ``llm_retry``: model, step, reason ("corrective", "max_tokens_raised", "shorter_answer"); one
+  extra request within a call (each is also an ``llm_call``).
   ``llm_batch``: action ("submitted", "submit_failed"), queue, requests; the batch lane
   (``roastq/llm/batch_driver.py``). A batch answer is also an ``llm_call`` with ``duration_s``
   None and ``batch`` True (its tokens and dollars count; it has no call latency).

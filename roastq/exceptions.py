@@ -10,7 +10,19 @@ class InputError(RoastqError):
 
 
 class BadLLMOutput(RoastqError):
-    """Claude answered, but its tool result failed validation."""
+    """Claude answered, but its tool result lacks what the step needs (the hard tier of
+    ``roastq/evaluation/answers.py``), or was cut short. ``feedback`` is what to tell the model
+    in the corrective tool result."""
+
+    def __init__(self, message: str, *, step: str, request_id: str | None = None, feedback: str | None = None):
+        super().__init__(message)
+        self.step = step
+        self.request_id = request_id
+        self.feedback = feedback or message
+
+
+class LLMRefusal(RoastqError):
+    """Claude declined to answer (``stop_reason: "refusal"``): asking again does not help."""
 
     def __init__(self, message: str, *, step: str, request_id: str | None = None):
         super().__init__(message)
@@ -24,10 +36,6 @@ class JobCancelled(RoastqError):
 
 class JobTimeLimit(RoastqError):
     """The job's time limit left no time for the next LLM call."""
-
-
-class MessageRejected(RoastqError):
-    """A message the actor cannot take (missing, malformed or unknown job id)."""
 
 
 class Snooze(RoastqError):

@@ -55,3 +55,10 @@ def worker_id() -> str:
     if _worker_id is None or _worker_id[0] != os.getpid():  # anew in a forked child
         _worker_id = (os.getpid(), f"{worker_host()}:{os.getpid()}")
     return _worker_id[1]
+
+
+def worker_stale_after_s() -> float:
+    """A worker whose heartbeat is older than this is gone: three missed beats."""
+    from roastq.settings import get_settings
+
+    return 3 * get_settings().heartbeat_interval_s

@@ -38,10 +38,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "postgres_broker: inspects the Postgres broker's own tables "
                                        "(dramatiq.queue): not run in the RabbitMQ pass")
     config.addinivalue_line("markers", "rabbitmq: needs the RabbitMQ broker: run only in the RabbitMQ pass")
+    config.addinivalue_line("markers", "unit: needs no Postgres, simulator or worker (`make test-unit`)")
+
+
+#: The unit tier (`make test-unit`): whole modules that need no Postgres, simulator or worker;
+#: single tests elsewhere carry ``@pytest.mark.unit`` themselves.
+UNIT_MODULES = {"test_error_policy.py", "test_highlights.py", "test_samples.py", "test_layers.py"}
 
 
 def pytest_collection_modifyitems(config, items):
     """Each pass runs the tests that apply to its broker; the others are deselected."""
+    for item in items:
+        if item.path.name in UNIT_MODULES:
+            item.add_marker(pytest.mark.unit)
     keep, drop = [], []
     for item in items:
         marker = "postgres_broker" if RABBITMQ_PASS else "rabbitmq"
@@ -148,9 +157,17 @@ def sim(simulator):
 
     simulator.reset()
     simulator.configure(latency_ms=5, jitter_ms=2, fault_rate=0.0, faults=ALL_RANDOM_FAULTS, hang_s=30.0,
-                        retry_after_s=1.0, rpm_limit=None)
+                        retry_after_s=1.0, rpm_limit=None, sloppiness=0.0)
     yield simulator
     simulator.reset()
+
+
+@pytest.fixture(params=[0.0, 0.3], ids=["tidy", "sloppy"])
+def sloppiness(request, sim):
+    """Run a test twice: with answers that honour their schemas, and with the simulator's
+    sloppiness at 0.3 (model-like violations in about a third of the answers, sloppy.py)."""
+    sim.configure(sloppiness=request.param)
+    return request.param
 
 
 @pytest.fixture
@@ -195,13 +212,17 @@ def llm_settings(simulator):
 
 
 @pytest.fixture
-def fast_backoff(request, monkeypatch):
-    """Backoff scaled down so that retries happen in milliseconds (the policy itself is unchanged).
+def fast_backoff(request, monkeypatch, broker):
+    """Backoff scaled down so that retries happen in milliseconds (the policy itself is unchanged):
+    in this process's stack, and (BACKOFF_SCALE) for worker processes a test starts.
     A test module may set ``BACKOFF_SCALE = "0.002"`` to change the factor."""
+    from helpers import stack_options
     from roastq import settings
 
-    monkeypatch.setenv("BACKOFF_SCALE", getattr(request.module, "BACKOFF_SCALE", "0.01"))
+    scale = getattr(request.module, "BACKOFF_SCALE", "0.01")
+    monkeypatch.setenv("BACKOFF_SCALE", scale)
     settings.reload_settings()
-    yield
+    with stack_options(broker, backoff_scale=float(scale)):
+        yield
     monkeypatch.delenv("BACKOFF_SCALE")
     settings.reload_settings()

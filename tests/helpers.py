@@ -86,3 +86,27 @@ def running_worker(broker, threads=4):
     finally:
         w.stop(timeout=10_000)
         broker.middleware[:] = before
+
+
+@contextmanager
+def stack_options(broker, **changes):
+    """For the duration, the test broker's middleware has the options a stack built with these
+    settings has (``backoff_scale``, ``pause_snooze_s``, ``heartbeat_interval_s``,
+    ``job_crash_limit``): middleware options are constructor arguments (middleware/stack.py), read
+    from the settings once, so a test sets them here instead of in the environment."""
+    from middleware.stack import build_stack
+    from roastq.settings import get_settings
+
+    fresh = {type(mw): mw for mw in build_stack(get_settings().replace(**changes), exporter=False)}
+    saved = []
+    for mw in broker.middleware:
+        new = fresh.get(type(mw))
+        for attr in ("policy", "snooze_s", "interval_s", "crash_limit"):
+            if new is not None and attr in vars(new):
+                saved.append((mw, attr, getattr(mw, attr)))
+                setattr(mw, attr, getattr(new, attr))
+    try:
+        yield
+    finally:
+        for mw, attr, value in saved:
+            setattr(mw, attr, value)

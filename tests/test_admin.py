@@ -80,7 +80,7 @@ def test_status_counts_each_queue_and_lists_workers_and_the_pause(db, database_u
 
 def make_jobs(db, seeded):
     docs, agents = list(seeded.documents.values()), sorted(seeded.agents.items())
-    (slug_a, agent_a), (slug_b, agent_b) = agents[0], agents[1]
+    (slug_a, agent_a), (_, agent_b) = agents[0], agents[1]
     old = enqueue_evaluation(docs[0], agent_a)
     batch = enqueue_evaluation(docs[1], agent_b, priority="batch")
     failed = enqueue_evaluation(docs[2], agent_a)

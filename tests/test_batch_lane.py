@@ -85,7 +85,7 @@ def test_a_batch_job_with_time_to_spare_runs_both_steps_through_the_lane(db, see
     # Billed at batch prices: the tasks' price is half what the same tokens cost real-time.
     from roastq.llm.pricing import Usage, cost_usd
 
-    for name, model, i, o, cr, cw, price in rows(db, "SELECT name, model, input_tokens, output_tokens, "
+    for _name, model, i, o, cr, cw, price in rows(db, "SELECT name, model, input_tokens, output_tokens, "
                                                      "cache_read_tokens, cache_write_tokens, price_usd FROM tasks "
                                                      "WHERE job_id = %s AND model IS NOT NULL", job_id):
         assert price == cost_usd(model, Usage(i, o, cr, cw), batch=True) > 0
@@ -198,16 +198,17 @@ def test_a_whole_batch_that_expires_sends_its_requests_again(db, seeded, lane_wo
 
 
 def test_invalid_tool_input_from_a_batch_is_bad_llm_output(db, seeded, lane, sim):
-    """A batch answer whose tool input fails validation is billed, not memoised, and the job's next
-    delivery raises BadLLMOutput (retried with the cache bypassed, as real-time)."""
+    """A batch answer that is not the tool call asked for (unusable whatever the tiers of checks)
+    is billed, not memoised, and the job's next delivery raises BadLLMOutput (retried with the
+    cache bypassed, as real-time). Soft violations are not this: the pipeline repairs them."""
     from roastq.llm import batch_driver
     from roastq.settings import get_settings
 
     doc, agent = _pair(seeded, db, critique=False)
     job_id = enqueue_evaluation(doc, agent, priority="batch", deadline=timedelta(hours=2))
-    with db.cursor() as cur:  # a request as the job writes it, with a tool the answer cannot satisfy
+    with db.cursor() as cur:  # a request as the job writes it, whose answer calls another tool than it expects
         cur.execute("""INSERT INTO llm_batch_requests (job_id, step, queue, model, params, tool_name, tool_schema)
-                       VALUES (%s, 'analysis', 'batch', 'claude-sonnet-5-5', %s, 't', %s)""",
+                       VALUES (%s, 'analysis', 'batch', 'claude-sonnet-5-5', %s, 'u', %s)""",
                     (job_id, '{"model": "claude-sonnet-5-5", "max_tokens": 50, "messages": [{"role": "user", '
                              '"content": "hi"}], "tools": [{"name": "t", "input_schema": {"type": "object"}}], '
                              '"tool_choice": {"type": "tool", "name": "t"}}',

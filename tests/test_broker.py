@@ -1,4 +1,4 @@
-"""The broker's fixes for dramatiq-pg's measured defects (DESIGN.md), each with a regression test.
+"""The broker's fixes for dramatiq-pg's measured defects (docs/architecture.md, "The broker"), each with a regression test.
 
 Every test runs against our code and against stock dramatiq-pg 0.12; the stock run is expected to
 fail (``xfail(strict=True)``): it shows the test really catches the defect, and it turns red the

@@ -159,6 +159,7 @@ def test_a_job_retried_after_bad_output_bypasses_the_cache(db, seeded, simulator
     assert len(sim.requests()) == before + 1
 
 
+@pytest.mark.unit
 def test_the_key_covers_what_decides_the_answer_and_ignores_cache_markers():
     base = dict(model="m", system=[{"type": "text", "text": "s"}], messages=[{"role": "user", "content": "p"}],
                 tools=[TOOL], tool_choice={"type": "tool", "name": "submit"}, max_tokens=100)

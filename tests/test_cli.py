@@ -112,6 +112,11 @@ def test_demo_runs_jobs_reports_and_leaves_no_process(db, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "roastq demo report" in result.stdout
     assert "COMPLETED" in result.stdout and "dollars:" in result.stdout and "p50" in result.stdout
+    # The demo's simulator is sloppy: the report says how many answers were repaired, by kind.
+    repaired = re.search(r"answers: +(\d+) of (\d+) evaluations had answers repaired; repairs by kind: (.+)",
+                         result.stdout)
+    assert repaired, result.stdout
+    assert int(repaired.group(1)) == one(db, "SELECT count(*) FROM evaluation_versions WHERE repairs <> '[]'")
     assert "8/8" in result.stderr  # the progress bar reached the end
     assert re.search(r"batch lane: +1 evaluation\(s\) through [12] Message Batch\(es\): billed \$[0-9.]+ instead of", result.stdout)
     assert one(db, "SELECT count(*) FROM jobs WHERE status IN ('COMPLETED', 'FAILED')") == 8

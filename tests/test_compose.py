@@ -66,3 +66,11 @@ def test_prometheus_scrapes_the_worker_exporter_and_loads_the_mounted_rules():
         assert f"./prometheus/{rule_file}:/etc/prometheus/{rule_file}:ro" in mounts
     assert "./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts
     assert any(re.fullmatch(r"9191:9191", p) for p in worker["ports"])
+
+
+def test_the_console_service_requires_a_token_and_publishes_its_port():
+    console = services()["console"]
+    assert console["command"][:2] == ["roastq", "console"] and "0.0.0.0" in console["command"]
+    assert console["environment"]["CONSOLE_TOKEN"].startswith("${CONSOLE_TOKEN:?")  # compose refuses without it
+    assert "9292:9292" in console["ports"]
+    assert console["depends_on"]["migrate"]["condition"] == "service_completed_successfully"

@@ -11,9 +11,12 @@ import psycopg2
 import pytest
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
-from middleware.errors import CLASS_POLICIES, ErrorClass, classify
-from middleware.retries import MAX_WAITS, decide, server_delay_s
-from roastq.exceptions import BadLLMOutput, InputError, JobCancelled, JobTimeLimit
+from roastq.exceptions import BadLLMOutput, InputError, JobCancelled, JobTimeLimit, LLMRefusal
+from roastq.failures import CLASS_POLICIES, Action, ErrorClass, RetryPolicy, classify, server_delay_s
+
+POLICY = RetryPolicy()
+MAX_WAITS = POLICY.max_waits
+decide = POLICY.decide
 
 REQUEST = httpx2.Request("POST", "http://sim/v1/messages")
 
@@ -41,6 +44,7 @@ def status_error(cls, status, headers=None, body=None):
     (status_error(anthropic.UnprocessableEntityError, 422), ErrorClass.INVALID_REQUEST),
     (status_error(anthropic.ContentTooLargeError, 413), ErrorClass.INVALID_REQUEST),
     (BadLLMOutput("bad", step="analysis"), ErrorClass.BAD_LLM_OUTPUT),
+    (LLMRefusal("declined", step="analysis"), ErrorClass.REFUSAL),
     (psycopg2.OperationalError("db down"), ErrorClass.DATABASE),
     (psycopg2.InterfaceError("closed"), ErrorClass.DATABASE),
     (TimeLimitExceeded(), ErrorClass.TIMEOUT),
@@ -93,7 +97,11 @@ def test_server_delay_http_date_and_reset_headers():
 ])
 def test_permanent_classes_fail_at_once(cls, status):
     decision = decide(status_error(cls, status, {"retry-after": "1"}), {})
-    assert decision.action == "fail"
+    assert decision.action is Action.FAIL
+
+
+def test_a_refusal_fails_at_once():
+    assert decide(LLMRefusal("declined", step="analysis"), {}).action is Action.FAIL
 
 
 def test_fatal_levels():
@@ -103,23 +111,23 @@ def test_fatal_levels():
 
 
 def test_input_and_timeout_fail_at_once_unless_the_agent_allows_timeout_retries():
-    assert decide(InputError("x"), {}).action == "fail"
-    assert decide(TimeLimitExceeded(), {}).action == "fail"
-    assert decide(TimeLimitExceeded(), {}, retry_on_timeout=True).action == "retry"
+    assert decide(InputError("x"), {}).action is Action.FAIL
+    assert decide(TimeLimitExceeded(), {}).action is Action.FAIL
+    assert decide(TimeLimitExceeded(), {}, retry_on_timeout=True).action is Action.RETRY
 
 
 def test_rate_limit_waits_at_least_what_the_server_asked_and_uses_no_attempt():
     exc = status_error(anthropic.RateLimitError, 429, {"retry-after": "3"})
     for seed in range(50):
         d = decide(exc, {"retries": 4}, rng=random.Random(seed))  # attempts nearly used up
-        assert d.action == "retry" and not d.counts_attempt
+        assert d.action is Action.RETRY and not d.counts_attempt
         assert 3.0 <= d.delay_s <= 3.3 and d.delay_reason == "server_requested"
 
 
 def test_rate_limit_waits_are_bounded():
     exc = status_error(anthropic.RateLimitError, 429, {"retry-after": "3"})
-    assert decide(exc, {"waits": MAX_WAITS}).action == "fail"
-    assert decide(exc, {"waits": 2, "waited_s": 1799.0}).action == "fail"
+    assert decide(exc, {"waits": MAX_WAITS}).action is Action.FAIL
+    assert decide(exc, {"waits": 2, "waited_s": 1799.0}).action is Action.FAIL
 
 
 def test_backoff_is_full_jitter_within_the_cap():
@@ -130,7 +138,7 @@ def test_backoff_is_full_jitter_within_the_cap():
         delays = [decide(exc, {"retries": retries}, rng=random.Random(s)).delay_s for s in range(200)]
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling  # spread over the range
-    assert decide(exc, {"retries": policy.max_attempts - 1}).action == "fail"
+    assert decide(exc, {"retries": policy.max_attempts - 1}).action is Action.FAIL
 
 
 def test_overloaded_honours_a_server_delay_longer_than_the_backoff():
@@ -141,14 +149,14 @@ def test_overloaded_honours_a_server_delay_longer_than_the_backoff():
 
 def test_bad_llm_output_is_retried_at_most_twice():
     exc = BadLLMOutput("bad", step="analysis")
-    assert decide(exc, {"retries": 0}).action == "retry"
-    assert decide(exc, {"retries": 1}).action == "retry"
-    assert decide(exc, {"retries": 2}).action == "fail"
+    assert decide(exc, {"retries": 0}).action is Action.RETRY
+    assert decide(exc, {"retries": 1}).action is Action.RETRY
+    assert decide(exc, {"retries": 2}).action is Action.FAIL
 
 
 def test_unknown_is_retried_once():
-    assert decide(KeyError("x"), {"retries": 0}).action == "retry"
-    assert decide(KeyError("x"), {"retries": 1}).action == "fail"
+    assert decide(KeyError("x"), {"retries": 0}).action is Action.RETRY
+    assert decide(KeyError("x"), {"retries": 1}).action is Action.FAIL
 
 
 def test_error_text_is_clean_and_bounded():
@@ -163,4 +171,4 @@ def test_snooze_waits_the_given_delay_and_uses_no_attempt():
 
     d = decide(Snooze(120.0, "paused"), {"retries": 99, "waits": 99})
     assert (d.action, d.error_class, d.delay_s, d.delay_reason, d.counts_attempt) == \
-        ("retry", ErrorClass.SNOOZED, 120.0, "paused", False)
+        (Action.SNOOZE, ErrorClass.SNOOZED, 120.0, "paused", False)

@@ -10,6 +10,9 @@ from helpers import one, rows, wait_for_status
 from messages import wait_rejected
 from roastq.api import enqueue_evaluation
 
+# Each test twice: with tidy answers and with the simulator's sloppiness at 0.3 (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("sloppiness")
+
 
 def agent_with(seeded, db, *, critique: bool):
     for agent_id in seeded.agents.values():
@@ -131,3 +134,91 @@ def test_interactive_job_starts_before_a_batch_backlog_drains(db, seeded, worker
     assert batch_after >= 40, f"only {batch_after} of 100 batch jobs started after the interactive one"
     assert (started - created).total_seconds() < 1.0  # it waited for a free thread, not for the backlog
     wait_for_status(db, batch, timeout=60)
+
+
+def test_an_over_long_highlight_header_does_not_fail_the_evaluation(db, seeded, worker, sim):
+    """A model that ignores maxLength (one highlight header over 200 characters) is an answer
+    to repair, not a job to fail: the header is cut at a word boundary and the repair recorded."""
+    sim.script("sloppy:overlong_string")
+    job_id = enqueue_evaluation(first_doc(seeded), agent_with(seeded, db, critique=False))
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+    assert one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 1
+    [request] = [r for r in sim.requests() if r["job_id"] == job_id]
+    assert request["sloppy"] == ["overlong_string"]  # the answer really carried the violation
+    headers = [h for (h,) in rows(db, "SELECT header FROM comments c JOIN evaluation_versions ev "
+                                      "ON ev.id = c.evaluation_version_id WHERE ev.job_id = %s", job_id)]
+    assert headers and all(len(h) <= 200 for h in headers if h)
+    repairs = one(db, "SELECT repairs FROM evaluation_versions WHERE job_id = %s", job_id)
+    assert [r["kind"] for r in repairs] == ["string_truncated"]
+    assert repairs[0]["path"].startswith("highlights/") and repairs[0]["path"].endswith("/header")
+
+
+def _repair_kinds(db, job_id):
+    return {r["kind"] for r in one(db, "SELECT repairs FROM evaluation_versions WHERE job_id = %s", job_id)}
+
+
+def test_loose_answers_of_a_non_strict_tool_are_repaired(db, seeded, worker, sim, llm_settings):
+    """Without strict tools a model may also send numbers as strings, unknown enum values and
+    extra properties: all repaired, none a failure."""
+    llm_settings(strict_tools=False)
+    sim.script("sloppy:string_number,unknown_enum,extra_property")
+    job_id = enqueue_evaluation(first_doc(seeded), agent_with(seeded, db, critique=False))
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+    [request] = [r for r in sim.requests() if r["job_id"] == job_id]
+    assert not request["strict"] and request["sloppy"] == ["string_number", "unknown_enum", "extra_property"]
+    assert _repair_kinds(db, job_id) >= {"number_coerced", "enum_defaulted", "extra_ignored"}
+    levels = [lv for (lv,) in rows(db, "SELECT level FROM comments c JOIN evaluation_versions ev "
+                                       "ON ev.id = c.evaluation_version_id WHERE ev.job_id = %s", job_id)]
+    assert set(levels) <= {"error", "warning", "info", "success"}
+
+
+def test_tools_are_strict_by_default(db, seeded, worker, sim, llm_settings):
+    job_id = enqueue_evaluation(first_doc(seeded), agent_with(seeded, db, critique=True))
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+    assert {r["strict"] for r in sim.requests() if r["job_id"] == job_id} == {True}  # the simulator took them
+    llm_settings(strict_tools=False)
+    job_id = enqueue_evaluation(first_doc(seeded), agent_with(seeded, db, critique=True))
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+    assert {r["strict"] for r in sim.requests() if r["job_id"] == job_id} == {False}
+
+
+def test_a_quote_found_nowhere_is_saved_as_an_invalid_highlight(db, seeded, worker, sim):
+    sim.script("sloppy:absent_quote")
+    job_id = enqueue_evaluation(first_doc(seeded), agent_with(seeded, db, critique=False))
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+    invalid = rows(db, "SELECT h.quoted_text, h.error, h.start_offset FROM highlights h JOIN evaluation_versions ev "
+                       "ON ev.id = h.evaluation_version_id WHERE ev.job_id = %s AND NOT h.is_valid", job_id)
+    assert [(q.startswith("As the author writes"), e, o) for q, e, o in invalid] == \
+        [(True, "quote not found in document", None)]
+
+
+def _long_document(db, seeded, words: int) -> str:
+    doc = first_doc(seeded)
+    text = "\n".join(f"Paragraph {i}: the estimate relies on the base rate of the sample size." for i in
+                     range(words // 12))
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO document_versions (document_id, version, title, content) VALUES (%s, 98, 'Long', %s)",
+                    (doc, text))
+    return doc
+
+
+def test_a_document_too_long_for_the_model_fails_at_once_as_input(db, seeded, worker, sim):
+    doc = _long_document(db, seeded, 200_000)  # about 280k tokens: the context window is 200k
+    job_id = enqueue_evaluation(doc, agent_with(seeded, db, critique=False))
+    assert wait_for_status(db, [job_id], timeout=60)[job_id] == "FAILED"
+    error_class, error, attempts = one(db, "SELECT error_class, error, attempts FROM jobs WHERE id = %s", job_id)
+    assert (error_class, attempts) == ("INPUT", 1)
+    assert "too long for claude-sonnet-5-5" in error and "context window 200000" in error
+    assert [r for r in sim.requests() if r["job_id"] == job_id] == []  # no paid call
+    assert sim.stats()["count_tokens"] == 1  # the free count
+
+
+def test_a_long_document_that_fits_is_counted_then_evaluated(db, seeded, worker, sim):
+    doc = _long_document(db, seeded, 40_000)  # more bytes than the window has tokens, fewer tokens
+    job_id = enqueue_evaluation(doc, agent_with(seeded, db, critique=False))
+    assert wait_for_status(db, [job_id], timeout=60)[job_id] == "COMPLETED"
+    assert sim.stats()["count_tokens"] == 1
+    other = list(seeded.documents.values())[1]
+    short = enqueue_evaluation(other, agent_with(seeded, db, critique=False))
+    wait_for_status(db, [short])
+    assert sim.stats()["count_tokens"] == 1  # a prompt that certainly fits is not counted

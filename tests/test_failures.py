@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import pytest
 
-from helpers import kill_all, kill_group, one, rows, running_worker, start_workers, wait_for_status, wait_until
+from helpers import kill_all, kill_group, one, rows, running_worker, start_workers, wait_for_status, wait_until, stack_options
 from messages import wait_consumed, wait_rejected
 from roastq.api import enqueue_evaluation, rerun_job
 
@@ -15,12 +15,12 @@ FAULT_CLASS = {
     "rate_limit": "RATE_LIMITED", "spend_limit": "SPEND_LIMIT", "overloaded": "OVERLOADED",
     "server_error": "UPSTREAM", "malformed": "UPSTREAM", "invalid_request": "INVALID_REQUEST",
     "auth": "AUTH", "permission": "AUTH", "hang": "NETWORK", "drop": "NETWORK",
-    "bad_tool_input": "BAD_LLM_OUTPUT",
+    "bad_tool_input": "BAD_LLM_OUTPUT", "refusal": "REFUSAL",
 }
-PERMANENT = {"SPEND_LIMIT", "INVALID_REQUEST", "AUTH"}
+PERMANENT = {"SPEND_LIMIT", "INVALID_REQUEST", "AUTH", "REFUSAL"}
 
-
-pytestmark = pytest.mark.usefixtures("fast_backoff")  # retries in milliseconds (tests/conftest.py)
+# Retries in milliseconds; each test twice, with tidy and with sloppy answers (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_backoff", "sloppiness")
 
 
 @pytest.fixture
@@ -49,15 +49,14 @@ def attempts_of(db, job_id):
                     "WHERE job_id = %s ORDER BY attempt", job_id)
 
 
-@pytest.mark.parametrize("fault", ["rate_limit", "overloaded", "server_error", "malformed", "drop", "hang",
-                                   "bad_tool_input"])
+@pytest.mark.parametrize("fault", ["rate_limit", "overloaded", "server_error", "malformed", "drop", "hang"])
 def test_transient_fault_is_retried_then_completes(db, seeded, worker, sim, short_calls, fault):
     sim.configure(hang_s=3)
     sim.script(fault)
     job_id = a_job(seeded, db)
     assert wait_for_status(db, [job_id], timeout=30)[job_id] == "COMPLETED"
     attempts = attempts_of(db, job_id)
-    assert [(a[0], a[1], a[2]) for a in attempts] == [(1, "retry", FAULT_CLASS[fault]), (2, "completed", None)]
+    assert [(a[0], a[1], a[2]) for a in attempts] == [(1, "retried", FAULT_CLASS[fault]), (2, "completed", None)]
     if fault == "rate_limit":
         assert attempts[0][4] == "server_requested" and attempts[0][3] >= sim.config.retry_after_s
     assert one(db, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
@@ -76,11 +75,74 @@ def test_permanent_fault_fails_after_one_attempt_as_a_dead_letter(db, seeded, wo
     assert len([r for r in sim.requests() if r["job_id"] == job_id]) == 1
 
 
+def test_bad_output_is_sent_back_to_the_model_within_the_attempt(db, seeded, worker, sim):
+    """An answer without what the evaluation needs: the next request continues the conversation
+    with the model's tool call and an is_error tool result naming what was wrong, in the same
+    attempt; both requests are in the ledger."""
+    sim.script("bad_tool_input")  # the summary is missing
+    job_id = a_job(seeded, db)
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+    assert [(a[1], a[2]) for a in attempts_of(db, job_id)] == [("completed", None)]
+    first, second = [r for r in sim.requests() if r["job_id"] == job_id]
+    assert (first["turns"], first["error_results"]) == (1, 0)
+    assert (second["turns"], second["error_results"]) == (3, 1)  # user, assistant tool_use, user tool_result
+    billed = one(db, "SELECT input_tokens + output_tokens + cache_read_tokens + cache_write_tokens FROM tasks "
+                     "WHERE job_id = %s AND name = 'analysis'", job_id)
+    assert billed == sum(r["input_tokens"] + r["output_tokens"] + r["cache_read_input_tokens"]
+                         + r["cache_creation_input_tokens"] for r in (first, second))
+
+
 def test_bad_llm_output_retried_at_most_twice(db, seeded, worker, sim):
-    sim.script("bad_tool_input", "bad_tool_input", "bad_tool_input")
+    """Only after the corrective request fails too does the class policy apply: three attempts of
+    two requests each; each later attempt asks differently from the one before."""
+    sim.script(*["bad_tool_input"] * 6)
     job_id = a_job(seeded, db)
     assert wait_for_status(db, [job_id])[job_id] == "FAILED"
     assert one(db, "SELECT error_class, attempts FROM jobs WHERE id = %s", job_id) == ("BAD_LLM_OUTPUT", 3)
+    requests = [r for r in sim.requests() if r["job_id"] == job_id]
+    assert [(r["attempt"], r["error_results"]) for r in requests] == [(str(a), e) for a in (1, 2, 3) for e in (0, 1)]
+
+
+def test_refusal_fails_at_once_with_its_own_class(db, seeded, worker, sim):
+    sim.script("refusal")
+    job_id = a_job(seeded, db)
+    assert wait_for_status(db, [job_id])[job_id] == "FAILED"
+    error_class, error, attempts = one(db, "SELECT error_class, error, attempts FROM jobs WHERE id = %s", job_id)
+    assert (error_class, attempts) == ("REFUSAL", 1) and "refusal" in error
+    assert len([r for r in sim.requests() if r["job_id"] == job_id]) == 1  # never asked again
+    assert one(db, "SELECT price_usd > 0 FROM job_steps WHERE job_id = %s AND step = 'analysis'", job_id)  # billed
+    wait_rejected(db, one(db, "SELECT message_id FROM jobs WHERE id = %s", job_id))
+
+
+def test_an_answer_cut_at_max_tokens_is_asked_again_with_more_room(db, seeded, worker, sim, llm_settings):
+    llm_settings(llm_max_tokens=300)  # smaller than the answer
+    job_id = a_job(seeded, db)
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+    assert [a[1] for a in attempts_of(db, job_id)] == ["completed"]
+    requests = [r for r in sim.requests() if r["job_id"] == job_id]
+    assert [r["stop_reason"] for r in requests][-1] == "tool_use"
+    assert all(r["stop_reason"] == "max_tokens" for r in requests[:-1]) and len(requests) >= 2
+    sizes = [r["max_tokens"] for r in requests]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)  # never the same request again
+    assert requests[0]["output_tokens"] == 300  # the cut answer was billed, and counted
+    assert one(db, "SELECT output_tokens FROM tasks WHERE job_id = %s AND name = 'analysis'", job_id) == \
+        sum(r["output_tokens"] for r in requests)
+
+
+def test_an_answer_cut_at_the_models_limit_asks_for_a_shorter_answer(db, seeded, sim, llm_settings, monkeypatch):
+    """At the model's output limit, max_tokens cannot grow: the next request asks for less."""
+    from roastq.evaluation import pipeline
+    from roastq.llm import models
+
+    monkeypatch.setitem(models.LIMITS, "claude-sonnet-5-5", models.ModelLimits(200_000, 100))
+    claude = llm_settings(llm_max_tokens=100)
+    with pytest.raises(Exception, match="cut at max_tokens"):
+        claude.call_tool(step="analysis", system="Evaluate.", prompt="<document>\nLine 1: " + "word " * 50
+                         + "\n</document>", tool=pipeline.analysis_tool(False))
+    requests = sim.requests()
+    assert [r["max_tokens"] for r in requests] == [100, 100, 100]
+    assert [r["turns"] for r in requests] == [1, 1, 1]  # the same turn, with the request for brevity added
+    assert len({r["input_tokens"] for r in requests}) == 3
 
 
 def test_exhausted_backoff_fails_with_the_class(db, seeded, worker, sim):
@@ -88,7 +150,7 @@ def test_exhausted_backoff_fails_with_the_class(db, seeded, worker, sim):
     job_id = a_job(seeded, db)
     assert wait_for_status(db, [job_id])[job_id] == "FAILED"
     assert one(db, "SELECT error_class, attempts FROM jobs WHERE id = %s", job_id) == ("UPSTREAM", 5)
-    assert [a[1] for a in attempts_of(db, job_id)] == ["retry"] * 4 + ["failed"]
+    assert [a[1] for a in attempts_of(db, job_id)] == ["retried"] * 4 + ["failed"]
 
 
 def test_unknown_error_is_retried_once(db, seeded, worker, sim, monkeypatch):
@@ -105,7 +167,7 @@ def test_unknown_error_is_retried_once(db, seeded, worker, sim, monkeypatch):
     monkeypatch.setattr(pipeline, "locate_highlight", flaky)
     job_id = a_job(seeded, db)
     assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
-    assert [(a[1], a[2]) for a in attempts_of(db, job_id)] == [("retry", "UNKNOWN"), ("completed", None)]
+    assert [(a[1], a[2]) for a in attempts_of(db, job_id)] == [("retried", "UNKNOWN"), ("completed", None)]
 
 
 def test_database_connection_lost_mid_job_is_retried(db, seeded, worker, sim, database_url):
@@ -125,7 +187,7 @@ def test_database_connection_lost_mid_job_is_retried(db, seeded, worker, sim, da
         blocker.rollback()
         blocker.close()
     assert wait_for_status(db, [job_id], timeout=30)[job_id] == "COMPLETED"
-    assert [(a[1], a[2]) for a in attempts_of(db, job_id)] == [("retry", "DATABASE"), ("completed", None)]
+    assert [(a[1], a[2]) for a in attempts_of(db, job_id)] == [("retried", "DATABASE"), ("completed", None)]
     assert one(db, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
 
 
@@ -151,7 +213,7 @@ def test_time_limit_retried_when_the_agent_allows_it(db, seeded, worker, sim):
     wait_until(lambda: one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 2, timeout=20, what="retry")
     sim.configure(latency_ms=5)
     assert wait_for_status(db, [job_id], timeout=20)[job_id] in ("COMPLETED", "FAILED")
-    assert attempts_of(db, job_id)[0][1:3] == ("retry", "TIMEOUT")
+    assert attempts_of(db, job_id)[0][1:3] == ("retried", "TIMEOUT")
 
 
 def test_retry_reruns_a_dead_letter_as_a_linked_job(db, seeded, worker, sim):
@@ -237,7 +299,7 @@ def test_fault_storm(db, seeded, sim, broker, short_calls):
             assert error_class == FAULT_CLASS[requests[-1]["kind"]], (job_id, requests[-1])
         # A permanent fault is never retried: it is the last request the job ever made.
         for r in requests[:-1]:
-            assert FAULT_CLASS.get(r["kind"]) not in PERMANENT, (job_id, r)
+            assert FAULT_CLASS.get(r["kind"]) not in PERMANENT, (job_id, r, requests)
         # Retry-After: the next request of a job never comes before the server said.
         for earlier, later in zip(requests, requests[1:]):
             if earlier["kind"] == "rate_limit":
@@ -324,17 +386,13 @@ def test_recovery_never_takes_a_message_whose_worker_is_alive(db, seeded, sim):
 def test_a_job_whose_workers_keep_dying_fails_as_worker_lost(db, seeded, sim, broker, monkeypatch):
     """A poison message: after JOB_CRASH_LIMIT deliveries died with their worker, the next
     delivery fails the job instead of running it (and killing another worker)."""
-    from roastq import settings
-
-    monkeypatch.setenv("JOB_CRASH_LIMIT", "3")
-    settings.reload_settings()
     job_id = a_job(seeded, db)
     with db.cursor() as cur:  # the state after three workers died mid-job: two closed, one still open
         cur.execute("UPDATE jobs SET status = 'RUNNING', attempts = 3, worker_id = 'gone:1' WHERE id = %s", (job_id,))
         cur.execute("INSERT INTO job_attempts (job_id, attempt, outcome, ended_at) VALUES "
                     "(%s, 1, 'crashed', now()), (%s, 2, 'crashed', now())", (job_id, job_id))
         cur.execute("INSERT INTO job_attempts (job_id, attempt) VALUES (%s, 3)", (job_id,))
-    with running_worker(broker, threads=2):
+    with stack_options(broker, job_crash_limit=3), running_worker(broker, threads=2):
         assert wait_for_status(db, [job_id])[job_id] == "FAILED"
     assert one(db, "SELECT error_class FROM jobs WHERE id = %s", job_id) == "WORKER_LOST"
     assert [a[1] for a in attempts_of(db, job_id)] == ["crashed", "crashed", "crashed", "failed"]

@@ -2,23 +2,17 @@
 
 import socket
 
-from helpers import one, running_worker, wait_until
+from helpers import one, running_worker, stack_options, wait_until
 
 
-def test_worker_heartbeat_row_lives_with_the_worker(db, broker, sim, monkeypatch):
-    from roastq import settings
-
-    monkeypatch.setenv("HEARTBEAT_INTERVAL_S", "0.2")
-    settings.reload_settings()
-    with running_worker(broker, threads=3):
+def test_worker_heartbeat_row_lives_with_the_worker(db, broker, sim):
+    with stack_options(broker, heartbeat_interval_s=0.2), running_worker(broker, threads=3):
         wait_until(lambda: one(db, "SELECT count(*) FROM worker_heartbeats") == 1, what="a heartbeat")
         hostname, threads, queues, first = one(db, "SELECT hostname, threads, queues, last_seen_at FROM worker_heartbeats")
         assert (hostname, threads) == (socket.gethostname(), 3)
         assert set(queues) >= {"interactive", "batch"}
         wait_until(lambda: one(db, "SELECT last_seen_at FROM worker_heartbeats") > first, what="a second beat")
     assert one(db, "SELECT count(*) FROM worker_heartbeats") == 0  # a graceful stop removes the row
-    monkeypatch.delenv("HEARTBEAT_INTERVAL_S")
-    settings.reload_settings()
 
 
 def test_running_job_names_its_worker(db, seeded, worker, sim):

@@ -299,3 +299,71 @@ def test_mutated_quotes_keep_invariants():
         else:
             assert m.start_offset is None and m.end_offset is None and m.error
     assert {"exact", "case_insensitive", "whitespace", "fuzzy"} <= strategies
+
+
+# -- quotes as models write them (issue 12) ------------------------------------------------------
+
+PROSE = (
+    "Forecasting is a skill, and it's one you can train.\n"
+    "The author says \"calibration\" matters more than raw accuracy - a claim worth testing.\n"
+    "\n"
+    "Second paragraph: the study followed 40 forecasters for two years and scored every prediction.\n"
+    "Their Brier scores improved by a third, which the author calls remarkable.\n"
+    + "".join(f"Filler line {n}.\n" for n in range(1, 9)) +
+    "Their Brier scores improved by a third, which the author calls remarkable.\n"
+)
+
+
+def located(quote, start_line=None, end_line=None):
+    m = locate_highlight(PROSE, quote, start_line, end_line)
+    assert_consistent(PROSE, m)
+    return m
+
+
+def test_curly_apostrophe_against_straight():
+    m = located("Forecasting is a skill, and it\u2019s one you can train.")
+    assert m.quoted_text == "Forecasting is a skill, and it's one you can train." and m.strategy == "typography"
+
+
+def test_curly_double_quotes_and_a_dash_against_straight():
+    m = located("says \u201ccalibration\u201d matters more than raw accuracy \u2014 a claim")
+    assert m.quoted_text == 'says "calibration" matters more than raw accuracy - a claim'
+
+
+def test_ellipsis_for_omitted_words():
+    for mark in ("...", "\u2026", "[...]"):
+        m = located(f"the study followed 40 forecasters {mark} scored every prediction")
+        assert m.quoted_text == "the study followed 40 forecasters for two years and scored every prediction"
+        assert m.strategy == "ellipsis"
+
+
+def test_collapsed_line_breaks():
+    m = located("Second paragraph: the study followed 40 forecasters for two years and scored every "
+                "prediction. Their Brier scores improved by a third")
+    assert "\n" in m.quoted_text and m.quoted_text.endswith("improved by a third")
+
+
+def test_quote_spanning_two_paragraphs():
+    m = located("train. The author says \"calibration\" matters more than raw accuracy - a claim worth testing. "
+                "Second paragraph: the study")
+    assert m.quoted_text.count("\n") == 3 and m.quoted_text.startswith("train.")
+
+
+def test_a_changed_word():
+    m = located("the study followed 40 forecasters for three years and scored every prediction")
+    assert m.quoted_text.startswith("the study followed 40 forecasters for two years") and m.strategy == "fuzzy"
+
+
+@pytest.mark.parametrize("off", [-4, -3, -1, 1])
+def test_line_numbers_a_few_lines_off_still_pick_the_nearer_occurrence(off):
+    quote = "Their Brier scores improved by a third"
+    second = PROSE.rindex(quote)
+    m = located(quote, 14 + off, 14 + off)  # the second occurrence is on line 14
+    assert m.start_offset == second
+    m = located(quote, 5 + off, 5 + off)  # the first on line 5
+    assert m.start_offset == PROSE.index(quote)
+
+
+def test_a_quote_found_nowhere_is_an_invalid_highlight():
+    m = locate_highlight(PROSE, "As the author writes, the sample size is the key mechanism.", 2, 2)
+    assert not m.is_valid and m.error == "quote not found in document"

@@ -106,7 +106,7 @@ def test_a_budget_hold_is_counted_and_the_exporter_reports_spend_and_cap(db, see
     held = one(db, "SELECT count(*) FROM job_attempts WHERE job_id = %s AND delay_reason = 'budget'", job_id)
     assert delta(before, after, "roastq_llm_budget_holds_total", model=model) == held
     assert delta(before, after, "roastq_llm_budget_holds_total") == held
-    assert delta(before, after, "roastq_messages_retried_total", error_class="SNOOZED") == held  # waits, not failures
+    assert delta(before, after, "roastq_messages_snoozed_total", reason="budget") == held  # waits, not failures
     assert delta(before, after, "roastq_messages_failed_total") == 0
     # The spend gauge is the ledger's today, the job's price included; the cap the exporter's setting.
     price = one(db, "SELECT price_usd FROM jobs WHERE id = %s", job_id)
@@ -154,7 +154,7 @@ def test_a_snooze_for_the_rate_limiter_is_counted(db, seeded, worker, sim, llm_s
     assert delta(before, after, waits, model=model, outcome="snoozed") == snoozes
     assert delta(before, after, "roastq_llm_rate_limit_wait_seconds_total", model=model, outcome="snoozed") >= \
         0.5 * snoozes
-    assert delta(before, after, "roastq_messages_retried_total", error_class="SNOOZED") == snoozes
+    assert delta(before, after, "roastq_messages_snoozed_total", reason="rate_limit") == snoozes
 
 
 def test_a_429_closing_the_gate_is_counted(db, seeded, worker, sim):
@@ -180,3 +180,20 @@ def test_calls_to_a_model_without_a_price_are_counted(db, broker, simulator, sim
     after = local()
     assert delta(before, after, "roastq_llm_unknown_model_calls_total", model="claude-unpriced-metrics-test") == 1
     assert delta(before, after, "roastq_llm_unknown_model_calls_total") == 1
+
+
+def test_repairs_are_counted_by_kind_and_extra_requests_by_reason(db, seeded, worker, sim, llm_settings):
+    before = local()
+    sim.script("sloppy:overlong_string")  # one header cut
+    repaired = enqueue_evaluation(first_doc(seeded), agent(db, critique=False))
+    assert wait_for_status(db, [repaired])[repaired] == "COMPLETED"
+    sim.script("bad_tool_input")  # one corrective request
+    corrected = enqueue_evaluation(first_doc(seeded), agent(db, critique=False))
+    assert wait_for_status(db, [corrected])[corrected] == "COMPLETED"
+    llm_settings(llm_max_tokens=300)  # the answer is cut once: more room
+    cut = enqueue_evaluation(first_doc(seeded), agent(db, critique=False))
+    assert wait_for_status(db, [cut])[cut] == "COMPLETED"
+    after = local()
+    assert delta(before, after, "roastq_llm_answer_repairs_total", step="analysis", kind="string_truncated") == 1
+    assert delta(before, after, "roastq_llm_in_call_retries_total", step="analysis", reason="corrective") == 1
+    assert delta(before, after, "roastq_llm_in_call_retries_total", step="analysis", reason="max_tokens_raised") >= 1

@@ -26,6 +26,7 @@ def stored_logs(db, job_id):
     return one(db, "SELECT logs FROM jobs WHERE id = %s", job_id)
 
 
+@pytest.mark.unit
 def test_json_lines_carry_the_job_context_and_are_scrubbed(capsys):
     from observability.logging import _json_sink, setup_logging
     from roastq.jobctx import JobContext, current_job
@@ -60,12 +61,9 @@ def test_json_lines_carry_the_job_context_and_are_scrubbed(capsys):
     assert "raise ValueError" in second["exception"]["traceback"]  # source lines, not values
 
 
-def test_a_jobs_log_lines_are_stored_with_it_and_shown_by_roastq_job(db, seeded, worker, sim, capsys, monkeypatch):
-    from roastq import settings
+def test_a_jobs_log_lines_are_stored_with_it_and_shown_by_roastq_job(db, seeded, fast_backoff, worker, sim, capsys):
     from roastq.cli import main as cli_main
 
-    monkeypatch.setenv("BACKOFF_SCALE", "0.01")
-    settings.reload_settings()
     sim.script("server_error")  # attempt 1 fails (UPSTREAM), attempt 2 completes
     job_id = enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(db))
     assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"

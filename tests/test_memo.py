@@ -28,7 +28,7 @@ def test_a_fault_in_self_critique_retries_self_critique_only(db, seeded, worker,
     assert requests_of(sim, job_id) == [("analysis", "1", 200), ("self_critique", "1", 500),
                                         ("self_critique", "2", 200)]
     assert [(a, o) for a, o in rows(db, "SELECT attempt, outcome FROM job_attempts WHERE job_id = %s "
-                                        "ORDER BY attempt", job_id)] == [(1, "retry"), (2, "completed")]
+                                        "ORDER BY attempt", job_id)] == [(1, "retried"), (2, "completed")]
     # Each step's output is stored with the attempt that produced it.
     assert rows(db, "SELECT step, attempt FROM job_steps WHERE job_id = %s AND output IS NOT NULL ORDER BY step",
                 job_id) == [("analysis", 1), ("highlight_extraction", None), ("self_critique", 2)]

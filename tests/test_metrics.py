@@ -166,7 +166,7 @@ def test_every_metric_has_labels_so_none_writes_its_file_before_the_boot_clean_u
     clean_at_boot removes that process's own files: its counters would then go to a deleted file."""
     from observability import metrics as m
 
-    found = [c for c in vars(m).values() if hasattr(c, "_labelnames") and hasattr(c, "_type")]
+    found = [c for c in m.setup_metrics().values() if hasattr(c, "_labelnames") and hasattr(c, "_type")]
     assert len(found) >= 20
     assert [c._name for c in found if not c._labelnames] == []
 
@@ -197,8 +197,9 @@ def _dead_process(metrics_dir: str) -> int:
 
 
 def test_a_dead_process_leaves_no_live_gauge_and_its_files_go_at_the_next_boot(database_url):
-    from observability.metrics import METRICS_DIR
+    from observability.metrics import multiprocess_dir
 
+    METRICS_DIR = multiprocess_dir()
     before = value(local(), "roastq_messages_started_total", actor="test_dead")
     pid = _dead_process(str(METRICS_DIR))
     assert (METRICS_DIR / f"gauge_livesum_{pid}.db").exists() and (METRICS_DIR / f"counter_{pid}.db").exists()

@@ -154,7 +154,7 @@ def test_hosts_share_the_queue_the_rate_limit_and_the_ledger(hosts):
     runners = set()
 
     def all_done():
-        for status, worker in _query(conn, "SELECT status, worker_id FROM jobs WHERE id = ANY(%s::uuid[])", job_ids):
+        for _status, worker in _query(conn, "SELECT status, worker_id FROM jobs WHERE id = ANY(%s::uuid[])", job_ids):
             if worker:
                 runners.add(worker.split(":")[0])
         return _one(conn, "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND status = 'COMPLETED'",

@@ -12,12 +12,14 @@ from roastq.api import enqueue_evaluation
 
 
 @pytest.fixture(autouse=True)
-def short_snooze(monkeypatch):
+def short_snooze(monkeypatch, broker):
+    from helpers import stack_options
     from roastq import settings
 
     monkeypatch.setenv("PAUSE_SNOOZE_S", "0.3")
     settings.reload_settings()
-    yield
+    with stack_options(broker, pause_snooze_s=0.3):
+        yield
     pause.resume()
     monkeypatch.delenv("PAUSE_SNOOZE_S")
     settings.reload_settings()

@@ -31,16 +31,19 @@ pytestmark = pytest.mark.usefixtures("fast_backoff")  # retries in milliseconds 
     ("claude-sonnet-4-5", Usage(1, 1, 1, 1), Decimal("0.000022")),  # 0.000022050 rounds half-even
     ("claude-opus-4-1", Usage(2000, 100, 0, 0), Decimal("0.037500")),  # Opus 4.1 kept $15/$75
 ])
+@pytest.mark.unit
 def test_known_models_cost_exact_dollars(model, usage, expected):
     assert cost_usd(model, usage) == expected
 
 
+@pytest.mark.unit
 def test_a_dated_snapshot_is_priced_as_its_alias():
     usage = Usage(123_456, 7_890, 0, 0)
     assert cost_usd("claude-sonnet-4-5-20250929", usage) == cost_usd("claude-sonnet-4-5", usage) \
         == dollars(SONNET, 123_456, 7_890)
 
 
+@pytest.mark.unit
 def test_an_unknown_model_is_priced_at_the_dearest_rate_with_one_warning(caplog):
     seen = []
 
@@ -60,6 +63,7 @@ def test_an_unknown_model_is_priced_at_the_dearest_rate_with_one_warning(caplog)
     assert [e["model"] for e in seen] == ["claude-unreleased-9"] * 2
 
 
+@pytest.mark.unit
 def test_extra_prices_setting_prices_a_model_without_a_release(monkeypatch):
     from roastq import settings
 

@@ -187,7 +187,7 @@ def test_prometheus_scrapes_a_live_pool_and_every_panel_query_and_alert_rule_wor
 def test_the_dashboards_only_query_metrics_we_export():
     from observability import metrics as m
 
-    exported = {c._name for c in vars(m).values() if hasattr(c, "_name") and hasattr(c, "_type")}
+    exported = {c._name for c in m.setup_metrics().values() if hasattr(c, "_name") and hasattr(c, "_type")}
     exported |= {"roastq_queue_messages", "roastq_queue_oldest_message_age_seconds", "roastq_queue_delayed_messages",
                  "roastq_workers_alive", "roastq_worker_threads_alive", "roastq_worker_heartbeat_age_seconds",
                  "roastq_metrics_postgres_up", "roastq_metrics_postgres_read_seconds",

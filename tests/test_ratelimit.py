@@ -119,7 +119,7 @@ def test_a_429_closes_the_gate_for_everyone_until_its_retry_after(db, seeded, wo
     (request,) = requests_of(sim, second)
     assert request["time"] >= limited_at + 2.0
     assert [a[0] for a in attempts_of(db, second)] == ["completed"]
-    assert attempts_of(db, first)[0][:2] == ("retry", "RATE_LIMITED")
+    assert attempts_of(db, first)[0][:2] == ("retried", "RATE_LIMITED")
     assert gate_events[0]["model"] == get_settings().analysis_model and gate_events[0]["reason"] == "429"
     assert 2.0 <= gate_events[0]["closed_for_s"] < 2.2
 

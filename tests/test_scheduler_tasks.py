@@ -15,14 +15,16 @@ from roastq.api import cancel_job, enqueue_evaluation
 
 
 @pytest.fixture(autouse=True)
-def fast_ops(monkeypatch):
+def fast_ops(monkeypatch, broker):
     """Workers are stale after 1.5 s (3 beats of 0.5 s); reconciliation waits 1 s, not 5 min."""
+    from helpers import stack_options
     from roastq import settings
 
     monkeypatch.setenv("HEARTBEAT_INTERVAL_S", "0.5")
     monkeypatch.setenv("RECONCILE_GRACE_S", "1")
     settings.reload_settings()
-    yield
+    with stack_options(broker, heartbeat_interval_s=0.5):
+        yield
     monkeypatch.delenv("HEARTBEAT_INTERVAL_S")
     monkeypatch.delenv("RECONCILE_GRACE_S")
     settings.reload_settings()
@@ -211,7 +213,7 @@ def test_a_job_sent_by_the_app_under_another_message_id_is_not_sent_again(db, se
 
 
 def test_a_retry_waiting_in_the_delay_queue_is_not_sent_again(db, seeded):
-    job_id = a_job(seeded)
+    a_job(seeded)
     with db.cursor() as cur:  # as the Retries middleware leaves it: same message, in the .DQ queue
         cur.execute("UPDATE dramatiq.queue SET queue_name = 'interactive.DQ'")
         cur.execute("UPDATE jobs SET updated_at = now() - interval '1 hour', next_attempt_at = now() + interval '1 minute'")
@@ -257,7 +259,7 @@ def test_retention_deletes_old_finished_messages_and_keeps_jobs(db, seeded):
                     "('gone:1', 'gone', 1, 1, now() - interval '2 days')")
     result = maintenance.enforce_retention(batch=1)  # one row a batch: the loop is exercised
     assert result == {"done_messages": 1, "dead_letters": 1, "relayed_outbox_rows": 0, "ticks": 0,
-                      "dead_heartbeats": 1}
+                      "dead_heartbeats": 1, "expired_results": 0}
     left = {str(r[0]): r[1] for r in rows(db, "SELECT j.id, q.state::text FROM jobs j LEFT JOIN dramatiq.queue q "
                                               "ON q.message_id = j.message_id")}
     assert [left[j] for j in jobs] == [None, "done", None, "rejected", "queued"]  # every jobs row kept

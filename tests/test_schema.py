@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import anthropic
+import psycopg2.errors
 import typing
 
 from roastq import db as roastq_db
@@ -48,11 +49,12 @@ def test_job_status_is_constrained(db, seeded):
 
     doc, agent = next(iter(seeded.documents.values())), next(iter(seeded.agents.values()))
     job_id = enqueue_evaluation(doc, agent)
-    with pytest.raises(Exception):
+    with pytest.raises(psycopg2.errors.CheckViolation):
         with db.cursor() as cur:
             cur.execute("UPDATE jobs SET status = 'DONE' WHERE id = %s", (job_id,))
 
 
+@pytest.mark.unit
 def test_default_model_is_current():
     known = typing.get_args(typing.get_args(anthropic.types.ModelParam)[0])
     from anthropic._data.deprecated_models import DEPRECATED_MODELS
@@ -61,6 +63,7 @@ def test_default_model_is_current():
     assert DEFAULT_ANALYSIS_MODEL not in DEPRECATED_MODELS
 
 
+@pytest.mark.unit
 def test_settings_from_env(monkeypatch):
     monkeypatch.setenv("METRICS_PORT", "9999")
     monkeypatch.setenv("LOG_FORMAT", "pretty")
@@ -69,6 +72,7 @@ def test_settings_from_env(monkeypatch):
     assert (s.metrics_port, s.log_format, s.analysis_model) == (9999, "pretty", "claude-haiku-4-5")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name,value", [("METRICS_PORT", "ninety"), ("LOG_FORMAT", "xml")])
 def test_bad_settings_are_clear_errors(monkeypatch, name, value):
     monkeypatch.setenv(name, value)

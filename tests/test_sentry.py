@@ -73,7 +73,7 @@ def test_a_job_retried_until_it_fails_is_one_event_with_its_attempts_as_breadcru
     assert event["release"].startswith("roastq@") and event["environment"] == "development"
     crumbs = [c for c in event["breadcrumbs"]["values"] if c.get("category") == "job.attempt"]
     assert [c["data"]["attempt"] for c in crumbs] == [1, 2, 3, 4]
-    assert all(c["data"]["outcome"] == "retry" and c["data"]["error_class"] == "UPSTREAM" for c in crumbs)
+    assert all(c["data"]["outcome"] == "retried" and c["data"]["error_class"] == "UPSTREAM" for c in crumbs)
 
 
 def test_a_retried_job_that_completes_sends_no_event(db, seeded, worker, sim, sentry_rx):

@@ -393,3 +393,102 @@ def test_cli_serves_until_sigterm():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# -- strict tools, sloppiness, max_tokens, refusal, count_tokens (issue 12) -----------------------
+
+
+def strict_review(client, note: str = "", **kw):
+    tool = {**TOOL, "strict": True, "input_schema": anthropic.transform_schema(SCHEMA)}
+    return client.messages.create(
+        model="claude-sonnet-4-6", max_tokens=4000, tools=[tool], tool_choice={"type": "tool", "name": TOOL["name"]},
+        messages=[{"role": "user", "content": f"Review this.\n<document>\n{DOCUMENT}\n</document>\n{note}"}], **kw)
+
+
+@pytest.mark.parametrize("keyword,schema", [
+    ("maxLength", {"type": "object", "properties": {"a": {"type": "string", "maxLength": 5}},
+                   "additionalProperties": False}),
+    ("minimum", {"type": "object", "properties": {"a": {"type": "integer", "minimum": 1}},
+                 "additionalProperties": False}),
+    ("maxItems", {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}, "maxItems": 3}},
+                  "additionalProperties": False}),
+    ("additionalProperties", {"type": "object", "properties": {"a": {"type": "string"}}}),
+])
+def test_a_strict_tool_with_a_keyword_the_grammar_does_not_take_is_a_400(client, keyword, schema):
+    with pytest.raises(anthropic.BadRequestError, match=keyword):
+        client.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=[{"role": "user", "content": "x"}],
+                               tools=[{"name": "t", "input_schema": schema, "strict": True}],
+                               tool_choice={"type": "tool", "name": "t"})
+    # The same schema without strict is taken.
+    client.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=[{"role": "user", "content": "x"}],
+                           tools=[{"name": "t", "input_schema": schema}], tool_choice={"type": "tool", "name": "t"})
+
+
+def test_strict_answers_keep_the_shape_and_read_bounds_from_descriptions(sim, client):
+    sim.configure(sloppiness=0.0)
+    value = strict_review(client).content[0].input
+    assert validate(SCHEMA, value) == []  # the bounds in the descriptions were honoured too
+    sim.configure(sloppiness=1.0)
+    for i in range(40):
+        value = strict_review(client, note=f"take {i}").content
+        if value[0].type != "tool_use":
+            continue  # a refusal
+        shape = [e for e in validate(anthropic.transform_schema(SCHEMA), value[0].input) if "out of range" not in e
+                 and "items" not in e]
+        assert shape == [], shape  # only bounds broken, never the shape
+    kinds = set(sim.stats()["by_sloppy_kind"])
+    assert kinds and not kinds & {"string_number", "unknown_enum", "extra_property", "missing_required", "wrong_type"}
+
+
+def test_sloppiness_breaks_non_strict_answers_in_every_way_and_is_deterministic(sim, client):
+    sim.configure(sloppiness=1.0, seed=5)
+    first = [review(client, note=f"take {i}").model_dump(exclude={"id"}) for i in range(80)]
+    kinds = set(sim.stats()["by_sloppy_kind"])
+    assert kinds >= {"out_of_range", "string_number", "unknown_enum", "extra_property",
+                     "missing_required", "wrong_type", "altered_quote", "lines_off", "absent_quote"}
+    again = [review(client, note=f"take {i}").model_dump(exclude={"id"}) for i in range(80)]
+
+    def strip_ids(m):
+        return [{k: v for k, v in b.items() if k != "id"} for b in m["content"]]
+    assert [strip_ids(m) for m in first] == [strip_ids(m) for m in again]  # same seed and request, same answer
+
+
+def test_sloppiness_zero_changes_nothing_underneath(sim, client):
+    """A tidy answer is the answer a sloppy request would have had without its violations."""
+    sim.configure(sloppiness=0.0)
+    tidy = review(client).content[0].input
+    sim.configure(sloppiness=1.0)
+    sim.script("sloppy:extra_property")
+    sloppy = review(client).content[0].input
+
+    def known(value, like):  # ``value`` without the properties ``like`` does not have
+        if isinstance(value, dict):
+            return {k: known(v, like[k]) for k, v in value.items() if k in like}
+        if isinstance(value, list):
+            return [known(v, w) for v, w in zip(value, like)]
+        return value
+    assert sloppy != tidy and known(sloppy, tidy) == tidy
+
+
+def test_answers_are_cut_at_max_tokens(client):
+    r = client.messages.create(
+        model="claude-sonnet-4-6", max_tokens=60, tools=[TOOL], tool_choice={"type": "tool", "name": "submit_review"},
+        messages=[{"role": "user", "content": f"Review this.\n<document>\n{DOCUMENT}\n</document>"}])
+    assert r.stop_reason == "max_tokens" and r.usage.output_tokens == 60
+    assert r.content[0].type == "tool_use" and validate(SCHEMA, r.content[0].input)  # incomplete
+
+
+def test_refusal(sim, client):
+    sim.script("refusal")
+    r = review(client)
+    assert r.stop_reason == "refusal" and r.content[0].type == "text" and r.usage.output_tokens > 0
+    assert sim.requests()[-1]["kind"] == "refusal"
+
+
+def test_count_tokens_is_free_and_agrees_with_the_bill(sim, client):
+    args = dict(model="claude-sonnet-4-6", tools=[TOOL],
+                messages=[{"role": "user", "content": f"<document>\n{DOCUMENT}\n</document>"}])
+    counted = client.messages.count_tokens(**args).input_tokens
+    billed = client.messages.create(max_tokens=4000, tool_choice={"type": "tool", "name": TOOL["name"]}, **args)
+    assert counted == billed.usage.input_tokens
+    assert sim.stats()["count_tokens"] == 1 and sim.stats()["requests"] == 1  # not a billed request

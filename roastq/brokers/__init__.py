@@ -16,8 +16,13 @@ done, and RabbitMQ delivers it again when that worker's connection dies.
 
 from __future__ import annotations
 
-import dramatiq
+import threading
+import time
 
+import dramatiq
+from dramatiq.common import dq_name
+
+from roastq.queues import job_message
 from roastq.settings import get_settings
 
 
@@ -37,3 +42,41 @@ def is_rabbitmq(broker) -> bool:
     from roastq.brokers.rabbitmq import RoastqRabbitmqBroker
 
     return isinstance(broker, RoastqRabbitmqBroker)
+
+
+_sender: dramatiq.Broker | None = None
+_sender_lock = threading.Lock()
+
+
+def sending_broker() -> dramatiq.Broker:
+    """The broker the core sends with (the enqueue API, the reconciler, the reaper).
+
+    In a worker process that is the worker's own broker (dramatiq's global broker, built by
+    ``actors``), so its middleware sees the sends. Anywhere else (an app that enqueues, the CLI)
+    it is a broker built for sending only: no middleware, no process set-up, no I/O until the
+    first send. Importing ``actors`` is never needed to send."""
+    global _sender
+    current = dramatiq.broker.global_broker  # not get_broker(): that would build a default broker
+    if current is not None and hasattr(current, "enqueue_on"):
+        return current
+    with _sender_lock:
+        if _sender is None:
+            _sender = make_broker(middleware=[])
+        return _sender
+
+
+def send_job(cur, queue: str, job_id, *, delay_ms: int | None = None) -> dramatiq.Message:
+    """Send job ``job_id``'s message on the caller's transaction; return the message."""
+    message = job_message(queue, str(job_id))
+    return sending_broker().enqueue_on(cur, message, delay_ms=delay_ms)
+
+
+def send_jobs(cur, queue: str, job_ids, *, delay_ms: int | None = None) -> list[dramatiq.Message]:
+    """Send many jobs' messages on the caller's transaction in one statement (``delay_ms``: into
+    the delay queue, due then, as a delayed enqueue does)."""
+    messages = [job_message(queue, str(j)) for j in job_ids]
+    if delay_ms:
+        eta = int(time.time() * 1000) + delay_ms
+        messages = [m.copy(queue_name=dq_name(m.queue_name), options={**m.options, "eta": eta}) for m in messages]
+    sending_broker().enqueue_many_on(cur, messages)
+    return messages

@@ -1,14 +1,20 @@
 """Our Postgres broker: dramatiq-pg, kept as the dependency, with its measured defects fixed.
 
-What differs from stock dramatiq-pg 0.12 (DESIGN.md lists the defects):
+What differs from stock dramatiq-pg 0.12 (docs/architecture.md, "The broker", lists the defects):
 
 * one shared, blocking connection pool (``roastq.db.pool``) sized from the worker's threads and
   queues: exhaustion waits instead of raising, so no ack is lost (defect 2);
 * the consumer's backoff resets as soon as a processing slot frees (defect 1);
 * requeued messages are announced with NOTIFY (defect 3), and every consumer rescans its queue
   for orphaned messages every ``RECOVERY_INTERVAL_S`` seconds instead of at random about every
-  five minutes; a message whose worker is alive is never taken, since its advisory lock is held;
-* enqueue can run on the caller's cursor, so a job row and its message commit together.
+  five minutes; a message whose worker is alive is never taken: its advisory lock is held, and
+  when Postgres dropped that session anyway, the worker's heartbeat and liveness lock still say
+  it runs (``roastq_worker_alive``, migration 0009);
+* a delivery's lock is freed only after the transaction that ends it (ack, nack, requeue) has
+  committed; stock queues the release first, and a rescan in between runs the message twice;
+* enqueue can run on the caller's cursor, so a job row and its message commit together;
+* results of ``store_results=True`` actors work (roastq/brokers/results.py; stock builds them
+  on a pool of its own and returns a failure as a dict).
 """
 
 from __future__ import annotations
@@ -23,17 +29,20 @@ import dramatiq
 from dramatiq.common import compute_backoff, dq_name, q_name
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
+from dramatiq.results import Results
 from dramatiq_pg import PostgresBroker
 from dramatiq_pg.broker import QUERIES, PostgresConsumer, message_lock
 from dramatiq_pg.utils import raise_connection_error, tidy4json, transaction
 from psycopg2.extras import Json
 
 from roastq import db
+from roastq.brokers.results import PostgresResults
+from roastq.jobctx import worker_id, worker_stale_after_s
+from roastq.queues import JOB_QUEUES
 from roastq.settings import get_settings
 
 logger = logging.getLogger("roastq.brokers.postgres")
 
-QUEUES = ("interactive", "batch")
 
 # Requeue (on worker shutdown) as dramatiq-pg does, but NOTIFY listeners so that a running worker
 # picks the messages up at once rather than at its next poll.
@@ -131,7 +140,8 @@ class RoastqConsumer(PostgresConsumer):
                 return
             ids = list(found)
             curs.execute(db.Q.broker_consume_many,
-                         {"ids": ids, "locks": [message_lock(found[i]) for i in ids]})
+                         {"ids": ids, "locks": [message_lock(found[i]) for i in ids], "queue": self.queue_name,
+                          "consumer_id": worker_id(), "stale_after_s": worker_stale_after_s()})
             outcome = {str(row[0]): (row[1], row[2]) for row in curs.fetchall()}
             for message_id in ids:  # keep the order the notifications came in
                 lock, consumed = outcome.get(message_id, (None, False))
@@ -164,19 +174,44 @@ class RoastqConsumer(PostgresConsumer):
                 curs.execute("SELECT pg_advisory_unlock(l) FROM unnest(%s::bigint[]) AS l", (locks,))
 
     def ack(self, message):
-        if getattr(message, "roastq_acked", False):
-            # Marked done in the job's own result transaction: only the local bookkeeping is left.
-            self.unlock_q.put_nowait(message)
-            self.in_processing.discard(message.message_id)
-            return
-        super().ack(message)
+        if not getattr(message, "roastq_acked", False):  # else: marked done in the job's result transaction
+            self._finish(QUERIES.ACK, message)
+        self._release_after_commit(message)
+
+    def nack(self, message):
+        self._finish(QUERIES.NACK, message)
+        self._release_after_commit(message)
+
+    @raise_connection_error
+    def _finish(self, query, message):
+        """Stock ack/nack, less their flaw: they queue the lock's release before their update
+        commits, and a consumer that rescans in between finds the message 'consumed' with a free
+        lock, an orphan by every rule, and runs it again (issue 13). Here the release is queued
+        by the caller, once this transaction has committed."""
+        with transaction(self.pool) as curs:
+            channel = f"dramatiq.{message.queue_name}.ack"
+            curs.execute(query, (Json(tidy4json(message)), message.message_id, message.queue_name, channel,
+                                 message.message_id))
+
+    def _release_after_commit(self, message):
+        self.unlock_q.put_nowait(message)
+        self.in_processing.discard(message.message_id)
 
     @raise_connection_error
     def requeue(self, messages):
-        ids = tuple(m.message_id for m in messages)
-        if ids:
-            with transaction(self.get_consume_conn()) as curs:
-                curs.execute(REQUEUE_NOTIFY, (ids,))
+        """Hand messages back (worker shutdown) with a NOTIFY, then free their locks at once so
+        that another worker takes them now, not when this session ends."""
+        messages = list(messages)
+        if not messages:
+            return
+        conn = self.get_consume_conn()
+        with transaction(conn) as curs:
+            curs.execute(REQUEUE_NOTIFY, (tuple(m.message_id for m in messages),))
+        with transaction(conn) as curs:  # committed: now the locks may go
+            curs.execute("SELECT pg_advisory_unlock(l) FROM unnest(%s::bigint[]) AS l",
+                         ([message_lock(m) for m in messages],))
+        for message in messages:
+            self.in_processing.discard(message.message_id)
 
 
 class RoastqBroker(PostgresBroker):
@@ -186,6 +221,9 @@ class RoastqBroker(PostgresBroker):
         super().__init__(pool=_LazyPool(), results=False, middleware=middleware)
         self.recovery_interval_s = get_settings().recovery_interval_s
         self.add_middleware(SizePool())
+        # Results of store_results=True actors, in Postgres (roastq/brokers/results.py).
+        self.backend = PostgresResults(self.pool)
+        self.add_middleware(Results(backend=self.backend))
 
     def consume(self, queue_name, prefetch=1, timeout=30000):
         return RoastqConsumer(
@@ -202,7 +240,7 @@ class RoastqBroker(PostgresBroker):
         Consumers hold their two for good; threads share the rest and wait their turn (the pool
         blocks), so hundreds of threads need no more than DB_POOL_MAX connections a process.
         """
-        consumers = 2 * 2 * max(len(self.queues), len(QUEUES))
+        consumers = 2 * 2 * max(len(self.queues), len(JOB_QUEUES))
         limit = max(get_settings().db_pool_max, consumers + 4)
         db.pool().resize(min(threads + consumers + 4, limit))
 

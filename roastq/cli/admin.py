@@ -19,13 +19,15 @@ from roastq.ops import pause as system_pause
 from roastq.api import EnqueueError, cancel_job
 from roastq.cli.main import _fmt, _print_json, _table
 from roastq.db import Q
+from roastq.jobs import JobStatus
+from roastq.queues import ALL_QUEUES, JOB_QUEUES
 from roastq.settings import get_settings
 from roastq.sql import load_queries
 
 OPS = load_queries("ops.sql", "roastq.ops")
 
-STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
-QUEUES = ("interactive", "batch", "maintenance")
+STATUSES = tuple(str(s) for s in JobStatus)
+QUEUES = ALL_QUEUES
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -82,14 +84,19 @@ def progress_printer(label: str):
 # -- status ------------------------------------------------------------------------------------
 
 
-def status_data() -> dict:
+def status_data(*, overview: bool = False) -> dict:
+    """What `roastq status` shows. ``overview`` (the console's overview page, refreshed every few
+    seconds): without the reads whose cost grows with history (finished messages, every job's
+    status); jobs are counted as waiting and running now, and finished in the last 24 hours."""
     stale = maintenance.stale_after_s()
     with db.transaction() as cur:
-        cur.execute(Q.job_counts)
+        cur.execute(OPS.job_counts_recent if overview else Q.job_counts)
         jobs = {r["status"]: r["n"] for r in cur.fetchall()}
-        cur.execute(Q.queue_counts)
-        queues = [dict(r) for r in cur.fetchall()]
-        cur.execute(OPS.queue_summary, {})
+        queues = []
+        if not overview:
+            cur.execute(Q.queue_counts)
+            queues = [dict(r) for r in cur.fetchall()]
+        cur.execute(OPS.queue_summary, {"with_done": not overview})
         summary = {r["queue"]: dict(r) for r in cur.fetchall()}
         cur.execute(Q.live_workers, {"stale_after_s": stale})
         workers = [dict(r) for r in cur.fetchall()]
@@ -166,7 +173,8 @@ def _filters(args) -> dict:
     return {"statuses": statuses, "error_class": error_class, "queue": getattr(args, "queue", None),
             "agent_id": agent_id, "document_id": document_id,
             "since": parse_since(args.since) if getattr(args, "since", None) else None,
-            "until": parse_since(args.until) if getattr(args, "until", None) else None}
+            "until": parse_since(args.until) if getattr(args, "until", None) else None,
+            "search": (getattr(args, "search", None) or "").strip() or None}
 
 
 def _resolve(query: str, ref: str, what: str) -> str:
@@ -181,8 +189,12 @@ def _resolve(query: str, ref: str, what: str) -> str:
 
 
 def find_jobs(filters: dict, limit: int) -> list[dict]:
+    """Jobs matching ``filters`` (those of ``_filters``, plus optional ``search``, a text in the
+    document's title, and ``after_created_at``/``after_id``, the last row of the page before)."""
+    params = dict(search=None, after_created_at=None, after_id=None)
+    params.update(filters, limit=limit)
     with db.transaction() as cur:
-        cur.execute(OPS.find_jobs, dict(filters, limit=limit))
+        cur.execute(OPS.find_jobs, params)
         return [dict(r) for r in cur.fetchall()]
 
 
@@ -290,11 +302,12 @@ def _job_filters(p, *, statuses: bool = True) -> None:
     if statuses:
         p.add_argument("--status", help="one status or several, comma-separated (e.g. PENDING,RUNNING)")
     p.add_argument("--class", dest="error_class", help="error class, e.g. RATE_LIMITED")
-    p.add_argument("--queue", choices=["interactive", "batch"])
+    p.add_argument("--queue", choices=list(JOB_QUEUES))
     p.add_argument("--agent", help="agent id, slug or name")
     p.add_argument("--document", help="document id or slug")
     p.add_argument("--since", help="created since: an age (30m, 2h, 7d) or an ISO date/time")
     p.add_argument("--until", help="created before: an age or an ISO date/time")
+    p.add_argument("--search", help="text in the document's title")
 
 
 def add_commands(sub) -> None:

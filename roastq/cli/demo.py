@@ -9,11 +9,11 @@ import sys
 import time
 from datetime import timedelta
 
-from roastq import db
+from roastq import db, jobs
 from roastq.db import Q
 from roastq.settings import get_settings
 
-FINISHED = ("COMPLETED", "FAILED", "CANCELLED")
+FINISHED = tuple(str(s) for s in jobs.FINISHED)
 
 
 def progress_bar(done: int, total: int, counts: dict, width: int = 30) -> str:
@@ -72,6 +72,10 @@ def report(job_ids: list[str]) -> dict:
         summary = dict(cur.fetchone())
         cur.execute(Q.report_tokens, {"job_ids": job_ids})
         summary.update(cur.fetchone())
+        cur.execute(Q.report_repaired, {"job_ids": job_ids})
+        summary.update(cur.fetchone())
+        cur.execute(Q.report_repairs, {"job_ids": job_ids})
+        summary["repairs"] = {r["kind"]: r["n"] for r in cur.fetchall()}
     summary["by_status"] = job_statuses(job_ids)
     with db.transaction() as cur:  # the batch lane's part (roastq/llm/batch.py)
         cur.execute("SELECT count(DISTINCT r.job_id) AS jobs, count(DISTINCT r.batch_id) AS batches, "
@@ -90,6 +94,10 @@ def print_report(summary: dict) -> None:
     print(f"  tokens:         {summary['input_tokens']} input, {summary['output_tokens']} output, "
           f"{summary['cache_read_tokens']} cache read, {summary['cache_write_tokens']} cache write")
     print(f"  dollars:        ${summary['price_usd']:.4f}")
+    if "repaired" in summary:
+        kinds = ", ".join(f"{k} {n}" for k, n in summary["repairs"].items()) or "none"
+        print(f"  answers:        {summary['repaired']} of {summary['evaluations']} evaluations had answers "
+              f"repaired; repairs by kind: {kinds}")
     if p50 is not None:
         print(f"  job duration:   p50 {p50:.2f} s, p95 {p95:.2f} s (enqueue to done)")
     lane = summary.get("lane")

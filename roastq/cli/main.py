@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from decimal import Decimal
 
 from roastq import db
 from roastq.db import Q
+from roastq.queues import JOB_QUEUES
 
 
 def _print_json(data) -> None:
@@ -26,11 +28,25 @@ def _jsonable(value):
 def _table(rows: list[dict], columns: list[str]) -> str:
     if not rows:
         return "(none)"
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    cells = [[_human(c, r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def _human(column: str, value) -> str:
+    """A figure for a person, by what its column holds: seconds as ages ('8m 08s'), dollars to the
+    cent (a tenth of a cent under a dollar); --json keeps the raw values."""
+    from roastq import humanize
+
+    if value is not None and column.endswith("_s"):
+        return humanize.age(value)
+    if value is not None and column.endswith("usd"):
+        return humanize.usd(value)
+    if isinstance(value, int) and not isinstance(value, bool) and column.endswith(("tokens", "calls")):
+        return humanize.count(value)
+    return _fmt(value)
 
 
 def _fmt(value) -> str:
@@ -115,22 +131,13 @@ def cmd_relay(args) -> int:
 
 
 def job_data(job_id: str) -> dict | None:
-    from roastq.api import _uuid
+    from roastq.ops.views import job_detail
 
-    job_id = _uuid(job_id, "job id")
-    with db.transaction() as cur:
-        cur.execute(Q.job_by_id, {"job_id": job_id})
-        job = cur.fetchone()
-        if job is None:
-            return None
-        cur.execute(Q.job_attempts, {"job_id": job_id})
-        attempts = [dict(r) for r in cur.fetchall()]
-        cur.execute(Q.job_tasks, {"job_id": job_id})
-        tasks = [dict(r) for r in cur.fetchall()]
     from roastq.llm import batch
 
-    data = dict(job)
-    data.update(attempt_log=attempts, tasks=tasks, batch_lane=batch.job_requests(job_id))
+    data = job_detail(job_id)
+    if data is not None:
+        data["batch_lane"] = batch.job_requests(data["id"])
     return data
 
 
@@ -143,19 +150,21 @@ def cmd_job(args) -> int:
         _print_json(data)
         return 0
     for key in ("id", "status", "queue", "attempts", "error_class", "error", "created_at", "not_before",
-                "deadline", "started_at", "completed_at", "duration_s", "price_usd", "evaluation_version_id",
-                "original_job_id", "cancel_reason"):
-        print(f"{key + ':':24}{_fmt(data.get(key)) if key != 'error' else (data.get(key) or '-')}")
+                "deadline", "started_at", "completed_at", "duration_s", "price_usd", "evaluation_version_id", "original_job_id",
+                "cancel_reason"):
+        print(f"{key + ':':24}{_human(key, data.get(key)) if key != 'error' else (data.get(key) or '-')}")
     print("\nAttempts:")
     print(_table(data["attempt_log"], ["attempt", "started_at", "ended_at", "outcome", "error_class",
                                        "delay_s", "delay_reason"]))
     print("\nTasks:")
     print(_table(data["tasks"], ["name", "model", "input_tokens", "output_tokens", "cache_read_tokens",
                                  "cache_write_tokens", "price_usd", "duration_s"]))
-    if data["batch_lane"]:
-        print("\nBatch lane (Message Batches):")
-        print(_table(data["batch_lane"], ["step", "state", "batch_id", "submissions", "error_type", "price_usd",
-                                          "saved_usd", "created_at", "ended_at"]))
+    print("\nLLM calls:")
+    print(_table(data["llm_calls"], ["step", "model", "billed_calls", "input_tokens", "output_tokens",
+                                     "cache_read_tokens", "cache_write_tokens", "price_usd", "request_id"]))
+    if data["reruns"]:
+        print("\nReruns: " + ", ".join(f"{r['id']} ({r['status']})" for r in data["reruns"]))
+    _print_evaluation(data["evaluation"])
     print("\nLogs:")
     for line in data.get("logs") or []:
         print(f"{line.get('time', '')[11:23]}  #{line.get('attempt', '-')}  {line.get('level', ''):7}  "
@@ -163,6 +172,29 @@ def cmd_job(args) -> int:
     if not data.get("logs"):
         print("(none)")
     return 0
+
+
+def _print_evaluation(evaluation: dict | None) -> None:
+    import textwrap
+
+    print("\nEvaluation:")
+    if evaluation is None:
+        print("(none: the job saved no evaluation)")
+        return
+    wrap = functools.partial(textwrap.fill, width=100, initial_indent="  ", subsequent_indent="  ")
+    print(f"version {evaluation['version']}" + (f", grade {evaluation['grade']}/100"
+                                                 if evaluation["grade"] is not None else ""))
+    for key in ("summary", "analysis", "self_critique"):
+        if evaluation.get(key):
+            print(f"{key.replace('_', '-').capitalize()}:")
+            print("\n".join(wrap(p) for p in evaluation[key].split("\n") if p.strip()))
+    highlights = evaluation["highlights"]
+    valid = sum(1 for h in highlights if h["is_valid"])
+    print(f"Highlights: {len(highlights)} ({valid} located in the document, {len(highlights) - valid} invalid)")
+    for n, h in enumerate(highlights, 1):
+        where = f"chars {h['start_offset']}-{h['end_offset']}" if h["is_valid"] else f"INVALID: {h['error']}"
+        print(f"  {n}. [{h.get('level') or '-'}] {h.get('header') or '(no header)'}  ({where})")
+        print(f"     \"{_fmt(h['quoted_text'])}\"")
 
 
 def cmd_retry(args) -> int:
@@ -185,6 +217,17 @@ def cmd_retry(args) -> int:
             print(f"... {n}/{len(ids)}", file=sys.stderr)
     if not ids:
         print("no failed jobs to retry", file=sys.stderr)
+    return 0
+
+
+def cmd_console(args) -> int:
+    from roastq.console.server import ConsoleRefused, serve
+
+    try:
+        serve(args.host, args.port)
+    except ConsoleRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -211,10 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("enqueue", help="enqueue an evaluation; prints the job id")
     p.add_argument("--document-id", required=True)
     p.add_argument("--agent-id", required=True)
-    p.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
-    p.add_argument("--deadline", type=_duration_arg, metavar="DURATION",
-                   help="done within this (e.g. 6h); a batch job with time to spare uses the batch lane")
-    p.add_argument("--delay", type=_duration_arg, metavar="DURATION", help="do not start before this (e.g. 10m)")
+    p.add_argument("--priority", choices=list(JOB_QUEUES), default="interactive")
     p.set_defaults(fn=cmd_enqueue)
     p = sub.add_parser("job", help="one job, with its attempts and tasks")
     p.add_argument("job_id")
@@ -231,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     from roastq.cli.admin import add_commands  # status, jobs, cancel, pause, resume, purge, health, ...
 
     add_commands(sub)
+    p = sub.add_parser("console", help="the web console for operators (default http://127.0.0.1:9292)")
+    p.add_argument("--host", help="address to listen on (default CONSOLE_HOST, 127.0.0.1); off the loopback "
+                                  "address CONSOLE_TOKEN or CONSOLE_BASIC_AUTH is required")
+    p.add_argument("--port", type=int, help="port (default CONSOLE_PORT, 9292)")
+    p.set_defaults(fn=cmd_console)
     sub.add_parser("simulator", help="run the Claude simulator (roastq simulator --help)", add_help=False)
     for name, help_text in (("up", "run the whole stack in the foreground until Ctrl-C"),
                             ("demo", "seed, run ~40 evaluations through the stack, report")):

@@ -9,6 +9,7 @@ from roastq import db
 from roastq.ops import maintenance
 from roastq.cli.admin import OPS, UsageError, _command, progress_printer
 from roastq.cli.main import _print_json, _table
+from roastq.queues import JOB_QUEUES
 
 
 # -- health, maintenance, costs ----------------------------------------------------------------
@@ -144,7 +145,7 @@ def add_tool_commands(sub) -> None:
         m.add_argument("--schema", default="public", help="the legacy tables' schema (default: public)")
         m.add_argument("--json", action="store_true")
         if name == "import":
-            m.add_argument("--queue", choices=["interactive", "batch"], default="interactive")
+            m.add_argument("--queue", choices=list(JOB_QUEUES), default="interactive")
             m.add_argument("--batch-size", type=int, default=200)
             m.add_argument("--dry-run", action="store_true", help="only count")
         m.set_defaults(fn=fn)

@@ -2,16 +2,21 @@
 
 RoastMyPost's analysis step shows the model a line-numbered rendering of the document
 (:func:`number_lines`) and asks for highlights as ``quoted_text`` plus ``start_line``/``end_line``.
-Models misquote: they change case, reflow whitespace, fix typos. :func:`locate_highlight` finds each
-quote locally, with no LLM call, trying progressively looser strategies:
+Models misquote: they change case, reflow whitespace and line breaks, curl straight quotes (or
+straighten curly ones), leave words out behind an ellipsis, change a word, join two paragraphs,
+cite lines a few off. :func:`locate_highlight` finds each quote locally, with no LLM call, trying
+progressively looser strategies:
 
 1. ``exact``: a plain substring;
 2. ``case_insensitive``: the same, ignoring case;
-3. ``whitespace``: runs of whitespace on both sides treated as equal;
-4. ``fuzzy``: ``rapidfuzz`` partial alignment, accepted at or above ``min_score``.
+3. ``whitespace``: runs of whitespace on both sides treated as equal (line breaks, paragraphs);
+4. ``typography``: the same, with curly and straight quotes, apostrophes and dashes as equal;
+5. ``ellipsis``: a quote with ``...``, ``…`` or ``[...]`` where words were left out: its parts in
+   order, in one paragraph's reach (``MAX_ELLIPSIS_GAP`` characters apart at most);
+6. ``fuzzy``: ``rapidfuzz`` partial alignment, accepted at or above ``min_score`` (a changed word).
 
-At each strategy an occurrence overlapping the referenced lines is preferred, when the line
-references are valid; otherwise the first occurrence wins. Offsets are Python ``str`` indices
+At each strategy the occurrence overlapping the referenced lines is preferred, when the line
+references are valid; else the occurrence nearest to them (line numbers a few off); else the first. Offsets are Python ``str`` indices
 into ``content``, end exclusive, and ``content[start:end] == quoted_text`` for every valid match.
 """
 
@@ -32,6 +37,11 @@ PREFIX_CHARS = 30
 MAX_REFINE_SHIFT = 8
 
 _WHITESPACE = re.compile(r"\s+")
+#: Characters models write for one another: each member matches any other of its group.
+_EQUIVALENT = ("'\u2018\u2019\u201b\u2032`", '"\u201c\u201d\u201e\u2033', "-\u2010\u2011\u2012\u2013\u2014\u2015")
+_ELLIPSIS = re.compile(r"\s*(?:\.\.\.|\u2026|\[\.\.\.\]|\[\u2026\])\s*")
+#: How much text an ellipsis may stand for.
+MAX_ELLIPSIS_GAP = 600
 
 Span = tuple[int, int]
 #: Finds the first occurrence starting at or after ``pos``, or None.
@@ -169,6 +179,22 @@ def _finders(content: str, quote: str) -> Iterator[tuple[str, Finder]]:
     loose = r"\s+".join(re.escape(w) for w in quote.split())
     yield "whitespace", _regex_finder(re.compile(loose), content)
     yield "whitespace", _regex_finder(re.compile(loose, re.IGNORECASE), content)
+    typographic = _typographic(quote)
+    if typographic != loose:
+        yield "typography", _regex_finder(re.compile(typographic, re.IGNORECASE), content)
+    parts = [p for p in _ELLIPSIS.split(quote) if p.strip()]
+    if _ELLIPSIS.search(quote) and parts:
+        gap = r"[\s\S]{0,%d}?" % MAX_ELLIPSIS_GAP
+        yield "ellipsis", _regex_finder(re.compile(gap.join(_typographic(p) for p in parts), re.IGNORECASE), content)
+
+
+def _typographic(text: str) -> str:
+    """A pattern for ``text``: whitespace runs loose, quote marks and dashes of any style."""
+    def char(c: str) -> str:
+        group = next((g for g in _EQUIVALENT if c in g), None)
+        return "[" + re.escape(group) + "]" if group else re.escape(c)
+
+    return r"\s+".join("".join(char(c) for c in w) for w in text.split())
 
 
 def _regex_finder(pattern: re.Pattern[str], content: str) -> Finder:
@@ -180,21 +206,33 @@ def _regex_finder(pattern: re.Pattern[str], content: str) -> Finder:
 
 
 def _find_preferred(find: Finder, window: Span | None) -> Span | None:
-    """The first occurrence overlapping ``window``, else the first occurrence anywhere.
+    """The first occurrence overlapping ``window``, else the one nearest to it (the first of
+    equals), else the first occurrence anywhere.
 
     Occurrences are visited in order (overlapping ones included, by restarting one character
-    after each start), so the cost is one pass over the document up to the window's end.
+    after each start), up to the first one past the window's end: one pass over the document.
     """
     first = find(0)
     if first is None or window is None:
         return first
     lo, hi = window
+    best, best_gap = first, _gap(first, window)
     span = first
-    while span is not None and span[0] < hi:
-        if span[1] > lo:
-            return span
+    while span is not None and best_gap > 0:
+        gap = _gap(span, window)
+        if gap < best_gap:
+            best, best_gap = span, gap
+        if span[0] >= hi:  # every later occurrence is further away
+            break
         span = find(span[0] + 1)
-    return first
+    return best
+
+
+def _gap(span: Span, window: Span) -> int:
+    """Characters between ``span`` and ``window``; 0 when they overlap."""
+    if span[1] > window[0] and span[0] < window[1]:
+        return 0
+    return window[0] - span[1] if span[1] <= window[0] else span[0] - window[1]
 
 
 # -- fuzzy search -------------------------------------------------------------------------------

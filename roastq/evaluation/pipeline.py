@@ -5,6 +5,10 @@
 2. highlight extraction: local fuzzy matching of each suggested quote to character offsets;
 3. self-critique: one more tool call, when the agent has self-critique instructions.
 
+Each answer is checked in two tiers (``roastq.evaluation.answers``): what the evaluation cannot be
+saved without fails the call (and is sent back to the model once, in the same attempt); everything
+else is repaired, and the repairs are saved with the evaluation version, logged and counted.
+
 Each step's output is memoised per job (``roastq.llm.memo``): a retry resumes at the step that failed.
 The LLM steps go through the cost layer (``roastq.llm.client``): response cache seeded by the agent
 version, budget, shared rate limits; their ``tasks`` rows come from the job's step ledger.
@@ -14,68 +18,25 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Callable
 
-from roastq import db
+import psycopg2.extras
+
+from roastq import db, events, jobs
 from roastq.llm import ledger
 from roastq.db import Q
 from roastq.exceptions import InputError, JobCancelled
+from roastq.evaluation.answers import (MAX_HIGHLIGHTS, SELF_CRITIQUE_TOOL, Repair, analysis_tool,  # noqa: F401
+                                       check_analysis, check_self_critique)
 from roastq.evaluation.highlights import HighlightMatch, locate_highlight, number_lines
 from roastq.jobctx import current_job, start_error
 from roastq.llm.client import Claude, ToolCall, default_claude
 from roastq.llm.memo import StepMemo
 
 logger = logging.getLogger("roastq.evaluation.pipeline")
-
-MAX_HIGHLIGHTS = 8
-
-HIGHLIGHT_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "header": {"type": "string", "minLength": 1, "maxLength": 200},
-        "description": {"type": "string", "minLength": 1},
-        "quoted_text": {"type": "string", "minLength": 1},
-        "start_line": {"type": "integer", "minimum": 1},
-        "end_line": {"type": "integer", "minimum": 1},
-        "importance": {"type": "integer", "minimum": 1, "maximum": 10},
-        "grade": {"type": "integer", "minimum": 0, "maximum": 100},
-        "level": {"type": "string", "enum": ["error", "warning", "info", "success"]},
-    },
-    "required": ["header", "description", "quoted_text", "start_line", "end_line", "importance", "level"],
-}
-
-
-def analysis_tool(provides_grades: bool) -> dict:
-    properties = {
-        "summary": {"type": "string", "minLength": 1, "description": "Two or three sentences."},
-        "analysis": {"type": "string", "minLength": 1, "description": "The full analysis, markdown."},
-        "highlights": {"type": "array", "items": HIGHLIGHT_SCHEMA, "minItems": 1, "maxItems": MAX_HIGHLIGHTS},
-    }
-    required = ["summary", "analysis", "highlights"]
-    if provides_grades:
-        properties["grade"] = {"type": "integer", "minimum": 0, "maximum": 100}
-        required.append("grade")
-    return {
-        "name": "submit_analysis",
-        "description": "Submit the comprehensive analysis of the document.",
-        "input_schema": {"type": "object", "properties": properties, "required": required},
-    }
-
-
-SELF_CRITIQUE_TOOL = {
-    "name": "submit_self_critique",
-    "description": "Submit a critique of the evaluation just written.",
-    "input_schema": {
-        "type": "object",
-        "properties": {
-            "self_critique": {"type": "string", "minLength": 1},
-            "score": {"type": "integer", "minimum": 1, "maximum": 100},
-        },
-        "required": ["self_critique", "score"],
-    },
-}
 
 ANALYSIS_FRAME = (
     "You are an expert evaluator of written documents. Follow the agent instructions below. "
@@ -109,6 +70,7 @@ class EvaluationResult:
     highlights: list[tuple[dict, HighlightMatch]]
     self_critique: str | None
     calls: list[ToolCall] = field(default_factory=list)
+    repairs: list[Repair] = field(default_factory=list)
     highlight_duration_s: float = 0.0
 
     @property
@@ -160,7 +122,21 @@ def _memoised(memo: StepMemo, step: str, call: Callable[[], ToolCall]) -> ToolCa
     return result
 
 
-def _highlights(memo: StepMemo, inputs: JobInputs, analysis: ToolCall) -> tuple[list, float]:
+def _repaired(call: ToolCall, check: Callable) -> tuple[dict, list[Repair]]:
+    """The step's answer as saved, and its repairs: logged and counted once, when the answer is
+    new to this job (a resumed step's repairs were counted by the attempt that got it)."""
+    clean, repairs = check(call.input)
+    if repairs and not call.memoised:
+        kinds = Counter(r.kind for r in repairs)
+        logger.info("%s answer repaired (%s): %s", call.step,
+                    ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())),
+                    "; ".join(f"{r.path}: {r.kind} {r.detail}" for r in repairs[:10]))
+        for r in repairs:
+            events.emit("llm_repair", step=r.step, kind=r.kind)
+    return clean, repairs
+
+
+def _highlights(memo: StepMemo, inputs: JobInputs, analysis: dict) -> tuple[list, float]:
     """Step 2, memoised like the others (it is local and cheap, but a retry must not redo it
     differently if the matcher changed between attempts)."""
     done = memo.get("highlight_extraction")
@@ -171,7 +147,7 @@ def _highlights(memo: StepMemo, inputs: JobInputs, analysis: ToolCall) -> tuple[
     text = document_text(inputs)
     pairs = [
         (h, locate_highlight(text, h["quoted_text"], h.get("start_line"), h.get("end_line")))
-        for h in analysis.input["highlights"]
+        for h in analysis["highlights"]
     ]
     duration = time.monotonic() - started
     memo.store("highlight_extraction", {"highlights": [{"suggestion": h, "match": asdict(m)} for h, m in pairs]},
@@ -188,24 +164,29 @@ def run(inputs: JobInputs, claude: Claude, *, cancelled: Callable[[], bool] = la
         {"type": "text", "text": ANALYSIS_FRAME},
         {"type": "text", "text": f"Agent: {inputs.agent_name}\n\n{inputs.primary_instructions}"},
     ]
+    def check(payload: dict) -> tuple[dict, list[Repair]]:
+        return check_analysis(payload, provides_grades=inputs.provides_grades)
+
     analysis = _memoised(memo, "analysis", lambda: claude.call_tool(
         step="analysis", system=system, prompt=analysis_prompt(inputs), tool=analysis_tool(inputs.provides_grades),
-        cache_seed=seed,
+        cache_seed=seed, check=check,
     ))
+    answer, repairs = _repaired(analysis, check)
     if cancelled():
         raise JobCancelled("cancelled after the analysis step")
 
-    highlights, highlight_duration = _highlights(memo, inputs, analysis)
+    highlights, highlight_duration = _highlights(memo, inputs, answer)
     valid = sum(1 for _, m in highlights if m.is_valid)
     logger.info("highlights located: %d of %d valid", valid, len(highlights))
 
     result = EvaluationResult(
-        summary=analysis.input["summary"],
-        analysis=analysis.input["analysis"],
-        grade=analysis.input.get("grade") if inputs.provides_grades else None,
+        summary=answer["summary"],
+        analysis=answer["analysis"],
+        grade=answer.get("grade") if inputs.provides_grades else None,
         highlights=highlights,
         self_critique=None,
         calls=[analysis],
+        repairs=repairs,
         highlight_duration_s=highlight_duration,
     )
     if inputs.self_critique_instructions:
@@ -220,8 +201,11 @@ def run(inputs: JobInputs, claude: Claude, *, cancelled: Callable[[], bool] = la
             ),
             tool=SELF_CRITIQUE_TOOL,
             cache_seed=seed,
+            check=check_self_critique,
         ))
-        result.self_critique = critique.input["self_critique"]
+        critique_answer, critique_repairs = _repaired(critique, check_self_critique)
+        result.self_critique = critique_answer["self_critique"]
+        result.repairs += critique_repairs
         result.calls.append(critique)
     if cancelled():
         raise JobCancelled("cancelled before saving the result")
@@ -233,9 +217,8 @@ def save(inputs: JobInputs, result: EvaluationResult) -> str | None:
     transaction. Returns the evaluation version id, or None when the job was already finished
     (a duplicate delivery): the first result stands and this one is discarded."""
     with db.transaction() as cur:
-        cur.execute(Q.lock_job, {"job_id": inputs.job_id})
-        job = cur.fetchone()
-        if job is None or job["status"] in ("COMPLETED", "FAILED", "CANCELLED"):
+        job = jobs.lock(cur, inputs.job_id)
+        if job is None or jobs.is_finished(job["status"]):
             logger.warning("job already %s: result discarded", job and job["status"])
             return None
         cur.execute(Q.lock_evaluation, {"evaluation_id": inputs.evaluation_id})
@@ -253,6 +236,7 @@ def save(inputs: JobInputs, result: EvaluationResult) -> str | None:
                 "analysis": result.analysis,
                 "grade": result.grade,
                 "self_critique": result.self_critique,
+                "repairs": psycopg2.extras.Json([r.as_dict() for r in result.repairs]),
             },
         )
         ev_id = cur.fetchone()["id"]
@@ -284,17 +268,13 @@ def save(inputs: JobInputs, result: EvaluationResult) -> str | None:
         tasks = _tasks(inputs.job_id, result, cur)
         for t in tasks:
             cur.execute(Q.insert_task, {"job_id": inputs.job_id, "evaluation_version_id": ev_id, **t})
-        cur.execute(
-            Q.complete_job,
-            {"job_id": inputs.job_id, "evaluation_version_id": ev_id,
-             "price_usd": sum((t["price_usd"] for t in tasks), Decimal(0))},
-        )
+        jobs.complete(cur, inputs.job_id, evaluation_version_id=ev_id,
+                      price_usd=sum((t["price_usd"] for t in tasks), Decimal(0)))
         job = current_job.get()
         if job is not None:
             # The attempt ends, and the message is acknowledged, with the result: the three never
             # disagree, and the broker's ack needs no round trip of its own.
-            cur.execute(Q.finish_attempt, {"job_id": inputs.job_id, "attempt": job.attempt,
-                                           "message_id": job.message_id})
+            jobs.finish_attempt(cur, inputs.job_id, job.attempt, job.message_id)
     if job is not None:
         job.finished_with_result = True
     return str(ev_id)
@@ -326,9 +306,7 @@ def _tasks(job_id: str, result: EvaluationResult, cur) -> list[dict]:
 
 def cancel_requested(job_id: str) -> bool:
     with db.transaction() as cur:
-        cur.execute(Q.cancel_requested, {"job_id": job_id})
-        row = cur.fetchone()
-    return bool(row and row["cancelled"])
+        return jobs.cancel_requested(cur, job_id)
 
 
 def evaluate(job_id: str, claude: Claude | None = None) -> str | None:

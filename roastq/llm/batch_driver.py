@@ -327,11 +327,11 @@ def _ledger(cur, req, usage: Usage, price: Decimal) -> None:
 def _validated(req, message):
     """(output, error, state): the forced tool's input, checked as a real-time answer is."""
     from roastq.exceptions import BadLLMOutput
-    from roastq.llm.client import _tool_input
+    from roastq.llm.client import tool_input
 
     tool = {"name": req["tool_name"], "input_schema": req["tool_schema"]}
     try:
-        return _tool_input(message.content, tool, step=req["step"], request_id=message.id), None, "succeeded"
+        return tool_input(message.content, tool, step=req["step"], request_id=message.id), None, "succeeded"
     except BadLLMOutput as exc:
         return None, {"message": str(exc)}, "invalid"
 

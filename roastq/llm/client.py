@@ -1,7 +1,9 @@
 """The Claude client: the real anthropic SDK, one forced tool call at a time, behind the cost layer.
 
 A call goes: response cache (a hit returns at once: no HTTP, no budget, no rate limit) -> budget
-guard -> shared rate limiter -> the API -> ledger and limiter settle -> validation -> cache store.
+guard -> context-window check -> shared rate limiter -> the API -> ledger and limiter settle ->
+validation (the step's check; a failure is sent back to the model once, in the same attempt; an
+answer cut at max_tokens is asked again with more room) -> cache store.
 ``docs/llm.md`` describes each part and its settings.
 
 The SDK's own retries are off (``max_retries=0``): the queue owns retries, so a failure reaches
@@ -13,12 +15,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 
 import anthropic
 import httpx2 as httpx
@@ -29,10 +32,13 @@ from roastq.llm import batch
 from roastq.llm import budget
 from roastq.llm import cache
 from roastq.llm import ledger
+from roastq.llm import models
 from roastq.llm import ratelimit
-from roastq.exceptions import BadLLMOutput, JobTimeLimit
+from roastq.exceptions import BadLLMOutput, InputError, JobTimeLimit, LLMRefusal
+from roastq.failures import ErrorClass, classify
 from roastq.jobctx import current_job
 from roastq.llm.pricing import Usage, cost_usd
+from roastq.llm.strict import strict_tool
 from roastq.settings import Settings, get_settings
 
 logger = logging.getLogger("roastq.llm.client")
@@ -41,11 +47,15 @@ logger = logging.getLogger("roastq.llm.client")
 SIMULATOR_KEY = "sk-roastq-simulator"
 #: Below this much time left, an LLM call is not worth starting.
 MIN_CALL_TIMEOUT_S = 1.0
-#: Errors for which waiting does not help: they never close the rate-limit gate.
-SPEND_LIMIT_ERRORS = tuple(
-    getattr(anthropic, n) for n in ("EnforcedSpendLimitReachedError", "ContractSpendLimitReachedError",
-                                    "LinkedOrganizationSpendLimitReachedError") if hasattr(anthropic, n))
 EPHEMERAL = {"type": "ephemeral"}
+#: Tokens that must be left for the answer: a prompt leaving fewer cannot be evaluated.
+MIN_ANSWER_TOKENS = 1024
+#: Answers cut at max_tokens that a call asks again for (more room, then a shorter answer).
+MAX_CUTS = 2
+SHORTER_NOTE = ("Your previous answer was cut off at the output limit. Answer again, more briefly: shorter "
+                "analysis and descriptions, the same tool.")
+RETRY_NOTE = ("An earlier answer to this request could not be used. Follow the tool's schema exactly and "
+              "respect every bound its descriptions state.")
 
 
 @dataclass(frozen=True)
@@ -112,20 +122,32 @@ class Claude:
         prompt: str,
         tool: dict,
         model: str | None = None,
-        max_tokens: int = 4096,
+        max_tokens: int | None = None,
         cache_seed: str = "",
         bypass_cache: bool = False,
+        check: Callable[[dict], Any] | None = None,
     ) -> ToolCall:
-        """``cache_seed`` partitions the response cache (the pipeline passes the agent version);
-        ``bypass_cache`` (or the job's ``bypass_cache``, set after bad output) skips the lookup."""
+        """One forced tool call, as many requests as it takes within this attempt (each billed and
+        in the ledger): an answer that fails ``check`` (the step's hard tier, raising BadLLMOutput;
+        by default the tool's JSON schema) is sent back once as an ``is_error`` tool result; an
+        answer cut at ``max_tokens`` is asked again with more room, then for a shorter answer; a
+        refusal raises LLMRefusal at once. ``cache_seed`` partitions the response cache (the
+        pipeline passes the agent version); ``bypass_cache`` (or the job's ``bypass_cache``, set
+        after bad output) skips the lookup. The returned input is the raw tool input, which passed
+        ``check``."""
         settings = self.settings
         model = model or settings.analysis_model
+        max_tokens = max_tokens or settings.llm_max_tokens
         job = current_job.get()
         job_id = job.job_id if job is not None else None
         bypass = bypass_cache or (job is not None and job.bypass_cache)
+        if check is None:
+            check = functools.partial(_schema_check, tool=tool, step=step)
         system = [{"type": "text", "text": system}] if isinstance(system, str) else list(system)
-        messages = [{"role": "user", "content": prompt}]
-        tools = [tool]
+        if job is not None and job.bypass_cache:  # an earlier attempt's answer was unusable: ask differently
+            prompt = f"{prompt}\n\n{RETRY_NOTE}"
+        messages: list[dict] = [{"role": "user", "content": prompt}]
+        tools = [strict_tool(tool) if settings.strict_tools else tool]
         tool_choice = {"type": "tool", "name": tool["name"]}
         seed = f"{cache_seed}|{settings.llm_cache_seed}"
 
@@ -133,7 +155,7 @@ class Claude:
         if settings.llm_cache_enabled and not settings.llm_proxy_base_url:
             key = cache.cache_key(cache.canonical_request(model=model, system=system, messages=messages, tools=tools,
                                                           tool_choice=tool_choice, max_tokens=max_tokens), seed)
-            hit = self._cached(key, step=step, model=model, tool=tool, job_id=job_id, bypass=bypass)
+            hit = self._cached(key, step=step, model=model, tool=tool, check=check, job_id=job_id, bypass=bypass)
             if hit is not None:
                 return hit
 
@@ -144,11 +166,76 @@ class Claude:
         lane = batch.lane_call(settings, step=step, model=model, max_tokens=max_tokens, system=system,
                                messages=messages, tools=tools, tool_choice=tool_choice, tool=tool,
                                cache_key=key, cache_seed=seed)
-        if lane is not None:
+        if lane is not None:  # the pipeline checks and repairs its input like any answer's
             return lane
+        room = self._context_room(step=step, model=model, system=system, messages=messages, tools=tools)
+        max_tokens = min(max_tokens, room)
+
+        usage, price, duration, cuts, corrected = Usage(), Decimal(0), 0.0, 0, False
+        while True:
+            response, raw, call_usage, call_price, call_duration = self._send(
+                step=step, model=model, system=system, messages=messages, tools=tools, tool_choice=tool_choice,
+                max_tokens=max_tokens, bypass=bypass, seed=seed)
+            usage, price, duration = usage + call_usage, price + call_price, duration + call_duration
+            request_id = getattr(response, "_request_id", None)
+            stop = response.stop_reason
+            billed = dict(model=model, step=step, duration_s=call_duration, usage=call_usage, price_usd=call_price,
+                          cached=False)
+            if stop == "refusal":
+                exc = LLMRefusal(f"{step}: the model declined to answer (stop_reason refusal)", step=step,
+                                 request_id=request_id)
+                events.emit("llm_call", exception=exc, **billed)
+                raise exc
+            if stop in ("max_tokens", "model_context_window_exceeded"):
+                cuts += 1
+                exc = BadLLMOutput(f"{step}: the answer was cut at max_tokens ({max_tokens}), {cuts} times",
+                                   step=step, request_id=request_id)
+                events.emit("llm_call", exception=exc, **billed)
+                if cuts > MAX_CUTS:
+                    raise exc
+                limit = min(models.limits(model).max_output, room)
+                if stop == "max_tokens" and max_tokens < limit:  # more room first, up to the model's limit
+                    reason, max_tokens = "max_tokens_raised", min(limit, max_tokens * 2)
+                else:  # no more room: ask for less
+                    reason, messages = "shorter_answer", _with_user_text(messages, SHORTER_NOTE)
+                logger.info("%s: answer cut at max_tokens (%s): asking again (%s, max_tokens %d)", step, stop,
+                            reason, max_tokens)
+                events.emit("llm_retry", model=model, step=step, reason=reason)
+                continue
+            try:
+                payload = tool_input(response.content, tool, step=step, request_id=request_id)
+                check(payload)
+            except BadLLMOutput as exc:  # paid for, but unusable: never cached
+                exc.request_id = exc.request_id or request_id
+                events.emit("llm_call", exception=exc, **billed)
+                if corrected:
+                    raise
+                corrected = True
+                logger.warning("%s: the answer fails validation (%s): asking again with the error, in the same "
+                               "attempt", step, exc)
+                messages = messages + _correction(response.content, exc.feedback)
+                events.emit("llm_retry", model=model, step=step, reason="corrective")
+                continue
+            events.emit("llm_call", exception=None, **billed)
+            break
+        if key is not None and cache.is_complete(stop):
+            try:  # best effort, like the settle in _send
+                cache.store(key, model=model, step=step, seed=seed, response=response.model_dump(mode="json"),
+                            usage=usage, price_usd=price, request_id=request_id, ttl_s=settings.llm_cache_ttl_s)
+                events.emit("llm_cache", outcome="store", model=model, step=step, saved_usd=Decimal(0))
+            except Exception:
+                logger.exception("storing the %s answer in the response cache failed", step)
+        return ToolCall(step=step, model=model, input=payload, usage=usage, price_usd=price, duration_s=duration,
+                        request_id=request_id)
+
+    def _send(self, *, step: str, model: str, system: list, messages: list, tools: list, tool_choice: dict,
+              max_tokens: int, bypass: bool, seed: str):
+        """One paid request: rate limiter, the API, ledger and limiter settled. Returns the response,
+        the raw response, its usage, price and duration."""
+        settings = self.settings
+        job = current_job.get()
         estimate = ratelimit.estimate_input_tokens(system, messages, tools)
         ratelimit.acquire(settings, model, estimate)
-
         headers = {"x-roastq-step": step}
         if job is not None:
             # Correlation for the request log (simulator) and for support tickets.
@@ -179,36 +266,45 @@ class Claude:
                 raise JobTimeLimit(f"{step}: the job's time limit ran out during the LLM call") from exc
             raise
         duration = time.monotonic() - started
-        request_id = getattr(response, "_request_id", None)
         usage = Usage.from_api(response.usage)
         price = cost_usd(model, usage)
         # Billed whatever comes next: into the ledger and the limiter before validation.
-        ledger.record_billed(job_id=job_id, step=step, model=model, usage=usage, price_usd=price)
+        ledger.record_billed(job_id=job.job_id if job is not None else None, step=step, model=model, usage=usage,
+                             price_usd=price)
         try:  # best effort: a paid answer is not thrown away for the limiter's bookkeeping
             ratelimit.settle(settings, model, input_estimate=estimate,
                              input_tokens=usage.input_tokens + usage.cache_write_tokens,
                              output_tokens=usage.output_tokens, headers=raw.headers, status=raw.status_code)
         except Exception:
             logger.exception("rate limiter settle failed after a %s response", step)
-        try:
-            payload = _tool_input(response.content, tool, step=step, request_id=request_id)
-        except BadLLMOutput as exc:  # paid for, but unusable: never cached
-            events.emit("llm_call", model=model, step=step, duration_s=duration, usage=usage, price_usd=price,
-                        exception=exc, cached=False)
-            raise
-        events.emit("llm_call", model=model, step=step, duration_s=duration, usage=usage, price_usd=price,
-                    exception=None, cached=False)
-        if key is not None and cache.is_complete(response.stop_reason):
-            try:  # best effort, like the settle above
-                cache.store(key, model=model, step=step, seed=seed, response=response.model_dump(mode="json"),
-                            usage=usage, price_usd=price, request_id=request_id, ttl_s=settings.llm_cache_ttl_s)
-                events.emit("llm_cache", outcome="store", model=model, step=step, saved_usd=Decimal(0))
-            except Exception:
-                logger.exception("storing the %s answer in the response cache failed", step)
-        return ToolCall(step=step, model=model, input=payload, usage=usage, price_usd=price, duration_s=duration,
-                        request_id=request_id)
+        return response, raw, usage, price, duration
 
-    def _cached(self, key: str, *, step: str, model: str, tool: dict, job_id, bypass: bool) -> ToolCall | None:
+    def _context_room(self, *, step: str, model: str, system: list, messages: list, tools: list) -> int:
+        """The tokens the model's context window leaves for the answer, or InputError when the
+        prompt cannot fit. Every token is at least one byte, so a prompt whose JSON has fewer bytes
+        than the window leaves is not counted at all; a longer one is counted by the API's free
+        ``count_tokens`` endpoint (or, when that fails, estimated at 3 characters a token)."""
+        window = models.limits(model).context_window
+        size = len(json.dumps([system, messages, tools]).encode())
+        if size + MIN_ANSWER_TOKENS <= window:
+            return window - size
+        how = "counted"
+        try:
+            timeout, _ = self.call_timeout()
+            counted = self.client.messages.count_tokens(
+                model=model, system=system, messages=messages, tools=tools,
+                timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                extra_headers={"x-roastq-step": step}).input_tokens
+        except anthropic.APIError as exc:
+            counted, how = math.ceil(size / 3), "estimated"
+            logger.warning("%s: counting the prompt's tokens failed (%s): estimated", step, type(exc).__name__)
+        if counted + MIN_ANSWER_TOKENS > window:
+            raise InputError(f"{step}: the document is too long for {model}: the prompt is {counted} tokens "
+                             f"({how}) and the model's context window {window}, with at least "
+                             f"{MIN_ANSWER_TOKENS} needed for the answer")
+        return window - counted
+
+    def _cached(self, key: str, *, step: str, model: str, tool: dict, check, job_id, bypass: bool) -> ToolCall | None:
         if bypass:
             events.emit("llm_cache", outcome="bypass", model=model, step=step, saved_usd=Decimal(0))
             return None
@@ -220,9 +316,10 @@ class Claude:
             hit = cache.lookup(key, cur)
             if hit is not None:
                 try:
-                    payload = _tool_input(hit.response.get("content") or [], tool, step=step,
+                    payload = tool_input(hit.response.get("content") or [], tool, step=step,
                                           request_id=hit.request_id)
-                except BadLLMOutput:  # cannot happen for a stored entry (the schema is in the key)
+                    check(payload)
+                except BadLLMOutput:  # stored before the step's checks changed: a miss
                     hit = None
                 else:
                     ledger.record_saved(job_id=job_id, step=step, model=model, saved_usd=hit.price_usd, cur=cur)
@@ -242,7 +339,7 @@ class Claude:
         try:
             ratelimit.settle(self.settings, model, input_estimate=estimate, headers=getattr(response, "headers", None),
                              status=getattr(response, "status_code", None),
-                             gate_allowed=not isinstance(exc, SPEND_LIMIT_ERRORS))
+                             gate_allowed=classify(exc) is not ErrorClass.SPEND_LIMIT)  # waiting never helps
         except Exception:  # the call's own error is the one to classify and report
             logger.exception("rate limiter settle failed after %s", type(exc).__name__)
         finally:
@@ -254,22 +351,51 @@ def _block(block, name: str):
     return block.get(name) if isinstance(block, dict) else getattr(block, name, None)
 
 
-def _tool_input(content, tool: dict, *, step: str, request_id: str | None) -> dict:
-    """The forced tool's input, validated against its schema, or BadLLMOutput."""
+def tool_input(content, tool: dict, *, step: str, request_id: str | None) -> dict:
+    """The forced tool's input (an object), or BadLLMOutput."""
     blocks = [b for b in content if _block(b, "type") == "tool_use" and _block(b, "name") == tool["name"]]
     if not blocks:
-        raise BadLLMOutput(f"{step}: no {tool['name']} tool call in the response", step=step, request_id=request_id)
+        raise BadLLMOutput(f"{step}: no {tool['name']} tool call in the response", step=step, request_id=request_id,
+                           feedback=f"Call the {tool['name']} tool with your answer.")
     payload = _block(blocks[0], "input")
     if not isinstance(payload, dict):
-        raise BadLLMOutput(f"{step}: tool input is not an object", step=step, request_id=request_id)
+        raise BadLLMOutput(f"{step}: tool input is not an object", step=step, request_id=request_id,
+                           feedback=f"The {tool['name']} input must be a JSON object.")
+    return payload
+
+
+def _schema_check(payload: dict, *, tool: dict, step: str) -> None:
+    """The default check: the tool's full JSON schema, bounds included."""
     error = jsonschema.exceptions.best_match(_validator(json.dumps(tool["input_schema"], sort_keys=True))
                                              .iter_errors(payload))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise BadLLMOutput(
-            f"{step}: tool input invalid at {where}: {error.message[:200]}", step=step, request_id=request_id
-        )
-    return payload
+        raise BadLLMOutput(f"{step}: tool input invalid at {where}: {error.message[:200]}", step=step,
+                           feedback=f"The {tool['name']} input is invalid at {where}: {error.message[:200]}. "
+                           f"Call {tool['name']} again with an input that follows its schema.")
+
+
+def _with_user_text(messages: list[dict], text: str) -> list[dict]:
+    """``messages`` with ``text`` added to the last (user) turn."""
+    *head, last = messages
+    content = last["content"]
+    content = f"{content}\n\n{text}" if isinstance(content, str) else [*content, {"type": "text", "text": text}]
+    return [*head, {**last, "content": content}]
+
+
+def _correction(content, feedback: str) -> list[dict]:
+    """The turns that continue the conversation after an unusable answer: the model's own answer,
+    then an ``is_error`` tool result for each of its tool calls, naming what was wrong."""
+    blocks = [b.model_dump(mode="json") if hasattr(b, "model_dump") else dict(b) for b in content]
+    blocks = [{k: b[k] for k in ("type", "id", "name", "input", "text") if k in b}
+              for b in blocks if b.get("type") in ("tool_use", "text") and (b.get("type") != "text" or b.get("text"))]
+    uses = [b for b in blocks if b["type"] == "tool_use"]
+    if not uses:
+        return [*([{"role": "assistant", "content": blocks}] if blocks else []),
+                {"role": "user", "content": feedback}]
+    return [{"role": "assistant", "content": blocks},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": b["id"], "is_error": True,
+                                          "content": feedback} for b in uses]}]
 
 
 @functools.lru_cache(maxsize=64)

@@ -25,6 +25,7 @@ import psycopg2
 import psycopg2.extras
 
 from roastq import db
+from roastq.jobctx import worker_stale_after_s
 from roastq.settings import get_settings
 from roastq.sql import load_queries, migrations
 
@@ -130,7 +131,7 @@ def _check_rabbitmq(report: HealthReport) -> None:
 
 
 def _check_workers(cur, report: HealthReport) -> None:
-    stale = 3 * get_settings().heartbeat_interval_s
+    stale = worker_stale_after_s()
     cur.execute(OPS.health_workers, {"stale_after_s": stale})
     row = cur.fetchone()
     if row["live"]:

@@ -28,7 +28,7 @@ import psycopg2.extras
 from psycopg2 import sql
 
 from roastq import db
-from roastq.api import _insert_and_send
+from roastq.api import insert_and_send
 from roastq.db import Q
 from roastq.settings import get_settings
 from roastq.sql import load_queries
@@ -140,7 +140,7 @@ def _import_batch(batch, documents, agents, queue, result) -> list[tuple[str, st
             cur.execute(Q.upsert_evaluation, {"document_id": _document_id(cur, row["documentId"]),
                                               "agent_id": _agent_id(cur, row["agentId"])})
             evaluation_id = cur.fetchone()["id"]
-            job_id = _insert_and_send(
+            job_id = insert_and_send(
                 cur, evaluation_id=evaluation_id, document_version_id=_document_version_id(cur, document),
                 agent_version_id=_agent_version_id(cur, agent), queue=queue,
                 original_job_id=imported.get(row["originalJobId"]),

@@ -28,8 +28,10 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from roastq import db, events
-from roastq.db import Q
+from roastq import db, events, jobs
+from roastq.brokers import send_job
+from roastq.jobctx import worker_stale_after_s
+from roastq.queues import JOB_ACTORS, JOB_QUEUES
 from roastq.settings import get_settings
 from roastq.sql import load_queries
 
@@ -41,32 +43,20 @@ DAY_S = 86400.0
 
 
 def stale_after_s() -> float:
-    """A worker is gone after three missed heartbeats (middleware/heartbeat.py)."""
-    return 3 * get_settings().heartbeat_interval_s
+    """A worker is gone after three missed heartbeats (``jobctx.worker_stale_after_s``)."""
+    return worker_stale_after_s()
 
 
-# -- sending: this module is an edge that sends messages, like roastq.api --------------------
-
-
-def _actors():
-    import actors  # only the edges that send messages reach the actors
-
-    return actors
-
-
-def job_actor_names() -> list[str]:
-    return sorted(name for name, actor in _actors().broker.actors.items() if actor.options.get("roastq_job"))
+# -- sending -------------------------------------------------------------------------------------
 
 
 def resend(cur, job_id, queue: str, *, delay_s: float = 0.0) -> str:
     """Give a job a new message (on the caller's transaction); return its message id."""
-    actor = _actors().ACTOR_FOR_QUEUE.get(queue)
-    if actor is None:
+    if queue not in JOB_ACTORS:
         raise ValueError(f"job {job_id} has queue {queue!r}, which no actor serves")
-    message = actor.message(str(job_id))
     delay_ms = int(delay_s * 1000)
-    actor.broker.enqueue_on(cur, message, delay_ms=delay_ms or None)
-    cur.execute(OPS.set_job_message, {"job_id": job_id, "message_id": message.message_id})
+    message = send_job(cur, queue, job_id, delay_ms=delay_ms or None)
+    jobs.set_message(cur, job_id, message.message_id)
     return message.message_id
 
 
@@ -91,11 +81,9 @@ def reap_stale_jobs(limit: int = 500) -> dict:
 
 
 def _job_failed(job_id, queue: str, error_class: str) -> None:
-    """A job failed for good outside any message: the metrics count it with the failures of
-    messages (``roastq_messages_failed_total``). Importing the actors builds the broker and its
-    metrics middleware, which subscribes to the event, in a process that has not yet (the CLI)."""
-    actor = _actors().ACTOR_FOR_QUEUE.get(queue)
-    events.emit("job_failed", job_id=str(job_id), queue=queue, actor=actor.actor_name if actor else "",
+    """A job failed for good outside any message: the metrics of a worker process (where the
+    scheduler's tasks run) count it with the failures of messages (``roastq_messages_failed_total``)."""
+    events.emit("job_failed", job_id=str(job_id), queue=queue, actor=JOB_ACTORS.get(queue, ""),
                 error_class=error_class)
 
 
@@ -112,18 +100,18 @@ def _reap_one(cur, job_id, stale: float, crash_limit: int) -> str | None:
             logger.warning("job %s: worker %s has not beaten for %.0f s but still holds the message",
                            job_id, job["worker_id"], stale)
             return "alive"
-    cur.execute(Q.close_crashed_attempts, {"job_id": job_id})
+    jobs.close_crashed_attempts(cur, job_id)
     crashes = job["crashes"] + cur.rowcount
     who = job["worker_id"] or "an unknown worker"
     if crashes >= crash_limit:
         error = f"its worker died {crashes} times while running it (last: {who})"
-        cur.execute(OPS.job_failed_worker_lost, {"job_id": job_id, "error": error})
+        jobs.fail_worker_lost(cur, job_id, error)
         if live:
             cur.execute(OPS.reject_message, {"message_id": job["message_id"]})
         logger.error("job %s failed: %s", job_id, error)
         return "failed"
     error = f"worker {who} stopped beating while running it: it runs again"
-    cur.execute(OPS.job_worker_lost, {"job_id": job_id, "error": error})
+    jobs.lose(cur, job_id, error)
     if live:
         cur.execute(OPS.requeue_messages, {"message_ids": [job["message_id"]]})
         logger.warning("job %s: %s (message requeued)", job_id, error)
@@ -153,7 +141,7 @@ def _pending_jobs_without_message(grace: float, limit: int) -> list:
     # more than the grace ago, its outbox row was relayed, and its queue holds nothing waiting.
     from roastq.brokers.rabbitmq import BQ, rabbitmq_counts
 
-    counts = rabbitmq_counts(sorted(set(_actors().ACTOR_FOR_QUEUE)))
+    counts = rabbitmq_counts(list(JOB_QUEUES))
     idle = [q for q, c in counts.items() if not c["queued"] and not c["delayed"]]
     with db.transaction() as cur:
         cur.execute(BQ.stalled_pending_jobs, {"grace_s": grace, "limit": limit, "queues": idle})
@@ -174,7 +162,7 @@ def reconcile_jobs(limit: int = 1000) -> dict:
             resent += 1
             logger.warning("job %s was PENDING with no live message: sent a new one", job_id)
     with db.transaction() as cur:
-        cur.execute(OPS.retire_messages_of_finished_jobs, {"job_actors": job_actor_names(), "limit": limit})
+        cur.execute(OPS.retire_messages_of_finished_jobs, {"job_actors": sorted(JOB_ACTORS.values()), "limit": limit})
         retired = cur.rowcount
     return {"resent": resent, "retired": retired}
 
@@ -209,13 +197,16 @@ def enforce_retention(batch: int = 5000) -> dict:
     from roastq.brokers.outbox import purge_sent
 
     relayed = purge_sent(s.retention_days * DAY_S, batch=batch)  # RabbitMQ's outbox (roastq/brokers/outbox.py)
+    from roastq.brokers.results import clear_expired
+
+    expired_results = clear_expired(batch)  # store_results=True actors (roastq/brokers/results.py)
     with db.transaction() as cur:
         cur.execute(OPS.delete_old_ticks, {"days": 30})
         ticks = cur.rowcount
         cur.execute(OPS.delete_dead_heartbeats, {"days": 1})
         heartbeats = cur.rowcount
     return {"done_messages": done, "dead_letters": dead, "relayed_outbox_rows": relayed, "ticks": ticks,
-            "dead_heartbeats": heartbeats}
+            "dead_heartbeats": heartbeats, "expired_results": expired_results}
 
 
 def roll_up_costs(days: int = 2) -> dict:

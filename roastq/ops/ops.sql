@@ -68,20 +68,6 @@ FOR UPDATE OF j SKIP LOCKED;
 -- live worker holds it.
 SELECT pg_try_advisory_xact_lock(roastq_message_lock(%(queue_name)s, %(message_id)s)) AS free;
 
--- name: job_worker_lost
--- The job's worker died: it waits for its message again (or a new one).
-UPDATE jobs
-SET status = 'PENDING', worker_id = NULL, error_class = 'WORKER_LOST', error = %(error)s,
-    next_attempt_at = NULL, updated_at = now()
-WHERE id = %(job_id)s AND status = 'RUNNING';
-
--- name: job_failed_worker_lost
-UPDATE jobs
-SET status = 'FAILED', error_class = 'WORKER_LOST', error = %(error)s, completed_at = now(),
-    worker_id = NULL, next_attempt_at = NULL, updated_at = now(),
-    duration_s = EXTRACT(EPOCH FROM now() - created_at)
-WHERE id = %(job_id)s AND status = 'RUNNING';
-
 -- name: requeue_messages
 -- Back to 'queued', with a NOTIFY so that a listening worker takes them at once.
 WITH requeued AS (
@@ -151,9 +137,6 @@ WHERE j.id = %(job_id)s AND j.status = 'PENDING' AND j.cancel_requested_at IS NU
                   WHERE q.state IN ('queued', 'consumed')
                     AND (q.message_id = j.message_id OR q.message->'args'->>0 = j.id::text))
 FOR UPDATE OF j SKIP LOCKED;
-
--- name: set_job_message
-UPDATE jobs SET message_id = %(message_id)s, updated_at = now() WHERE id = %(job_id)s;
 
 -- name: retire_messages_of_finished_jobs
 -- Live messages whose job has finished (cancelled while queued, failed by the reaper): a worker
@@ -232,7 +215,9 @@ ORDER BY c.day DESC, c.price_usd DESC;
 -- name: queue_summary
 -- Per queue, each message counted once: queued (ready), delayed (waiting for its eta in the .DQ
 -- queue, or parked in .lane for the batch lane), in flight (held by a worker), orphaned (consumed, but no worker holds its lock: its
--- worker died), dead (rejected), done. The lock table is read once.
+-- worker died), dead (rejected), done. The lock table is read once. With with_done false, finished
+-- messages are neither read nor counted (the console's overview: the other states are few and
+-- indexed, finished ones are most of the table).
 WITH held_locks AS MATERIALIZED (
     SELECT (l.classid::bigint << 32) | l.objid::bigint AS key
     FROM pg_locks l
@@ -245,6 +230,7 @@ WITH held_locks AS MATERIALIZED (
                 THEN roastq_message_lock(q.queue_name, q.message_id) IN (SELECT key FROM held_locks)
                 ELSE false END AS held
     FROM dramatiq.queue q
+    WHERE %(with_done)s OR q.state IN ('queued', 'consumed', 'rejected')
 )
 SELECT queue,
        count(*) FILTER (WHERE NOT dq AND state = 'queued') AS queued,
@@ -256,6 +242,15 @@ SELECT queue,
        EXTRACT(EPOCH FROM now() - min(mtime) FILTER (WHERE NOT dq AND state = 'queued')) AS oldest_queued_age_s
 FROM messages
 GROUP BY queue ORDER BY queue;
+
+-- name: job_counts_recent
+-- Jobs waiting or running now, and jobs finished in the last 24 hours, by status: each part read
+-- through an index (jobs_status_idx, jobs_completed_idx), whatever the size of the history.
+SELECT status, count(*) AS n FROM jobs WHERE status IN ('PENDING', 'RUNNING') GROUP BY status
+UNION ALL
+SELECT status, count(*) AS n FROM jobs
+WHERE completed_at > now() - interval '24 hours' AND status IN ('COMPLETED', 'FAILED', 'CANCELLED')
+GROUP BY status;
 
 -- name: find_jobs
 SELECT j.id, j.status, j.queue, j.attempts, j.error_class, j.error, j.created_at, j.started_at,
@@ -273,7 +268,12 @@ WHERE (%(statuses)s::text[] IS NULL OR j.status = ANY(%(statuses)s::text[]))
   AND (%(document_id)s::uuid IS NULL OR e.document_id = %(document_id)s::uuid)
   AND (%(since)s::timestamptz IS NULL OR j.created_at >= %(since)s::timestamptz)
   AND (%(until)s::timestamptz IS NULL OR j.created_at < %(until)s::timestamptz)
-ORDER BY j.created_at DESC
+  -- Text search over the document's title; a page after another starts below its last row
+  -- (keyset on jobs_created_idx: as fast on page 1,000 as on page 1).
+  AND (%(search)s::text IS NULL OR strpos(lower(dv.title), lower(%(search)s::text)) > 0)
+  AND (%(after_created_at)s::timestamptz IS NULL
+       OR (j.created_at, j.id) < (%(after_created_at)s::timestamptz, %(after_id)s::uuid))
+ORDER BY j.created_at DESC, j.id DESC
 LIMIT %(limit)s;
 
 -- name: resolve_agent
@@ -296,13 +296,6 @@ RETURNING value, updated_at;
 
 -- name: delete_state
 DELETE FROM system_state WHERE key = %(key)s RETURNING value;
-
--- name: job_paused
--- The job waits for the pause to end: PENDING still, and `roastq jobs` says why.
-UPDATE jobs
-SET next_attempt_at = now() + make_interval(secs => %(delay_s)s), error_class = 'SNOOZED',
-    error = %(error)s, updated_at = now()
-WHERE id = %(job_id)s AND status = 'PENDING';
 
 -- name: health_schema
 SELECT to_regclass('dramatiq.queue') IS NOT NULL AS broker_queue,

@@ -317,7 +317,7 @@ class BatchLane:
             if problem and outcome == "succeeded":
                 outcome = "errored:invalid_request"
             if outcome == "succeeded":
-                message, usage = self.sim._answer(params, cfg, _forced_tool(params), False)
+                message, usage, _sloppy = self.sim._answer(params, cfg, _forced_tool(params), "")
                 result = {"type": "succeeded", "message": message}
                 self._bill(params["model"], usage)
             elif outcome.startswith("errored:"):

@@ -9,7 +9,8 @@ SDK (``anthropic.Anthropic(base_url=sim.url, api_key="sk-sim", max_retries=0)``)
   drawn at random with probability ``fault_rate`` from ``faults``, seeded;
 * an optional sliding-window ``rpm_limit`` (429s logged with kind "rpm_limit");
 * forced tools (``tool_choice`` "tool" or "any") get one ``tool_use`` block whose
-  input satisfies the tool's ``input_schema``; strings whose property name
+  input satisfies the tool's ``input_schema`` (bounds that ``anthropic.transform_schema``
+  moved into a description included: a model reads them); strings whose property name
   contains "quote" are real spans of the ``Line N: text`` lines found between
   ``<document>`` tags (about 1 in 8 slightly perturbed) and sibling
   ``start_line``/``end_line`` integers name that line. Content is deterministic
@@ -17,7 +18,16 @@ SDK (``anthropic.Anthropic(base_url=sim.url, api_key="sk-sim", max_retries=0)``)
 * usage at ~4 characters per token, with prompt caching: the prefix (tools,
   system, messages) up to each ``cache_control`` block is created once, then read
   for 5 minutes. Not modelled: minimum cacheable length, streaming (400),
-  token-based rate limits.
+  token-based rate limits;
+* ``max_tokens`` is enforced: a longer answer is cut (``stop_reason: "max_tokens"``, the
+  tool input cut short, ``max_tokens`` output tokens billed);
+* strict tools (``"strict": true``): a schema holding a keyword the strict grammar does not
+  take (numeric, length and size bounds; objects without ``additionalProperties: false``)
+  is a 400 ``invalid_request_error``; a strict tool's answers never break the shape;
+* ``sloppiness`` (``roastq/simulator/sloppy.py``): with that probability an answer carries
+  the schema violations real models make; scripted with ``"sloppy"`` or
+  ``"sloppy:KIND,KIND"``;
+* ``POST /v1/messages/count_tokens`` (free, not logged as a request: ``count_tokens`` in stats).
 
 Control endpoints: ``GET /_sim/health``, ``GET /_sim/stats``, ``GET /_sim/requests``,
 ``POST /_sim/script`` ``{"kinds": [...]}``, ``POST /_sim/config`` ``{field: value}``,
@@ -43,6 +53,7 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from roastq.simulator import sloppy
 from roastq.simulator.batches import BatchLane
 
 # kind -> (HTTP status, Anthropic error type, message). The SDK picks its exception
@@ -58,8 +69,9 @@ ERROR_FAULTS: dict[str, tuple[int, str, str]] = {
 }
 #: Every fault kind. ``hang`` sleeps ``hang_s`` then closes without answering,
 #: ``drop`` closes at once, ``malformed`` is a 200 whose body is truncated JSON,
-#: ``bad_tool_input`` is a 200 whose tool_use input lacks a required field.
-FAULT_KINDS: tuple[str, ...] = (*ERROR_FAULTS, "hang", "drop", "malformed", "bad_tool_input")
+#: ``bad_tool_input`` is a 200 whose tool_use input lacks a required field (a fault: strict or
+#: not), ``refusal`` a 200 with ``stop_reason: "refusal"`` and no tool call (billed).
+FAULT_KINDS: tuple[str, ...] = (*ERROR_FAULTS, "hang", "drop", "malformed", "bad_tool_input", "refusal")
 #: Kinds drawn from when a random fault fires: all of them, ``hang`` included
 #: (it ties a client up for ``min(hang_s, client timeout)``; drop it from
 #: ``SimConfig.faults`` for pure-throughput benchmarks).
@@ -81,6 +93,7 @@ class SimConfig:
     retry_after_s: float = 1.0  # retry-after of "rate_limit" 429s
     hang_s: float = 30.0  # how long "hang" waits before closing the connection
     rpm_limit: int | None = None  # requests per sliding 60 s window; excess -> 429 (kind "rpm_limit")
+    sloppiness: float = 0.0  # probability that an answer carries model-like schema violations (sloppy.py)
 
     def __post_init__(self) -> None:
         self.faults = tuple(self.faults)
@@ -89,6 +102,8 @@ class SimConfig:
             raise ValueError(f"unknown fault kinds {unknown}; known: {FAULT_KINDS}")
         if not 0.0 <= self.fault_rate <= 1.0:
             raise ValueError("fault_rate must be within [0, 1]")
+        if not 0.0 <= self.sloppiness <= 1.0:
+            raise ValueError("sloppiness must be within [0, 1]")
 
 
 def _rfc3339(t: float) -> str:
@@ -142,12 +157,13 @@ class _Gen:
         self.lines = [ln for ln in lines if len(ln[1].split()) >= 5] or [ln for ln in lines if ln[1].strip()]
 
     def resolve(self, s: Any) -> dict:
+        """The schema ``s`` names, with the bounds its description states (a strict tool's)."""
         while isinstance(s, dict) and isinstance(s.get("$ref"), str) and s["$ref"].startswith("#/"):
             node: Any = self.root
             for part in s["$ref"][2:].split("/"):
                 node = node.get(part, {})
             s = node
-        return s if isinstance(s, dict) else {}
+        return {**sloppy.described_bounds(s), **s} if isinstance(s, dict) else {}
 
     def type_of(self, s: dict) -> str:
         t = s.get("type")
@@ -247,13 +263,51 @@ def _break_input(schema: dict, value: dict) -> None:
         value["unexpected"] = True
 
 
-def _problem(req: Any) -> str | None:
+#: JSON-schema keywords the strict tool grammar does not take (Anthropic's structured outputs
+#: documentation: no numeric, string-length or array-size bounds; ``minItems`` only 0 or 1).
+STRICT_UNSUPPORTED = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength",
+                      "maxLength", "maxItems", "uniqueItems", "minProperties", "maxProperties", "patternProperties",
+                      "propertyNames", "dependentSchemas", "contains", "not", "if", "then", "else")
+
+
+def _strict_problem(schema: Any, where: str) -> str | None:
+    """Why the strict grammar cannot compile ``schema``, or None."""
+    if not isinstance(schema, dict):
+        return None
+    for kw in STRICT_UNSUPPORTED:
+        if kw in schema:
+            return f"{where}: for strict tools, the JSON schema keyword '{kw}' is not supported"
+    if schema.get("minItems", 0) not in (0, 1):
+        return f"{where}: for strict tools, 'minItems' must be 0 or 1"
+    is_object = schema.get("type") == "object" or "properties" in schema
+    if is_object and schema.get("additionalProperties") is not False:
+        return f"{where}: for strict tools, objects must set 'additionalProperties' to false"
+    children = [(f"{where}.properties.{k}", v) for k, v in (schema.get("properties") or {}).items()]
+    children += [(f"{where}.items", schema["items"])] if "items" in schema else []
+    for key in ("anyOf", "allOf", "oneOf"):
+        children += [(f"{where}.{key}.{i}", v) for i, v in enumerate(schema.get(key) or [])]
+    children += [(f"{where}.$defs.{k}", v) for k, v in (schema.get("$defs") or {}).items()]
+    for path, child in children:
+        problem = _strict_problem(child, path)
+        if problem:
+            return problem
+    return None
+
+
+def _problem(req: Any, *, count_only: bool = False) -> str | None:
     """A 400 message for requests the real API would reject, else None."""
     if not isinstance(req, dict):
         return "request body must be a JSON object"
     for field, typ in (("model", str), ("max_tokens", int), ("messages", list)):
+        if count_only and field == "max_tokens":
+            continue
         if not isinstance(req.get(field), typ):
             return f"{field}: Field required"
+    for i, t in enumerate(req.get("tools") or []):
+        if isinstance(t, dict) and t.get("strict"):
+            problem = _strict_problem(t.get("input_schema") or {}, f"tools.{i}.custom.input_schema")
+            if problem:
+                return problem
     if req.get("stream"):
         return "stream: streaming is not supported by the simulator"
     choice, names = req.get("tool_choice") or {}, [t.get("name") for t in req.get("tools") or []]
@@ -316,6 +370,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.sim.batches.handle(self, method, raw)  # the Batches API: batches.py
             elif method == "POST" and self.path.split("?")[0] == "/v1/messages":
                 self.server.sim._messages(self, raw)
+            elif method == "POST" and self.path.split("?")[0] == "/v1/messages/count_tokens":
+                self.server.sim._count_tokens(self, raw)
             else:
                 self.server.sim._control(self, method, raw)
         except (BrokenPipeError, ConnectionResetError):  # client gave up (e.g. its timeout fired)
@@ -386,8 +442,10 @@ class Simulator:
 
     # ------------------------------------------------------------ control API
     def script(self, *kinds: str) -> None:
-        """Queue the next responses (FIFO, ahead of rpm limit and random faults); "ok" = normal."""
-        bad = [k for k in kinds if k != "ok" and k not in FAULT_KINDS]
+        """Queue the next responses (FIFO, ahead of rpm limit and random faults); "ok" = normal,
+        "sloppy" = an answer with violations drawn at random, "sloppy:KIND,KIND" = those violations
+        (``sloppy.KINDS``)."""
+        bad = [k for k in kinds if k != "ok" and k not in FAULT_KINDS and not _sloppy_script(k)]
         if bad:
             raise ValueError(f"unknown kinds {bad}")
         with self._lock:
@@ -421,8 +479,9 @@ class Simulator:
             self._cache: dict[str, float] = {}  # prefix hash -> expiry
             self._fault_rng = random.Random(self.config.seed)
             self._totals = dict.fromkeys(("requests", "input_tokens", "output_tokens", "cache_read_input_tokens",
-                                          "cache_creation_input_tokens"), 0)
-            self._by = {k: Counter() for k in ("by_kind", "by_status", "by_model", "by_tool")}
+                                          "cache_creation_input_tokens", "count_tokens"), 0)
+            self._by = {k: Counter() for k in ("by_kind", "by_status", "by_model", "by_tool", "by_stop_reason",
+                                               "by_sloppy_kind")}
         self.batches.reset()
 
     def _control(self, h: _Handler, method: str, raw: bytes) -> None:
@@ -481,7 +540,8 @@ class Simulator:
                      "tool": tool, "kind": "invalid_request", "status": None, "retry_after_s": None,
                      **{k: h.headers.get(f"x-roastq-{k.replace('_', '-')}") for k in ("job_id", "attempt", "step")},
                      "input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 0,
-                     "cache_creation_input_tokens": 0}
+                     "cache_creation_input_tokens": 0, "stop_reason": None, "sloppy": [],
+                     **_shape(req)}
             kind, retry_after = ("invalid_request", None) if problem else self._pick_kind(now, cfg)
             used, oldest = len(self._window), (self._window[0] if self._window else now)
         entry["kind"] = kind
@@ -514,8 +574,12 @@ class Simulator:
             entry["status"] = status
             self._record(entry)
             return h.send(status, _error_body(etype, error, rid), headers)
-        message, usage = self._answer(req, cfg, tool, kind == "bad_tool_input")
-        entry.update(status=200, **usage)
+        message, usage, slop = self._answer(req, cfg, tool, kind)
+        if message["stop_reason"] == "refusal":
+            kind = entry["kind"] = "refusal"
+        elif kind.startswith("sloppy"):
+            entry["kind"] = "ok"
+        entry.update(status=200, stop_reason=message["stop_reason"], sloppy=slop, **usage)
         self._record(entry)
         headers += [("anthropic-ratelimit-input-tokens-limit", str(INPUT_TOKENS_LIMIT)),
                     ("anthropic-ratelimit-input-tokens-remaining", str(INPUT_TOKENS_LIMIT - usage["input_tokens"])),
@@ -526,26 +590,69 @@ class Simulator:
         body = json.dumps(message).encode()
         h.send(200, body[: len(body) // 2] if kind == "malformed" else body, headers)
 
-    def _answer(self, req: dict, cfg: SimConfig, tool: str | None, bad: bool) -> tuple[dict, dict]:
+    def _answer(self, req: dict, cfg: SimConfig, tool: str | None, kind: str) -> tuple[dict, dict, list[str]]:
+        """The message, its usage, and the sloppiness kinds it carries."""
         digest = hashlib.sha256(json.dumps(req, sort_keys=True).encode()).hexdigest()
         rng = random.Random(f"{cfg.seed}:{digest}")  # same request -> same content (ids stay unique)
+        srng = random.Random(f"{cfg.seed}:sloppy:{digest}")  # sloppiness draws apart: same answer underneath
         tools = {t.get("name"): t for t in req.get("tools") or []}
+        bad = kind == "bad_tool_input"
         tool = tool or (next(iter(tools)) if bad and tools else None)
-        if tool:
+        slop: list[str] = []
+        if kind.startswith("sloppy:"):
+            slop = [k for k in kind.split(":", 1)[1].split(",") if k]
+        elif tool and (kind == "sloppy" or (cfg.sloppiness and srng.random() < cfg.sloppiness)):
+            slop = sloppy.draw(srng, strict=bool(tools[tool].get("strict")))
+            if slop and _asks_for_brevity(req):  # a model asked for a shorter answer gives one
+                slop = [k for k in slop if k != "verbose"]
+        stop_reason = "tool_use" if tool else "end_turn"
+        if kind == "refusal" or "refusal" in slop:
+            slop = ["refusal"] if slop else []
+            content = [{"type": "text", "text": sloppy.REFUSAL_TEXT}]
+            stop_reason = "refusal"
+        elif tool:
             schema = tools[tool].get("input_schema") or {"type": "object"}
-            gen = _Gen(rng, schema, _doc_lines(req))
+            lines = _doc_lines(req)
+            gen = _Gen(rng, schema, lines)
             value = gen.gen(schema)
             if bad:
                 _break_input(gen.resolve(schema), value)
+            if slop:
+                extra = _Gen(srng, schema, lines)
+                slop = sloppy.Slop(srng, schema, value, resolve=gen.resolve, generate=extra.gen, lines=lines,
+                                   document_chars=sum(len(t) for _, t in lines)).apply(slop)
             content = [{"type": "tool_use", "id": f"toolu_sim{uuid.uuid4().hex[:20]}", "name": tool, "input": value}]
         else:
             content = [{"type": "text", "text": " ".join(_sentence(rng) for _ in range(rng.randint(2, 4)))}]
         usage = self._usage(req, content)
+        if usage["output_tokens"] > req["max_tokens"]:  # cut where max_tokens ran out
+            block, budget = content[-1], req["max_tokens"] * 4 - 60
+            if block["type"] == "tool_use":
+                block["input"] = sloppy.truncate(block["input"], budget)
+            else:
+                block["text"] = block["text"][: max(0, budget)]
+            usage["output_tokens"], stop_reason = req["max_tokens"], "max_tokens"
         return {"id": f"msg_sim{uuid.uuid4().hex[:20]}", "type": "message", "role": "assistant", "model": req["model"],
-                "content": content, "stop_reason": "tool_use" if tool else "end_turn", "stop_sequence": None,
-                "usage": usage}, usage
+                "content": content, "stop_reason": stop_reason, "stop_sequence": None,
+                "usage": usage}, usage, slop
 
-    def _usage(self, req: dict, content: list) -> dict:
+    def _count_tokens(self, h: _Handler, raw: bytes) -> None:
+        """``POST /v1/messages/count_tokens``: the input tokens a request would have, free of charge."""
+        try:
+            req = json.loads(raw)
+            problem = _problem(req, count_only=True)
+        except ValueError:
+            req, problem = None, "request body is not valid JSON"
+        if problem:
+            return h.send(400, _error_body("invalid_request_error", problem, "req_sim"))
+        with self._lock:
+            self._totals["count_tokens"] += 1
+        req = {**req, "tools": [{k: v for k, v in t.items() if k != "cache_control"} for t in req.get("tools") or []]}
+        usage = self._usage(req, [], cache=False)
+        h.send(200, json.dumps({"input_tokens": usage["input_tokens"]}).encode(),
+               [("request-id", "req_sim" + uuid.uuid4().hex[:20])])
+
+    def _usage(self, req: dict, content: list, cache: bool = True) -> dict:
         """~4 chars per token; cache_control breakpoints cache the prompt prefix (tools, system, messages)."""
         segments = [(t, True) for t in req.get("tools") or []]
         for part in [req.get("system")] + [m.get("content") for m in req["messages"] if isinstance(m, dict)]:
@@ -558,7 +665,7 @@ class Simulator:
             if isinstance(seg, dict) and seg.get("cache_control"):
                 breakpoints.append((hasher.hexdigest(), math.ceil(chars / 4)))
         read = created = 0
-        if breakpoints:
+        if breakpoints and cache:
             now = time.time()
             with self._lock:
                 read = max((tok for h, tok in breakpoints if self._cache.get(h, 0) > now), default=0)
@@ -580,6 +687,35 @@ class Simulator:
             self._by["by_status"][str(entry["status"]) if entry["status"] else "none"] += 1
             self._by["by_model"][str(entry["model"])] += 1
             self._by["by_tool"][entry["tool"] or "none"] += 1
+            if entry.get("stop_reason"):
+                self._by["by_stop_reason"][entry["stop_reason"]] += 1
+            for k in entry.get("sloppy") or ():
+                self._by["by_sloppy_kind"][k] += 1
+
+
+def _asks_for_brevity(req: dict) -> bool:
+    last = (req.get("messages") or [{}])[-1]
+    texts = _texts({"messages": [last]}) if isinstance(last, dict) else []
+    return any(re.search(r"\b(more briefly|shorter answer|be brief)\b", t, re.I) for t in texts)
+
+
+def _shape(req: Any) -> dict:
+    """What the request log keeps of a request's shape: its turns, its ``is_error`` tool results
+    (a corrective retry), its ``max_tokens``, whether its tool is strict."""
+    if not isinstance(req, dict):
+        return {"turns": 0, "error_results": 0, "max_tokens": None, "strict": False}
+    messages = [m for m in req.get("messages") or [] if isinstance(m, dict)]
+    errors = sum(1 for m in messages if isinstance(m.get("content"), list) for b in m["content"]
+                 if isinstance(b, dict) and b.get("type") == "tool_result" and b.get("is_error"))
+    return {"turns": len(messages), "error_results": errors, "max_tokens": req.get("max_tokens"),
+            "strict": any(isinstance(t, dict) and t.get("strict") for t in req.get("tools") or [])}
+
+
+def _sloppy_script(kind: str) -> bool:
+    if kind == "sloppy":
+        return True
+    head, _, kinds = kind.partition(":")
+    return head == "sloppy" and bool(kinds) and all(k in sloppy.KINDS for k in kinds.split(","))
 
 
 def _error_body(etype: str, error: dict | str, rid: str) -> bytes:
@@ -600,11 +736,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retry-after", type=float, default=1.0, help="retry-after seconds of rate_limit 429s")
     p.add_argument("--hang-s", type=float, default=30.0)
     p.add_argument("--rpm-limit", type=int, default=None)
+    p.add_argument("--sloppiness", type=float, default=0.0,
+                   help="probability that an answer carries model-like schema violations (0 to 1)")
     a = p.parse_args(argv)
     try:
         cfg = SimConfig(latency_ms=a.latency_ms, jitter_ms=a.jitter_ms, fault_rate=a.fault_rate, seed=a.seed,
                         faults=tuple(f.strip() for f in a.faults.split(",") if f.strip()),
-                        retry_after_s=a.retry_after, hang_s=a.hang_s, rpm_limit=a.rpm_limit)
+                        retry_after_s=a.retry_after, hang_s=a.hang_s, rpm_limit=a.rpm_limit, sloppiness=a.sloppiness)
     except ValueError as e:
         p.error(str(e))
     done = threading.Event()

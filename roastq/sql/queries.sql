@@ -16,13 +16,6 @@ VALUES (%(document_id)s, %(agent_id)s)
 ON CONFLICT (document_id, agent_id) DO UPDATE SET document_id = EXCLUDED.document_id
 RETURNING id;
 
--- name: insert_job
-INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id,
-                  original_job_id, deadline, not_before, next_attempt_at)
-VALUES (%(id)s, %(evaluation_id)s, %(document_version_id)s, %(agent_version_id)s, %(queue)s,
-        %(message_id)s, %(original_job_id)s, %(deadline)s, %(not_before)s, %(not_before)s)
-RETURNING id;
-
 -- name: job_by_id
 SELECT j.*, e.document_id, e.agent_id
 FROM jobs j JOIN evaluations e ON e.id = j.evaluation_id
@@ -39,94 +32,6 @@ JOIN document_versions dv ON dv.id = j.document_version_id
 JOIN agent_versions av ON av.id = j.agent_version_id
 WHERE j.id = %(job_id)s;
 
--- name: start_job
--- A delivery of the job's message begins an attempt, in one statement: the job becomes RUNNING
--- (RUNNING is accepted too: the attempt before died with its worker), an attempt left open by a
--- dead worker is closed as crashed, and the new attempt row is opened. `crashes` counts the
--- attempts that died with their worker, this delivery's predecessor included.
-WITH started AS (
-    UPDATE jobs j
-    SET status = 'RUNNING', attempts = attempts + 1, started_at = now(), updated_at = now(),
-        next_attempt_at = NULL, message_id = %(message_id)s, worker_id = %(worker_id)s
-    FROM agent_versions av, evaluations e
-    WHERE j.id = %(job_id)s AND j.status IN ('PENDING', 'RUNNING') AND j.cancel_requested_at IS NULL
-      AND av.id = j.agent_version_id AND e.id = j.evaluation_id
-    RETURNING j.id, j.attempts, j.evaluation_id, e.agent_id, av.time_limit_s, av.retry_on_timeout
-), crashed AS (
-    UPDATE job_attempts SET ended_at = now(), outcome = 'crashed'
-    WHERE job_id = (SELECT id FROM started) AND ended_at IS NULL
-    RETURNING 1
-), opened AS (
-    INSERT INTO job_attempts (job_id, attempt, message_id)
-    SELECT id, attempts, %(message_id)s FROM started
-)
-SELECT s.*,
-       (SELECT count(*) FROM job_attempts WHERE job_id = s.id AND outcome = 'crashed')
-       + (SELECT count(*) FROM crashed) AS crashes
-FROM started s;
-
--- name: job_lost
--- A job whose workers keep dying under it (a poison message): FAILED, never retried.
-UPDATE jobs
-SET status = 'FAILED', error_class = 'WORKER_LOST', error = %(error)s, completed_at = now(),
-    updated_at = now(), worker_id = NULL, duration_s = EXTRACT(EPOCH FROM now() - created_at)
-WHERE id = %(job_id)s;
-
--- name: finish_attempt
--- With a job's result: close its attempt as completed and mark its message done.
-WITH closed AS (
-    UPDATE job_attempts SET ended_at = now(), outcome = 'completed'
-    WHERE job_id = %(job_id)s AND attempt = %(attempt)s AND ended_at IS NULL
-)
-UPDATE dramatiq.queue SET state = 'done', mtime = (NOW() AT TIME ZONE 'UTC')
-WHERE message_id = %(message_id)s AND state = 'consumed';
-
--- name: close_crashed_attempts
-UPDATE job_attempts SET ended_at = now(), outcome = 'crashed'
-WHERE job_id = %(job_id)s AND ended_at IS NULL;
-
--- name: end_attempt
-UPDATE job_attempts
-SET ended_at = now(), outcome = %(outcome)s, error_class = %(error_class)s, error = %(error)s,
-    delay_s = %(delay_s)s, delay_reason = %(delay_reason)s
-WHERE job_id = %(job_id)s AND attempt = %(attempt)s AND ended_at IS NULL;
-
--- name: job_wait_retry
-UPDATE jobs
-SET status = 'PENDING', next_attempt_at = now() + make_interval(secs => %(delay_s)s), worker_id = NULL,
-    error_class = %(error_class)s, error = %(error)s, updated_at = now()
-WHERE id = %(job_id)s AND status = 'RUNNING';
-
--- name: job_fail
-UPDATE jobs
-SET status = 'FAILED', error_class = %(error_class)s, error = %(error)s, completed_at = now(), worker_id = NULL,
-    updated_at = now(), next_attempt_at = NULL,
-    duration_s = EXTRACT(EPOCH FROM now() - created_at)
-WHERE id = %(job_id)s AND status IN ('PENDING', 'RUNNING');
-
--- name: job_cancelled
-UPDATE jobs
-SET status = 'CANCELLED', completed_at = now(), updated_at = now(), next_attempt_at = NULL, worker_id = NULL,
-    cancel_reason = coalesce(cancel_reason, %(reason)s),
-    cancel_requested_at = coalesce(cancel_requested_at, now())
-WHERE id = %(job_id)s AND status IN ('PENDING', 'RUNNING')
-RETURNING id;
-
--- name: request_cancel
--- A PENDING job is cancelled at once; a RUNNING one is flagged and stops at its next step.
-UPDATE jobs
-SET cancel_requested_at = now(), cancel_reason = %(reason)s, updated_at = now(),
-    status = CASE WHEN status = 'PENDING' THEN 'CANCELLED' ELSE status END,
-    completed_at = CASE WHEN status = 'PENDING' THEN now() ELSE completed_at END
-WHERE id = %(job_id)s AND status IN ('PENDING', 'RUNNING')
-RETURNING id, status;
-
--- name: cancel_requested
-SELECT cancel_requested_at IS NOT NULL AS cancelled FROM jobs WHERE id = %(job_id)s;
-
--- name: lock_job
-SELECT id, status, evaluation_id, created_at FROM jobs WHERE id = %(job_id)s FOR UPDATE;
-
 -- name: next_evaluation_version
 -- Called with the job row locked; the evaluation row lock serialises versions per evaluation.
 SELECT coalesce(max(ev.version), 0) + 1 AS version
@@ -139,9 +44,9 @@ SELECT id FROM evaluations WHERE id = %(evaluation_id)s FOR UPDATE;
 
 -- name: insert_evaluation_version
 INSERT INTO evaluation_versions (evaluation_id, version, job_id, agent_version_id,
-                                 document_version_id, summary, analysis, grade, self_critique)
+                                 document_version_id, summary, analysis, grade, self_critique, repairs)
 VALUES (%(evaluation_id)s, %(version)s, %(job_id)s, %(agent_version_id)s, %(document_version_id)s,
-        %(summary)s, %(analysis)s, %(grade)s, %(self_critique)s)
+        %(summary)s, %(analysis)s, %(grade)s, %(self_critique)s, %(repairs)s)
 RETURNING id;
 
 -- name: insert_highlight
@@ -165,14 +70,6 @@ INSERT INTO tasks (job_id, evaluation_version_id, name, model, input_tokens, out
 VALUES (%(job_id)s, %(evaluation_version_id)s, %(name)s, %(model)s, %(input_tokens)s,
         %(output_tokens)s, %(cache_read_tokens)s, %(cache_write_tokens)s, %(price_usd)s,
         %(duration_s)s, %(cached)s, %(saved_usd)s);
-
--- name: complete_job
-UPDATE jobs
-SET status = 'COMPLETED', evaluation_version_id = %(evaluation_version_id)s, worker_id = NULL,
-    price_usd = %(price_usd)s, completed_at = now(), updated_at = now(),
-    error_class = NULL, error = NULL, next_attempt_at = NULL,
-    duration_s = EXTRACT(EPOCH FROM now() - created_at)
-WHERE id = %(job_id)s;
 
 -- name: list_jobs
 SELECT j.id, j.status, j.queue, j.attempts, j.error_class, j.error, j.created_at, j.started_at,
@@ -224,6 +121,17 @@ SELECT coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_token
        coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens
 FROM tasks WHERE job_id = ANY(%(job_ids)s::uuid[]);
 
+-- name: report_repairs
+-- Repairs made to the answers of these jobs' evaluations, by kind (roastq/evaluation/answers.py).
+SELECT r.repair->>'kind' AS kind, count(*) AS n, count(DISTINCT ev.id) AS evaluations
+FROM evaluation_versions ev, jsonb_array_elements(ev.repairs) AS r(repair)
+WHERE ev.job_id = ANY(%(job_ids)s::uuid[])
+GROUP BY 1 ORDER BY 2 DESC, 1;
+
+-- name: report_repaired
+SELECT count(*) AS evaluations, count(*) FILTER (WHERE repairs <> '[]'::jsonb) AS repaired
+FROM evaluation_versions WHERE job_id = ANY(%(job_ids)s::uuid[]);
+
 -- name: seed_document
 INSERT INTO documents (slug) VALUES (%(slug)s)
 ON CONFLICT (slug) DO UPDATE SET slug = EXCLUDED.slug RETURNING id;
@@ -256,10 +164,16 @@ HAVING NOT EXISTS (
       AND av.provides_grades = %(provides_grades)s AND av.time_limit_s = %(time_limit_s)s);
 
 -- name: heartbeat
-INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, queues)
-VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(threads)s, %(queues)s)
+-- new_lock: the liveness session has just taken the worker's lock (roastq_worker_lock).
+INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, queues, lock_since)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(threads)s, %(queues)s,
+        CASE WHEN %(new_lock)s THEN now() END)
 ON CONFLICT (worker_id) DO UPDATE SET last_seen_at = now(), threads = EXCLUDED.threads,
-    queues = EXCLUDED.queues;
+    queues = EXCLUDED.queues,
+    lock_since = CASE WHEN %(new_lock)s THEN now() ELSE worker_heartbeats.lock_since END;
+
+-- name: take_worker_lock
+SELECT pg_try_advisory_lock(roastq_worker_lock(%(worker_id)s)) AS taken;
 
 -- name: worker_gone
 DELETE FROM worker_heartbeats WHERE worker_id = %(worker_id)s;
@@ -283,14 +197,6 @@ INSERT INTO evaluations (document_id, agent_id)
 SELECT * FROM unnest(%(document_ids)s::uuid[], %(agent_ids)s::uuid[])
 ON CONFLICT (document_id, agent_id) DO UPDATE SET document_id = EXCLUDED.document_id
 RETURNING id, document_id, agent_id;
-
--- name: insert_jobs
-INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id, deadline,
-                  not_before, next_attempt_at)
-SELECT *, %(not_before)s::timestamptz, %(not_before)s::timestamptz
-FROM unnest(%(ids)s::uuid[], %(evaluation_ids)s::uuid[], %(document_version_ids)s::uuid[],
-            %(agent_version_ids)s::uuid[], %(queues)s::text[], %(message_ids)s::uuid[],
-            %(deadlines)s::timestamptz[]);
 
 -- name: enqueue_messages
 -- dramatiq-pg's ENQUEUE for many messages in one statement, with one NOTIFY each.
@@ -325,30 +231,31 @@ FROM (SELECT threads, last_seen_at,
              last_seen_at > now() - make_interval(secs => %(stale_after_s)s) AS fresh
       FROM worker_heartbeats) w;
 
--- name: append_job_logs
--- Log lines of finished attempts, many jobs in one statement (one jsonb array a job).
-UPDATE jobs j SET logs = j.logs || v.lines
-FROM unnest(%(job_ids)s::uuid[], %(lines)s::jsonb[]) AS v(id, lines)
-WHERE j.id = v.id;
-
 -- name: broker_fetch_by_ids
 SELECT message::text FROM dramatiq.queue WHERE message_id = ANY(%(ids)s::uuid[]);
 
 -- name: broker_consume_many
 -- dramatiq-pg's CONSUME_ONE for many messages: take each message that is waiting and whose
--- advisory lock is free (a live worker holds the lock of every message it runs). Returns the
+-- advisory lock is free (a live worker holds the lock of every message it runs). A 'consumed'
+-- one is taken again only when the worker that took it is gone: its lock may be free because
+-- Postgres ended that session (terminated, restarted) while the worker runs it on. Returns the
 -- messages locked, and whether each was taken; a lock won on a message finished in between
--- must be released by the caller.
+-- must be released by the caller. Only messages still in the consumer's queue: a retry moves a
+-- message to its delay queue under the same id, where its lock is another key.
 WITH candidates AS MATERIALIZED (
     SELECT q.message_id, t.lock
     FROM dramatiq.queue q JOIN unnest(%(ids)s::uuid[], %(locks)s::bigint[]) AS t(id, lock)
       ON q.message_id = t.id
-    WHERE q.state IN ('queued', 'consumed')
+    WHERE q.queue_name = %(queue)s
+      AND (q.state = 'queued'
+           OR (q.state = 'consumed' AND NOT roastq_worker_alive(q.consumer_id, %(stale_after_s)s)))
 ), locked AS MATERIALIZED (
     SELECT message_id, lock FROM candidates WHERE pg_try_advisory_lock(lock)
 ), taken AS (
-    UPDATE dramatiq.queue q SET state = 'consumed', mtime = (NOW() AT TIME ZONE 'UTC')
+    UPDATE dramatiq.queue q SET state = 'consumed', mtime = (NOW() AT TIME ZONE 'UTC'),
+        consumer_id = %(consumer_id)s
     FROM locked WHERE q.message_id = locked.message_id AND q.state IN ('queued', 'consumed')
+      AND q.queue_name = %(queue)s
     RETURNING q.message_id
 )
 SELECT l.message_id, l.lock, (t.message_id IS NOT NULL) AS consumed

@@ -1,0 +1,185 @@
+"""The one owner of the ``jobs`` table's state: its statuses and every change of state.
+
+Every module that moves a job (the enqueue API, the job middleware, the pipeline's save, the
+reaper and the reconciler, the pause) calls a function here; each is one named query of
+``sql/jobs.sql``, run on the caller's cursor so that it joins the caller's transaction. No other
+module writes ``jobs`` or ``job_attempts``, or spells a status.
+
+    PENDING --start--> RUNNING --complete--> COMPLETED
+       ^                  |----fail--------> FAILED      (fail_worker_lost: its workers kept dying)
+       |                  |----cancel------> CANCELLED
+       +--wait / snooze---+                   (request_cancel: PENDING ones at once)
+       +--lose (its worker died; the message runs again)
+"""
+
+from __future__ import annotations
+
+import enum
+
+from roastq.failures import Decision
+from roastq.sql import load_queries
+
+J = load_queries("jobs.sql")
+
+
+class JobStatus(str, enum.Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+LIVE = frozenset({JobStatus.PENDING, JobStatus.RUNNING})
+
+
+def is_finished(status: str | None) -> bool:
+    return status is not None and JobStatus(status).finished
+
+
+# -- creation ----------------------------------------------------------------------------------
+
+
+def insert(cur, *, job_id, evaluation_id, document_version_id, agent_version_id, queue, message_id,
+           original_job_id=None, deadline=None, not_before=None) -> None:
+    """A new PENDING job (its message is sent in the same transaction). ``deadline``: by when it
+    must be done (the batch lane routes by it); ``not_before``: it does not start earlier."""
+    cur.execute(J.insert, {
+        "id": job_id, "evaluation_id": evaluation_id, "document_version_id": document_version_id,
+        "agent_version_id": agent_version_id, "queue": queue, "message_id": message_id,
+        "original_job_id": original_job_id, "deadline": deadline, "not_before": not_before,
+    })
+
+
+def insert_many(cur, *, job_ids, evaluation_ids, document_version_ids, agent_version_ids, queues, message_ids,
+                deadlines=None, not_before=None) -> None:
+    cur.execute(J.insert_many, {
+        "ids": job_ids, "evaluation_ids": evaluation_ids, "document_version_ids": document_version_ids,
+        "agent_version_ids": agent_version_ids, "queues": queues, "message_ids": message_ids,
+        "deadlines": deadlines or [None] * len(job_ids), "not_before": not_before,
+    })
+
+
+def set_message(cur, job_id, message_id) -> None:
+    """The job's live message is a new one (the reconciler sent it again)."""
+    cur.execute(J.set_message, {"job_id": job_id, "message_id": message_id})
+
+
+# -- an attempt ----------------------------------------------------------------------------------
+
+
+def start(cur, job_id, *, message_id, worker_id, stale_after_s: float, running_here: bool) -> dict | None:
+    """PENDING -> RUNNING, with a new attempt row; a RUNNING job only when its attempt is over
+    (its worker is gone, or it is this worker and the job no longer runs here: ``running_here``
+    False), never beside a live attempt. Returns the row (attempts, evaluation_id, agent_id,
+    time_limit_s, retry_on_timeout, crashes), or None when the job cannot start (finished,
+    cancelled, unknown, or running on a live worker: see ``attempt_alive``)."""
+    cur.execute(J.start, {"job_id": job_id, "message_id": message_id, "worker_id": worker_id,
+                          "stale_after_s": stale_after_s, "not_running_here": not running_here})
+    return cur.fetchone()
+
+
+def attempt_alive(cur, job_id, *, stale_after_s: float) -> bool:
+    """The job is RUNNING on a worker that is alive (``roastq_worker_alive``)."""
+    cur.execute(J.attempt_alive, {"job_id": job_id, "stale_after_s": stale_after_s})
+    row = cur.fetchone()
+    return bool(row and row["alive"])
+
+
+def end_attempt(cur, job_id, attempt: int, outcome: str, *, decision: Decision | None = None,
+                error_class: str | None = None, error: str | None = None) -> None:
+    """Close the attempt with its outcome (``Action.outcome``, "completed" or "crashed")."""
+    waits = decision is not None and decision.waits
+    cur.execute(J.end_attempt, {
+        "job_id": job_id, "attempt": attempt, "outcome": outcome,
+        "error_class": str(decision.error_class) if decision else error_class,
+        "error": decision.error if decision else error,
+        "delay_s": decision.delay_s if waits else None,
+        "delay_reason": decision.delay_reason if waits else None,
+    })
+
+
+def close_crashed_attempts(cur, job_id) -> None:
+    """Attempts left open by a worker that died are closed as crashed."""
+    cur.execute(J.close_crashed_attempts, {"job_id": job_id})
+
+
+def wait(cur, job_id, decision: Decision) -> None:
+    """RUNNING -> PENDING until ``decision.delay_s`` from now: a retry or a snooze (whose
+    ``error_class`` SNOOZED says why the job waits)."""
+    cur.execute(J.wait, {"job_id": job_id, "delay_s": decision.delay_s,
+                         "error_class": str(decision.error_class), "error": decision.error})
+
+
+def hold(cur, job_id, *, delay_s: float, error: str) -> None:
+    """A PENDING job held (the system is paused) until ``delay_s`` from now: SNOOZED."""
+    cur.execute(J.hold, {"job_id": job_id, "delay_s": delay_s, "error": error})
+
+
+def fail(cur, job_id, error_class, error: str) -> None:
+    """PENDING or RUNNING -> FAILED, for good."""
+    cur.execute(J.fail, {"job_id": job_id, "error_class": str(error_class), "error": error})
+
+
+def fail_worker_lost(cur, job_id, error: str) -> None:
+    """RUNNING -> FAILED as WORKER_LOST: its workers died under it too often (a poison message)."""
+    cur.execute(J.fail_worker_lost, {"job_id": job_id, "error": error})
+
+
+def lose(cur, job_id, error: str) -> None:
+    """RUNNING -> PENDING: its worker died; its message runs again (WORKER_LOST says why)."""
+    cur.execute(J.lose, {"job_id": job_id, "error": error})
+
+
+def cancel(cur, job_id, reason: str) -> bool:
+    """PENDING or RUNNING -> CANCELLED. False if the job had already finished."""
+    cur.execute(J.cancel, {"job_id": job_id, "reason": reason})
+    return cur.fetchone() is not None
+
+
+def request_cancel(cur, job_id, reason: str) -> str | None:
+    """Cancel: a PENDING job at once, a RUNNING one is flagged and stops at its next step.
+    Returns the status after the request, or None if the job is unknown or finished."""
+    cur.execute(J.request_cancel, {"job_id": job_id, "reason": reason})
+    row = cur.fetchone()
+    return row["status"] if row is not None else None
+
+
+def cancel_requested(cur, job_id) -> bool:
+    cur.execute(J.cancel_requested, {"job_id": job_id})
+    row = cur.fetchone()
+    return bool(row and row["cancelled"])
+
+
+# -- the result ------------------------------------------------------------------------------------
+
+
+def lock(cur, job_id) -> dict | None:
+    """The job row, locked until the transaction ends (the result is saved under this lock)."""
+    cur.execute(J.lock, {"job_id": job_id})
+    return cur.fetchone()
+
+
+def complete(cur, job_id, *, evaluation_version_id, price_usd) -> None:
+    """-> COMPLETED, with its evaluation version and price (in the result's transaction)."""
+    cur.execute(J.complete, {"job_id": job_id, "evaluation_version_id": evaluation_version_id,
+                             "price_usd": price_usd})
+
+
+def finish_attempt(cur, job_id, attempt: int, message_id) -> None:
+    """With the result: the attempt ends as completed and the broker message is marked done."""
+    cur.execute(J.finish_attempt, {"job_id": job_id, "attempt": attempt, "message_id": message_id})
+
+
+def append_logs(cur, job_ids: list, lines: list) -> None:
+    """Log lines of finished attempts, many jobs in one statement (a jsonb array a job)."""
+    cur.execute(J.append_logs, {"job_ids": job_ids, "lines": lines})
+

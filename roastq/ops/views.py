@@ -1,0 +1,105 @@
+"""What a job produced and what the queue holds, read for people: ``roastq job`` and the console
+(roastq/console/) both read through these functions and the named queries in views.sql."""
+
+from __future__ import annotations
+
+from roastq import db
+from roastq.api import parse_id
+from roastq.db import Q
+from roastq.sql import load_queries
+
+VIEWS = load_queries("views.sql", __package__)
+OPS = load_queries("ops.sql", __package__)
+
+
+def job_detail(job_id: str, *, with_document: bool = False) -> dict | None:
+    """A job with its attempts, tasks, LLM calls, reruns and evaluation (grade, summary, analysis,
+    self-critique, highlights with their validity); ``with_document`` adds the document's text
+    (what the highlights' offsets point into). None for an unknown job."""
+    job_id = parse_id(job_id, "job id")
+    with db.transaction() as cur:
+        cur.execute(Q.job_by_id, {"job_id": job_id})
+        job = cur.fetchone()
+        if job is None:
+            return None
+        data = dict(job)
+        cur.execute(Q.job_attempts, {"job_id": job_id})
+        data["attempt_log"] = [dict(r) for r in cur.fetchall()]
+        cur.execute(Q.job_tasks, {"job_id": job_id})
+        data["tasks"] = [dict(r) for r in cur.fetchall()]
+        cur.execute(VIEWS.job_llm_calls, {"job_id": job_id})
+        data["llm_calls"] = [dict(r) for r in cur.fetchall()]
+        cur.execute(VIEWS.job_reruns, {"job_id": job_id})
+        data["reruns"] = [dict(r) for r in cur.fetchall()]
+        cur.execute(VIEWS.job_subject, {"job_id": job_id})
+        subject = dict(cur.fetchone())
+        text = subject.pop("document_prepend") + subject.pop("document_content")
+        data.update(subject)
+        if with_document:
+            data["document_text"] = text
+        cur.execute(VIEWS.job_evaluation, {"job_id": job_id})
+        evaluation = cur.fetchone()
+        data["evaluation"] = None
+        if evaluation is not None:
+            evaluation = dict(evaluation)
+            cur.execute(VIEWS.evaluation_highlights, {"evaluation_version_id": evaluation["id"]})
+            evaluation["highlights"] = [dict(r) for r in cur.fetchall()]
+            data["evaluation"] = evaluation
+    return data
+
+
+def document_segments(text: str, highlights: list[dict]) -> list[tuple[str, int | None]]:
+    """The document cut into ``(text, highlight number)`` pieces, a number (1-based, in the order
+    of ``highlights``) where a located highlight covers the piece, None elsewhere. Highlights that
+    overlap one already placed are not marked a second time."""
+    spans = sorted(
+        (h["start_offset"], h["end_offset"], n)
+        for n, h in enumerate(highlights, 1)
+        if h.get("is_valid") and h.get("start_offset") is not None and h.get("end_offset") is not None
+        and 0 <= h["start_offset"] < h["end_offset"] <= len(text)
+    )
+    pieces, at = [], 0
+    for start, end, n in spans:
+        if start < at:
+            continue
+        if start > at:
+            pieces.append((text[at:start], None))
+        pieces.append((text[start:end], n))
+        at = end
+    if at < len(text):
+        pieces.append((text[at:], None))
+    return pieces
+
+
+def dead_letter_groups() -> list[dict]:
+    with db.transaction() as cur:
+        cur.execute(VIEWS.dead_letter_groups)
+        return [dict(r) for r in cur.fetchall()]
+
+
+def dead_letters(*, error_class: str | None = None, agent_id: str | None = None, limit: int = 200) -> list[dict]:
+    with db.transaction() as cur:
+        cur.execute(VIEWS.dead_letters, {"error_class": error_class, "agent_id": agent_id, "limit": limit})
+        return [dict(r) for r in cur.fetchall()]
+
+
+def throughput_last_hour() -> list[dict]:
+    with db.transaction() as cur:
+        cur.execute(VIEWS.throughput_last_hour)
+        return [dict(r) for r in cur.fetchall()]
+
+
+def costs(days: int = 7) -> dict:
+    """Spend by day, agent and model (the scheduler's roll-up), live spend by day and model with
+    the response cache's savings, and today's spend against the budget."""
+    from roastq.llm import budget
+    from roastq.settings import get_settings
+
+    with db.transaction() as cur:
+        cur.execute(OPS.cost_report, {"days": days})
+        by_agent = [dict(r) for r in cur.fetchall()]
+        cur.execute(VIEWS.spend_by_day, {"days": days})
+        by_model = [dict(r) for r in cur.fetchall()]
+    today = budget.status(get_settings())
+    return {"by_agent": by_agent, "by_model": by_model,
+            "today": {"day": today.day, "spent_usd": today.spent_usd, "cap_usd": today.cap_usd}}

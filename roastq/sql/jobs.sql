@@ -1,0 +1,146 @@
+-- The jobs table's state changes: every write to `jobs` and `job_attempts` is one of these,
+-- run through roastq/jobs.py (the one owner of job status). psycopg2 parameters: %(name)s.
+
+-- name: insert
+INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id,
+                  original_job_id, deadline, not_before, next_attempt_at)
+VALUES (%(id)s, %(evaluation_id)s, %(document_version_id)s, %(agent_version_id)s, %(queue)s,
+        %(message_id)s, %(original_job_id)s, %(deadline)s, %(not_before)s, %(not_before)s)
+RETURNING id;
+
+-- name: insert_many
+INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id, deadline,
+                  not_before, next_attempt_at)
+SELECT *, %(not_before)s::timestamptz, %(not_before)s::timestamptz
+FROM unnest(%(ids)s::uuid[], %(evaluation_ids)s::uuid[], %(document_version_ids)s::uuid[],
+            %(agent_version_ids)s::uuid[], %(queues)s::text[], %(message_ids)s::uuid[],
+            %(deadlines)s::timestamptz[]);
+
+-- name: start
+-- A delivery of the job's message begins an attempt, in one statement: the job becomes RUNNING
+-- (RUNNING is accepted only when the attempt before is over: its worker is gone, see
+-- roastq_worker_alive, or it is this worker, where it no longer runs; never beside a live
+-- attempt), an attempt left open by a dead worker is
+-- closed as crashed, and the new attempt row is opened. `crashes` counts the attempts that died
+-- with their worker, this delivery's predecessor included.
+WITH started AS (
+    UPDATE jobs j
+    SET status = 'RUNNING', attempts = attempts + 1, started_at = now(), updated_at = now(),
+        next_attempt_at = NULL, message_id = %(message_id)s, worker_id = %(worker_id)s
+    FROM agent_versions av, evaluations e
+    WHERE j.id = %(job_id)s AND j.cancel_requested_at IS NULL
+      AND (j.status = 'PENDING'
+           OR (j.status = 'RUNNING' AND j.worker_id = %(worker_id)s AND %(not_running_here)s)
+           OR (j.status = 'RUNNING' AND NOT roastq_worker_alive(j.worker_id, %(stale_after_s)s)))
+      AND av.id = j.agent_version_id AND e.id = j.evaluation_id
+    RETURNING j.id, j.attempts, j.evaluation_id, e.agent_id, av.time_limit_s, av.retry_on_timeout
+), crashed AS (
+    UPDATE job_attempts SET ended_at = now(), outcome = 'crashed'
+    WHERE job_id = (SELECT id FROM started) AND ended_at IS NULL
+    RETURNING 1
+), opened AS (
+    INSERT INTO job_attempts (job_id, attempt, message_id)
+    SELECT id, attempts, %(message_id)s FROM started
+)
+SELECT s.*,
+       (SELECT count(*) FROM job_attempts WHERE job_id = s.id AND outcome = 'crashed')
+       + (SELECT count(*) FROM crashed) AS crashes
+FROM started s;
+
+-- name: attempt_alive
+-- A RUNNING job whose attempt runs on a live worker (roastq_worker_alive).
+SELECT j.status = 'RUNNING' AND roastq_worker_alive(j.worker_id, %(stale_after_s)s) AS alive
+FROM jobs j WHERE j.id = %(job_id)s;
+
+-- name: finish_attempt
+-- With a job's result: close its attempt as completed and mark its message done.
+WITH closed AS (
+    UPDATE job_attempts SET ended_at = now(), outcome = 'completed'
+    WHERE job_id = %(job_id)s AND attempt = %(attempt)s AND ended_at IS NULL
+)
+UPDATE dramatiq.queue SET state = 'done', mtime = (NOW() AT TIME ZONE 'UTC')
+WHERE message_id = %(message_id)s AND state = 'consumed';
+
+-- name: close_crashed_attempts
+UPDATE job_attempts SET ended_at = now(), outcome = 'crashed'
+WHERE job_id = %(job_id)s AND ended_at IS NULL;
+
+-- name: end_attempt
+UPDATE job_attempts
+SET ended_at = now(), outcome = %(outcome)s, error_class = %(error_class)s, error = %(error)s,
+    delay_s = %(delay_s)s, delay_reason = %(delay_reason)s
+WHERE job_id = %(job_id)s AND attempt = %(attempt)s AND ended_at IS NULL;
+
+-- name: wait
+UPDATE jobs
+SET status = 'PENDING', next_attempt_at = now() + make_interval(secs => %(delay_s)s), worker_id = NULL,
+    error_class = %(error_class)s, error = %(error)s, updated_at = now()
+WHERE id = %(job_id)s AND status = 'RUNNING';
+
+-- name: fail
+UPDATE jobs
+SET status = 'FAILED', error_class = %(error_class)s, error = %(error)s, completed_at = now(), worker_id = NULL,
+    updated_at = now(), next_attempt_at = NULL,
+    duration_s = EXTRACT(EPOCH FROM now() - created_at)
+WHERE id = %(job_id)s AND status IN ('PENDING', 'RUNNING');
+
+-- name: cancel
+UPDATE jobs
+SET status = 'CANCELLED', completed_at = now(), updated_at = now(), next_attempt_at = NULL, worker_id = NULL,
+    cancel_reason = coalesce(cancel_reason, %(reason)s),
+    cancel_requested_at = coalesce(cancel_requested_at, now())
+WHERE id = %(job_id)s AND status IN ('PENDING', 'RUNNING')
+RETURNING id;
+
+-- name: request_cancel
+-- A PENDING job is cancelled at once; a RUNNING one is flagged and stops at its next step.
+UPDATE jobs
+SET cancel_requested_at = now(), cancel_reason = %(reason)s, updated_at = now(),
+    status = CASE WHEN status = 'PENDING' THEN 'CANCELLED' ELSE status END,
+    completed_at = CASE WHEN status = 'PENDING' THEN now() ELSE completed_at END
+WHERE id = %(job_id)s AND status IN ('PENDING', 'RUNNING')
+RETURNING id, status;
+
+-- name: cancel_requested
+SELECT cancel_requested_at IS NOT NULL AS cancelled FROM jobs WHERE id = %(job_id)s;
+
+-- name: lock
+SELECT id, status, evaluation_id, created_at, cancel_requested_at, worker_id FROM jobs WHERE id = %(job_id)s FOR UPDATE;
+
+-- name: complete
+UPDATE jobs
+SET status = 'COMPLETED', evaluation_version_id = %(evaluation_version_id)s, worker_id = NULL,
+    price_usd = %(price_usd)s, completed_at = now(), updated_at = now(),
+    error_class = NULL, error = NULL, next_attempt_at = NULL,
+    duration_s = EXTRACT(EPOCH FROM now() - created_at)
+WHERE id = %(job_id)s;
+
+-- name: append_logs
+-- Log lines of finished attempts, many jobs in one statement (one jsonb array a job).
+UPDATE jobs j SET logs = j.logs || v.lines
+FROM unnest(%(job_ids)s::uuid[], %(lines)s::jsonb[]) AS v(id, lines)
+WHERE j.id = v.id;
+
+-- name: lose
+-- The job's worker died: it waits for its message again (or a new one).
+UPDATE jobs
+SET status = 'PENDING', worker_id = NULL, error_class = 'WORKER_LOST', error = %(error)s,
+    next_attempt_at = NULL, updated_at = now()
+WHERE id = %(job_id)s AND status = 'RUNNING';
+
+-- name: fail_worker_lost
+UPDATE jobs
+SET status = 'FAILED', error_class = 'WORKER_LOST', error = %(error)s, completed_at = now(),
+    worker_id = NULL, next_attempt_at = NULL, updated_at = now(),
+    duration_s = EXTRACT(EPOCH FROM now() - created_at)
+WHERE id = %(job_id)s AND status = 'RUNNING';
+
+-- name: set_message
+UPDATE jobs SET message_id = %(message_id)s, updated_at = now() WHERE id = %(job_id)s;
+
+-- name: hold
+-- The job waits for the pause to end: PENDING still, and `roastq jobs` says why.
+UPDATE jobs
+SET next_attempt_at = now() + make_interval(secs => %(delay_s)s), error_class = 'SNOOZED',
+    error = %(error)s, updated_at = now()
+WHERE id = %(job_id)s AND status = 'PENDING';

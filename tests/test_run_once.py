@@ -1,0 +1,290 @@
+"""A message runs once while its first run is alive (issue 13): regression tests.
+
+* Release after commit: a delivery's advisory lock is freed only once the transaction that
+  changed the message's state (ack, nack, requeue) has committed. Stock dramatiq-pg queues the
+  release before it runs the update, so a consumer that looks in between finds the message
+  'consumed' with a free lock (an orphan, by every rescan's rule) and runs it a second time. The
+  tests force that moment: the finishing transaction is held just before its update.
+* No second live attempt: a delivery of a job whose attempt is alive on another worker backs off
+  (snoozes) and leaves it alone; once that worker is gone it takes over.
+
+The broker tests run against our consumer and stock dramatiq-pg's (``xfail(strict=True)``), as
+tests/test_broker.py does.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+from dramatiq_pg.broker import message_lock
+
+from helpers import one, rows, running_worker, wait_for_status, wait_until
+from promtext import local, value
+from roastq import db as roastq_db
+from test_broker import drain, make_consumer, put_message
+
+STOCK = pytest.mark.xfail(strict=True, reason="stock dramatiq-pg 0.12 has this defect")
+
+pytestmark = pytest.mark.postgres_broker
+
+#: The statement that ends a delivery: ack ('done'), nack ('rejected'), requeue ('queued').
+FINISHING = re.compile(r"UPDATE\s+\S*queue\S*\s+SET\s+\"?state\"?\s*=\s*'(done|rejected|queued)'", re.I)
+
+
+class HeldCursor(psycopg2.extensions.cursor):
+    """A real cursor that, while ``hold`` is set, stops before a delivery's finishing statement
+    until ``go`` is set: the moment between "the consumer lets go" and "the state commits"."""
+
+    hold = threading.Event()
+    entered = threading.Event()
+    go = threading.Event()
+
+    def execute(self, sql, params=None):
+        if self.hold.is_set() and FINISHING.search(sql if isinstance(sql, str) else sql.decode()):
+            type(self).entered.set()
+            assert type(self).go.wait(10), "the test never let the finishing statement go"
+        return super().execute(sql, params)
+
+
+@pytest.fixture
+def held_pool(database_url):
+    HeldCursor.hold.clear(), HeldCursor.entered.clear(), HeldCursor.go.clear()
+    pool = roastq_db.BlockingPool(6, database_url, cursor_factory=HeldCursor)
+    yield pool
+    HeldCursor.go.set()
+    pool.closeall()
+
+
+def consumer_on(kind, pool, **kw):
+    consumer = make_consumer(kind, **kw)
+    consumer.pool = pool
+    return consumer
+
+
+def take_one(consumer, seconds=3.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        message = next(consumer)
+        if message is not None:
+            return message
+    raise AssertionError("the consumer took nothing")
+
+
+def lock_is_free(database_url, lock) -> bool:
+    probe = psycopg2.connect(database_url)
+    try:
+        with probe.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (lock,))
+            return cur.fetchone()[0]  # the probe's session ends here, and its lock with it
+    finally:
+        probe.close()
+
+
+@pytest.mark.parametrize("ending", ["ack", "nack"])
+@pytest.mark.parametrize("kind", ["ours", pytest.param("stock", marks=STOCK)])
+def test_lock_is_released_only_after_the_state_change_commits(db, database_url, held_pool, kind, ending):
+    """Consumer A ends its delivery of M while consumer B rescans: B must never take M."""
+    a = consumer_on(kind, held_pool, prefetch=4, recovery_interval_s=60)
+    b = make_consumer("ours", recovery_interval_s=0.1)
+    try:
+        m = put_message(db)
+        taken = take_one(a)
+        assert taken.message_id == m.message_id
+        HeldCursor.hold.set()
+        ender = threading.Thread(target=getattr(a, ending), args=(taken,))
+        ender.start()
+        assert HeldCursor.entered.wait(5), f"{ending} never reached its update"
+        drain(a, 0.3)  # A's consumer loop runs meanwhile: it frees the locks it has queued
+        free_in_between = lock_is_free(database_url, message_lock(m))
+        second = drain(b, 0.6)  # B rescans: M is 'consumed', is its lock free?
+        HeldCursor.go.set()
+        ender.join(10)
+        state = one(db, "SELECT state::text FROM dramatiq.queue WHERE message_id = %s", m.message_id)
+        assert state == ("done" if ending == "ack" else "rejected")
+        assert not free_in_between, "the lock was free while the message was still 'consumed'"
+        assert [x.message_id for x in second] == [], "a second consumer took the message: it ran twice"
+        drain(a, 0.3)
+        assert lock_is_free(database_url, message_lock(m))  # and it is released after the commit
+    finally:
+        HeldCursor.go.set()
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("kind", ["ours", pytest.param("stock", marks=STOCK)])
+def test_requeued_message_is_free_for_others_only_after_the_requeue_commits(db, database_url, held_pool, kind):
+    """A requeue (worker shutdown) hands the message back: locked until the requeue commits,
+    then free at once for another worker (stock keeps the lock until the session ends)."""
+    a = consumer_on(kind, held_pool, prefetch=4, recovery_interval_s=60)
+    b = make_consumer("ours", recovery_interval_s=0.1)
+    try:
+        m = put_message(db)
+        taken = take_one(a)
+        HeldCursor.hold.set()
+        requeuer = threading.Thread(target=a.requeue, args=([taken],))
+        requeuer.start()
+        assert HeldCursor.entered.wait(5), "requeue never reached its update"
+        drain(a, 0.2)
+        assert not lock_is_free(database_url, message_lock(m))
+        HeldCursor.go.set()
+        requeuer.join(10)  # (A stops here, as a worker that shuts down does)
+        assert [x.message_id for x in drain(b, 1.5)] == [m.message_id]  # B takes it at once
+    finally:
+        HeldCursor.go.set()
+        a.close()
+        b.close()
+
+
+def test_a_message_moved_to_another_queue_is_not_taken_from_the_old_one(db):
+    """A retry moves a message to its delay queue (same message id, another lock key): a consumer
+    of the first queue still holding a notification of its first enqueue must not take it."""
+    from psycopg2.extensions import Notify
+
+    consumer = make_consumer("ours", recovery_interval_s=60)
+    try:
+        drain(consumer, 0.2)  # listening, nothing pending
+        m = put_message(db, queue="interactive.DQ")  # where the retry put it, waiting for its eta
+        old = m.copy(queue_name="interactive")
+        consumer.notifies.append(Notify(0, consumer.channel, old.encode().decode()))
+        assert drain(consumer, 0.3) == []
+        assert one(db, "SELECT state::text FROM dramatiq.queue WHERE message_id = %s", m.message_id) == "queued"
+    finally:
+        consumer.close()
+
+
+# -- no second live attempt of a job ---------------------------------------------------------------
+
+
+def a_job(seeded, db):
+    from roastq.api import enqueue_evaluation
+
+    agent = one(db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NULL "
+                    "ORDER BY name LIMIT 1")
+    return enqueue_evaluation(next(iter(seeded.documents.values())), agent)
+
+
+class LiveWorker:
+    """Another worker process, alive and running a job: its heartbeat row is fresh and its
+    session holds its liveness lock (middleware/heartbeat.py)."""
+
+    def __init__(self, db, database_url, worker_id="elsewhere:4242"):
+        self.db, self.worker_id = db, worker_id
+        self.session = psycopg2.connect(database_url)
+        self.session.autocommit = True
+        with self.session.cursor() as cur:
+            cur.execute("INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads) "
+                        "VALUES (%s, 'elsewhere', 4242, 8)", (worker_id,))
+            cur.execute("SELECT pg_advisory_lock(hashtextextended('roastq.worker:' || %s, 0))", (worker_id,))
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._beating, daemon=True)
+        self._beat.start()
+
+    def _beating(self):
+        while not self._stop.wait(0.2):
+            with self.session.cursor() as cur:
+                cur.execute("UPDATE worker_heartbeats SET last_seen_at = now() WHERE worker_id = %s",
+                            (self.worker_id,))
+
+    def runs(self, job_id):
+        """The state a worker leaves a job in while its first attempt runs."""
+        with self.db.cursor() as cur:
+            cur.execute("UPDATE jobs SET status = 'RUNNING', attempts = 1, started_at = now(), worker_id = %s "
+                        "WHERE id = %s", (self.worker_id, job_id))
+            cur.execute("INSERT INTO job_attempts (job_id, attempt, message_id) "
+                        "SELECT id, 1, message_id FROM jobs WHERE id = %s", (job_id,))
+
+    def dies(self):
+        """kill -9: its session ends (and its locks with it); its heartbeat row is left behind."""
+        self._stop.set()
+        self._beat.join()
+        if not self.session.closed:
+            self.session.close()
+
+
+@pytest.fixture
+def quick_heartbeat(monkeypatch):
+    from roastq import settings
+
+    monkeypatch.setenv("HEARTBEAT_INTERVAL_S", "0.3")  # a back-off is 3 beats: about a second
+    settings.reload_settings()
+    yield
+    monkeypatch.delenv("HEARTBEAT_INTERVAL_S")
+    settings.reload_settings()
+
+
+def test_a_delivery_never_starts_a_second_attempt_beside_a_live_one(db, database_url, seeded, sim, broker,
+                                                                     quick_heartbeat):
+    """Before: the job start accepted RUNNING, so this delivery closed the live attempt as
+    'crashed' and ran the job a second time beside it (the LLM paid twice)."""
+    job_id = a_job(seeded, db)
+    other = LiveWorker(db, database_url)
+    before = local()
+    try:
+        other.runs(job_id)
+        with running_worker(broker, threads=2):
+            # The message is delivered here (it is 'queued'), and must back off, again and again.
+            wait_until(lambda: value(local(), "roastq_job_deliveries_backed_off_total",
+                                     queue="interactive", actor="evaluate_document")
+                       - value(before, "roastq_job_deliveries_backed_off_total",
+                               queue="interactive", actor="evaluate_document") >= 2
+                       or one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) > 1,
+                       timeout=15, what="the delivery to back off twice (or start a second attempt)")
+            assert one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 1
+            assert rows(db, "SELECT attempt, outcome FROM job_attempts WHERE job_id = %s", job_id) == [(1, None)]
+            assert [r for r in sim.requests() if r["job_id"] == job_id] == []  # the LLM was not called
+            assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING"
+            # The first attempt's worker dies: the next delivery takes over and finishes the job.
+            other.dies()
+            assert wait_for_status(db, [job_id], timeout=20)[job_id] == "COMPLETED"
+        assert rows(db, "SELECT attempt, outcome FROM job_attempts WHERE job_id = %s ORDER BY attempt",
+                    job_id) == [(1, "crashed"), (2, "completed")]
+        assert one(db, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
+    finally:
+        other.dies()
+
+
+def test_a_cancel_request_leaves_a_live_attempt_to_stop_itself(db, database_url, seeded, sim, broker,
+                                                                quick_heartbeat):
+    """A delivery of a job whose live attempt was asked to cancel must not mark it CANCELLED
+    (and its attempt crashed) under it: the attempt stops at its next step and says so."""
+    job_id = a_job(seeded, db)
+    other = LiveWorker(db, database_url)
+    try:
+        other.runs(job_id)
+        with db.cursor() as cur:
+            cur.execute("UPDATE jobs SET cancel_requested_at = now(), cancel_reason = 'by a test' WHERE id = %s",
+                        (job_id,))
+        with running_worker(broker, threads=2):
+            wait_until(lambda: one(db, "SELECT queue_name FROM dramatiq.queue WHERE message_id = "
+                                       "(SELECT message_id FROM jobs WHERE id = %s)", job_id) == "interactive.DQ"
+                       or one(db, "SELECT status FROM jobs WHERE id = %s", job_id) != "RUNNING",
+                       timeout=15, what="the delivery")
+            assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING"
+            assert rows(db, "SELECT attempt, outcome FROM job_attempts WHERE job_id = %s", job_id) == [(1, None)]
+            other.dies()
+            assert wait_for_status(db, [job_id], timeout=20)[job_id] == "CANCELLED"
+    finally:
+        other.dies()
+
+
+def test_a_worker_is_alive_while_its_liveness_session_lives(db, database_url):
+    """roastq_worker_alive: the liveness lock decides for a worker that declares one (a kill -9
+    frees it at once; late beats do not make a live worker dead); the heartbeat for one that
+    does not (an older release), or whose lock predates the server's start."""
+    alive = lambda w: one(db, "SELECT roastq_worker_alive(%s, 3)", w)  # noqa: E731
+    session = psycopg2.connect(database_url)
+    with session.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(roastq_worker_lock('w:1'))")
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, lock_since, last_seen_at) "
+                    "VALUES ('w:1', 'w', 1, 1, now(), now() - interval '1 minute'), "
+                    "('old:2', 'old', 2, 1, NULL, now()), ('old:3', 'old', 3, 1, NULL, now() - interval '1 minute')")
+    assert alive("w:1")  # its beats are late, but its session holds the lock
+    session.close()
+    wait_until(lambda: not alive("w:1"), timeout=5, what="the lock to be freed")
+    assert (alive("old:2"), alive("old:3"), alive("nobody:4"), alive(None)) == (True, False, False, False)
