@@ -13,7 +13,6 @@ import threading
 from dramatiq.middleware import Middleware
 
 
-
 class BatchLane(Middleware):
     """Start the lane's driver thread at worker boot, stop it at shutdown.
 

@@ -4,13 +4,12 @@ Message Batches API, in-process workers (their driver thread drives the lane).""
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-
 from helpers import one, rows, running_worker, wait_for_status, wait_until
+
 from roastq.api import enqueue_evaluation, enqueue_evaluations
 
 pytestmark = pytest.mark.postgres_broker  # the lane parks messages in the Postgres broker

@@ -12,11 +12,10 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-
-from helpers import one, rows, running_worker, wait_for_status, wait_until
-from roastq.api import enqueue_evaluations
-
+from helpers import one, rows, running_worker, wait_until
 from test_batch_lane import _pair, lane  # noqa: F401  (the fixture)
+
+from roastq.api import enqueue_evaluations
 
 pytestmark = pytest.mark.postgres_broker
 

@@ -89,7 +89,7 @@ def report(job_ids: list[str]) -> dict:
 def print_report(summary: dict) -> None:
     p50, p95 = summary["p50_s"], summary["p95_s"]
     print("\nroastq demo report")
-    print(f"  jobs by status: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["by_status"].items())))
+    print("  jobs by status: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["by_status"].items())))
     print(f"  attempts:       {summary['attempts']} for {summary['jobs']} jobs")
     print(f"  tokens:         {summary['input_tokens']} input, {summary['output_tokens']} output, "
           f"{summary['cache_read_tokens']} cache read, {summary['cache_write_tokens']} cache write")
@@ -110,8 +110,8 @@ def print_report(summary: dict) -> None:
 
 def run_demo(*, jobs: int = 40, lane_jobs: int = 6, processes: int = 2, threads: int = 8) -> int:
     from roastq.api import enqueue_evaluation
-    from roastq.evaluation.seed import seed
     from roastq.cli.stack import stack
+    from roastq.evaluation.seed import seed
 
     settings = get_settings()
     db.migrate()

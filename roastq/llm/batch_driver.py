@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg2.extras
@@ -294,7 +294,7 @@ def _record_result(settings, batch_id: str, line) -> int:
                 "price_usd": price, "saved_usd": saved, **_tokens(usage)})
             _ledger(cur, req, usage, price)
             if state == "succeeded":
-                waited = (datetime.now(timezone.utc) - req["created_at"]).total_seconds()
+                waited = (datetime.now(UTC) - req["created_at"]).total_seconds()
                 cur.execute(LLM.memo_store, {"job_id": req["job_id"], "step": req["step"],
                                              "output": psycopg2.extras.Json(output), "model": req["model"],
                                              "duration_s": waited, "attempt": None, "request_id": message.id})

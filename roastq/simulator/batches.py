@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
+from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
@@ -73,9 +74,9 @@ class BatchConfig:
 def _iso(t: float | None) -> str | None:
     if t is None:
         return None
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclasses.dataclass
