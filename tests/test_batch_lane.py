@@ -55,7 +55,13 @@ def set_lane_env(monkeypatch, **env):
 
 
 @pytest.fixture
-def lane_worker(lane, broker, sim):
+def lane_worker(lane, broker, sim, monkeypatch):
+    from middleware.batchlane import BatchLane
+
+    for m in broker.middleware:  # the stack read the lane's settings when it was built
+        if isinstance(m, BatchLane):
+            monkeypatch.setattr(m, "enabled", True)
+            monkeypatch.setattr(m, "tick_s", 0.1)
     with running_worker(broker, threads=4) as w:
         yield w
 

@@ -29,7 +29,12 @@ def parked(lane, broker, sim, monkeypatch, db, seeded):  # noqa: F811
     from roastq.llm import client
     from roastq.settings import reload_settings
 
+    from middleware.batchlane import BatchLane
+
     monkeypatch.setenv("LLM_BATCH_TICK_S", "0")
+    for m in broker.middleware:  # the stack read LLM_BATCH_TICK_S when it was built
+        if isinstance(m, BatchLane):
+            monkeypatch.setattr(m, "tick_s", 0.0)
     reload_settings()
     with client._default_lock:
         client._default = None

@@ -41,6 +41,9 @@ from roastq.jobctx import worker_id, worker_stale_after_s
 from roastq.queues import JOB_QUEUES
 from roastq.settings import get_settings
 
+#: Suffix of the queue where a job's message is parked while the batch lane has one of its steps.
+PARK_SUFFIX = ".lane"
+
 logger = logging.getLogger("roastq.brokers.postgres")
 
 
@@ -261,12 +264,11 @@ class RoastqBroker(PostgresBroker):
     def park(self, message: Message) -> None:
         """Park a job's message while one of its steps waits in the batch lane: it stays queued in
         ``<queue>.lane``, which no consumer serves, until the lane wakes it (``roastq.llm.batch``)."""
-        from roastq.llm import batch
-
         message = message.copy(queue_name=q_name(message.queue_name))
         message.options.pop("eta", None)
         with db.transaction() as cur:
-            batch.park(cur, message.message_id, message.queue_name, Json(tidy4json(message)))
+            cur.execute(db.Q.park_message, {"queue_name": message.queue_name + PARK_SUFFIX,
+                                            "message_id": message.message_id, "message": Json(tidy4json(message))})
 
     def enqueue_many_on(self, cur, messages: list[Message]) -> None:
         """Enqueue many messages on the caller's cursor in one statement (one NOTIFY each)."""

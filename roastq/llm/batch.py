@@ -8,7 +8,8 @@ batch-priority jobs get ``LLM_BATCH_DEFAULT_DEADLINE``); interactive jobs never 
 answer never waits for a batch) and before the shared rate limiter (batch requests have their
 own limits and do not take the real-time RPM). For a step of a batch-queue job whose deadline is
 more than ``LLM_BATCH_MIN_SLACK`` away it writes the request to ``llm_batch_requests`` and raises
-``LaneWait``: the job's message is parked (``<queue>.lane``, served by no consumer), using no
+``LaneWait``: the job's message is parked (``<queue>.lane``, served by no consumer: the
+broker's ``park``), using no
 attempt and no thread. The driver (``roastq.llm.batch_driver``) submits, polls and collects, then
 wakes the job, whose next delivery finds the step in its memo, or here:
 
@@ -23,6 +24,7 @@ wakes the job, whose next delivery finds the step in its memo, or here:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from decimal import Decimal
 
 import anthropic
@@ -42,8 +44,6 @@ Q = load_queries("batch.sql", __package__)
 
 #: Queues whose jobs may use the lane (interactive work never waits for a batch).
 LANE_QUEUES = ("batch",)
-#: Suffix of the broker queue where a waiting job's message is parked.
-PARK_SUFFIX = ".lane"
 PENDING = ("waiting", "submitting", "submitted")
 #: An error response's type -> the HTTP status the same error has real-time (the SDK picks its
 #: exception class from the status and the error's details).
@@ -52,6 +52,18 @@ ERROR_STATUS = {
     "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
     "timeout_error": 504, "overloaded_error": 529,
 }
+
+
+@dataclass(frozen=True)
+class LaneAnswer:
+    """A step's answer from a Message Batch (the client makes it its ToolCall)."""
+
+    model: str
+    input: dict
+    usage: Usage
+    price_usd: Decimal
+    duration_s: float
+    request_id: str | None
 
 
 def enabled(settings: Settings) -> bool:
@@ -87,7 +99,7 @@ def result_error(error: dict, base_url: str = "https://api.anthropic.com") -> an
 
 def lane_call(settings: Settings, *, step: str, model: str, max_tokens: int, system: list, messages: list,
               tools: list, tool_choice: dict, tool: dict, cache_key: str | None, cache_seed: str):
-    """None: run the step real-time. Otherwise the step's answer from the lane (a ToolCall), or it
+    """None: run the step real-time. Otherwise the step's answer from the lane (a LaneAnswer), or it
     raises: ``LaneWait`` (the job waits for the lane), or the lane's error for the step."""
     job = current_job.get()
     if job is None or not enabled(settings):
@@ -132,24 +144,16 @@ def lane_call(settings: Settings, *, step: str, model: str, max_tokens: int, sys
         raise BadLLMOutput(f"{step}: {(row['error'] or {}).get('message', 'invalid tool input')} "
                            f"(batch {row['batch_id']})", step=step, request_id=row["response_id"])
     if state == "succeeded":  # collected after this attempt loaded its memo
-        from roastq.llm.client import ToolCall
-
         usage = Usage(row["input_tokens"], row["output_tokens"], row["cache_read_tokens"], row["cache_write_tokens"])
-        return ToolCall(step=step, model=row["model"], input=row["output"], usage=usage,
-                        price_usd=row["price_usd"] or Decimal(0), duration_s=row["waited_s"] or 0.0,
-                        request_id=row["response_id"])
+        return LaneAnswer(model=row["model"], input=row["output"], usage=usage,
+                          price_usd=row["price_usd"] or Decimal(0), duration_s=row["waited_s"] or 0.0,
+                          request_id=row["response_id"])
     return None  # cancelled: the job is finishing anyway
 
 
 def _park_for(settings: Settings, slack: float) -> float:
     """How long the job may wait at most: until only LLM_BATCH_FALLBACK_S is left."""
     return max(1.0, slack - settings.llm_batch_fallback_s)
-
-
-def park(cur, message_id: str, queue_name: str, message_json) -> None:
-    """Park a job's message (the broker calls this for a ``LaneWait``)."""
-    cur.execute(Q.park_message, {"queue_name": queue_name + PARK_SUFFIX, "message_id": message_id,
-                                 "message": message_json})
 
 
 def status() -> dict:

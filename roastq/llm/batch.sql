@@ -186,13 +186,6 @@ SELECT count(pg_notify('dramatiq.' || queue_name || '.enqueue',
                 THEN jsonb_build_object('message_id', message_id)::text ELSE message::text END)) AS woken
 FROM woken;
 
--- name: park_message
--- A job's message waits, parked, for the lane (no consumer serves '<queue>.lane').
-INSERT INTO dramatiq.queue (queue_name, message_id, "state", message)
-VALUES (%(queue_name)s, %(message_id)s, 'queued', %(message)s)
-ON CONFLICT (message_id) DO UPDATE SET "state" = 'queued', message = EXCLUDED.message,
-                                       queue_name = EXCLUDED.queue_name, mtime = (now() AT TIME ZONE 'UTC');
-
 -- name: lane_status
 SELECT
     (SELECT count(*) FROM llm_batch_requests WHERE state = 'waiting') AS waiting,

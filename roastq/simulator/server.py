@@ -402,7 +402,8 @@ class Simulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
-        self.batches = BatchLane(self)  # /v1/messages/batches
+        self.batches = BatchLane(self, error_faults=ERROR_FAULTS, problem=_problem,
+                                 forced_tool=_forced_tool)  # /v1/messages/batches
         self.reset()
 
     @property

@@ -260,3 +260,11 @@ WITH candidates AS MATERIALIZED (
 )
 SELECT l.message_id, l.lock, (t.message_id IS NOT NULL) AS consumed
 FROM locked l LEFT JOIN taken t ON t.message_id = l.message_id;
+
+-- name: park_message
+-- A job's message waits, parked, for the batch lane (roastq/llm/batch.py): no consumer serves
+-- '<queue>.lane'; the lane's driver moves it back to its queue.
+INSERT INTO dramatiq.queue (queue_name, message_id, "state", message)
+VALUES (%(queue_name)s, %(message_id)s, 'queued', %(message)s)
+ON CONFLICT (message_id) DO UPDATE SET "state" = 'queued', message = EXCLUDED.message,
+                                       queue_name = EXCLUDED.queue_name, mtime = (now() AT TIME ZONE 'UTC');
