@@ -337,3 +337,26 @@ def test_a_deadline_before_the_start_time_is_refused(db, seeded):
     doc, agent = _pair(seeded, db, critique=False)
     with pytest.raises(EnqueueError):
         enqueue_evaluation(doc, agent, priority="batch", deadline=60, not_before=120)
+
+
+def test_a_woken_job_runs_even_while_its_old_message_lock_is_held(db, seeded, lane_worker, lane, sim, database_url):
+    """The consumer that parked a job may hold its message's advisory lock for a while (until it
+    purges its locks): the wake must not leave the job queued behind it."""
+    import psycopg2
+
+    lane.configure(end_after_s=1.0)
+    doc, agent = _pair(seeded, db, critique=False)
+    job_id = enqueue_evaluation(doc, agent, priority="batch", deadline=timedelta(hours=2))
+    wait_until(lambda: one(db, "SELECT count(*) FROM dramatiq.queue WHERE queue_name = 'batch.lane'") == 1,
+               timeout=20, what="the job parked")
+    parked_id = one(db, "SELECT message_id FROM jobs WHERE id = %s", job_id)
+    holder = psycopg2.connect(database_url)
+    holder.autocommit = True
+    try:
+        with holder.cursor() as cur:  # as a consumer that has not purged the lock of the parked delivery
+            cur.execute("SELECT pg_advisory_lock(roastq_message_lock('batch', %s))", (parked_id,))
+        assert wait_for_status(db, [job_id], timeout=30)[job_id] == "COMPLETED"
+    finally:
+        holder.close()
+    assert one(db, "SELECT message_id FROM jobs WHERE id = %s", job_id) != parked_id
+    assert one(db, "SELECT state FROM dramatiq.queue WHERE message_id = %s", parked_id) == "done"
