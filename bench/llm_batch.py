@@ -27,7 +27,16 @@ from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import connect, fresh_database, machine, scalar, start_workers, stop_workers, wait_until, wait_workers_ready  # noqa: E402
+from _common import (  # noqa: E402
+    connect,
+    fresh_database,
+    machine,
+    scalar,
+    start_workers,
+    stop_workers,
+    wait_until,
+    wait_workers_ready,
+)
 from llm_common import SimProcess, sample_agents, unique_documents  # noqa: E402
 
 MAX_WAIT_S = 15.0

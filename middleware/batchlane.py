@@ -13,7 +13,6 @@ import threading
 from dramatiq.middleware import Middleware
 
 
-
 class BatchLane(Middleware):
     """Start the lane's driver thread at worker boot, stop it at shutdown.
 
@@ -33,7 +32,7 @@ class BatchLane(Middleware):
             return
         from roastq.llm import batch_driver
 
-        self._stop.clear()
+        self._stop = threading.Event()  # a new one a boot: an old thread still stopping keeps its own
         self._thread = threading.Thread(target=batch_driver.run_forever, args=(self._stop,),
                                         name="roastq-batch-lane", daemon=True)
         self._thread.start()

@@ -4,13 +4,12 @@ Message Batches API, in-process workers (their driver thread drives the lane).""
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from helpers import one, rows, running_worker, wait_for_status, wait_until
 
-from helpers import one, rows, running_worker, wait_for_status, wait_until, stack_options
 from roastq.api import enqueue_evaluation, enqueue_evaluations
 
 pytestmark = pytest.mark.postgres_broker  # the lane parks messages in the Postgres broker
@@ -30,7 +29,8 @@ def lane(simulator, monkeypatch):
     for k, v in LANE_ENV.items():
         monkeypatch.setenv(k, v)
     reload_settings()
-    client._default = None
+    with client._default_lock:  # not while a worker thread is making the old one
+        client._default = None
     simulator.batches.reset()
     simulator.batches.configure(end_after_s=0.3, error_rate=0.0, fault_rate=0.0, expire_after_s=86400.0,
                                 stall_s=30.0, create_delay_s=30.0, max_processing=None)
@@ -38,13 +38,31 @@ def lane(simulator, monkeypatch):
     simulator.batches.reset()
     monkeypatch.undo()
     reload_settings()
-    client._default = None
+    with client._default_lock:  # not while a worker thread is making the old one
+        client._default = None
+
+
+def set_lane_env(monkeypatch, **env):
+    """Change lane settings for the rest of a test: the driver reads the Claude client's settings."""
+    from roastq.llm import client
+    from roastq.settings import reload_settings
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    reload_settings()
+    with client._default_lock:  # not while a worker thread is making the old one
+        client._default = None
 
 
 @pytest.fixture
-def lane_worker(lane, broker, sim):
-    # The stack's batch-lane options as the lane fixture's settings give them (BatchLane's driver).
-    with stack_options(broker), running_worker(broker, threads=4) as w:
+def lane_worker(lane, broker, sim, monkeypatch):
+    from middleware.batchlane import BatchLane
+
+    for m in broker.middleware:  # the stack read the lane's settings when it was built
+        if isinstance(m, BatchLane):
+            monkeypatch.setattr(m, "enabled", True)
+            monkeypatch.setattr(m, "tick_s", 0.1)
+    with running_worker(broker, threads=4) as w:
         yield w
 
 
@@ -120,13 +138,10 @@ def test_not_before_delays_the_start(db, seeded, worker, sim):
     assert set(wait_for_status(db, bulk, timeout=30).values()) == {"COMPLETED"}
 
 
-def test_many_jobs_share_one_batch(db, seeded, lane_worker, lane, sim):
+def test_many_jobs_share_one_batch(db, seeded, lane_worker, lane, sim, monkeypatch):
     lane.configure(end_after_s=0.5)
     doc, agent = _pair(seeded, db, critique=False)
-    os.environ["LLM_BATCH_MAX_WAIT_S"] = "1.0"  # the lane gathers a second of requests into one batch
-    from roastq.settings import reload_settings
-
-    reload_settings()
+    set_lane_env(monkeypatch, LLM_BATCH_MAX_WAIT_S="3")  # the lane gathers 3 s of requests into one batch
     job_ids = enqueue_evaluations([(doc, agent)] * 12, deadline=timedelta(hours=3))
     assert set(wait_for_status(db, job_ids, timeout=40).values()) == {"COMPLETED"}
     assert one(db, "SELECT count(DISTINCT batch_id) FROM llm_batch_requests WHERE job_id = ANY(%s::uuid[])",
@@ -274,13 +289,11 @@ def test_a_batch_endpoint_500_is_retried_without_losing_requests(db, seeded, lan
     assert one(db, "SELECT count(*) FROM llm_batches") == lane.stats()["batches"]
 
 
-def test_a_results_stream_cut_halfway_is_resumed_and_nothing_is_billed_twice(db, seeded, lane_worker, lane, sim):
+def test_a_results_stream_cut_halfway_is_resumed_and_nothing_is_billed_twice(db, seeded, lane_worker, lane, sim,
+                                                                            monkeypatch):
     lane.script_faults("cut_results")
     doc, agent = _pair(seeded, db, critique=False)
-    os.environ["LLM_BATCH_MAX_WAIT_S"] = "1.0"
-    from roastq.settings import reload_settings
-
-    reload_settings()
+    set_lane_env(monkeypatch, LLM_BATCH_MAX_WAIT_S="3")
     job_ids = enqueue_evaluations([(doc, agent)] * 8, deadline=timedelta(hours=2))
     assert set(wait_for_status(db, job_ids, timeout=40).values()) == {"COMPLETED"}
     assert lane.stats()["faults_cut_results"] == 1
@@ -291,3 +304,59 @@ def test_a_results_stream_cut_halfway_is_resumed_and_nothing_is_billed_twice(db,
     assert one(db, "SELECT sum(billed_calls) FROM job_steps WHERE job_id = ANY(%s::uuid[])", job_ids) == 8
     assert one(db, "SELECT sum(price_usd) FROM tasks WHERE job_id = ANY(%s::uuid[])", job_ids) == \
         Decimal(lane.stats()["billed_usd"])
+
+
+def test_the_cli_enqueues_with_a_deadline_and_a_delay(db, seeded, capsys):
+    from roastq.cli.main import main
+
+    doc, agent = _pair(seeded, db, critique=False)
+    doc, agent = str(doc), str(agent)
+    assert main(["enqueue", "--document-id", doc, "--agent-id", agent, "--priority", "batch", "--deadline", "6h",
+                 "--delay", "10m"]) == 0
+    job_id = capsys.readouterr().out.strip()
+    start, due = rows(db, "SELECT EXTRACT(EPOCH FROM not_before - now()), EXTRACT(EPOCH FROM deadline - now()) "
+                          "FROM jobs WHERE id = %s", job_id)[0]
+    assert 590 < start <= 600 and 6 * 3600 - 60 < due <= 6 * 3600
+    assert one(db, "SELECT queue_name FROM dramatiq.queue WHERE message->'args'->>0 = %s", job_id) == "batch.DQ"
+    with pytest.raises(SystemExit):
+        main(["enqueue", "--document-id", doc, "--agent-id", agent, "--deadline", "soon"])
+
+
+def test_durations():
+    from roastq.settings import parse_duration
+
+    assert [parse_duration(x) for x in ("90", "90s", "10m", "6h", "2d", "1.5h")] == [90, 90, 600, 21600, 172800, 5400]
+    for bad in ("", "soon", "-5m", "6x"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_a_deadline_before_the_start_time_is_refused(db, seeded):
+    from roastq.api import EnqueueError
+
+    doc, agent = _pair(seeded, db, critique=False)
+    with pytest.raises(EnqueueError):
+        enqueue_evaluation(doc, agent, priority="batch", deadline=60, not_before=120)
+
+
+def test_a_woken_job_runs_even_while_its_old_message_lock_is_held(db, seeded, lane_worker, lane, sim, database_url):
+    """The consumer that parked a job may hold its message's advisory lock for a while (until it
+    purges its locks): the wake must not leave the job queued behind it."""
+    import psycopg2
+
+    lane.configure(end_after_s=1.0)
+    doc, agent = _pair(seeded, db, critique=False)
+    job_id = enqueue_evaluation(doc, agent, priority="batch", deadline=timedelta(hours=2))
+    wait_until(lambda: one(db, "SELECT count(*) FROM dramatiq.queue WHERE queue_name = 'batch.lane'") == 1,
+               timeout=20, what="the job parked")
+    parked_id = one(db, "SELECT message_id FROM jobs WHERE id = %s", job_id)
+    holder = psycopg2.connect(database_url)
+    holder.autocommit = True
+    try:
+        with holder.cursor() as cur:  # as a consumer that has not purged the lock of the parked delivery
+            cur.execute("SELECT pg_advisory_lock(roastq_message_lock('batch', %s))", (parked_id,))
+        assert wait_for_status(db, [job_id], timeout=30)[job_id] == "COMPLETED"
+    finally:
+        holder.close()
+    assert one(db, "SELECT message_id FROM jobs WHERE id = %s", job_id) != parked_id
+    assert one(db, "SELECT state FROM dramatiq.queue WHERE message_id = %s", parked_id) == "done"

@@ -12,11 +12,10 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-
-from helpers import one, rows, running_worker, stack_options, wait_for_status, wait_until
-from roastq.api import enqueue_evaluations
-
+from helpers import one, rows, running_worker, wait_until
 from test_batch_lane import _pair, lane  # noqa: F401  (the fixture)
+
+from roastq.api import enqueue_evaluations
 
 pytestmark = pytest.mark.postgres_broker
 
@@ -30,11 +29,17 @@ def parked(lane, broker, sim, monkeypatch, db, seeded):  # noqa: F811
     from roastq.llm import client
     from roastq.settings import reload_settings
 
+    from middleware.batchlane import BatchLane
+
     monkeypatch.setenv("LLM_BATCH_TICK_S", "0")
+    for m in broker.middleware:  # the stack read LLM_BATCH_TICK_S when it was built
+        if isinstance(m, BatchLane):
+            monkeypatch.setattr(m, "tick_s", 0.0)
     reload_settings()
-    client._default = None
+    with client._default_lock:
+        client._default = None
     doc, agent = _pair(seeded, db, critique=False)
-    with stack_options(broker), running_worker(broker, threads=4) as w:  # no driver thread (TICK_S 0)
+    with running_worker(broker, threads=4) as w:
         job_ids = enqueue_evaluations([(doc, agent)] * 4, deadline=timedelta(hours=2))
         wait_until(lambda: one(db, "SELECT count(*) FROM dramatiq.queue WHERE queue_name = 'batch.lane'") == 4,
                    timeout=20, what="four parked jobs")

@@ -105,7 +105,7 @@ def test_migrate_and_seed_are_idempotent(db, capsys):
 
 
 def test_demo_runs_jobs_reports_and_leaves_no_process(db, tmp_path):
-    env = dict(os.environ, ROASTQ_HOME=str(tmp_path))
+    env = dict(os.environ, ROASTQ_HOME=str(tmp_path), LLM_BATCH_LANE="auto")  # as a user runs it
     env.pop("ANTHROPIC_BASE_URL", None)  # the demo starts its own simulator
     result = subprocess.run([sys.executable, "-m", "roastq.cli.main", "demo", "--jobs", "8", "--processes", "1",
                              "--threads", "4"], capture_output=True, text=True, timeout=300, env=env)
@@ -118,6 +118,7 @@ def test_demo_runs_jobs_reports_and_leaves_no_process(db, tmp_path):
     assert repaired, result.stdout
     assert int(repaired.group(1)) == one(db, "SELECT count(*) FROM evaluation_versions WHERE repairs <> '[]'")
     assert "8/8" in result.stderr  # the progress bar reached the end
+    assert re.search(r"batch lane: +1 evaluation\(s\) through [12] Message Batch\(es\): billed \$[0-9.]+ instead of", result.stdout)
     assert one(db, "SELECT count(*) FROM jobs WHERE status IN ('COMPLETED', 'FAILED')") == 8
     pid = int(re.search(r"workers started: .* \(pid (\d+)\)", result.stderr).group(1))
     leftover = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()

@@ -191,7 +191,11 @@ def test_the_dashboards_only_query_metrics_we_export():
     exported |= {"roastq_queue_messages", "roastq_queue_oldest_message_age_seconds", "roastq_queue_delayed_messages",
                  "roastq_workers_alive", "roastq_worker_threads_alive", "roastq_worker_heartbeat_age_seconds",
                  "roastq_metrics_postgres_up", "roastq_metrics_postgres_read_seconds",
-                 "roastq_llm_budget_spent_dollars", "roastq_llm_budget_cap_dollars", "up"}
+                 "roastq_llm_budget_spent_dollars", "roastq_llm_budget_cap_dollars", "up",
+                 "roastq_batch_lane_requests", "roastq_batch_lane_open_batches",
+                 "roastq_batch_lane_oldest_batch_age_seconds", "roastq_batch_lane_oldest_request_age_seconds",
+                 "roastq_batch_lane_expected_seconds", "roastq_batch_lane_billed_dollars",
+                 "roastq_batch_lane_saved_dollars"}
     exported = {n[:-6] if n.endswith("_total") else n for n in exported}
     exprs = [e for _, _, e in dashboard_queries()] + [r["expr"] for r in alert_rules()]
     used = {re.sub(r"_(total|bucket|count|sum)$", "", n) for e in exprs for n in re.findall(r"\b(roastq_\w+|up)\b", e)}

@@ -42,6 +42,9 @@ from roastq.queues import JOB_QUEUES, LANE_SUFFIX
 from roastq.sql import load_queries
 from roastq.settings import get_settings
 
+#: Suffix of the queue where a job's message is parked while the batch lane has one of its steps.
+PARK_SUFFIX = ".lane"
+
 logger = logging.getLogger("roastq.brokers.postgres")
 
 PQ = load_queries("postgres.sql", __package__)

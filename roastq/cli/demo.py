@@ -103,15 +103,15 @@ def print_report(summary: dict) -> None:
     lane = summary.get("lane")
     full = (lane["billed_usd"] + lane["saved_usd"]) if lane else 0
     if lane and lane["jobs"] and full:
-        print(f"  batch lane:     {lane['jobs']} evaluations through {lane['batches']} Message Batches: billed "
+        print(f"  batch lane:     {lane['jobs']} evaluation(s) through {lane['batches']} Message Batch(es): billed "
               f"${lane['billed_usd']:.4f} instead of ${full:.4f} real-time (saved ${lane['saved_usd']:.4f}, "
               f"{lane['saved_usd'] / full:.0%})")
 
 
 def run_demo(*, jobs: int = 40, lane_jobs: int = 6, processes: int = 2, threads: int = 8) -> int:
     from roastq.api import enqueue_evaluation
-    from roastq.evaluation.seed import seed
     from roastq.cli.stack import stack
+    from roastq.evaluation.seed import seed
 
     settings = get_settings()
     db.migrate()
@@ -123,8 +123,9 @@ def run_demo(*, jobs: int = 40, lane_jobs: int = 6, processes: int = 2, threads:
     for name, value in (("LLM_BATCH_MAX_WAIT_S", "2"), ("LLM_BATCH_POLL_S", "1"), ("LLM_BATCH_POLL_MAX_S", "2")):
         os.environ.setdefault(name, value)
     with stack(processes=processes, threads=threads, worker_log=log):
+        lane_n = min(lane_jobs, jobs // 5, len(seeded.documents))  # of the `jobs`, this many use the lane
         pairs = list(itertools.islice(itertools.cycle(itertools.product(seeded.documents.values(),
-                                                                        seeded.agents.values())), jobs))
+                                                                        seeded.agents.values())), jobs - lane_n))
         # Batch jobs due within 30 minutes run real-time (no room for the lane).
         job_ids = [
             enqueue_evaluation(doc, agent, priority="batch" if n % 4 else "interactive",
@@ -133,9 +134,9 @@ def run_demo(*, jobs: int = 40, lane_jobs: int = 6, processes: int = 2, threads:
         ]
         # Then an agent's instructions change, and its re-grade of every document, due in 12
         # hours, goes through the batch lane at half the price.
-        agent = revise_agent()
+        agent = revise_agent() if lane_n else None
         job_ids += [enqueue_evaluation(doc, agent, priority="batch", deadline=timedelta(hours=12))
-                    for doc in list(seeded.documents.values())[:lane_jobs]]
+                    for doc in list(seeded.documents.values())[:lane_n]]
         print(f"enqueued {len(job_ids)} evaluations (worker logs: {log}; metrics while it runs: "
               f"http://{settings.metrics_host}:{settings.metrics_port}/metrics, or keep them up with `roastq up`)",
               file=sys.stderr)

@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--document-id", required=True)
     p.add_argument("--agent-id", required=True)
     p.add_argument("--priority", choices=list(JOB_QUEUES), default="interactive")
+    p.add_argument("--deadline", type=_duration_arg, metavar="DURATION",
+                   help="done within this (e.g. 6h); a batch job with time to spare uses the batch lane")
+    p.add_argument("--delay", type=_duration_arg, metavar="DURATION", help="do not start before this (e.g. 10m)")
     p.set_defaults(fn=cmd_enqueue)
     p = sub.add_parser("job", help="one job, with its attempts and tasks")
     p.add_argument("job_id")

@@ -8,7 +8,8 @@ batch-priority jobs get ``LLM_BATCH_DEFAULT_DEADLINE``); interactive jobs never 
 answer never waits for a batch) and before the shared rate limiter (batch requests have their
 own limits and do not take the real-time RPM). For a step of a batch-queue job whose deadline is
 more than ``LLM_BATCH_MIN_SLACK`` away it writes the request to ``llm_batch_requests`` and raises
-``LaneWait``: the job's message is parked (``<queue>.lane``, served by no consumer), using no
+``LaneWait``: the job's message is parked (``<queue>.lane``, served by no consumer: the
+broker's ``park``), using no
 attempt and no thread. The driver (``roastq.llm.batch_driver``) submits, polls and collects, then
 wakes the job, whose next delivery finds the step in its memo, or here:
 
@@ -23,6 +24,7 @@ wakes the job, whose next delivery finds the step in its memo, or here:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from decimal import Decimal
 
 import anthropic
@@ -54,6 +56,18 @@ ERROR_STATUS = {
     "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
     "timeout_error": 504, "overloaded_error": 529,
 }
+
+
+@dataclass(frozen=True)
+class LaneAnswer:
+    """A step's answer from a Message Batch (the client makes it its ToolCall)."""
+
+    model: str
+    input: dict
+    usage: Usage
+    price_usd: Decimal
+    duration_s: float
+    request_id: str | None
 
 
 def enabled(settings: Settings) -> bool:
@@ -89,7 +103,7 @@ def result_error(error: dict, base_url: str = "https://api.anthropic.com") -> an
 
 def lane_call(settings: Settings, *, step: str, model: str, max_tokens: int, system: list, messages: list,
               tools: list, tool_choice: dict, tool: dict, cache_key: str | None, cache_seed: str):
-    """None: run the step real-time. Otherwise the step's answer from the lane (a ToolCall), or it
+    """None: run the step real-time. Otherwise the step's answer from the lane (a LaneAnswer), or it
     raises: ``LaneWait`` (the job waits for the lane), or the lane's error for the step."""
     job = current_job.get()
     if job is None or not enabled(settings):
@@ -135,9 +149,9 @@ def lane_call(settings: Settings, *, step: str, model: str, max_tokens: int, sys
                            f"(batch {row['batch_id']})", step=step, request_id=row["response_id"])
     if state == "succeeded":  # collected after this attempt loaded its memo
         usage = Usage(row["input_tokens"], row["output_tokens"], row["cache_read_tokens"], row["cache_write_tokens"])
-        return ToolCall(step=step, model=row["model"], input=row["output"], usage=usage,
-                        price_usd=row["price_usd"] or Decimal(0), duration_s=row["waited_s"] or 0.0,
-                        request_id=row["response_id"])
+        return LaneAnswer(model=row["model"], input=row["output"], usage=usage,
+                          price_usd=row["price_usd"] or Decimal(0), duration_s=row["waited_s"] or 0.0,
+                          request_id=row["response_id"])
     return None  # cancelled: the job is finishing anyway
 
 

@@ -172,14 +172,28 @@ UPDATE llm_batches SET cancel_requested_at = now(), processing_status = %(proces
 -- name: wake_parked_jobs
 -- Parked job messages (queue '<queue>.lane') whose job has no pending request any more go back
 -- to their queue, announced: the job's next delivery resumes past the steps the lane answered.
-WITH woken AS (
-    UPDATE dramatiq.queue q
-    SET queue_name = q.message->>'queue_name', state = 'queued', mtime = (now() AT TIME ZONE 'UTC')
+-- Each goes back under a new message id (the job row follows): an advisory lock still held on the
+-- old id by the consumer of the delivery that parked it must not hold the new delivery up.
+WITH parked AS (
+    SELECT q.message_id, q.message, gen_random_uuid() AS new_id
+    FROM dramatiq.queue q
     WHERE q.queue_name LIKE '%%.lane' AND q.state = 'queued'
       AND NOT EXISTS (SELECT 1 FROM llm_batch_requests r
-                      WHERE r.job_id::text = q.message->'args'->>0
+                      WHERE r.job_id = (q.message->'args'->>0)::uuid  -- parked: job messages only
                         AND r.state IN ('waiting', 'submitting', 'submitted'))
-    RETURNING q.queue_name, q.message_id, q.message
+    FOR UPDATE OF q SKIP LOCKED
+), retired AS (
+    UPDATE dramatiq.queue q SET state = 'done', mtime = (now() AT TIME ZONE 'UTC')
+    FROM parked p WHERE q.message_id = p.message_id
+), moved AS (
+    UPDATE jobs j SET message_id = p.new_id
+    FROM parked p WHERE j.id = (p.message->'args'->>0)::uuid AND j.message_id = p.message_id
+), woken AS (
+    INSERT INTO dramatiq.queue (queue_name, message_id, "state", message)
+    SELECT p.message->>'queue_name', p.new_id, 'queued',
+           jsonb_set(p.message, '{message_id}', to_jsonb(p.new_id::text))
+    FROM parked p
+    RETURNING queue_name, message_id, message
 )
 SELECT count(pg_notify('dramatiq.' || queue_name || '.enqueue',
            CASE WHEN octet_length(message::text) >= 8000

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg2.extras
@@ -52,6 +52,10 @@ MAX_BATCH_BYTES = 200 * 1024 * 1024
 #: How far back (before a stale submission began) the API's list is searched for its batch.
 RECOVERY_MARGIN_S = 120.0
 API_TIMEOUT_S = 60.0
+#: After a refused or failed create, a queue's next submission waits this long (or the server's
+#: retry-after): the API's batch limits (requests in its processing queue) are not hammered.
+SUBMIT_BACKOFF_S = 30.0
+_submit_after: dict[str, float] = {}  # queue -> time.monotonic() before which it is not submitted
 
 
 def _client():
@@ -106,7 +110,7 @@ def submit(settings, *, force: bool = False) -> int:
         full = q["waiting"] >= settings.llm_batch_max_requests
         due = q["oldest_s"] >= settings.llm_batch_max_wait_s and (
             q["last_batch_s"] is None or q["last_batch_s"] >= settings.llm_batch_max_wait_s)
-        if force or full or due:
+        if force or ((full or due) and time.monotonic() >= _submit_after.get(q["queue"], 0.0)):
             created += _submit_one(settings, q["queue"])
     return created
 
@@ -139,11 +143,22 @@ def _submit_one(settings, queue: str) -> int:
             logger.warning("creating a batch of %d %s requests failed (%s): the next run checks whether it "
                            "exists", len(keep), queue, type(exc).__name__)
         events.emit("llm_batch", action="submit_failed", queue=queue, requests=len(keep))
+        retry_after = _retry_after_s(exc)
+        _submit_after[queue] = time.monotonic() + (retry_after if retry_after is not None else
+                                                   min(SUBMIT_BACKOFF_S, settings.llm_batch_max_wait_s))
         return 0
     _record(settings, created, queue=queue, submission=submission, count=len(keep), adopted=False)
     logger.info("batch %s submitted: %d %s requests", created.id, len(keep), queue)
     events.emit("llm_batch", action="submitted", queue=queue, requests=len(keep))
     return 1
+
+
+def _retry_after_s(exc) -> float | None:
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    try:
+        return float(headers["retry-after"]) if "retry-after" in headers else None
+    except ValueError:
+        return None
 
 
 def _record(settings, created, *, queue: str, submission: str, count: int, adopted: bool) -> None:
@@ -279,7 +294,7 @@ def _record_result(settings, batch_id: str, line) -> int:
                 "price_usd": price, "saved_usd": saved, **_tokens(usage)})
             _ledger(cur, req, usage, price)
             if state == "succeeded":
-                waited = (datetime.now(timezone.utc) - req["created_at"]).total_seconds()
+                waited = (datetime.now(UTC) - req["created_at"]).total_seconds()
                 cur.execute(LLM.memo_store, {"job_id": req["job_id"], "step": req["step"],
                                              "output": psycopg2.extras.Json(output), "model": req["model"],
                                              "duration_s": waited, "attempt": None, "request_id": message.id})

@@ -19,23 +19,20 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 import anthropic
 import httpx2 as httpx
 import jsonschema
 
 from roastq import db, events
-from roastq.llm import batch
-from roastq.llm import budget
-from roastq.llm import cache
-from roastq.llm import ledger
-from roastq.llm import models
-from roastq.llm import ratelimit
 from roastq.exceptions import BadLLMOutput, InputError, JobTimeLimit, LLMRefusal
 from roastq.failures import ErrorClass, classify
 from roastq.jobctx import current_job
+from roastq.llm import batch, budget, cache, ledger, models, ratelimit
 from roastq.llm.pricing import Usage, cost_usd
 from roastq.llm.toolcall import ToolCall, tool_input
 from roastq.llm.strict import strict_tool
@@ -151,7 +148,8 @@ class Claude:
                                messages=messages, tools=tools, tool_choice=tool_choice, tool=tool,
                                cache_key=key, cache_seed=seed)
         if lane is not None:  # the pipeline checks and repairs its input like any answer's
-            return lane
+            return ToolCall(step=step, model=lane.model, input=lane.input, usage=lane.usage,
+                            price_usd=lane.price_usd, duration_s=lane.duration_s, request_id=lane.request_id)
         room = self._context_room(step=step, model=model, system=system, messages=messages, tools=tools)
         max_tokens = min(max_tokens, room)
 

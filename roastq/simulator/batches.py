@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
+from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
@@ -73,9 +74,9 @@ class BatchConfig:
 def _iso(t: float | None) -> str | None:
     if t is None:
         return None
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclasses.dataclass
@@ -91,11 +92,29 @@ class _Batch:
     results: list[dict] | None = None
 
 
-class BatchLane:
-    """The batches of one Simulator (``sim.batches``)."""
+#: Anthropic's list prices, $ per million tokens (input, output), by model family: the simulator
+#: bills like the API, independently of roastq's own price table. Cache writes 1.25x, reads 0.1x
+#: the input price; batch results half of everything.
+LIST_PRICES = {"opus": (Decimal(5), Decimal(25)), "sonnet": (Decimal(3), Decimal(15)), "haiku": (Decimal(1), Decimal(5))}
+MICRO = Decimal("0.000001")
 
-    def __init__(self, sim):
+
+def list_price_usd(model: str, usage: dict, *, batch: bool) -> Decimal:
+    family = next((f for f in LIST_PRICES if f in model), "sonnet")
+    inp, out = LIST_PRICES[family]
+    total = ((usage.get("input_tokens") or 0) * inp + (usage.get("output_tokens") or 0) * out
+             + (usage.get("cache_creation_input_tokens") or 0) * inp * Decimal("1.25")
+             + (usage.get("cache_read_input_tokens") or 0) * inp * Decimal("0.1")) / 1_000_000
+    return (total * Decimal("0.5") if batch else total).quantize(MICRO)
+
+
+class BatchLane:
+    """The batches of one Simulator (``sim.batches``). The server hands it what it shares with
+    the messages endpoint: its error kinds, its request check and its forced-tool rule."""
+
+    def __init__(self, sim, *, error_faults: dict, problem, forced_tool):
         self.sim = sim
+        self.error_faults, self.problem, self.forced_tool = error_faults, problem, forced_tool
         self.config = BatchConfig()
         self._lock = threading.Lock()
         self.reset()
@@ -311,16 +330,16 @@ class BatchLane:
                 outcome = "canceled"  # nothing had been processed when the cancel came
             elif b.expires <= b.ends:
                 outcome = "expired"
-            problem = self.sim.request_problem(params)
+            problem = self.problem(params)
             if problem and outcome == "succeeded":
                 outcome = "errored:invalid_request"
             if outcome == "succeeded":
-                message, usage, _sloppy = self.sim.answer(params, cfg, self.sim.forced_tool(params), "")
+                message, usage, _sloppy = self.sim.answer(params, cfg, self.forced_tool(params), "")
                 result = {"type": "succeeded", "message": message}
                 self._bill(params["model"], usage)
             elif outcome.startswith("errored:"):
                 kind = outcome.split(":", 1)[1]
-                status, etype, text = {**self.sim.error_faults, **EXTRA_ERRORS}[kind]
+                status, etype, text = {**self.error_faults, **EXTRA_ERRORS}[kind]
                 error: dict[str, Any] = {"type": etype, "message": problem if problem and kind == "invalid_request"
                                          else text}
                 if kind == "spend_limit":
@@ -336,11 +355,8 @@ class BatchLane:
         return results
 
     def _bill(self, model: str, usage: dict) -> None:
-        from roastq.llm.pricing import Usage, cost_usd
-
-        u = Usage.from_api(usage)
-        self._usd += cost_usd(model, u, batch=True)
-        self._usd_full += cost_usd(model, u)
+        self._usd += list_price_usd(model, usage, batch=True)
+        self._usd_full += list_price_usd(model, usage, batch=False)
         for k in ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"):
             self._stats[k] += usage.get(k) or 0
 

@@ -393,11 +393,6 @@ class _Handler(BaseHTTPRequestHandler):
 class Simulator:
     """Threaded HTTP server imitating the Anthropic Messages API. See module docstring."""
 
-    #: What the Batches API (batches.py) shares with the Messages endpoint.
-    error_faults = ERROR_FAULTS
-    forced_tool = staticmethod(_forced_tool)
-    request_problem = staticmethod(_problem)
-
     def __init__(self, config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0):
         self.config = config or SimConfig()
         self.host, self.port = host, port
@@ -407,7 +402,8 @@ class Simulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
-        self.batches = BatchLane(self)  # /v1/messages/batches
+        self.batches = BatchLane(self, error_faults=ERROR_FAULTS, problem=_problem,
+                                 forced_tool=_forced_tool)  # /v1/messages/batches
         self.reset()
 
     @property
