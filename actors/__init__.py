@@ -26,8 +26,13 @@ def _evaluate_document(job_id: str) -> None:
 
 
 def _job_actor(queue: str):
-    return dramatiq.actor(_evaluate_document, actor_name=JOB_ACTORS[queue], queue_name=queue,
-                          priority=JOB_PRIORITIES[queue], roastq_job=True)
+    return dramatiq.actor(
+        _evaluate_document,
+        actor_name=JOB_ACTORS[queue],
+        queue_name=queue,
+        priority=JOB_PRIORITIES[queue],
+        roastq_job=True,
+    )
 
 
 #: Interactive evaluations: a person is waiting. Workers take these before batch work.

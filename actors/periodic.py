@@ -12,9 +12,8 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 from periodiq import cron
 
-from roastq.ops import maintenance
+from roastq.ops import maintenance, scheduler
 from roastq.queues import MAINTENANCE
-from roastq.ops import scheduler
 
 QUEUE = MAINTENANCE
 

@@ -58,8 +58,19 @@ def start_workers(module: str, *, processes: int = 1, threads: int = 8, queues=N
     log_dir = ROOT / ".roastq" / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
     log = open(log_dir / f"{module.replace('.', '_')}.log", "ab")
-    cmd = [sys.executable, "-m", "dramatiq", module, "--path", str(ROOT / "bench"), str(ROOT),
-           "--processes", str(processes), "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        module,
+        "--path",
+        str(ROOT / "bench"),
+        str(ROOT),
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+    ]
     if queues:
         cmd += ["--queues", *queues]
     full_env = dict(os.environ, LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1", **{k: str(v) for k, v in env.items()})
@@ -91,8 +102,12 @@ def wait_until(predicate, timeout: float, interval: float = 0.01, what: str = "c
 
 def wait_workers_ready(conn, processes: int, timeout: float = 60) -> None:
     """Wait until `processes` worker processes have sent a heartbeat (their consumers are up)."""
-    wait_until(lambda: scalar(conn, "SELECT count(*) FROM worker_heartbeats") >= processes, timeout,
-               interval=0.1, what="worker heartbeats")
+    wait_until(
+        lambda: scalar(conn, "SELECT count(*) FROM worker_heartbeats") >= processes,
+        timeout,
+        interval=0.1,
+        what="worker heartbeats",
+    )
     time.sleep(0.5)  # consumers LISTEN right after boot
 
 
@@ -120,11 +135,17 @@ def seed_minimal(conn, n_documents: int = 1) -> tuple[list[str], str]:
         for i in range(n_documents):
             cur.execute("INSERT INTO documents (slug) VALUES (%s) RETURNING id", (f"bench-{i}",))
             doc = cur.fetchone()[0]
-            cur.execute("INSERT INTO document_versions (document_id, version, title, content) "
-                        "VALUES (%s, 1, 'Bench', 'Some text.')", (doc,))
+            cur.execute(
+                "INSERT INTO document_versions (document_id, version, title, content) "
+                "VALUES (%s, 1, 'Bench', 'Some text.')",
+                (doc,),
+            )
             docs.append(str(doc))
         cur.execute("INSERT INTO agents (slug) VALUES ('bench') RETURNING id")
         agent = cur.fetchone()[0]
-        cur.execute("INSERT INTO agent_versions (agent_id, version, name, primary_instructions) "
-                    "VALUES (%s, 1, 'Bench', 'Evaluate.')", (agent,))
+        cur.execute(
+            "INSERT INTO agent_versions (agent_id, version, name, primary_instructions) "
+            "VALUES (%s, 1, 'Bench', 'Evaluate.')",
+            (agent,),
+        )
     return docs, str(agent)

@@ -16,8 +16,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    connect, fresh_database, machine, median, percentile, scalar, seed_minimal, start_workers, stop_workers,
-    wait_until, wait_workers_ready,
+    connect,
+    fresh_database,
+    machine,
+    percentile,
+    scalar,
+    seed_minimal,
+    start_workers,
+    stop_workers,
+    wait_until,
+    wait_workers_ready,
 )
 
 
@@ -26,9 +34,11 @@ def make_jobs(conn, actor, n: int, doc: str, agent: str) -> list[str]:
     from roastq import db
 
     with db.transaction() as cur:
-        cur.execute("INSERT INTO evaluations (document_id, agent_id) VALUES (%s, %s) "
-                    "ON CONFLICT (document_id, agent_id) DO UPDATE SET agent_id = EXCLUDED.agent_id RETURNING id",
-                    (doc, agent))
+        cur.execute(
+            "INSERT INTO evaluations (document_id, agent_id) VALUES (%s, %s) "
+            "ON CONFLICT (document_id, agent_id) DO UPDATE SET agent_id = EXCLUDED.agent_id RETURNING id",
+            (doc, agent),
+        )
         evaluation = cur.fetchone()["id"]
         ids = [str(uuid.uuid4()) for _ in range(n)]
         messages = [actor.message(i) for i in ids]
@@ -37,8 +47,15 @@ def make_jobs(conn, actor, n: int, doc: str, agent: str) -> list[str]:
             "SELECT j, %(e)s, (SELECT id FROM document_versions WHERE document_id = %(d)s), "
             "(SELECT id FROM agent_versions WHERE agent_id = %(a)s), %(q)s, m "
             "FROM unnest(%(ids)s::uuid[], %(mids)s::uuid[]) AS t(j, m)",
-            {"e": evaluation, "d": doc, "a": agent, "q": actor.queue_name, "ids": ids,
-             "mids": [m.message_id for m in messages]})
+            {
+                "e": evaluation,
+                "d": doc,
+                "a": agent,
+                "q": actor.queue_name,
+                "ids": ids,
+                "mids": [m.message_id for m in messages],
+            },
+        )
         actor.broker.enqueue_many_on(cur, messages)
     return ids
 
@@ -71,8 +88,12 @@ def bench_drain_ours(conn, doc, agent, n, processes, threads) -> float:
     workers = start_workers("noop_actors", processes=processes, threads=threads)
     try:
         # From the first job's start to the last job's completion, by the database's clock.
-        wait_until(lambda: scalar(conn, "SELECT count(*) FROM jobs WHERE status = 'COMPLETED'") >= n,
-                   timeout=600, interval=0.2, what="our drain")
+        wait_until(
+            lambda: scalar(conn, "SELECT count(*) FROM jobs WHERE status = 'COMPLETED'") >= n,
+            timeout=600,
+            interval=0.2,
+            what="our drain",
+        )
         span = scalar(conn, "SELECT EXTRACT(EPOCH FROM max(completed_at) - min(started_at)) FROM jobs")
     finally:
         stop_workers(workers)
@@ -89,12 +110,22 @@ def bench_drain_stock(conn, n, processes, threads, *, module="stock_actors", act
 
     msgs = [message.copy(message_id=str(uuid.uuid4())) for _ in range(n)]
     with db.transaction() as cur:
-        cur.execute(db.Q.enqueue_messages, {"queues": ["bench"] * n, "message_ids": [m.message_id for m in msgs],
-                                            "messages": [m.encode().decode() for m in msgs]})
+        cur.execute(
+            db.Q.enqueue_messages,
+            {
+                "queues": ["bench"] * n,
+                "message_ids": [m.message_id for m in msgs],
+                "messages": [m.encode().decode() for m in msgs],
+            },
+        )
     workers = start_workers(module, processes=processes, threads=threads)
     try:
-        first = wait_until(lambda: scalar(conn, "SELECT count(*) FROM dramatiq.queue WHERE state <> 'queued'") > 0,
-                           timeout=120, interval=0.005, what=f"{module} start")
+        first = wait_until(
+            lambda: scalar(conn, "SELECT count(*) FROM dramatiq.queue WHERE state <> 'queued'") > 0,
+            timeout=120,
+            interval=0.005,
+            what=f"{module} start",
+        )
         done, last_change, last = 0, time.monotonic(), first
         while done < n:
             time.sleep(0.05)
@@ -103,8 +134,11 @@ def bench_drain_stock(conn, n, processes, threads, *, module="stock_actors", act
                 done, last_change, last = now_done, time.monotonic(), time.monotonic()
             elif time.monotonic() - last_change > 20:
                 # Stock loses acks when its fixed pool of 16 runs out (dramatiq-pg defect 2, docs/architecture.md).
-                print(f"    stock stalled: {done} of {n} done, no progress for 20 s "
-                      f"(see .roastq/bench/stock_actors.log for 'connection pool exhausted')", flush=True)
+                print(
+                    f"    stock stalled: {done} of {n} done, no progress for 20 s "
+                    f"(see .roastq/bench/stock_actors.log for 'connection pool exhausted')",
+                    flush=True,
+                )
                 break
     finally:
         stop_workers(workers)
@@ -122,15 +156,26 @@ def bench_latency(conn, doc, agent, samples: int = 200) -> dict:
         latencies = []
         for _ in range(samples):
             (job_id,) = make_jobs(conn, noop_job_interactive, 1, doc, agent)
-            wait_until(lambda: scalar(conn, "SELECT status FROM jobs WHERE id = %s", job_id) == "COMPLETED",
-                       timeout=10, interval=0.001, what="a job")
-            latencies.append(float(scalar(conn, "SELECT EXTRACT(EPOCH FROM started_at - created_at) FROM jobs "
-                                          "WHERE id = %s", job_id)) * 1000)
+            wait_until(
+                lambda: scalar(conn, "SELECT status FROM jobs WHERE id = %s", job_id) == "COMPLETED",
+                timeout=10,
+                interval=0.001,
+                what="a job",
+            )
+            latencies.append(
+                float(
+                    scalar(conn, "SELECT EXTRACT(EPOCH FROM started_at - created_at) FROM jobs WHERE id = %s", job_id)
+                )
+                * 1000
+            )
             time.sleep(0.02)  # idle again
     finally:
         stop_workers(workers)
-    return {"p50_ms": round(percentile(latencies, 0.5), 2), "p99_ms": round(percentile(latencies, 0.99), 2),
-            "samples": samples}
+    return {
+        "p50_ms": round(percentile(latencies, 0.5), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "samples": samples,
+    }
 
 
 def bench_priority(conn, doc, agent, backlog: int = 1000) -> dict:
@@ -144,8 +189,12 @@ def bench_priority(conn, doc, agent, backlog: int = 1000) -> dict:
         make_jobs(conn, io_job, backlog, doc, agent)
         time.sleep(1.0)  # the backlog is being worked on
         (job_id,) = make_jobs(conn, noop_job_interactive, 1, doc, agent)
-        wait_until(lambda: scalar(conn, "SELECT status FROM jobs WHERE id = %s", job_id) == "COMPLETED",
-                   timeout=120, interval=0.005, what="the interactive job")
+        wait_until(
+            lambda: scalar(conn, "SELECT status FROM jobs WHERE id = %s", job_id) == "COMPLETED",
+            timeout=120,
+            interval=0.005,
+            what="the interactive job",
+        )
         wait_s = scalar(conn, "SELECT EXTRACT(EPOCH FROM started_at - created_at) FROM jobs WHERE id = %s", job_id)
         left = scalar(conn, "SELECT count(*) FROM jobs WHERE status = 'PENDING'")
     finally:
@@ -173,11 +222,18 @@ def main() -> int:
     if args.drain:
         ours = bench_drain_ours(conn, doc, agent, args.drain, args.processes, args.threads)
         stock = bench_drain_stock(conn, args.drain, args.processes, args.threads)
-        plain = bench_drain_stock(conn, args.drain, args.processes, args.threads, module="noop_actors",
-                                  actor="noop_plain")
-    results["b_drain"] = {"jobs": args.drain, "processes": args.processes, "threads": args.threads,
-                          "ours_per_s": round(ours), "stock_per_s": round(stock), "ratio": round(ours / stock, 2),
-                          "our_broker_without_job_bookkeeping_per_s": round(plain)}
+        plain = bench_drain_stock(
+            conn, args.drain, args.processes, args.threads, module="noop_actors", actor="noop_plain"
+        )
+    results["b_drain"] = {
+        "jobs": args.drain,
+        "processes": args.processes,
+        "threads": args.threads,
+        "ours_per_s": round(ours),
+        "stock_per_s": round(stock),
+        "ratio": round(ours / stock, 2),
+        "our_broker_without_job_bookkeeping_per_s": round(plain),
+    }
     print("(b) drain:", json.dumps(results["b_drain"]), flush=True)
 
     results["c_latency"] = bench_latency(conn, doc, agent)

@@ -13,12 +13,18 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    connect, fresh_database, machine, scalar, seed_minimal, start_workers, stop_workers, wait_until,
+    connect,
+    fresh_database,
+    machine,
+    scalar,
+    seed_minimal,
+    start_workers,
+    stop_workers,
+    wait_until,
     wait_workers_ready,
 )
 from bench_broker import clear_queue, make_jobs  # noqa: E402
@@ -40,8 +46,12 @@ def run(conn, doc, agent, *, jobs: int, in_flight: int, processes: int, wait_s: 
     try:
         wait_workers_ready(conn, processes)
         make_jobs(conn, io_job, jobs, doc, agent)
-        wait_until(lambda: scalar(conn, "SELECT count(*) FROM jobs WHERE status = 'COMPLETED'") >= jobs,
-                   timeout=300, interval=0.1, what="the I/O jobs")
+        wait_until(
+            lambda: scalar(conn, "SELECT count(*) FROM jobs WHERE status = 'COMPLETED'") >= jobs,
+            timeout=300,
+            interval=0.1,
+            what="the I/O jobs",
+        )
         span = float(scalar(conn, "SELECT EXTRACT(EPOCH FROM max(completed_at) - min(started_at)) FROM jobs"))
         with conn.cursor() as cur:  # worker processes only (not the exporter fork)
             cur.execute("SELECT pid FROM worker_heartbeats")
@@ -49,9 +59,15 @@ def run(conn, doc, agent, *, jobs: int, in_flight: int, processes: int, wait_s: 
     finally:
         stop_workers(workers)
     ideal_span = math.ceil(jobs / in_flight) * wait_s  # whole rounds of `in_flight` jobs
-    return {"in_flight": in_flight, "processes": processes, "threads_per_process": threads,
-            "jobs_per_s": round(jobs / span, 1), "ideal_jobs_per_s": round(jobs / ideal_span, 1),
-            "of_ideal": round(ideal_span / span, 3), "rss_mb_per_process": rss}
+    return {
+        "in_flight": in_flight,
+        "processes": processes,
+        "threads_per_process": threads,
+        "jobs_per_s": round(jobs / span, 1),
+        "ideal_jobs_per_s": round(jobs / ideal_span, 1),
+        "of_ideal": round(ideal_span / span, 3),
+        "rss_mb_per_process": rss,
+    }
 
 
 def main() -> int:
@@ -68,8 +84,11 @@ def main() -> int:
         result = run(conn, doc, agent, jobs=args.jobs, in_flight=in_flight, processes=processes, wait_s=args.wait)
         print(f"(d) {args.jobs} jobs x {args.wait} s I/O:", json.dumps(result), flush=True)
         if in_flight == 100:
-            print(f"(f) resident memory, 1 worker process x 100 threads, after the run: "
-                  f"{result['rss_mb_per_process']} MB", flush=True)
+            print(
+                f"(f) resident memory, 1 worker process x 100 threads, after the run: "
+                f"{result['rss_mb_per_process']} MB",
+                flush=True,
+            )
     return 0
 
 

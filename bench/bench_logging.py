@@ -33,8 +33,15 @@ def run(level: str, threads: int, jobs: int) -> tuple[float, float]:
 
     def worker(n: int):
         for i in range(jobs):
-            ctx = JobContext(job_id=f"{n}-{i}", message_id="m", actor="evaluate_document", queue="batch",
-                             attempt=1, evaluation_id="e", agent_id="a")
+            ctx = JobContext(
+                job_id=f"{n}-{i}",
+                message_id="m",
+                actor="evaluate_document",
+                queue="batch",
+                attempt=1,
+                evaluation_id="e",
+                agent_id="a",
+            )
             token = current_job.set(ctx)
             log.info("job started: attempt %d, time limit %d s", 1, 240)
             log.info("job completed")
@@ -74,13 +81,21 @@ def main() -> int:
         values = sorted(r[i] for r in results[level])
         return values[len(values) // 2] / n * 1e6
 
-    print(f"# {n} fake jobs on {args.threads} threads, medians of {args.reps}; load {os.getloadavg()[0]:.1f}; "
-          f"CPU = the process's CPU time (all threads, the pipe's reader included), the figure that the "
-          f"machine's load disturbs least", file=out)
-    print(f"WARNING (lines not built): {med('WARNING', 0):7.1f} us CPU a job, {med('WARNING', 1):7.1f} us wall", file=out)
+    print(
+        f"# {n} fake jobs on {args.threads} threads, medians of {args.reps}; load {os.getloadavg()[0]:.1f}; "
+        f"CPU = the process's CPU time (all threads, the pipe's reader included), the figure that the "
+        f"machine's load disturbs least",
+        file=out,
+    )
+    print(
+        f"WARNING (lines not built): {med('WARNING', 0):7.1f} us CPU a job, {med('WARNING', 1):7.1f} us wall", file=out
+    )
     print(f"INFO (2 lines a job):      {med('INFO', 0):7.1f} us CPU a job, {med('INFO', 1):7.1f} us wall", file=out)
-    print(f"the two lines cost:        {med('INFO', 0) - med('WARNING', 0):7.1f} us CPU a job, "
-          f"{med('INFO', 1) - med('WARNING', 1):7.1f} us wall", file=out)
+    print(
+        f"the two lines cost:        {med('INFO', 0) - med('WARNING', 0):7.1f} us CPU a job, "
+        f"{med('INFO', 1) - med('WARNING', 1):7.1f} us wall",
+        file=out,
+    )
     return 0
 
 

@@ -20,9 +20,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from _common import ROOT, connect, fresh_database, machine, seed_minimal  # noqa: E402
-
 import stress  # noqa: E402
+from _common import ROOT, connect, fresh_database, machine, seed_minimal  # noqa: E402
 
 TABLES = "job_attempts, evaluation_versions, tasks, jobs, dramatiq.queue, worker_heartbeats, schedule_ticks"
 
@@ -50,10 +49,17 @@ def main() -> None:
     base = stress.Scenario()
     k = args.scale
     scenario = stress.Scenario(
-        plain=int(base.plain * k), delayed=int(base.delayed * k), ok_jobs=int(base.ok_jobs * k),
-        transient_jobs=int(base.transient_jobs * k), permanent_jobs=int(base.permanent_jobs * k),
-        cancel_jobs=int(base.cancel_jobs * k), ticks=int(base.ticks * k), chunks=int(base.chunks * k),
-        terminations=int(base.terminations * k), timeout_s=base.timeout_s * k)
+        plain=int(base.plain * k),
+        delayed=int(base.delayed * k),
+        ok_jobs=int(base.ok_jobs * k),
+        transient_jobs=int(base.transient_jobs * k),
+        permanent_jobs=int(base.permanent_jobs * k),
+        cancel_jobs=int(base.cancel_jobs * k),
+        ticks=int(base.ticks * k),
+        chunks=int(base.chunks * k),
+        terminations=int(base.terminations * k),
+        timeout_s=base.timeout_s * k,
+    )
     before_dir = tempfile.mkdtemp(prefix="roastq-before-")
     print(f"# {machine()}; scenario x{k}: {scenario}")
     for i in range(args.runs):
@@ -62,11 +68,18 @@ def main() -> None:
                 cur.execute(f"TRUNCATE {TABLES} CASCADE")
             code_root = ROOT
             if which == "before":
-                code_root = checkout(args.before, before_dir) if not any(Path(before_dir).iterdir()) \
-                    else Path(before_dir)
+                code_root = (
+                    checkout(args.before, before_dir) if not any(Path(before_dir).iterdir()) else Path(before_dir)
+                )
             started = time.monotonic()
-            run = stress.run(url, scenario, broker="stock" if which == "stock" else "ours",
-                             code_root=code_root, label=which, env={"LOG_LEVEL": "INFO"})
+            run = stress.run(
+                url,
+                scenario,
+                broker="stock" if which == "stock" else "ours",
+                code_root=code_root,
+                label=which,
+                env={"LOG_LEVEL": "INFO"},
+            )
             violations = stress.check(url, run)
             print(f"run {i + 1} ({time.monotonic() - started:.0f} s) " + stress.summary(run, violations), flush=True)
             if not violations:

@@ -32,7 +32,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    connect, fresh_database, machine, percentile, scalar, seed_minimal, start_workers, stop_workers,
+    connect,
+    fresh_database,
+    machine,
+    percentile,
+    scalar,
+    seed_minimal,
+    start_workers,
+    stop_workers,
     wait_workers_ready,
 )
 
@@ -49,15 +56,20 @@ RABBITMQ = os.environ.get("BENCH_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/r
 def rabbitmq_vhost() -> None:
     vhost = RABBITMQ.rsplit("/", 1)[1]
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], capture_output=True, timeout=60)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def send_plain(broker, n: int) -> None:
     """n messages in one go: one Postgres transaction, or one AMQP transaction."""
+    from scaling_actors import stamp
+
     from roastq import db
     from roastq.brokers import is_rabbitmq
-    from scaling_actors import stamp
 
     now_ms = time.time() * 1000
     messages = [stamp.message(now_ms) for _ in range(n)]
@@ -113,12 +125,15 @@ def step_jobs(conn, actor, doc, agent, rate: int, seconds: float, drain_s: float
     while scalar(conn, "SELECT count(*) FROM jobs WHERE status <> 'COMPLETED'") and time.monotonic() < deadline:
         time.sleep(0.1)
     with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM jobs WHERE completed_at BETWEEN to_timestamp(%s) AND to_timestamp(%s)",
-                    (t0, t1))
+        cur.execute(
+            "SELECT count(*) FROM jobs WHERE completed_at BETWEEN to_timestamp(%s) AND to_timestamp(%s)", (t0, t1)
+        )
         done_in_window = cur.fetchone()[0]
-        cur.execute("SELECT EXTRACT(EPOCH FROM started_at - created_at) * 1000 FROM jobs "
-                    "WHERE created_at BETWEEN to_timestamp(%s) AND to_timestamp(%s) AND started_at IS NOT NULL",
-                    (t0, t1))
+        cur.execute(
+            "SELECT EXTRACT(EPOCH FROM started_at - created_at) * 1000 FROM jobs "
+            "WHERE created_at BETWEEN to_timestamp(%s) AND to_timestamp(%s) AND started_at IS NOT NULL",
+            (t0, t1),
+        )
         latencies = [float(r[0]) for r in cur.fetchall()]
     left = scalar(conn, "SELECT count(*) FROM jobs WHERE status <> 'COMPLETED'")
     with conn.cursor() as cur:
@@ -132,9 +147,15 @@ def _result(rate, sent, t0, t1, done_in_window, latencies, left) -> dict:
     achieved = done_in_window / span
     p99 = percentile(latencies, 0.99) if latencies else float("inf")
     keeps_up = achieved >= KEEP_UP * rate and p99 <= LATENCY_LIMIT_MS and left == 0
-    return {"offered_per_s": rate, "sent_per_s": round(sent / span), "achieved_per_s": round(achieved),
-            "p50_ms": round(percentile(latencies, 0.5), 1) if latencies else None,
-            "p99_ms": round(p99, 1) if latencies else None, "left_after_drain": left, "keeps_up": keeps_up}
+    return {
+        "offered_per_s": rate,
+        "sent_per_s": round(sent / span),
+        "achieved_per_s": round(achieved),
+        "p50_ms": round(percentile(latencies, 0.5), 1) if latencies else None,
+        "p99_ms": round(p99, 1) if latencies else None,
+        "left_after_drain": left,
+        "keeps_up": keeps_up,
+    }
 
 
 def run_broker(args) -> dict:
@@ -155,8 +176,7 @@ def run_broker(args) -> dict:
     if args.broker == "rabbitmq":
         broker.declare_queue("bench", ensure=True)
         broker.flush("bench")
-    workers = start_workers("scaling_actors", processes=args.processes, threads=args.threads,
-                            BENCH_STAMP_DIR=stamp_dir)
+    workers = start_workers("scaling_actors", processes=args.processes, threads=args.threads, BENCH_STAMP_DIR=stamp_dir)
     results = {"broker": args.broker, "processes": args.processes, "threads": args.threads}
     try:
         wait_workers_ready(conn, args.processes)
@@ -185,9 +205,11 @@ def run_broker(args) -> dict:
 def ceiling(rows: list[dict]) -> dict:
     kept = [r for r in rows if r["keeps_up"]]
     failed = [r for r in rows if not r["keeps_up"]]
-    return {"sustained_per_s": max((r["achieved_per_s"] for r in kept), default=0),
-            "peak_achieved_per_s": max((r["achieved_per_s"] for r in rows), default=0),
-            "saturates_at_offered_per_s": failed[0]["offered_per_s"] if failed else None}
+    return {
+        "sustained_per_s": max((r["achieved_per_s"] for r in kept), default=0),
+        "peak_achieved_per_s": max((r["achieved_per_s"] for r in rows), default=0),
+        "saturates_at_offered_per_s": failed[0]["offered_per_s"] if failed else None,
+    }
 
 
 def main() -> int:
@@ -210,18 +232,40 @@ def main() -> int:
         return 0
 
     print(f"# roastq scaling: offered load until the broker saturates, on {machine()}", flush=True)
-    summary = {"machine": machine(), "seconds_a_step": args.seconds, "keep_up": f">= {KEEP_UP:.0%} of offered, "
-               f"p99 send-to-start <= {LATENCY_LIMIT_MS:.0f} ms, no backlog", "brokers": {}}
+    summary = {
+        "machine": machine(),
+        "seconds_a_step": args.seconds,
+        "keep_up": f">= {KEEP_UP:.0%} of offered, p99 send-to-start <= {LATENCY_LIMIT_MS:.0f} ms, no backlog",
+        "brokers": {},
+    }
     for broker in args.brokers.split(","):
         out = Path(tempfile.mkstemp(prefix=f"roastq-scaling-{broker}-", suffix=".json")[1])
-        argv = [sys.executable, __file__, "--broker", broker, "--out", str(out), "--modes", ",".join(args.modes),
-                "--steps", ",".join(map(str, args.steps)), "--seconds", str(args.seconds), "--drain", str(args.drain),
-                "--processes", str(args.processes), "--threads", str(args.threads)]
+        argv = [
+            sys.executable,
+            __file__,
+            "--broker",
+            broker,
+            "--out",
+            str(out),
+            "--modes",
+            ",".join(args.modes),
+            "--steps",
+            ",".join(map(str, args.steps)),
+            "--seconds",
+            str(args.seconds),
+            "--drain",
+            str(args.drain),
+            "--processes",
+            str(args.processes),
+            "--threads",
+            str(args.threads),
+        ]
         subprocess.run(argv, check=True, env={k: v for k, v in os.environ.items() if k != "BROKER_URL"})
         result = json.loads(out.read_text())
         out.unlink()
-        summary["brokers"][broker] = {mode: {"ceiling": ceiling(result[mode]), "steps": result[mode]}
-                                      for mode in args.modes}
+        summary["brokers"][broker] = {
+            mode: {"ceiling": ceiling(result[mode]), "steps": result[mode]} for mode in args.modes
+        }
         for mode in args.modes:
             print(f"{broker:8} {mode:5} ceiling: {json.dumps(summary['brokers'][broker][mode]['ceiling'])}", flush=True)
     print(json.dumps(summary, indent=1))

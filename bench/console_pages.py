@@ -85,18 +85,22 @@ def fill(conn, jobs: int) -> str:
     """The 100,000 jobs; returns the completed job whose page is measured (20 highlights on it)."""
     with conn.cursor() as cur:
         cur.execute(FILL, {"jobs": jobs})
-        cur.execute("SELECT j.id, ev.id, dv.content FROM jobs j JOIN evaluation_versions ev ON ev.job_id = j.id "
-                    "JOIN document_versions dv ON dv.id = j.document_version_id "
-                    "WHERE j.status = 'COMPLETED' ORDER BY j.created_at DESC LIMIT 1")
+        cur.execute(
+            "SELECT j.id, ev.id, dv.content FROM jobs j JOIN evaluation_versions ev ON ev.job_id = j.id "
+            "JOIN document_versions dv ON dv.id = j.document_version_id "
+            "WHERE j.status = 'COMPLETED' ORDER BY j.created_at DESC LIMIT 1"
+        )
         job_id, ev_id, content = cur.fetchone()
         step = max(len(content) // 21, 40)
         for n in range(20):
             start = n * step
-            cur.execute("WITH h AS (INSERT INTO highlights (evaluation_version_id, start_offset, end_offset, "
-                        "quoted_text, is_valid) VALUES (%s, %s, %s, %s, true) RETURNING id) "
-                        "INSERT INTO comments (evaluation_version_id, highlight_id, description, header, "
-                        "importance, level) SELECT %s, id, 'A comment on this passage.', 'A header', 5, 'info' FROM h",
-                        (ev_id, start, start + 30, content[start:start + 30], ev_id))
+            cur.execute(
+                "WITH h AS (INSERT INTO highlights (evaluation_version_id, start_offset, end_offset, "
+                "quoted_text, is_valid) VALUES (%s, %s, %s, %s, true) RETURNING id) "
+                "INSERT INTO comments (evaluation_version_id, highlight_id, description, header, "
+                "importance, level) SELECT %s, id, 'A comment on this passage.', 'A header', 5, 'info' FROM h",
+                (ev_id, start, start + 30, content[start : start + 30], ev_id),
+            )
     conn.autocommit = True
     with conn.cursor() as cur:  # what autovacuum does to a table that has grown: visibility map, statistics
         cur.execute("VACUUM ANALYZE")
@@ -134,8 +138,11 @@ def main() -> int:
         reload_settings()
         db.migrate()  # migrations added since it was filled
         conn = connect()
-        job_id = scalar(conn, "SELECT ev.job_id::text FROM evaluation_versions ev JOIN highlights h "
-                              "ON h.evaluation_version_id = ev.id LIMIT 1")
+        job_id = scalar(
+            conn,
+            "SELECT ev.job_id::text FROM evaluation_versions ev JOIN highlights h "
+            "ON h.evaluation_version_id = ev.id LIMIT 1",
+        )
     else:
         url = fresh_database("roastq_console_bench")
         from roastq.evaluation.seed import seed
@@ -143,14 +150,19 @@ def main() -> int:
         seed()
         conn = connect()
         with conn.cursor() as cur:  # every sample document with every sample agent
-            cur.execute("INSERT INTO evaluations (document_id, agent_id) SELECT d.id, a.id FROM documents d, "
-                        "agents a ON CONFLICT DO NOTHING")
+            cur.execute(
+                "INSERT INTO evaluations (document_id, agent_id) SELECT d.id, a.id FROM documents d, "
+                "agents a ON CONFLICT DO NOTHING"
+            )
         started = time.monotonic()
         job_id = fill(conn, a.jobs)
         print(f"filled {scalar(conn, 'SELECT count(*) FROM jobs'):,} jobs in {time.monotonic() - started:.0f} s")
     failed_id = scalar(conn, "SELECT id::text FROM jobs WHERE status = 'FAILED' ORDER BY created_at DESC LIMIT 1")
-    deep = scalar(conn, "SELECT created_at::text || '|' || id::text FROM jobs ORDER BY created_at DESC, id DESC "
-                        "OFFSET %s LIMIT 1", int(a.jobs * 0.9))
+    deep = scalar(
+        conn,
+        "SELECT created_at::text || '|' || id::text FROM jobs ORDER BY created_at DESC, id DESC OFFSET %s LIMIT 1",
+        int(a.jobs * 0.9),
+    )
     agent = scalar(conn, "SELECT agent_id::text FROM evaluations LIMIT 1")
     from urllib.parse import quote
 
@@ -170,10 +182,21 @@ def main() -> int:
     }
     port = free_port()
     env = dict(os.environ, DATABASE_URL=url, LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
-    log = open(ROOT / ".roastq" / "bench" / "console.log", "ab") if (ROOT / ".roastq" / "bench").is_dir() else subprocess.DEVNULL
-    server = subprocess.Popen([sys.executable, "-m", "roastq.cli", "console", "--port", str(port)], env=env,
-                              stdout=log, stderr=log, start_new_session=True, cwd=ROOT)
+    log = (
+        open(ROOT / ".roastq" / "bench" / "console.log", "ab")
+        if (ROOT / ".roastq" / "bench").is_dir()
+        else subprocess.DEVNULL
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "roastq.cli", "console", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        cwd=ROOT,
+    )
     try:
+
         def listening():
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", port)) == 0

@@ -26,8 +26,8 @@ def main() -> int:
     print(f"# {machine()}")
     fresh_database("roastq_bench_llm")
     from roastq.evaluation import pipeline
-    from roastq.llm.client import Claude
     from roastq.evaluation.seed import seed
+    from roastq.llm.client import Claude
     from roastq.settings import get_settings
     from roastq.simulator.server import SimConfig, Simulator
 
@@ -35,22 +35,43 @@ def main() -> int:
     conn = connect()
     job = next(iter(seeded.documents.values())), next(iter(seeded.agents.values()))
     with conn.cursor() as cur:  # the pipeline's own inputs, without a job: a document and an agent
-        cur.execute("SELECT dv.title, dv.authors, dv.content, dv.markdown_prepend, av.id, av.name, "
-                    "av.primary_instructions, av.provides_grades FROM document_versions dv, agent_versions av "
-                    "WHERE dv.document_id = %s AND av.agent_id = %s", job)
+        cur.execute(
+            "SELECT dv.title, dv.authors, dv.content, dv.markdown_prepend, av.id, av.name, "
+            "av.primary_instructions, av.provides_grades FROM document_versions dv, agent_versions av "
+            "WHERE dv.document_id = %s AND av.agent_id = %s",
+            job,
+        )
         title, authors, content, prepend, av_id, name, instructions, grades = cur.fetchone()
-    inputs = pipeline.JobInputs(job_id="", evaluation_id="", document_version_id="", agent_version_id=str(av_id),
-                                agent_id="", agent_name=name, title=title, authors=authors, content=content,
-                                markdown_prepend=prepend, primary_instructions=instructions,
-                                self_critique_instructions=None, provides_grades=grades)
-    system = [{"type": "text", "text": pipeline.ANALYSIS_FRAME},
-              {"type": "text", "text": f"Agent: {name}\n\n{instructions}"}]
+    inputs = pipeline.JobInputs(
+        job_id="",
+        evaluation_id="",
+        document_version_id="",
+        agent_version_id=str(av_id),
+        agent_id="",
+        agent_name=name,
+        title=title,
+        authors=authors,
+        content=content,
+        markdown_prepend=prepend,
+        primary_instructions=instructions,
+        self_critique_instructions=None,
+        provides_grades=grades,
+    )
+    system = [
+        {"type": "text", "text": pipeline.ANALYSIS_FRAME},
+        {"type": "text", "text": f"Agent: {name}\n\n{instructions}"},
+    ]
     with Simulator(SimConfig(latency_ms=50, jitter_ms=0)) as sim:
         claude = Claude(get_settings().replace(anthropic_base_url=sim.url, llm_cache_enabled=True))
 
         def call():
-            return claude.call_tool(step="analysis", system=system, prompt=pipeline.analysis_prompt(inputs),
-                                    tool=pipeline.analysis_tool(grades), cache_seed=f"agent-version:{av_id}")
+            return claude.call_tool(
+                step="analysis",
+                system=system,
+                prompt=pipeline.analysis_prompt(inputs),
+                tool=pipeline.analysis_tool(grades),
+                cache_seed=f"agent-version:{av_id}",
+            )
 
         miss_started = time.perf_counter()
         assert not call().cached
@@ -62,13 +83,21 @@ def main() -> int:
             times.append((time.perf_counter() - started) * 1000)
             assert result.cached
         requests = len(sim.requests())
-    result = {"hits": a.hits, "http_requests": requests, "prompt_chars": len(pipeline.analysis_prompt(inputs)),
-              "miss_ms (simulator latency 50 ms)": round(miss_ms, 2), "hit_median_ms": round(median(times), 3),
-              "hit_p95_ms": round(percentile(times, 0.95), 3), "hit_p99_ms": round(percentile(times, 0.99), 3)}
+    result = {
+        "hits": a.hits,
+        "http_requests": requests,
+        "prompt_chars": len(pipeline.analysis_prompt(inputs)),
+        "miss_ms (simulator latency 50 ms)": round(miss_ms, 2),
+        "hit_median_ms": round(median(times), 3),
+        "hit_p95_ms": round(percentile(times, 0.95), 3),
+        "hit_p99_ms": round(percentile(times, 0.99), 3),
+    }
     print(json.dumps(result, indent=2))
     ok = result["hit_median_ms"] < TARGET_MS and requests == 1
-    print(f"cache hit median {result['hit_median_ms']} ms (target < {TARGET_MS} ms), {requests} HTTP request for "
-          f"{a.hits + 1} calls: {'PASS' if ok else 'FAIL'}")
+    print(
+        f"cache hit median {result['hit_median_ms']} ms (target < {TARGET_MS} ms), {requests} HTTP request for "
+        f"{a.hits + 1} calls: {'PASS' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 

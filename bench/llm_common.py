@@ -28,9 +28,14 @@ class SimProcess:
     def __init__(self, *args: str):
         log_dir = ROOT / ".roastq" / "bench"
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "roastq.simulator.server", "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=open(log_dir / "simulator.log", "ab"),
-                                     text=True, cwd=ROOT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "roastq.simulator.server", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=open(log_dir / "simulator.log", "ab"),
+            text=True,
+            cwd=ROOT,
+            start_new_session=True,
+        )
         line = self.proc.stdout.readline()
         if not line.startswith("simulator listening on "):
             raise SystemExit(f"bench: the simulator did not start: {line!r}")
@@ -41,8 +46,9 @@ class SimProcess:
             return json.loads(r.read())
 
     def post(self, path: str, body: dict):
-        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(), method="POST", headers={"content-type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
 
@@ -69,9 +75,11 @@ def unique_documents(conn, n: int) -> list[str]:
             doc = samples[i % len(samples)]
             cur.execute("INSERT INTO documents (slug) VALUES (%s) RETURNING id", (f"bench-llm-{i}",))
             doc_id = cur.fetchone()[0]
-            cur.execute("INSERT INTO document_versions (document_id, version, title, authors, content) "
-                        "VALUES (%s, 1, %s, %s, %s)",
-                        (doc_id, f"{doc.title} (copy {i})", list(doc.authors), f"Copy {i}.\n{doc.content}"))
+            cur.execute(
+                "INSERT INTO document_versions (document_id, version, title, authors, content) "
+                "VALUES (%s, 1, %s, %s, %s)",
+                (doc_id, f"{doc.title} (copy {i})", list(doc.authors), f"Copy {i}.\n{doc.content}"),
+            )
             ids.append(str(doc_id))
     return ids
 
@@ -80,15 +88,24 @@ def evaluate_all(conn, jobs: int) -> tuple[list[str], float]:
     """``jobs`` evaluations of distinct documents over the sample agents, on the batch lane, waited
     for until every one is COMPLETED or FAILED: their ids and the seconds it took."""
     from _common import scalar, wait_until
+
     from roastq.api import enqueue_evaluations
 
     agents = sample_agents()
     docs = unique_documents(conn, jobs)
     started = time.monotonic()
     ids = enqueue_evaluations([(d, agents[i % len(agents)]) for i, d in enumerate(docs)], priority="batch")
-    wait_until(lambda: scalar(conn, "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND status IN "
-                                    "('COMPLETED', 'FAILED')", ids) == len(ids), timeout=900, interval=0.5,
-               what="the jobs to finish")
+    wait_until(
+        lambda: (
+            scalar(
+                conn, "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND status IN ('COMPLETED', 'FAILED')", ids
+            )
+            == len(ids)
+        ),
+        timeout=900,
+        interval=0.5,
+        what="the jobs to finish",
+    )
     return ids, time.monotonic() - started
 
 

@@ -35,11 +35,27 @@ BILLED = ("malformed", "bad_tool_input")
 def run(jobs: int, fault_rate: float, faults: tuple[str, ...], sloppiness: float = 0.0) -> dict:
     fresh_database(os.environ.get("BENCH_DATABASE", "roastq_bench_llm"))
     conn = connect()
-    sim = SimProcess("--seed", "11", "--fault-rate", str(fault_rate), "--faults", ",".join(faults) or "rate_limit",
-                     "--hang-s", "2", "--retry-after", "0.5", "--latency-ms", "20", "--jitter-ms", "10",
-                     "--sloppiness", str(sloppiness))
-    workers = start_workers("actors", processes=1, threads=16, ANTHROPIC_BASE_URL=sim.url, BACKOFF_SCALE="0.02",
-                            LLM_CALL_TIMEOUT_S="3")
+    sim = SimProcess(
+        "--seed",
+        "11",
+        "--fault-rate",
+        str(fault_rate),
+        "--faults",
+        ",".join(faults) or "rate_limit",
+        "--hang-s",
+        "2",
+        "--retry-after",
+        "0.5",
+        "--latency-ms",
+        "20",
+        "--jitter-ms",
+        "10",
+        "--sloppiness",
+        str(sloppiness),
+    )
+    workers = start_workers(
+        "actors", processes=1, threads=16, ANTHROPIC_BASE_URL=sim.url, BACKOFF_SCALE="0.02", LLM_CALL_TIMEOUT_S="3"
+    )
     try:
         wait_workers_ready(conn, 1)
         ids, elapsed = evaluate_all(conn, jobs)
@@ -52,12 +68,19 @@ def run(jobs: int, fault_rate: float, faults: tuple[str, ...], sloppiness: float
         sim.stop()
     wasted = sum(_tokens(r) for r in requests if r["kind"] in BILLED)
     corrective = sum(_tokens(r) for r in requests if r.get("error_results") or r.get("stop_reason") == "max_tokens")
-    return {"requests": stats["requests"], "by_kind": stats["by_kind"], "tokens_billed": billed_tokens(stats),
-            "tokens_billed_for_unusable_answers": wasted, "dollars_billed": round(dollars, 4),
-            "old_system_would_repay_analysis_tokens": _repaid_without_memo(requests),
-            "completed": completed, "failed": len(ids) - completed, "seconds": round(elapsed, 1),
-            "sloppy_answers": sum(1 for r in requests if r.get("sloppy")),
-            "tokens_of_corrective_and_cut_requests": corrective}
+    return {
+        "requests": stats["requests"],
+        "by_kind": stats["by_kind"],
+        "tokens_billed": billed_tokens(stats),
+        "tokens_billed_for_unusable_answers": wasted,
+        "dollars_billed": round(dollars, 4),
+        "old_system_would_repay_analysis_tokens": _repaid_without_memo(requests),
+        "completed": completed,
+        "failed": len(ids) - completed,
+        "seconds": round(elapsed, 1),
+        "sloppy_answers": sum(1 for r in requests if r.get("sloppy")),
+        "tokens_of_corrective_and_cut_requests": corrective,
+    }
 
 
 def _tokens(r: dict) -> int:
@@ -88,12 +111,14 @@ def main() -> int:
         repaid = faulted["tokens_billed"] - faulted["tokens_billed_for_unusable_answers"] - clean["tokens_billed"]
         sloppy = f", sloppiness {a.sloppiness}" if a.sloppiness else ""
         print(f"{int(a.fault_rate * 100)}% {name} ({','.join(kinds)}){sloppy}:", json.dumps(faulted))
-        print(f"  tokens billed: {faulted['tokens_billed']} vs {clean['tokens_billed']} without faults: "
-              f"{over:+.2f}% (target <= +5%: {'PASS' if over <= 5 else 'FAIL'}); of which billed for "
-              f"unusable answers: {faulted['tokens_billed_for_unusable_answers']}; paid again for work "
-              f"already done: {repaid} ({100 * repaid / clean['tokens_billed']:+.2f}%); the old system would "
-              f"have paid at least {faulted['old_system_would_repay_analysis_tokens']} more "
-              f"({100 * faulted['old_system_would_repay_analysis_tokens'] / clean['tokens_billed']:+.2f}%)")
+        print(
+            f"  tokens billed: {faulted['tokens_billed']} vs {clean['tokens_billed']} without faults: "
+            f"{over:+.2f}% (target <= +5%: {'PASS' if over <= 5 else 'FAIL'}); of which billed for "
+            f"unusable answers: {faulted['tokens_billed_for_unusable_answers']}; paid again for work "
+            f"already done: {repaid} ({100 * repaid / clean['tokens_billed']:+.2f}%); the old system would "
+            f"have paid at least {faulted['old_system_would_repay_analysis_tokens']} more "
+            f"({100 * faulted['old_system_would_repay_analysis_tokens'] / clean['tokens_billed']:+.2f}%)"
+        )
         verdict = verdict and (over <= 5 or kinds != UNBILLED)
     return 0 if verdict else 1
 

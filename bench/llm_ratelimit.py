@@ -18,7 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    connect, fresh_database, machine, scalar, start_workers, stop_workers, wait_until, wait_workers_ready,
+    connect,
+    fresh_database,
+    machine,
+    scalar,
+    start_workers,
+    stop_workers,
+    wait_until,
+    wait_workers_ready,
 )
 from llm_common import SimProcess, sample_agents, unique_documents  # noqa: E402
 
@@ -60,8 +67,13 @@ def run(duration_s: float, configured: bool, jobs: int) -> dict:
     by_minute = []
     for m in range(int(round((end - start) / 60))):
         window = [r for r in requests if start + 60 * m <= r["time"] < min(end, start + 60 * (m + 1))]
-        by_minute.append({"minute": m + 1, "admitted": sum(r["status"] != 429 for r in window),
-                          "429": sum(r["status"] == 429 for r in window)})
+        by_minute.append(
+            {
+                "minute": m + 1,
+                "admitted": sum(r["status"] != 429 for r in window),
+                "429": sum(r["status"] == 429 for r in window),
+            }
+        )
     return {
         "mode": "configured LLM_RPM_LIMIT=60" if configured else "limit learned from headers",
         "duration_s": duration_s,
@@ -86,9 +98,11 @@ def main() -> int:
     result = run(a.duration, a.configured, a.jobs)
     print(json.dumps(result, indent=2))
     ok = result["429_after_first_minute"] == 0 and result["throughput_pct_of_limit"] >= 90
-    print(f"429 after the first minute: {result['429_after_first_minute']} (target 0); throughput "
-          f"{result['admitted_per_min_after_first_minute']}/min = {result['throughput_pct_of_limit']}% "
-          f"of {LIMIT} (target >= 90%): {'PASS' if ok else 'FAIL'}")
+    print(
+        f"429 after the first minute: {result['429_after_first_minute']} (target 0); throughput "
+        f"{result['admitted_per_min_after_first_minute']}/min = {result['throughput_pct_of_limit']}% "
+        f"of {LIMIT} (target >= 90%): {'PASS' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 

@@ -10,7 +10,6 @@ import os
 import time
 
 import dramatiq
-
 import noop_actors  # noqa: F401  (actors, the broker BROKER_URL names, noop_job)
 
 STAMP_DIR = os.environ.get("BENCH_STAMP_DIR", "/tmp")

@@ -9,8 +9,9 @@ import dramatiq
 from dramatiq.middleware import Prometheus, default_middleware
 from dramatiq_pg import PostgresBroker
 
-broker = PostgresBroker(url=os.environ["DATABASE_URL"],
-                        middleware=[m() for m in default_middleware if m is not Prometheus])
+broker = PostgresBroker(
+    url=os.environ["DATABASE_URL"], middleware=[m() for m in default_middleware if m is not Prometheus]
+)
 dramatiq.set_broker(broker)
 
 

@@ -33,8 +33,9 @@ class BatchLane(Middleware):
         from roastq.llm import batch_driver
 
         self._stop = threading.Event()  # a new one a boot: an old thread still stopping keeps its own
-        self._thread = threading.Thread(target=batch_driver.run_forever, args=(self._stop,),
-                                        name="roastq-batch-lane", daemon=True)
+        self._thread = threading.Thread(
+            target=batch_driver.run_forever, args=(self._stop,), name="roastq-batch-lane", daemon=True
+        )
         self._thread.start()
 
     def before_worker_shutdown(self, broker, worker):

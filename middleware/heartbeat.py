@@ -45,8 +45,11 @@ class Heartbeat(Middleware):
     def after_worker_boot(self, broker, worker):
         self._stop.clear()
         params = {
-            "worker_id": worker_id(), "hostname": worker_host(), "pid": os.getpid(),
-            "threads": worker.worker_threads, "queues": sorted(q for q in broker.queues),
+            "worker_id": worker_id(),
+            "hostname": worker_host(),
+            "pid": os.getpid(),
+            "threads": worker.worker_threads,
+            "queues": sorted(q for q in broker.queues),
         }
         self._thread = threading.Thread(target=self._run, args=(params,), name="roastq-heartbeat", daemon=True)
         self._thread.start()

@@ -63,8 +63,8 @@ def _with_retries(write, tries: int = 5) -> None:
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             if n == tries - 1:
                 raise
-            logger.warning("could not record the attempt's outcome (%s): again in %.1f s", exc, 0.2 * 2 ** n)
-            time.sleep(0.2 * 2 ** n)
+            logger.warning("could not record the attempt's outcome (%s): again in %.1f s", exc, 0.2 * 2**n)
+            time.sleep(0.2 * 2**n)
 
 
 class AttemptAlive(Snooze, MiddlewareError):
@@ -105,7 +105,9 @@ class JobState(Middleware):
         start_error.set(None)
         job_id = job_id_of(message)
         if job_id is None:
-            self._reject(message, f"payload is not a job id: args={list(message.args)!r:.200} kwargs={sorted(message.kwargs)!r}")
+            self._reject(
+                message, f"payload is not a job id: args={list(message.args)!r:.200} kwargs={sorted(message.kwargs)!r}"
+            )
         try:
             started = self._start(message, job_id)
         except (SkipMessage, AttemptAlive):
@@ -129,8 +131,15 @@ class JobState(Middleware):
         # One round trip, committed without waiting for the WAL flush: if Postgres crashes before
         # a later commit flushes it, the job is PENDING again and its message is delivered again,
         # as if this attempt had not begun (docs/architecture.md, "synchronous_commit").
-        row = jobs.start(None, job_id, message_id=message.message_id, worker_id=worker_id(),
-                         stale_after_s=stale, running_here=job_id in self._running, durable=False)
+        row = jobs.start(
+            None,
+            job_id,
+            message_id=message.message_id,
+            worker_id=worker_id(),
+            stale_after_s=stale,
+            running_here=job_id in self._running,
+            durable=False,
+        )
         if row is None:
             with db.transaction() as cur:
                 job = jobs.lock(cur, job_id)
@@ -166,8 +175,9 @@ class JobState(Middleware):
         worker could be gone (a snooze: no attempt used). If it dies, this delivery takes over;
         if it finishes, this delivery is skipped."""
         delay_s = worker_stale_after_s() * random.uniform(1.0, 1.25)
-        logger.warning("job %s runs on live worker %s: this delivery backs off for %.1f s",
-                       job["id"], job["worker_id"], delay_s)
+        logger.warning(
+            "job %s runs on live worker %s: this delivery backs off for %.1f s", job["id"], job["worker_id"], delay_s
+        )
         message.roastq_backed_off = True  # counted by the metrics middleware
         message.options["throws"] = Snooze  # an expected exception: one INFO line, no traceback
         raise AttemptAlive(delay_s, f"an attempt runs on live worker {job['worker_id']}")
@@ -178,8 +188,9 @@ class JobState(Middleware):
         error = f"its worker died {crashes} times while running it"
         with db.transaction() as cur:
             jobs.fail_worker_lost(cur, ctx.job_id, error)
-            jobs.end_attempt(cur, ctx.job_id, ctx.attempt, Action.FAIL.outcome,
-                             error_class=str(ErrorClass.WORKER_LOST), error=error)
+            jobs.end_attempt(
+                cur, ctx.job_id, ctx.attempt, Action.FAIL.outcome, error_class=str(ErrorClass.WORKER_LOST), error=error
+            )
         logger.error("job %s failed (WORKER_LOST): %s", ctx.job_id, error)
         message.roastq_error_class = str(ErrorClass.WORKER_LOST)  # what the metrics count this dead letter as
         message.fail()
@@ -209,8 +220,12 @@ class JobState(Middleware):
             decision = decision_for(message, exception, self.policy)
             _with_retries(lambda: self._record_outcome(ctx, decision))
             if decision.action is Action.RETRY:
-                logger.warning("job attempt failed (%s): retry in %.1f s (%s)", decision.error_class,
-                               decision.delay_s, decision.delay_reason)
+                logger.warning(
+                    "job attempt failed (%s): retry in %.1f s (%s)",
+                    decision.error_class,
+                    decision.delay_s,
+                    decision.delay_reason,
+                )
             elif decision.action is Action.SNOOZE:
                 logger.info("job snoozed: runs again in %.1f s (%s)", decision.delay_s, decision.delay_reason)
             elif decision.action is Action.CANCEL:

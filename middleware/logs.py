@@ -18,8 +18,7 @@ from dramatiq.middleware import Middleware
 from psycopg2.extras import Json
 
 from observability.logging import take_job_lines
-from roastq import db, jobs
-from roastq.db import Q
+from roastq import jobs
 
 logger = logging.getLogger("roastq.logs")
 

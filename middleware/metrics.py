@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import time
 
-from dramatiq.middleware import Middleware
-
 from dramatiq.common import q_name
+from dramatiq.middleware import Middleware
 
 from observability import metrics as m
 from roastq import events
@@ -35,8 +34,15 @@ def on_llm_call(*, model, step, duration_s, usage, price_usd, exception, cached,
         outcome = str(classify(exception))
     else:
         outcome = "cached" if cached else "ok"
-    m.record_llm_call(model=model, step=step, outcome=outcome, duration_s=duration_s, usage=usage,
-                      price_usd=price_usd, cached=cached and exception is None)
+    m.record_llm_call(
+        model=model,
+        step=step,
+        outcome=outcome,
+        duration_s=duration_s,
+        usage=usage,
+        price_usd=price_usd,
+        cached=cached and exception is None,
+    )
 
 
 def on_llm_cache(*, model, outcome, saved_usd, **_):

@@ -17,8 +17,8 @@ import random
 from dramatiq.middleware import Middleware, MiddlewareError
 
 from roastq import db, jobs
-from roastq.ops import pause
 from roastq.exceptions import Snooze
+from roastq.ops import pause
 
 from .jobs import job_id_of
 
@@ -60,8 +60,12 @@ class SystemPause(Middleware):
         if job_id is not None:
             try:
                 with db.transaction() as cur:
-                    jobs.hold(cur, job_id, delay_s=delay_s,
-                              error=f"system paused: {paused.get('reason') or 'no reason given'}")
+                    jobs.hold(
+                        cur,
+                        job_id,
+                        delay_s=delay_s,
+                        error=f"system paused: {paused.get('reason') or 'no reason given'}",
+                    )
             except Exception as exc:  # the row is only informative: the message still waits
                 logger.warning("could not mark job %s as paused: %s", job_id, exc)
         # An expected exception: dramatiq logs it in one INFO line instead of an ERROR traceback a

@@ -19,7 +19,7 @@ Sentry scope before anything logs, and its after hook runs once the job row is w
 from __future__ import annotations
 
 import logging
-from datetime import timezone
+from datetime import UTC
 
 import sentry_sdk
 from dramatiq.common import q_name
@@ -28,7 +28,6 @@ from dramatiq.middleware import Middleware
 from observability.sentry import flush
 from roastq import db
 from roastq.db import Q
-
 from roastq.failures import Action, ErrorClass, RetryPolicy
 
 from .jobs import job_id_of
@@ -79,8 +78,9 @@ class Sentry(Middleware):
                     _tag(scope, message, ErrorClass.INPUT, attempt=None, agent_id=None)
                     scope.set_context("job", {"message_id": message.message_id})
                     scope.fingerprint = ["roastq", message.actor_name, str(ErrorClass.INPUT)]
-                    sentry_sdk.capture_message(f"{message.actor_name}: message rejected, its payload is "
-                                               "not a known job", level="error")
+                    sentry_sdk.capture_message(
+                        f"{message.actor_name}: message rejected, its payload is not a known job", level="error"
+                    )
         finally:
             self._close_scope(message)
 
@@ -93,13 +93,16 @@ class Sentry(Middleware):
         attempt = job.attempt if job is not None else None
         with sentry_sdk.new_scope() as scope:
             _tag(scope, message, decision.error_class, attempt=attempt, agent_id=job.agent_id if job else None)
-            scope.set_context("job", {
-                "job_id": job_id,
-                "evaluation_id": job.evaluation_id if job else None,
-                "message_id": message.message_id,
-                "attempt": attempt,
-                "error": decision.error,
-            })
+            scope.set_context(
+                "job",
+                {
+                    "job_id": job_id,
+                    "evaluation_id": job.evaluation_id if job else None,
+                    "message_id": message.message_id,
+                    "attempt": attempt,
+                    "error": decision.error,
+                },
+            )
             scope.fingerprint = ["roastq", message.actor_name, str(decision.error_class)]
             scope.set_level(decision.level)
             if job_id is not None and attempt is not None:
@@ -137,11 +140,20 @@ def _earlier_attempts(job_id: str, attempt: int) -> list[dict]:
             text += f" ({r['error_class']}): {r['error']}"
         if r["delay_s"] is not None:
             text += f"; retried after {float(r['delay_s']):.1f} s ({r['delay_reason']})"
-        crumbs.append({
-            "type": "default", "category": "job.attempt", "level": "warning", "message": text,
-            "timestamp": when.astimezone(timezone.utc) if when else None,
-            "data": {"attempt": r["attempt"], "outcome": r["outcome"], "error_class": r["error_class"],
-                     "delay_s": float(r["delay_s"]) if r["delay_s"] is not None else None,
-                     "delay_reason": r["delay_reason"]},
-        })
+        crumbs.append(
+            {
+                "type": "default",
+                "category": "job.attempt",
+                "level": "warning",
+                "message": text,
+                "timestamp": when.astimezone(UTC) if when else None,
+                "data": {
+                    "attempt": r["attempt"],
+                    "outcome": r["outcome"],
+                    "error_class": r["error_class"],
+                    "delay_s": float(r["delay_s"]) if r["delay_s"] is not None else None,
+                    "delay_reason": r["delay_reason"],
+                },
+            }
+        )
     return crumbs

@@ -21,16 +21,16 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from observability.logging import setup_logging
-from observability.metrics import enable_multiprocess, multiprocess_dir, prune_dead
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from observability.logging import setup_logging
+from observability.metrics import enable_multiprocess, multiprocess_dir, prune_dead
 from roastq import db
+from roastq.db import Q
 from roastq.llm import budget
 from roastq.queues import JOB_QUEUES as QUEUES
-from roastq.db import Q
 from roastq.settings import get_settings
 
 logger = logging.getLogger("roastq.exporter")
@@ -49,8 +49,9 @@ class PostgresCollector:
 
     def _cursor(self):
         if self._conn is None or self._conn.closed:
-            self._conn = db.connect(connect_timeout=3, application_name="roastq-exporter",
-                                    options="-c statement_timeout=5000")
+            self._conn = db.connect(
+                connect_timeout=3, application_name="roastq-exporter", options="-c statement_timeout=5000"
+            )
             self._conn.autocommit = True
         return self._conn.cursor()
 
@@ -74,8 +75,10 @@ class PostgresCollector:
 
     def collect(self):
         started = time.monotonic()
-        up = GaugeMetricFamily("roastq_metrics_postgres_up",
-                               "1 if the exporter's last read of queue and worker state from Postgres worked.")
+        up = GaugeMetricFamily(
+            "roastq_metrics_postgres_up",
+            "1 if the exporter's last read of queue and worker state from Postgres worked.",
+        )
         with self._lock:
             try:
                 rows, spend, lane = self._read()
@@ -89,14 +92,19 @@ class PostgresCollector:
         up.add_metric([], 1)
         yield up
 
-        depth = GaugeMetricFamily("roastq_queue_messages", "Broker messages by queue and state (from Postgres).",
-                                  labels=["queue", "state"])
-        age = GaugeMetricFamily("roastq_queue_oldest_message_age_seconds",
-                                "Age of the oldest message by queue and state (since it entered that state); "
-                                "0 when there is none.", labels=["queue", "state"])
-        delayed = GaugeMetricFamily("roastq_queue_delayed_messages",
-                                    "Messages waiting in a queue's delay queue (retry backoffs, snoozes).",
-                                    labels=["queue"])
+        depth = GaugeMetricFamily(
+            "roastq_queue_messages", "Broker messages by queue and state (from Postgres).", labels=["queue", "state"]
+        )
+        age = GaugeMetricFamily(
+            "roastq_queue_oldest_message_age_seconds",
+            "Age of the oldest message by queue and state (since it entered that state); 0 when there is none.",
+            labels=["queue", "state"],
+        )
+        delayed = GaugeMetricFamily(
+            "roastq_queue_delayed_messages",
+            "Messages waiting in a queue's delay queue (retry backoffs, snoozes).",
+            labels=["queue"],
+        )
         seen = {(q, s): (0, 0.0) for q in QUEUES for s in STATES}
         workers = threads = 0
         heartbeat_age = None
@@ -114,24 +122,30 @@ class PostgresCollector:
         yield age
         yield delayed
 
-        alive = GaugeMetricFamily("roastq_workers_alive",
-                                  "Worker processes whose heartbeat is fresh (within 3 heartbeat intervals).")
+        alive = GaugeMetricFamily(
+            "roastq_workers_alive", "Worker processes whose heartbeat is fresh (within 3 heartbeat intervals)."
+        )
         alive.add_metric([], workers)
         yield alive
         alive_threads = GaugeMetricFamily("roastq_worker_threads_alive", "Worker threads of the live processes.")
         alive_threads.add_metric([], threads)
         yield alive_threads
         if heartbeat_age is not None:
-            beat = GaugeMetricFamily("roastq_worker_heartbeat_age_seconds",
-                                     "Seconds since the stalest heartbeat still registered (a crashed worker's grows).")
+            beat = GaugeMetricFamily(
+                "roastq_worker_heartbeat_age_seconds",
+                "Seconds since the stalest heartbeat still registered (a crashed worker's grows).",
+            )
             beat.add_metric([], float(heartbeat_age))
             yield beat
-        spent = GaugeMetricFamily("roastq_llm_budget_spent_dollars",
-                                  "Dollars spent on LLM calls today (UTC day, all models): what the budget guard reads.")
+        spent = GaugeMetricFamily(
+            "roastq_llm_budget_spent_dollars",
+            "Dollars spent on LLM calls today (UTC day, all models): what the budget guard reads.",
+        )
         spent.add_metric([], float(spend.spent_usd))
         yield spent
-        cap = GaugeMetricFamily("roastq_llm_budget_cap_dollars",
-                                "The daily LLM spend cap, LLM_DAILY_BUDGET_USD (0: no cap).")
+        cap = GaugeMetricFamily(
+            "roastq_llm_budget_cap_dollars", "The daily LLM spend cap, LLM_DAILY_BUDGET_USD (0: no cap)."
+        )
         cap.add_metric([], float(spend.cap_usd or 0))
         yield cap
         yield from lane_metrics(lane, get_settings().llm_batch_expected_s)
@@ -142,29 +156,38 @@ class PostgresCollector:
 
 def lane_metrics(lane: dict, expected_s: float):
     """The batch lane's gauges (docs/metrics.md)."""
-    requests = GaugeMetricFamily("roastq_batch_lane_requests", "LLM requests in the batch lane: waiting for a "
-                                 "batch, or in an open batch.", labels=["state"])
+    requests = GaugeMetricFamily(
+        "roastq_batch_lane_requests",
+        "LLM requests in the batch lane: waiting for a batch, or in an open batch.",
+        labels=["state"],
+    )
     requests.add_metric(["waiting"], lane["waiting"])
     requests.add_metric(["in_batch"], lane["in_batches"])
     yield requests
     open_batches = GaugeMetricFamily("roastq_batch_lane_open_batches", "Message Batches not yet collected.")
     open_batches.add_metric([], lane["open_batches"])
     yield open_batches
-    for name, key, what in (("roastq_batch_lane_oldest_batch_age_seconds", "oldest_batch_s", "open batch"),
-                            ("roastq_batch_lane_oldest_request_age_seconds", "oldest_request_s", "pending request")):
+    for name, key, what in (
+        ("roastq_batch_lane_oldest_batch_age_seconds", "oldest_batch_s", "open batch"),
+        ("roastq_batch_lane_oldest_request_age_seconds", "oldest_request_s", "pending request"),
+    ):
         g = GaugeMetricFamily(name, f"Age of the oldest {what} in the batch lane; 0 when there is none.")
         g.add_metric([], float(lane[key] or 0.0))
         yield g
-    expected = GaugeMetricFamily("roastq_batch_lane_expected_seconds",
-                                 "LLM_BATCH_EXPECTED_S: a batch open longer is late (the alert's threshold).")
+    expected = GaugeMetricFamily(
+        "roastq_batch_lane_expected_seconds",
+        "LLM_BATCH_EXPECTED_S: a batch open longer is late (the alert's threshold).",
+    )
     expected.add_metric([], expected_s)
     yield expected
-    billed = GaugeMetricFamily("roastq_batch_lane_billed_dollars", "Dollars billed for batch-lane answers (at "
-                               "batch prices), all time.")
+    billed = GaugeMetricFamily(
+        "roastq_batch_lane_billed_dollars", "Dollars billed for batch-lane answers (at batch prices), all time."
+    )
     billed.add_metric([], float(lane["billed_usd"]))
     yield billed
-    saved = GaugeMetricFamily("roastq_batch_lane_saved_dollars", "Dollars the batch lane saved against the same "
-                              "answers real-time, all time.")
+    saved = GaugeMetricFamily(
+        "roastq_batch_lane_saved_dollars", "Dollars the batch lane saved against the same answers real-time, all time."
+    )
     saved.add_metric([], float(lane["saved_usd"]))
     yield saved
 
@@ -231,8 +254,12 @@ def run_exporter() -> int:
         server = make_server(settings.metrics_host, settings.metrics_port)
     except OSError as exc:
         # Another pool on this host serves the port: its exporter reads the same directory.
-        logger.error("metrics exporter not started: cannot listen on %s:%s: %s",
-                     settings.metrics_host, settings.metrics_port, exc)
+        logger.error(
+            "metrics exporter not started: cannot listen on %s:%s: %s",
+            settings.metrics_host,
+            settings.metrics_port,
+            exc,
+        )
         return 1
     host, port = server.server_address[:2]
     logger.info("metrics exporter listening on http://%s:%d/metrics (files in %s)", host, port, multiprocess_dir())

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 from loguru import logger
@@ -77,10 +77,18 @@ class InterceptHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(self._local, "busy", False):
-            sys.stderr.write(_dumps({
-                "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
-                "level": record.levelname, "logger": record.name, "message": redact(record.getMessage()),
-                "process": record.process, "thread": record.threadName}))
+            sys.stderr.write(
+                _dumps(
+                    {
+                        "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+                        "level": record.levelname,
+                        "logger": record.name,
+                        "message": redact(record.getMessage()),
+                        "process": record.process,
+                        "thread": record.threadName,
+                    }
+                )
+            )
             return
         try:
             level = logger.level(record.levelname).name
@@ -121,8 +129,7 @@ def _exception(record) -> dict | None:
         return None
     # format_exception prints source lines, never locals: no document text, no keys.
     text = "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
-    return {"type": exc.type.__name__, "value": redact(str(exc.value))[:MAX_JOB_LINE_CHARS],
-            "traceback": redact(text)}
+    return {"type": exc.type.__name__, "value": redact(str(exc.value))[:MAX_JOB_LINE_CHARS], "traceback": redact(text)}
 
 
 def _entry(record) -> dict:
@@ -262,9 +269,15 @@ def take_job_lines(job_id: str) -> list[dict]:
         return []
     lines = buf["lines"]
     if buf["dropped"]:
-        lines.append({"time": lines[-1]["time"], "level": "WARNING", "logger": "roastq.logs",
-                      "message": f"{buf['dropped']} more lines of this attempt not stored",
-                      "attempt": lines[-1]["attempt"]})
+        lines.append(
+            {
+                "time": lines[-1]["time"],
+                "level": "WARNING",
+                "logger": "roastq.logs",
+                "message": f"{buf['dropped']} more lines of this attempt not stored",
+                "attempt": lines[-1]["attempt"],
+            }
+        )
     return lines
 
 

@@ -72,77 +72,136 @@ def setup_metrics() -> dict:
             from prometheus_client import Counter, Gauge, Histogram
 
             # -- messages (jobs) ------------------------------------------------------------------------------
-            ENQUEUED = Counter("roastq_messages_enqueued_total",
-                               "Messages put on a queue; delayed=\"true\" for retries, snoozes and scheduled sends.",
-                               ["queue", "actor", "delayed"])
+            ENQUEUED = Counter(
+                "roastq_messages_enqueued_total",
+                'Messages put on a queue; delayed="true" for retries, snoozes and scheduled sends.',
+                ["queue", "actor", "delayed"],
+            )
             STARTED = Counter("roastq_messages_started_total", "Job attempts started.", ["queue", "actor"])
-            SUCCEEDED = Counter("roastq_messages_succeeded_total", "Job attempts that completed the job.", ["queue", "actor"])
-            FAILED = Counter("roastq_messages_failed_total",
-                             "Jobs that failed for good (dead letters), by error class.", ["queue", "actor", "error_class"])
-            RETRIED = Counter("roastq_messages_retried_total",
-                              "Job attempts that failed and will be retried, by error class.",
-                              ["queue", "actor", "error_class"])
-            SNOOZED = Counter("roastq_messages_snoozed_total",
-                              "Job attempts that waited without failing (paused, budget, rate limiter), by reason.",
-                              ["queue", "actor", "reason"])
+            SUCCEEDED = Counter(
+                "roastq_messages_succeeded_total", "Job attempts that completed the job.", ["queue", "actor"]
+            )
+            FAILED = Counter(
+                "roastq_messages_failed_total",
+                "Jobs that failed for good (dead letters), by error class.",
+                ["queue", "actor", "error_class"],
+            )
+            RETRIED = Counter(
+                "roastq_messages_retried_total",
+                "Job attempts that failed and will be retried, by error class.",
+                ["queue", "actor", "error_class"],
+            )
+            SNOOZED = Counter(
+                "roastq_messages_snoozed_total",
+                "Job attempts that waited without failing (paused, budget, rate limiter), by reason.",
+                ["queue", "actor", "reason"],
+            )
             CANCELLED = Counter("roastq_messages_cancelled_total", "Jobs cancelled while they ran.", ["queue", "actor"])
-            BACKED_OFF = Counter("roastq_job_deliveries_backed_off_total",
-                                 "Deliveries of a job's message that found an attempt of the job running on a live "
-                                 "worker: they left it alone and snoozed (no second attempt beside it).",
-                                 ["queue", "actor"])
-            DURATION = Histogram("roastq_job_duration_seconds",
-                                 "Time one job attempt took, by outcome (succeeded, failed, retried, snoozed, cancelled).",
-                                 ["queue", "actor", "outcome"], buckets=JOB_BUCKETS)
-            IN_PROGRESS = Gauge("roastq_messages_in_progress", "Job attempts running now.", ["queue", "actor"],
-                                multiprocess_mode="livesum")
-            DELAYED = Gauge("roastq_messages_delayed", "Delayed messages held by workers until their time comes.",
-                            ["queue", "actor"], multiprocess_mode="livesum")
+            BACKED_OFF = Counter(
+                "roastq_job_deliveries_backed_off_total",
+                "Deliveries of a job's message that found an attempt of the job running on a live "
+                "worker: they left it alone and snoozed (no second attempt beside it).",
+                ["queue", "actor"],
+            )
+            DURATION = Histogram(
+                "roastq_job_duration_seconds",
+                "Time one job attempt took, by outcome (succeeded, failed, retried, snoozed, cancelled).",
+                ["queue", "actor", "outcome"],
+                buckets=JOB_BUCKETS,
+            )
+            IN_PROGRESS = Gauge(
+                "roastq_messages_in_progress",
+                "Job attempts running now.",
+                ["queue", "actor"],
+                multiprocess_mode="livesum",
+            )
+            DELAYED = Gauge(
+                "roastq_messages_delayed",
+                "Delayed messages held by workers until their time comes.",
+                ["queue", "actor"],
+                multiprocess_mode="livesum",
+            )
 
             # -- the LLM -------------------------------------------------------------------------------------
-            LLM_REQUESTS = Counter("roastq_llm_requests_total",
-                                   "LLM calls, by outcome: ok, cached (answered from the response cache, not sent) "
-                                   "or the error class of the failure (RATE_LIMITED is a 429).",
-                                   ["model", "step", "outcome"])
-            LLM_LATENCY = Histogram("roastq_llm_request_duration_seconds", "Latency of LLM calls sent to the API.",
-                                    ["model", "step"], buckets=LLM_BUCKETS)
-            LLM_TOKENS = Counter("roastq_llm_tokens_total", "Tokens paid for, by kind: input, output, cache_read, cache_write.",
-                                 ["model", "kind"])
-            LLM_COST = Counter("roastq_llm_cost_dollars_total", "Dollars spent on LLM calls (price table x usage).", ["model"])
+            LLM_REQUESTS = Counter(
+                "roastq_llm_requests_total",
+                "LLM calls, by outcome: ok, cached (answered from the response cache, not sent) "
+                "or the error class of the failure (RATE_LIMITED is a 429).",
+                ["model", "step", "outcome"],
+            )
+            LLM_LATENCY = Histogram(
+                "roastq_llm_request_duration_seconds",
+                "Latency of LLM calls sent to the API.",
+                ["model", "step"],
+                buckets=LLM_BUCKETS,
+            )
+            LLM_TOKENS = Counter(
+                "roastq_llm_tokens_total",
+                "Tokens paid for, by kind: input, output, cache_read, cache_write.",
+                ["model", "kind"],
+            )
+            LLM_COST = Counter(
+                "roastq_llm_cost_dollars_total", "Dollars spent on LLM calls (price table x usage).", ["model"]
+            )
 
             # -- the LLM cost layer (docs/llm.md): from roastq.events, see middleware/metrics.py ---------------
-            LLM_CACHE_LOOKUPS = Counter("roastq_llm_cache_lookups_total",
-                                        "Response cache events by outcome: hit (served, not sent), miss, bypass (a call "
-                                        "that skipped the lookup), store (a fresh validated answer kept).",
-                                        ["model", "outcome"])
-            LLM_CACHE_SAVED = Counter("roastq_llm_cache_saved_dollars_total",
-                                      "Dollars the response cache saved: what the original calls of its hits cost.", ["model"])
-            LLM_STEPS_RESUMED = Counter("roastq_llm_steps_resumed_total",
-                                        "Pipeline steps a retry reused from an earlier attempt of its job (not run again).",
-                                        ["step"])
-            LLM_BUDGET_HOLDS = Counter("roastq_llm_budget_holds_total",
-                                       "LLM calls held (their job snoozed) because today's spend reached LLM_DAILY_BUDGET_USD, "
-                                       "by the model of the call.", ["model"])
-            LLM_RATE_WAITS = Counter("roastq_llm_rate_limit_waits_total",
-                                     "Waits for the shared rate limiter, by reason (gate, requests, input_tokens, "
-                                     "output_tokens) and outcome: waited (in the thread) or snoozed (the job comes back later).",
-                                     ["model", "reason", "outcome"])
-            LLM_RATE_WAIT_SECONDS = Counter("roastq_llm_rate_limit_wait_seconds_total",
-                                            "Seconds of those waits (snoozed: the delay the job was re-enqueued with).",
-                                            ["model", "outcome"])
-            LLM_GATE_CLOSED = Counter("roastq_llm_rate_limit_gate_closed_total",
-                                      "Times a model's rate-limit gate was closed for every worker: reason 429 (retry-after) "
-                                      "or '<kind> exhausted' (a rate-limit header said nothing is left).", ["model", "reason"])
-            LLM_UNKNOWN_MODEL = Counter("roastq_llm_unknown_model_calls_total",
-                                        "Calls priced for a model the price table does not know (charged the dearest rate).",
-                                        ["model"])
-            LLM_REPAIRS = Counter("roastq_llm_answer_repairs_total",
-                                  "Soft violations repaired in Claude's answers before they were saved, by step and kind "
-                                  "(string_truncated, number_clamped, number_coerced, enum_defaulted, extra_ignored, "
-                                  "items_trimmed, field_defaulted, highlight_dropped).", ["step", "kind"])
-            LLM_RETRIES = Counter("roastq_llm_in_call_retries_total",
-                                  "Extra requests within one LLM call, by reason: corrective (the answer failed the hard "
-                                  "tier and was sent back as an is_error tool result), max_tokens_raised, shorter_answer.",
-                                  ["model", "step", "reason"])
+            LLM_CACHE_LOOKUPS = Counter(
+                "roastq_llm_cache_lookups_total",
+                "Response cache events by outcome: hit (served, not sent), miss, bypass (a call "
+                "that skipped the lookup), store (a fresh validated answer kept).",
+                ["model", "outcome"],
+            )
+            LLM_CACHE_SAVED = Counter(
+                "roastq_llm_cache_saved_dollars_total",
+                "Dollars the response cache saved: what the original calls of its hits cost.",
+                ["model"],
+            )
+            LLM_STEPS_RESUMED = Counter(
+                "roastq_llm_steps_resumed_total",
+                "Pipeline steps a retry reused from an earlier attempt of its job (not run again).",
+                ["step"],
+            )
+            LLM_BUDGET_HOLDS = Counter(
+                "roastq_llm_budget_holds_total",
+                "LLM calls held (their job snoozed) because today's spend reached LLM_DAILY_BUDGET_USD, "
+                "by the model of the call.",
+                ["model"],
+            )
+            LLM_RATE_WAITS = Counter(
+                "roastq_llm_rate_limit_waits_total",
+                "Waits for the shared rate limiter, by reason (gate, requests, input_tokens, "
+                "output_tokens) and outcome: waited (in the thread) or snoozed (the job comes back later).",
+                ["model", "reason", "outcome"],
+            )
+            LLM_RATE_WAIT_SECONDS = Counter(
+                "roastq_llm_rate_limit_wait_seconds_total",
+                "Seconds of those waits (snoozed: the delay the job was re-enqueued with).",
+                ["model", "outcome"],
+            )
+            LLM_GATE_CLOSED = Counter(
+                "roastq_llm_rate_limit_gate_closed_total",
+                "Times a model's rate-limit gate was closed for every worker: reason 429 (retry-after) "
+                "or '<kind> exhausted' (a rate-limit header said nothing is left).",
+                ["model", "reason"],
+            )
+            LLM_UNKNOWN_MODEL = Counter(
+                "roastq_llm_unknown_model_calls_total",
+                "Calls priced for a model the price table does not know (charged the dearest rate).",
+                ["model"],
+            )
+            LLM_REPAIRS = Counter(
+                "roastq_llm_answer_repairs_total",
+                "Soft violations repaired in Claude's answers before they were saved, by step and kind "
+                "(string_truncated, number_clamped, number_coerced, enum_defaulted, extra_ignored, "
+                "items_trimmed, field_defaulted, highlight_dropped).",
+                ["step", "kind"],
+            )
+            LLM_RETRIES = Counter(
+                "roastq_llm_in_call_retries_total",
+                "Extra requests within one LLM call, by reason: corrective (the answer failed the hard "
+                "tier and was sent back as an is_error tool result), max_tokens_raised, shorter_answer.",
+                ["model", "step", "reason"],
+            )
             _metrics = {name: value for name, value in locals().items() if name.isupper()}
     return _metrics
 
@@ -157,8 +216,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def record_llm_call(*, model: str, step: str, outcome: str, duration_s: float, usage, price_usd,
-                    cached: bool) -> None:
+def record_llm_call(*, model: str, step: str, outcome: str, duration_s: float, usage, price_usd, cached: bool) -> None:
     """Count one LLM call (``outcome`` is decided by the caller: ok, cached or an error class)."""
     m = setup_metrics()
     m["LLM_REQUESTS"].labels(model, step, outcome).inc()

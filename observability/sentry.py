@@ -104,8 +104,13 @@ def setup_sentry(settings: Settings | None = None, *, dsn: str | None = None) ->
         release=settings.sentry_release or release_name(),
         environment=settings.sentry_environment,
         # Nothing about people, no request bodies, no frame locals (they hold documents), no SQL.
-        data_collection={"user_info": False, "http_bodies": [], "stack_frame_variables": False,
-                         "database_query_data": False, "queues": False},
+        data_collection={
+            "user_info": False,
+            "http_bodies": [],
+            "stack_frame_variables": False,
+            "database_query_data": False,
+            "queues": False,
+        },
         include_local_variables=False,
         max_request_body_size="never",
         max_breadcrumbs=100,
@@ -116,8 +121,12 @@ def setup_sentry(settings: Settings | None = None, *, dsn: str | None = None) ->
         auto_enabling_integrations=False,
         integrations=[
             LoggingIntegration(level=logging.INFO, event_level=None),  # logs: breadcrumbs only
-            ArgvIntegration(), AtexitIntegration(), DedupeIntegration(), ExcepthookIntegration(),
-            ModulesIntegration(), ThreadingIntegration(propagate_scope=False),
+            ArgvIntegration(),
+            AtexitIntegration(),
+            DedupeIntegration(),
+            ExcepthookIntegration(),
+            ModulesIntegration(),
+            ThreadingIntegration(propagate_scope=False),
         ],
     )
     return True

@@ -12,7 +12,7 @@ imported here). That set-up belongs to worker processes, at boot.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from roastq import db, jobs
 from roastq.brokers import send_job, send_jobs
@@ -45,11 +45,11 @@ def _when(value, what: str) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, timedelta):
-        return datetime.now(timezone.utc) + value
+        return datetime.now(UTC) + value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.now(timezone.utc) + timedelta(seconds=value)
+        return datetime.now(UTC) + timedelta(seconds=value)
     raise EnqueueError(f"{what} must be a datetime, a timedelta or seconds, got {value!r}")
 
 
@@ -57,7 +57,7 @@ def _schedule(priority: str, deadline, not_before) -> tuple[datetime | None, dat
     """(deadline, not_before, delay in ms): a batch job without a deadline gets the default one
     (LLM_BATCH_DEFAULT_DEADLINE), counted from its start time."""
     start = _when(not_before, "not_before")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     due = _when(deadline, "deadline")
     if due is None and priority == BATCH:
         due = max(start or now, now) + timedelta(seconds=get_settings().llm_batch_default_deadline_s)
@@ -67,20 +67,39 @@ def _schedule(priority: str, deadline, not_before) -> tuple[datetime | None, dat
     return due, start, delay_ms
 
 
-def insert_and_send(cur, *, evaluation_id, document_version_id, agent_version_id, queue,
-                    original_job_id=None, deadline=None, not_before=None) -> str:
+def insert_and_send(
+    cur,
+    *,
+    evaluation_id,
+    document_version_id,
+    agent_version_id,
+    queue,
+    original_job_id=None,
+    deadline=None,
+    not_before=None,
+) -> str:
     """A new job row and its message, on the caller's cursor; returns the job id."""
     job_id = str(uuid.uuid4())
     due, start, delay_ms = _schedule(queue, deadline, not_before)
     message = send_job(cur, queue, job_id, delay_ms=delay_ms)
-    jobs.insert(cur, job_id=job_id, evaluation_id=evaluation_id, document_version_id=document_version_id,
-                agent_version_id=agent_version_id, queue=queue, message_id=message.message_id,
-                original_job_id=original_job_id, deadline=due, not_before=start)
+    jobs.insert(
+        cur,
+        job_id=job_id,
+        evaluation_id=evaluation_id,
+        document_version_id=document_version_id,
+        agent_version_id=agent_version_id,
+        queue=queue,
+        message_id=message.message_id,
+        original_job_id=original_job_id,
+        deadline=due,
+        not_before=start,
+    )
     return job_id
 
 
-def enqueue_evaluation(document_id, agent_id, *, priority: str = INTERACTIVE, deadline=None,
-                       not_before=None, conn=None) -> str:
+def enqueue_evaluation(
+    document_id, agent_id, *, priority: str = INTERACTIVE, deadline=None, not_before=None, conn=None
+) -> str:
     """Enqueue an evaluation of a document by an agent; return the job id.
 
     The document's and agent's latest versions are pinned on the job now: edits made after this
@@ -104,13 +123,17 @@ def enqueue_evaluation(document_id, agent_id, *, priority: str = INTERACTIVE, de
         cur.execute(Q.upsert_evaluation, {"document_id": document_id, "agent_id": agent_id})
         evaluation_id = cur.fetchone()["id"]
         return insert_and_send(
-            cur, evaluation_id=evaluation_id, document_version_id=document["id"],
-            agent_version_id=agent["id"], queue=priority, deadline=deadline, not_before=not_before,
+            cur,
+            evaluation_id=evaluation_id,
+            document_version_id=document["id"],
+            agent_version_id=agent["id"],
+            queue=priority,
+            deadline=deadline,
+            not_before=not_before,
         )
 
 
-def enqueue_evaluations(pairs, *, priority: str = BATCH, deadline=None, not_before=None,
-                        conn=None) -> list[str]:
+def enqueue_evaluations(pairs, *, priority: str = BATCH, deadline=None, not_before=None, conn=None) -> list[str]:
     """Enqueue many evaluations (``(document_id, agent_id)`` pairs) in one transaction with a
     handful of round trips, whatever their number; return the job ids in the pairs' order.
     ``deadline`` and ``not_before`` as for ``enqueue_evaluation``, the same for every job.
@@ -132,17 +155,24 @@ def enqueue_evaluations(pairs, *, priority: str = BATCH, deadline=None, not_befo
             if a not in agent_versions:
                 raise EnqueueError(f"unknown agent {a}")
         distinct = sorted(set(pairs))
-        cur.execute(Q.upsert_evaluations, {"document_ids": [d for d, _ in distinct],
-                                           "agent_ids": [a for _, a in distinct]})
+        cur.execute(
+            Q.upsert_evaluations, {"document_ids": [d for d, _ in distinct], "agent_ids": [a for _, a in distinct]}
+        )
         evaluations = {(str(r["document_id"]), str(r["agent_id"])): r["id"] for r in cur.fetchall()}
         job_ids = [str(uuid.uuid4()) for _ in pairs]
         due, start, delay_ms = _schedule(priority, deadline, not_before)
         messages = send_jobs(cur, priority, job_ids, delay_ms=delay_ms)
-        jobs.insert_many(cur, job_ids=job_ids, evaluation_ids=[evaluations[p] for p in pairs],
-                         document_version_ids=[doc_versions[d] for d, _ in pairs],
-                         agent_version_ids=[agent_versions[a] for _, a in pairs],
-                         queues=[priority] * len(pairs), message_ids=[m.message_id for m in messages],
-                         deadlines=[due] * len(pairs), not_before=start)
+        jobs.insert_many(
+            cur,
+            job_ids=job_ids,
+            evaluation_ids=[evaluations[p] for p in pairs],
+            document_version_ids=[doc_versions[d] for d, _ in pairs],
+            agent_version_ids=[agent_versions[a] for _, a in pairs],
+            queues=[priority] * len(pairs),
+            message_ids=[m.message_id for m in messages],
+            deadlines=[due] * len(pairs),
+            not_before=start,
+        )
     return job_ids
 
 
@@ -157,8 +187,12 @@ def rerun_job(job_id, *, conn=None) -> str:
         if not jobs.is_finished(job["status"]):
             raise EnqueueError(f"job {job_id} is {job['status']}: only a finished job can be rerun")
         return insert_and_send(
-            cur, evaluation_id=job["evaluation_id"], document_version_id=job["document_version_id"],
-            agent_version_id=job["agent_version_id"], queue=job["queue"], original_job_id=job_id,
+            cur,
+            evaluation_id=job["evaluation_id"],
+            document_version_id=job["document_version_id"],
+            agent_version_id=job["agent_version_id"],
+            queue=job["queue"],
+            original_job_id=job_id,
         )
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import psycopg2
 import psycopg2.extras
@@ -25,7 +25,7 @@ Q = load_queries("queries.sql")
 psycopg2.extras.register_uuid()
 
 _lock = threading.Lock()
-_pool: "BlockingPool | None" = None
+_pool: BlockingPool | None = None
 _pool_pid: int | None = None
 _url: str | None = None
 
@@ -64,12 +64,20 @@ def peer_params(url: str) -> dict:
     """
     t = get_settings().db_peer_timeout_s
     idle, interval, count, user_ms = max(1, int(t // 2)), max(1, int(t // 4)), 2, int(t * 1000)
-    server = (f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} "
-              f"-c tcp_keepalives_count={count} -c tcp_user_timeout={user_ms}")
+    server = (
+        f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} "
+        f"-c tcp_keepalives_count={count} -c tcp_user_timeout={user_ms}"
+    )
     given = psycopg2.extensions.parse_dsn(url).get("options")
-    return {"keepalives": 1, "keepalives_idle": idle, "keepalives_interval": interval,
-            "keepalives_count": count, "tcp_user_timeout": user_ms, "connect_timeout": max(2, int(t)),
-            "options": f"{given} {server}" if given else server}
+    return {
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": interval,
+        "keepalives_count": count,
+        "tcp_user_timeout": user_ms,
+        "connect_timeout": max(2, int(t)),
+        "options": f"{given} {server}" if given else server,
+    }
 
 
 def connect(url: str | None = None, **kwargs):
@@ -114,8 +122,7 @@ class BlockingPool(ThreadedConnectionPool):
                     deadline = deadline or now + self._wait_s
                     if now >= deadline:
                         raise PoolError(
-                            f"no database connection free after {self._wait_s:.0f} s "
-                            f"(pool of {self.maxconn})"
+                            f"no database connection free after {self._wait_s:.0f} s (pool of {self.maxconn})"
                         ) from None
                     self._available.wait(deadline - now)
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 logger = logging.getLogger("roastq.events")
 

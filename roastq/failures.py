@@ -258,8 +258,9 @@ class RetryPolicy:
         if error_class is ErrorClass.CANCELLED:
             return Decision(Action.CANCEL, error_class, error)
         if error_class is ErrorClass.SNOOZED:
-            return Decision(Action.SNOOZE, error_class, error, delay_s=exc.delay_s, delay_reason=exc.reason,
-                            counts_attempt=False)
+            return Decision(
+                Action.SNOOZE, error_class, error, delay_s=exc.delay_s, delay_reason=exc.reason, counts_attempt=False
+            )
         if not policy.retry:
             return Decision(Action.FAIL, error_class, error, level=policy.level)
 
@@ -268,13 +269,19 @@ class RetryPolicy:
             waits, waited = options.get("waits", 0), options.get("waited_s", 0.0)
             delay = server if server is not None else self.backoff(policy, waits + 1, rng)
             if waits >= self.max_waits or waited + delay > self.max_wait_total_s:
-                return Decision(Action.FAIL, error_class, f"{error} (gave up after {waits} rate-limit waits)",
-                                level=policy.level)
+                return Decision(
+                    Action.FAIL, error_class, f"{error} (gave up after {waits} rate-limit waits)", level=policy.level
+                )
             # A little jitter on top, never below what the server asked, so workers don't stampede.
             delay += rng.uniform(0, min(1.0, 0.1 * delay))
-            return Decision(Action.RETRY, error_class, error, delay_s=delay,
-                            delay_reason="server_requested" if server is not None else "backoff",
-                            counts_attempt=False)
+            return Decision(
+                Action.RETRY,
+                error_class,
+                error,
+                delay_s=delay,
+                delay_reason="server_requested" if server is not None else "backoff",
+                counts_attempt=False,
+            )
 
         counted = options.get("retries", 0) + 1
         if counted >= policy.max_attempts:

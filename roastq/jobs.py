@@ -49,24 +49,62 @@ def is_finished(status: str | None) -> bool:
 # -- creation ----------------------------------------------------------------------------------
 
 
-def insert(cur, *, job_id, evaluation_id, document_version_id, agent_version_id, queue, message_id,
-           original_job_id=None, deadline=None, not_before=None) -> None:
+def insert(
+    cur,
+    *,
+    job_id,
+    evaluation_id,
+    document_version_id,
+    agent_version_id,
+    queue,
+    message_id,
+    original_job_id=None,
+    deadline=None,
+    not_before=None,
+) -> None:
     """A new PENDING job (its message is sent in the same transaction). ``deadline``: by when it
     must be done (the batch lane routes by it); ``not_before``: it does not start earlier."""
-    cur.execute(J.insert, {
-        "id": job_id, "evaluation_id": evaluation_id, "document_version_id": document_version_id,
-        "agent_version_id": agent_version_id, "queue": queue, "message_id": message_id,
-        "original_job_id": original_job_id, "deadline": deadline, "not_before": not_before,
-    })
+    cur.execute(
+        J.insert,
+        {
+            "id": job_id,
+            "evaluation_id": evaluation_id,
+            "document_version_id": document_version_id,
+            "agent_version_id": agent_version_id,
+            "queue": queue,
+            "message_id": message_id,
+            "original_job_id": original_job_id,
+            "deadline": deadline,
+            "not_before": not_before,
+        },
+    )
 
 
-def insert_many(cur, *, job_ids, evaluation_ids, document_version_ids, agent_version_ids, queues, message_ids,
-                deadlines=None, not_before=None) -> None:
-    cur.execute(J.insert_many, {
-        "ids": job_ids, "evaluation_ids": evaluation_ids, "document_version_ids": document_version_ids,
-        "agent_version_ids": agent_version_ids, "queues": queues, "message_ids": message_ids,
-        "deadlines": deadlines or [None] * len(job_ids), "not_before": not_before,
-    })
+def insert_many(
+    cur,
+    *,
+    job_ids,
+    evaluation_ids,
+    document_version_ids,
+    agent_version_ids,
+    queues,
+    message_ids,
+    deadlines=None,
+    not_before=None,
+) -> None:
+    cur.execute(
+        J.insert_many,
+        {
+            "ids": job_ids,
+            "evaluation_ids": evaluation_ids,
+            "document_version_ids": document_version_ids,
+            "agent_version_ids": agent_version_ids,
+            "queues": queues,
+            "message_ids": message_ids,
+            "deadlines": deadlines or [None] * len(job_ids),
+            "not_before": not_before,
+        },
+    )
 
 
 def set_message(cur, job_id, message_id) -> None:
@@ -77,8 +115,9 @@ def set_message(cur, job_id, message_id) -> None:
 # -- an attempt ----------------------------------------------------------------------------------
 
 
-def start(cur, job_id, *, message_id, worker_id, stale_after_s: float, running_here: bool,
-          durable: bool = True) -> dict | None:
+def start(
+    cur, job_id, *, message_id, worker_id, stale_after_s: float, running_here: bool, durable: bool = True
+) -> dict | None:
     """PENDING -> RUNNING, with a new attempt row; a RUNNING job only when its attempt is over
     (its worker is gone, or it is this worker and the job no longer runs here: ``running_here``
     False), never beside a live attempt. Returns the row (attempts, evaluation_id, agent_id,
@@ -86,8 +125,13 @@ def start(cur, job_id, *, message_id, worker_id, stale_after_s: float, running_h
     cancelled, unknown, or running on a live worker: see ``attempt_alive``). With ``cur`` None
     it is one statement in one round trip of its own (``durable=False``: its commit does not wait
     for the WAL flush, see ``db.execute_one``)."""
-    params = {"job_id": job_id, "message_id": message_id, "worker_id": worker_id,
-              "stale_after_s": stale_after_s, "not_running_here": not running_here}
+    params = {
+        "job_id": job_id,
+        "message_id": message_id,
+        "worker_id": worker_id,
+        "stale_after_s": stale_after_s,
+        "not_running_here": not running_here,
+    }
     if cur is None:
         return db.execute_one(J.start, params, durable=durable)
     cur.execute(J.start, params)
@@ -101,17 +145,30 @@ def attempt_alive(cur, job_id, *, stale_after_s: float) -> bool:
     return bool(row and row["alive"])
 
 
-def end_attempt(cur, job_id, attempt: int, outcome: str, *, decision: Decision | None = None,
-                error_class: str | None = None, error: str | None = None) -> None:
+def end_attempt(
+    cur,
+    job_id,
+    attempt: int,
+    outcome: str,
+    *,
+    decision: Decision | None = None,
+    error_class: str | None = None,
+    error: str | None = None,
+) -> None:
     """Close the attempt with its outcome (``Action.outcome``, "completed" or "crashed")."""
     waits = decision is not None and decision.waits
-    cur.execute(J.end_attempt, {
-        "job_id": job_id, "attempt": attempt, "outcome": outcome,
-        "error_class": str(decision.error_class) if decision else error_class,
-        "error": decision.error if decision else error,
-        "delay_s": decision.delay_s if waits else None,
-        "delay_reason": decision.delay_reason if waits else None,
-    })
+    cur.execute(
+        J.end_attempt,
+        {
+            "job_id": job_id,
+            "attempt": attempt,
+            "outcome": outcome,
+            "error_class": str(decision.error_class) if decision else error_class,
+            "error": decision.error if decision else error,
+            "delay_s": decision.delay_s if waits else None,
+            "delay_reason": decision.delay_reason if waits else None,
+        },
+    )
 
 
 def close_crashed_attempts(cur, job_id) -> None:
@@ -122,8 +179,15 @@ def close_crashed_attempts(cur, job_id) -> None:
 def wait(cur, job_id, decision: Decision) -> None:
     """RUNNING -> PENDING until ``decision.delay_s`` from now: a retry or a snooze (whose
     ``error_class`` SNOOZED says why the job waits)."""
-    cur.execute(J.wait, {"job_id": job_id, "delay_s": decision.delay_s,
-                         "error_class": str(decision.error_class), "error": decision.error})
+    cur.execute(
+        J.wait,
+        {
+            "job_id": job_id,
+            "delay_s": decision.delay_s,
+            "error_class": str(decision.error_class),
+            "error": decision.error,
+        },
+    )
 
 
 def hold(cur, job_id, *, delay_s: float, error: str) -> None:
@@ -177,8 +241,7 @@ def lock(cur, job_id) -> dict | None:
 
 def complete(cur, job_id, *, evaluation_version_id, price_usd) -> None:
     """-> COMPLETED, with its evaluation version and price (in the result's transaction)."""
-    cur.execute(J.complete, {"job_id": job_id, "evaluation_version_id": evaluation_version_id,
-                             "price_usd": price_usd})
+    cur.execute(J.complete, {"job_id": job_id, "evaluation_version_id": evaluation_version_id, "price_usd": price_usd})
 
 
 def finish_attempt(cur, job_id, attempt: int, message_id) -> None:
@@ -195,4 +258,3 @@ def append_logs(cur, job_ids: list, lines: list, *, durable: bool = True) -> Non
         db.execute_one(J.append_logs, params, durable=durable, fetch=None)
         return
     cur.execute(J.append_logs, params)
-

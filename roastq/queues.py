@@ -28,5 +28,4 @@ ALL_QUEUES = (INTERACTIVE, BATCH, MAINTENANCE)
 
 def job_message(queue: str, job_id: str) -> dramatiq.Message:
     """The message that runs job ``job_id`` on ``queue`` (what ``actor.message(job_id)`` builds)."""
-    return dramatiq.Message(queue_name=queue, actor_name=JOB_ACTORS[queue], args=(str(job_id),), kwargs={},
-                            options={})
+    return dramatiq.Message(queue_name=queue, actor_name=JOB_ACTORS[queue], args=(str(job_id),), kwargs={}, options={})

@@ -7,7 +7,6 @@ at 127.0.0.1:5432 (as on CI); or an embedded pgserver in a temporary folder.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 
 import psycopg2
@@ -35,8 +34,10 @@ RABBITMQ_UNAVAILABLE = rabbitmq_pass.setup()
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "postgres_broker: inspects the Postgres broker's own tables "
-                                       "(dramatiq.queue): not run in the RabbitMQ pass")
+    config.addinivalue_line(
+        "markers",
+        "postgres_broker: inspects the Postgres broker's own tables (dramatiq.queue): not run in the RabbitMQ pass",
+    )
     config.addinivalue_line("markers", "rabbitmq: needs the RabbitMQ broker: run only in the RabbitMQ pass")
     config.addinivalue_line("markers", "unit: needs no Postgres, simulator or worker (`make test-unit`)")
 
@@ -128,16 +129,17 @@ def simulator(database_url):
     sim.stop()
 
 
-TABLES = ("worker_heartbeats, comments, highlights, tasks, job_attempts, evaluation_versions, jobs, evaluations, "
-          "agent_versions, agents, document_versions, documents, dramatiq.queue, "
-          "schedule_ticks, system_state, cost_daily, legacy_jobs, legacy_ids, "
-          "llm_cache, job_steps, llm_spend_daily, llm_rate_limits, outbox, llm_batch_requests, llm_batches")
+TABLES = (
+    "worker_heartbeats, comments, highlights, tasks, job_attempts, evaluation_versions, jobs, evaluations, "
+    "agent_versions, agents, document_versions, documents, dramatiq.queue, "
+    "schedule_ticks, system_state, cost_daily, legacy_jobs, legacy_ids, "
+    "llm_cache, job_steps, llm_spend_daily, llm_rate_limits, outbox, llm_batch_requests, llm_batches"
+)
 
 
 @pytest.fixture
 def db(database_url):
     """A clean database (all tables emptied) and a connection to it."""
-    from roastq import db as roastq_db
 
     conn = psycopg2.connect(database_url)
     conn.autocommit = True
@@ -156,8 +158,16 @@ def sim(simulator):
     from roastq.simulator.server import ALL_RANDOM_FAULTS
 
     simulator.reset()
-    simulator.configure(latency_ms=5, jitter_ms=2, fault_rate=0.0, faults=ALL_RANDOM_FAULTS, hang_s=30.0,
-                        retry_after_s=1.0, rpm_limit=None, sloppiness=0.0)
+    simulator.configure(
+        latency_ms=5,
+        jitter_ms=2,
+        fault_rate=0.0,
+        faults=ALL_RANDOM_FAULTS,
+        hang_s=30.0,
+        retry_after_s=1.0,
+        rpm_limit=None,
+        sloppiness=0.0,
+    )
     yield simulator
     simulator.reset()
 
@@ -193,7 +203,6 @@ def worker(broker, sim):
         yield w
 
 
-
 @pytest.fixture
 def llm_settings(simulator):
     """Change the process's Claude client settings for one test: ``llm_settings(llm_cache_enabled=True)``.
@@ -217,6 +226,7 @@ def fast_backoff(request, monkeypatch, broker):
     in this process's stack, and (BACKOFF_SCALE) for worker processes a test starts.
     A test module may set ``BACKOFF_SCALE = "0.002"`` to change the factor."""
     from helpers import stack_options
+
     from roastq import settings
 
     scale = getattr(request.module, "BACKOFF_SCALE", "0.01")

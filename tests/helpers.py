@@ -41,7 +41,10 @@ def start_workers(processes=1, threads=2, **env_overrides):
     env = dict(os.environ, PYTHONUNBUFFERED="1", LOG_FORMAT="json", **{k: str(v) for k, v in env_overrides.items()})
     return subprocess.Popen(
         [sys.executable, "-m", "dramatiq", "actors", "--processes", str(processes), "--threads", str(threads)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
 
 

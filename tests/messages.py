@@ -50,22 +50,36 @@ def rabbitmq_dead_letter_ids(queues=JOB_QUEUES) -> list[str]:
 def wait_rejected(conn, message_id, timeout=10.0) -> None:
     message_id = str(message_id)
     if RABBITMQ:
-        wait_until(lambda: message_id in rabbitmq_dead_letter_ids(), timeout=timeout,
-                   what=f"message {message_id} in a dead-letter queue")
+        wait_until(
+            lambda: message_id in rabbitmq_dead_letter_ids(),
+            timeout=timeout,
+            what=f"message {message_id} in a dead-letter queue",
+        )
     else:
-        wait_until(lambda: one(conn, "SELECT state FROM dramatiq.queue WHERE message_id = %s", message_id)
-                   == "rejected", timeout=timeout, what=f"message {message_id} rejected")
+        wait_until(
+            lambda: one(conn, "SELECT state FROM dramatiq.queue WHERE message_id = %s", message_id) == "rejected",
+            timeout=timeout,
+            what=f"message {message_id} rejected",
+        )
 
 
 def wait_consumed(conn, message_id, timeout=10.0) -> None:
     message_id = str(message_id)
     if not RABBITMQ:
-        wait_until(lambda: one(conn, "SELECT state FROM dramatiq.queue WHERE message_id = %s", message_id)
-                   == "done", timeout=timeout, what=f"message {message_id} done")
+        wait_until(
+            lambda: one(conn, "SELECT state FROM dramatiq.queue WHERE message_id = %s", message_id) == "done",
+            timeout=timeout,
+            what=f"message {message_id} done",
+        )
         return
     # RabbitMQ does not show one message's fate: relayed, and nothing left waiting in its queue.
     queue = one(conn, "SELECT queue_name FROM outbox WHERE message_id = %s", message_id)
-    wait_until(lambda: one(conn, "SELECT sent_at IS NOT NULL FROM outbox WHERE message_id = %s", message_id)
-               and _broker().queue_counts(queue)["queued"] == 0, timeout=timeout,
-               what=f"message {message_id} relayed and taken")
+    wait_until(
+        lambda: (
+            one(conn, "SELECT sent_at IS NOT NULL FROM outbox WHERE message_id = %s", message_id)
+            and _broker().queue_counts(queue)["queued"] == 0
+        ),
+        timeout=timeout,
+        what=f"message {message_id} relayed and taken",
+    )
     time.sleep(0.5)  # taken is not yet processed

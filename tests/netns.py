@@ -55,7 +55,7 @@ class HostNet:
         self._links: dict[str, str] = {}  # namespace -> root end of its veth
         self.procs: list[subprocess.Popen] = []
 
-    def __enter__(self) -> "HostNet":
+    def __enter__(self) -> HostNet:
         try:
             _ip("link", "add", self.bridge, "type", "bridge")
             _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
@@ -93,8 +93,9 @@ class HostNet:
     def spawn(self, ns: str, argv: list[str], env: dict, log: Path) -> subprocess.Popen:
         """A process on host ``ns``, in its own process group, output to ``log``."""
         out = open(log, "ab")
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], env=env, stdout=out, stderr=out,
-                                start_new_session=True, cwd=ROOT)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv], env=env, stdout=out, stderr=out, start_new_session=True, cwd=ROOT
+        )
         self.procs.append(proc)
         return proc
 
@@ -128,7 +129,7 @@ class DedicatedPostgres:
         self.dir = Path(tempfile.mkdtemp(prefix="roastq-netns-pg-"))
         self.user = None
 
-    def __enter__(self) -> "DedicatedPostgres":
+    def __enter__(self) -> DedicatedPostgres:
         try:
             self._start()
         except BaseException:
@@ -158,8 +159,10 @@ class DedicatedPostgres:
         self._run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         with open(data / "pg_hba.conf", "a") as hba:
             hba.write(f"host all all {self.listen.rsplit('.', 1)[0]}.0/24 trust\n")
-        options = (f"-c listen_addresses={self.listen} -p {self.port} -k {self.dir} -c fsync=off "
-                   "-c synchronous_commit=off -c max_connections=100")
+        options = (
+            f"-c listen_addresses={self.listen} -p {self.port} -k {self.dir} -c fsync=off "
+            "-c synchronous_commit=off -c max_connections=100"
+        )
         self._run("pg_ctl", "-D", str(data), "-l", str(self.dir / "log"), "-w", "-t", "60", "-o", options, "start")
 
     def url(self, database: str = "postgres") -> str:
@@ -177,8 +180,9 @@ class DedicatedPostgres:
 
 def roastq(env: dict, *args: str) -> str:
     """Run the roastq CLI (in the root namespace) against the test hosts' database."""
-    done = subprocess.run([sys.executable, "-m", "roastq.cli.main", *args], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "roastq.cli.main", *args], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     if done.returncode != 0:
         raise AssertionError(f"roastq {' '.join(args)} failed: {done.stderr[-2000:]}")
     return done.stdout

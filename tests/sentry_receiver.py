@@ -22,7 +22,7 @@ def parse_envelope(raw: bytes) -> tuple[dict, list[tuple[dict, bytes]]]:
         item_line, _, rest = rest.partition(b"\n")
         item = json.loads(item_line)
         if "length" in item:
-            payload, rest = rest[: item["length"]], rest[item["length"]:]
+            payload, rest = rest[: item["length"]], rest[item["length"] :]
             rest = rest[1:] if rest.startswith(b"\n") else rest
         else:
             payload, _, rest = rest.partition(b"\n")
@@ -61,7 +61,7 @@ class SentryReceiver:
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def start(self) -> "SentryReceiver":
+    def start(self) -> SentryReceiver:
         self._thread.start()
         return self
 

@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dramatiq
@@ -92,19 +92,24 @@ def _message(actor: str, args=(), *, queue="stress", options=None, message_id=No
 def _enqueue(cur, messages) -> None:
     from roastq import db
 
-    cur.execute(db.Q.enqueue_messages, {
-        "queues": [m.queue_name for m in messages],
-        "message_ids": [m.message_id for m in messages],
-        "messages": [json.dumps(tidy4json(m)) for m in messages],
-    })
+    cur.execute(
+        db.Q.enqueue_messages,
+        {
+            "queues": [m.queue_name for m in messages],
+            "message_ids": [m.message_id for m in messages],
+            "messages": [json.dumps(tidy4json(m)) for m in messages],
+        },
+    )
 
 
 def _plan(conn, run: Run) -> list[list]:
     """Write the job rows and the plan; return the messages to send, in chunks."""
     s = run.scenario
     with conn.cursor() as cur:
-        cur.execute("CREATE TABLE IF NOT EXISTS stress_plan (job_id uuid PRIMARY KEY, kind text NOT NULL, "
-                    "fails integer NOT NULL DEFAULT 0, work_s float8)")
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS stress_plan (job_id uuid PRIMARY KEY, kind text NOT NULL, "
+            "fails integer NOT NULL DEFAULT 0, work_s float8)"
+        )
         cur.execute("TRUNCATE stress_plan")
         cur.execute("""
             INSERT INTO evaluations (document_id, agent_id)
@@ -116,8 +121,12 @@ def _plan(conn, run: Run) -> list[list]:
             FROM evaluations e""")
         targets = cur.fetchall()
     assert targets, "no documents and agents: seed first"
-    kinds = (["ok"] * s.ok_jobs + ["transient"] * s.transient_jobs + ["permanent"] * s.permanent_jobs
-             + ["cancel"] * s.cancel_jobs)
+    kinds = (
+        ["ok"] * s.ok_jobs
+        + ["transient"] * s.transient_jobs
+        + ["permanent"] * s.permanent_jobs
+        + ["cancel"] * s.cancel_jobs
+    )
     random.shuffle(kinds)
     messages = []
     jobs = []
@@ -125,29 +134,37 @@ def _plan(conn, run: Run) -> list[list]:
         job_id, message_id = str(uuid.uuid4()), str(uuid.uuid4())
         ev, dv, av = random.choice(targets)
         work_s = random.uniform(2, 6) if kind == "ok" and random.random() < s.slow else None
-        jobs.append((job_id, ev, dv, av, message_id, kind, random.randint(1, 2) if kind == "transient" else 0,
-                     work_s))
+        jobs.append((job_id, ev, dv, av, message_id, kind, random.randint(1, 2) if kind == "transient" else 0, work_s))
         run.jobs[job_id] = kind
         messages.append(_message("stress_job", (job_id,), message_id=message_id))
     with conn.cursor() as cur:
-        cur.execute("""
+        cur.execute(
+            """
             INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id)
             SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::uuid[], %s::text[], %s::uuid[])""",
-                    ([j[0] for j in jobs], [str(j[1]) for j in jobs], [str(j[2]) for j in jobs],
-                     [str(j[3]) for j in jobs], ["stress"] * len(jobs), [j[4] for j in jobs]))
-        cur.execute("INSERT INTO stress_plan SELECT * FROM unnest(%s::uuid[], %s::text[], %s::int[], %s::float8[])",
-                    ([j[0] for j in jobs], [j[5] for j in jobs], [j[6] for j in jobs], [j[7] for j in jobs]))
+            (
+                [j[0] for j in jobs],
+                [str(j[1]) for j in jobs],
+                [str(j[2]) for j in jobs],
+                [str(j[3]) for j in jobs],
+                ["stress"] * len(jobs),
+                [j[4] for j in jobs],
+            ),
+        )
+        cur.execute(
+            "INSERT INTO stress_plan SELECT * FROM unnest(%s::uuid[], %s::text[], %s::int[], %s::float8[])",
+            ([j[0] for j in jobs], [j[5] for j in jobs], [j[6] for j in jobs], [j[7] for j in jobs]),
+        )
     now_ms = int(time.time() * 1000)
     for i in range(s.plain):
         args = (i, random.uniform(2, 6)) if random.random() < s.slow else (i,)
         if i < s.delayed:
-            m = _message("stress_plain", args, queue="stress.DQ",
-                         options={"eta": now_ms + random.randint(1000, 8000)})
+            m = _message("stress_plain", args, queue="stress.DQ", options={"eta": now_ms + random.randint(1000, 8000)})
         else:
             m = _message("stress_plain", args)
         run.plain_ids.append(m.message_id)
         messages.append(m)
-    base = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2020, 1, 1, tzinfo=UTC)
     for i in range(s.ticks):
         scheduled_at = (base + timedelta(minutes=i)).isoformat()
         for _ in range(2):  # two schedulers fire the same tick
@@ -156,7 +173,7 @@ def _plan(conn, run: Run) -> list[list]:
             messages.append(m)
     random.shuffle(messages)
     size = -(-len(messages) // s.chunks)
-    return [messages[i:i + size] for i in range(0, len(messages), size)]
+    return [messages[i : i + size] for i in range(0, len(messages), size)]
 
 
 # -- the worker pools -----------------------------------------------------------------------
@@ -165,14 +182,39 @@ def _plan(conn, run: Run) -> list[list]:
 def _start_pool(run: Run, index: int, env_extra: dict) -> subprocess.Popen:
     log = open(Path(run.log_path).with_suffix(f".pool{index}.log"), "ab")
     run.pool_logs.append(log.name)
-    env = dict(os.environ, STRESS_LOG=run.log_path, STRESS_BROKER=run.broker, PYTHONUNBUFFERED="1",
-               RECOVERY_INTERVAL_S="1", HEARTBEAT_INTERVAL_S="1", BACKOFF_SCALE="0.01", METRICS_PORT="0",
-               LOG_FORMAT="json", **env_extra)
+    env = dict(
+        os.environ,
+        STRESS_LOG=run.log_path,
+        STRESS_BROKER=run.broker,
+        PYTHONUNBUFFERED="1",
+        RECOVERY_INTERVAL_S="1",
+        HEARTBEAT_INTERVAL_S="1",
+        BACKOFF_SCALE="0.01",
+        METRICS_PORT="0",
+        LOG_FORMAT="json",
+        **env_extra,
+    )
     env.setdefault("LOG_LEVEL", "WARNING")
     return subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "stress_actors", "--path", str(ROOT / "tests"), str(run.code_root),
-         "--processes", "1", "--threads", str(run.scenario.threads)],
-        env=env, stdout=log, stderr=log, start_new_session=True, cwd=run.code_root)
+        [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "stress_actors",
+            "--path",
+            str(ROOT / "tests"),
+            str(run.code_root),
+            "--processes",
+            "1",
+            "--threads",
+            str(run.scenario.threads),
+        ],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        cwd=run.code_root,
+    )
 
 
 def _send_long(conn, r: Run, n: int) -> None:
@@ -205,7 +247,8 @@ def _terminate_backends(conn, n: int) -> int:
     and the one that holds the locks of the most running messages (a consumer's): those messages
     then look orphaned while they run."""
     with conn.cursor() as cur:
-        cur.execute("""
+        cur.execute(
+            """
             SELECT count(pg_terminate_backend(pid)) FROM (
                 (SELECT pid FROM pg_stat_activity
                  WHERE datname = current_database() AND application_name LIKE 'roastq%%'
@@ -216,7 +259,9 @@ def _terminate_backends(conn, n: int) -> int:
                        WHERE queue_name = 'stress' AND state = 'consumed') m
                    ON l.classid = ((m.k >> 32) & 4294967295)::oid AND l.objid = (m.k & 4294967295)::oid
                  WHERE l.locktype = 'advisory' AND l.objsubid = 1
-                 GROUP BY l.pid ORDER BY count(*) DESC LIMIT 1)) t""", (n,))
+                 GROUP BY l.pid ORDER BY count(*) DESC LIMIT 1)) t""",
+            (n,),
+        )
         return cur.fetchone()[0]
 
 
@@ -249,8 +294,16 @@ def _stop(pool: subprocess.Popen) -> None:
 # -- the run --------------------------------------------------------------------------------
 
 
-def run(database_url: str, scenario: Scenario, *, broker: str = "ours", log_dir: str | None = None,
-        env: dict | None = None, code_root: Path = ROOT, label: str | None = None) -> Run:
+def run(
+    database_url: str,
+    scenario: Scenario,
+    *,
+    broker: str = "ours",
+    log_dir: str | None = None,
+    env: dict | None = None,
+    code_root: Path = ROOT,
+    label: str | None = None,
+) -> Run:
     log_dir = log_dir or tempfile.mkdtemp(prefix="roastq-stress-")
     r = Run(scenario, broker, os.path.join(log_dir, f"executions-{label or broker}.log"), code_root=Path(code_root))
     open(r.log_path, "w").close()
@@ -266,8 +319,9 @@ def run(database_url: str, scenario: Scenario, *, broker: str = "ours", log_dir:
         deadline = time.monotonic() + scenario.timeout_s
         sent_at = []
         # Faults, spread over the run: (what, when in seconds after the first chunk).
-        faults = sorted([("kill", 2.5)] + [("terminate", 1.0 + 2.2 * i) for i in range(scenario.terminations)],
-                        key=lambda f: f[1])
+        faults = sorted(
+            [("kill", 2.5)] + [("terminate", 1.0 + 2.2 * i) for i in range(scenario.terminations)], key=lambda f: f[1]
+        )
         restart_at, restarted = None, None
         while time.monotonic() < deadline:
             now = time.time()
@@ -294,8 +348,9 @@ def run(database_url: str, scenario: Scenario, *, broker: str = "ours", log_dir:
                 pools[0] = _start_pool(r, 0, env)
                 restart_at = None
                 restarted = pools[0]
-            if restarted is not None and _worker_pids(conn) & {p.pid for p in psutil.Process(
-                    restarted.pid).children(recursive=True)}:
+            if restarted is not None and _worker_pids(conn) & {
+                p.pid for p in psutil.Process(restarted.pid).children(recursive=True)
+            }:
                 # Both pools run again: long messages, then their lock holder's session ends, then
                 # every listener's (each consumer restarts and scans its queue).
                 restarted = None
@@ -304,11 +359,13 @@ def run(database_url: str, scenario: Scenario, *, broker: str = "ours", log_dir:
             if cancels and since >= 1.5:
                 with conn.cursor() as cur:
                     for job_id in cancels:
-                        cur.execute("UPDATE jobs SET cancel_requested_at = now(), cancel_reason = 'stress', "
-                                    "updated_at = now(), status = CASE WHEN status = 'PENDING' THEN 'CANCELLED' "
-                                    "ELSE status END, completed_at = CASE WHEN status = 'PENDING' THEN now() "
-                                    "ELSE completed_at END WHERE id = %s AND status IN ('PENDING', 'RUNNING')",
-                                    (job_id,))
+                        cur.execute(
+                            "UPDATE jobs SET cancel_requested_at = now(), cancel_reason = 'stress', "
+                            "updated_at = now(), status = CASE WHEN status = 'PENDING' THEN 'CANCELLED' "
+                            "ELSE status END, completed_at = CASE WHEN status = 'PENDING' THEN now() "
+                            "ELSE completed_at END WHERE id = %s AND status IN ('PENDING', 'RUNNING')",
+                            (job_id,),
+                        )
                 cancels = []
             if not chunks and not faults and not restart_at and restarted is None and _done(conn, r):
                 break
@@ -323,12 +380,14 @@ def run(database_url: str, scenario: Scenario, *, broker: str = "ours", log_dir:
 
 def _done(conn, r: Run) -> bool:
     with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND status IN ('PENDING', 'RUNNING')",
-                    (list(r.jobs),))
+        cur.execute(
+            "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND status IN ('PENDING', 'RUNNING')", (list(r.jobs),)
+        )
         if cur.fetchone()[0]:
             return False
-        cur.execute("SELECT count(*) FROM dramatiq.queue WHERE queue_name LIKE 'stress%%' "
-                    "AND state IN ('queued', 'consumed')")
+        cur.execute(
+            "SELECT count(*) FROM dramatiq.queue WHERE queue_name LIKE 'stress%%' AND state IN ('queued', 'consumed')"
+        )
         if cur.fetchone()[0]:
             return False
     ended = {key for phase, key, *_ in _lines(r.log_path) if phase == "end"}
@@ -371,8 +430,13 @@ def _overlaps(runs) -> list:
 def reruns(runs, prefix="m:") -> int:
     """Executions of a message that began after an earlier one had succeeded: at least once
     allows them (an acknowledgement lost with its session), but each is work done twice."""
-    return sum(1 for key, key_runs in runs.items() if key.startswith(prefix)
-               for i, b in enumerate(key_runs) if any(a[4] and a[1] <= b[0] for a in key_runs[:i]))
+    return sum(
+        1
+        for key, key_runs in runs.items()
+        if key.startswith(prefix)
+        for i, b in enumerate(key_runs)
+        if any(a[4] and a[1] <= b[0] for a in key_runs[:i])
+    )
 
 
 def check(database_url: str, r: Run) -> dict[str, list]:
@@ -392,22 +456,31 @@ def check(database_url: str, r: Run) -> dict[str, list]:
     conn = psycopg2.connect(database_url)
     try:
         with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-            cur.execute("""
+            cur.execute(
+                """
                 SELECT j.id::text, j.status, j.error_class,
                        (SELECT count(*) FROM evaluation_versions v WHERE v.job_id = j.id) AS versions
-                FROM jobs j WHERE j.id = ANY(%s::uuid[])""", (list(r.jobs),))
+                FROM jobs j WHERE j.id = ANY(%s::uuid[])""",
+                (list(r.jobs),),
+            )
             states = {row["id"]: row for row in cur.fetchall()}
-            cur.execute("""
+            cur.execute(
+                """
                 SELECT a.job_id::text, a.attempt FROM job_attempts a JOIN job_attempts b
                   ON b.job_id = a.job_id AND b.attempt = a.attempt + 1
                 WHERE a.job_id = ANY(%s::uuid[]) AND (a.ended_at IS NULL OR b.started_at < a.ended_at)""",
-                        (list(r.jobs),))
+                (list(r.jobs),),
+            )
             for row in cur.fetchall():
                 violations["a job's attempt began before the one before ended"].append((row["job_id"], row["attempt"]))
     finally:
         conn.close()
-    expected = {"ok": ("COMPLETED", None, 1), "transient": ("COMPLETED", None, 1),
-                "permanent": ("FAILED", "INPUT", 0), "cancel": ("CANCELLED", None, 0)}
+    expected = {
+        "ok": ("COMPLETED", None, 1),
+        "transient": ("COMPLETED", None, 1),
+        "permanent": ("FAILED", "INPUT", 0),
+        "cancel": ("CANCELLED", None, 0),
+    }
     for job_id, kind in r.jobs.items():
         row = states[job_id]
         status, error_class, versions = expected[kind]
@@ -423,10 +496,12 @@ def summary(r: Run, violations: dict) -> str:
     runs = executions(r)
     n_exec = sum(len(v) for k, v in runs.items() if k.startswith("m:"))
     n_msgs = len(r.plain_ids) + len(r.tick_ids) + len(r.jobs)
-    lines = [f"{Path(r.log_path).stem.split('-', 1)[1]}: {n_msgs} messages ({len(r.plain_ids)} plain, {len(r.jobs)} jobs, "
-             f"{len(r.tick_ids)} tick fires), {n_exec} executions in {r.finished - r.started:.1f} s; "
-             f"{len(r.killed)} worker killed, {r.terminated} backends terminated; "
-             f"{reruns(runs)} re-runs of a message after it had succeeded (allowed, counted)"]
+    lines = [
+        f"{Path(r.log_path).stem.split('-', 1)[1]}: {n_msgs} messages ({len(r.plain_ids)} plain, {len(r.jobs)} jobs, "
+        f"{len(r.tick_ids)} tick fires), {n_exec} executions in {r.finished - r.started:.1f} s; "
+        f"{len(r.killed)} worker killed, {r.terminated} backends terminated; "
+        f"{reruns(runs)} re-runs of a message after it had succeeded (allowed, counted)"
+    ]
     for what, items in violations.items():
         lines.append(f"  {what}: {len(items)} (e.g. {items[:2]})")
     return "\n".join(lines)

@@ -50,9 +50,19 @@ def _stock_broker():
     from middleware.retries import Retries
     from roastq.brokers.postgres import _LazyPool
 
-    return PostgresBroker(pool=_LazyPool(), results=False, middleware=[
-        Retries(), JobState(), Metrics(exporter=False), TimeLimit(), ShutdownNotifications(), CurrentMessage(),
-        Heartbeat()])
+    return PostgresBroker(
+        pool=_LazyPool(),
+        results=False,
+        middleware=[
+            Retries(),
+            JobState(),
+            Metrics(exporter=False),
+            TimeLimit(),
+            ShutdownNotifications(),
+            CurrentMessage(),
+            Heartbeat(),
+        ],
+    )
 
 
 if os.environ.get("STRESS_BROKER") == "stock":
@@ -103,8 +113,11 @@ def stress_job(job_id):
         raise start_error.get() or RuntimeError("the job middleware did not start this job")
     with _Execution(_message_key(), "j:" + job_id):
         with db.transaction() as cur:
-            cur.execute("SELECT kind, fails, work_s, (SELECT count(*) FROM job_attempts WHERE job_id = %(id)s "
-                        "AND outcome = 'retry') AS retried FROM stress_plan WHERE job_id = %(id)s", {"id": job_id})
+            cur.execute(
+                "SELECT kind, fails, work_s, (SELECT count(*) FROM job_attempts WHERE job_id = %(id)s "
+                "AND outcome = 'retry') AS retried FROM stress_plan WHERE job_id = %(id)s",
+                {"id": job_id},
+            )
             plan = cur.fetchone()
         time.sleep(plan["work_s"] or random.uniform(0.01, 0.05))  # an LLM call's wait
         if plan["kind"] == "transient" and plan["retried"] < plan["fails"]:
@@ -119,8 +132,10 @@ def stress_job(job_id):
                 time.sleep(0.05)
             raise JobCancelled("cancelled while it ran")
         inputs = pipeline.load_inputs(job_id)
-        pipeline.save(inputs, pipeline.EvaluationResult(summary="stress", analysis="stress", grade=50,
-                                                        highlights=[], self_critique=None))
+        pipeline.save(
+            inputs,
+            pipeline.EvaluationResult(summary="stress", analysis="stress", grade=50, highlights=[], self_critique=None),
+        )
 
 
 @dramatiq.actor(queue_name=QUEUE, priority=0)

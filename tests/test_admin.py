@@ -10,15 +10,20 @@ import uuid
 import psycopg2
 from dramatiq.message import Message
 from dramatiq_pg.broker import message_lock
-
 from helpers import one, rows
+
 from roastq.api import cancel_job, enqueue_evaluation
 from roastq.cli.main import main
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "roastq.cli.main", *args], capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "roastq.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
 
 
 def out_json(capsys, argv):
@@ -29,11 +34,23 @@ def out_json(capsys, argv):
 
 def put_message(db, queue_name, state, age="0 s", actor="evaluate_document"):
     message_id = str(uuid.uuid4())
-    body = json.dumps({"queue_name": queue_name, "actor_name": actor, "args": [], "kwargs": {}, "options": {},
-                       "message_id": message_id, "message_timestamp": 0})
+    body = json.dumps(
+        {
+            "queue_name": queue_name,
+            "actor_name": actor,
+            "args": [],
+            "kwargs": {},
+            "options": {},
+            "message_id": message_id,
+            "message_timestamp": 0,
+        }
+    )
     with db.cursor() as cur:
-        cur.execute("INSERT INTO dramatiq.queue (queue_name, message_id, state, message, mtime) "
-                    "VALUES (%s, %s, %s, %s, now() - %s::interval)", (queue_name, message_id, state, body, age))
+        cur.execute(
+            "INSERT INTO dramatiq.queue (queue_name, message_id, state, message, mtime) "
+            "VALUES (%s, %s, %s, %s, now() - %s::interval)",
+            (queue_name, message_id, state, body, age),
+        )
     return message_id
 
 
@@ -51,11 +68,19 @@ def test_status_counts_each_queue_and_lists_workers_and_the_pause(db, database_u
     worker_session = psycopg2.connect(database_url)
     worker_session.autocommit = True
     with worker_session.cursor() as cur:
-        cur.execute("SELECT pg_advisory_lock(%s)", (message_lock(Message(
-            queue_name="batch", actor_name="x", args=(), kwargs={}, options={}, message_id=held)),))
+        cur.execute(
+            "SELECT pg_advisory_lock(%s)",
+            (
+                message_lock(
+                    Message(queue_name="batch", actor_name="x", args=(), kwargs={}, options={}, message_id=held)
+                ),
+            ),
+        )
     with db.cursor() as cur:
-        cur.execute("INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, queues) VALUES "
-                    "('host:1', 'host', 1, 8, '{interactive,batch}'), ('gone:2', 'gone', 2, 8, '{}')")
+        cur.execute(
+            "INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, queues) VALUES "
+            "('host:1', 'host', 1, 8, '{interactive,batch}'), ('gone:2', 'gone', 2, 8, '{}')"
+        )
         cur.execute("UPDATE worker_heartbeats SET last_seen_at = now() - interval '1 hour' WHERE worker_id = 'gone:2'")
     pause.pause("incident 42", by="oncall")
     try:
@@ -107,11 +132,13 @@ def test_jobs_filters(db, seeded, capsys):
 
 
 def test_jobs_bad_filters_are_usage_errors(db, seeded, capsys):
-    for argv, message in ((["--status", "DONE"], "unknown status DONE"),
-                          (["--since", "yesterday"], "neither an age"),
-                          (["--agent", "nobody"], "unknown agent 'nobody'"),
-                          (["--class", "rate limited"], "not an error class"),
-                          (["--limit", "0"], "--limit must be at least 1")):
+    for argv, message in (
+        (["--status", "DONE"], "unknown status DONE"),
+        (["--since", "yesterday"], "neither an age"),
+        (["--agent", "nobody"], "unknown agent 'nobody'"),
+        (["--class", "rate limited"], "not an error class"),
+        (["--limit", "0"], "--limit must be at least 1"),
+    ):
         capsys.readouterr()
         assert main(["jobs", *argv]) == 2
         assert message in capsys.readouterr().err
@@ -222,11 +249,15 @@ def test_costs_command_reads_the_roll_up(db, seeded, capsys):
     doc, agent = next(iter(seeded.documents.values())), next(iter(seeded.agents.values()))
     job_id = enqueue_evaluation(doc, agent)
     with db.cursor() as cur:
-        cur.execute("INSERT INTO tasks (job_id, name, model, input_tokens, output_tokens, price_usd) VALUES "
-                    "(%s, 'analysis', 'claude-sonnet-5-5', 1000, 200, 0.006), "
-                    "(%s, 'self_critique', 'claude-sonnet-5-5', 500, 100, 0.003)", (job_id, job_id))
+        cur.execute(
+            "INSERT INTO tasks (job_id, name, model, input_tokens, output_tokens, price_usd) VALUES "
+            "(%s, 'analysis', 'claude-sonnet-5-5', 1000, 200, 0.006), "
+            "(%s, 'self_critique', 'claude-sonnet-5-5', 500, 100, 0.003)",
+            (job_id, job_id),
+        )
     maintenance.roll_up_costs()
     costs = out_json(capsys, ["costs", "--json"])
-    assert [(c["agent_id"], c["model"], c["jobs"], c["tasks"], c["input_tokens"], c["price_usd"]) for c in costs] == \
-        [(agent, "claude-sonnet-5-5", 1, 2, 1500, 0.009)]
+    assert [(c["agent_id"], c["model"], c["jobs"], c["tasks"], c["input_tokens"], c["price_usd"]) for c in costs] == [
+        (agent, "claude-sonnet-5-5", 1, 2, 1500, 0.009)
+    ]
     assert main(["costs", "--days", "0"]) == 2

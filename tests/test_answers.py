@@ -12,8 +12,15 @@ from roastq.exceptions import BadLLMOutput
 
 
 def highlight(**over):
-    h = {"header": "Unsupported claim", "description": "The claim needs a source.", "quoted_text": "the claim",
-         "start_line": 3, "end_line": 3, "importance": 6, "level": "warning"}
+    h = {
+        "header": "Unsupported claim",
+        "description": "The claim needs a source.",
+        "quoted_text": "the claim",
+        "start_line": 3,
+        "end_line": 3,
+        "importance": 6,
+        "level": "warning",
+    }
     h.update(over)
     return {k: v for k, v in h.items() if v is not ...}
 
@@ -33,11 +40,19 @@ def test_a_clean_answer_needs_no_repair():
     assert repairs == [] and clean["grade"] == 72 and clean["highlights"][0]["header"] == "Unsupported claim"
 
 
-@pytest.mark.parametrize("change,missing", [
-    ({"summary": ...}, "summary"), ({"summary": "  "}, "summary"), ({"analysis": 12}, "analysis"),
-    ({"grade": ...}, "grade"), ({"grade": "high"}, "grade"), ({"highlights": ...}, "highlights"),
-    ({"highlights": [highlight(quoted_text=...)]}, "quoted_text"), ({"highlights": "none"}, "highlights"),
-])
+@pytest.mark.parametrize(
+    "change,missing",
+    [
+        ({"summary": ...}, "summary"),
+        ({"summary": "  "}, "summary"),
+        ({"analysis": 12}, "analysis"),
+        ({"grade": ...}, "grade"),
+        ({"grade": "high"}, "grade"),
+        ({"highlights": ...}, "highlights"),
+        ({"highlights": [highlight(quoted_text=...)]}, "quoted_text"),
+        ({"highlights": "none"}, "highlights"),
+    ],
+)
 def test_hard_tier_names_what_is_missing(change, missing):
     with pytest.raises(BadLLMOutput) as e:
         check_analysis(answer(**change), provides_grades=True)
@@ -63,15 +78,15 @@ def test_numbers_coerced_and_clamped():
     clean, repairs = check_analysis(answer(grade="85", highlights=[h]), provides_grades=True)
     got = clean["highlights"][0]
     assert (clean["grade"], got["importance"], got["grade"], got["start_line"]) == (85, 10, 0, 7)
-    assert kinds(repairs) == ["number_clamped", "number_clamped", "number_coerced", "number_coerced",
-                              "number_coerced"]
+    assert kinds(repairs) == ["number_clamped", "number_clamped", "number_coerced", "number_coerced", "number_coerced"]
     clean, repairs = check_analysis(answer(grade=130.0), provides_grades=True)
     assert clean["grade"] == 100 and kinds(repairs) == ["number_clamped", "number_coerced"]
 
 
 def test_unknown_level_becomes_info_and_extra_properties_are_ignored():
-    clean, repairs = check_analysis(answer(confidence="high", highlights=[highlight(level="critical", notes="x")]),
-                                    provides_grades=True)
+    clean, repairs = check_analysis(
+        answer(confidence="high", highlights=[highlight(level="critical", notes="x")]), provides_grades=True
+    )
     assert clean["highlights"][0]["level"] == "info" and "notes" not in clean["highlights"][0]
     assert "confidence" not in clean
     assert kinds(repairs) == ["enum_defaulted", "extra_ignored", "extra_ignored"]

@@ -26,10 +26,9 @@ DRIVE = "from roastq.llm import batch_driver; print(batch_driver.drive(), flush=
 def parked(lane, broker, sim, monkeypatch, db, seeded):  # noqa: F811
     """Four batch jobs parked in the lane, their requests waiting; no worker drives the lane (the
     test does, in this process or in a driver process it kills)."""
+    from middleware.batchlane import BatchLane
     from roastq.llm import client
     from roastq.settings import reload_settings
-
-    from middleware.batchlane import BatchLane
 
     monkeypatch.setenv("LLM_BATCH_TICK_S", "0")
     for m in broker.middleware:  # the stack read LLM_BATCH_TICK_S when it was built
@@ -41,8 +40,11 @@ def parked(lane, broker, sim, monkeypatch, db, seeded):  # noqa: F811
     doc, agent = _pair(seeded, db, critique=False)
     with running_worker(broker, threads=4) as w:
         job_ids = enqueue_evaluations([(doc, agent)] * 4, deadline=timedelta(hours=2))
-        wait_until(lambda: one(db, "SELECT count(*) FROM dramatiq.queue WHERE queue_name = 'batch.lane'") == 4,
-                   timeout=20, what="four parked jobs")
+        wait_until(
+            lambda: one(db, "SELECT count(*) FROM dramatiq.queue WHERE queue_name = 'batch.lane'") == 4,
+            timeout=20,
+            what="four parked jobs",
+        )
         yield job_ids, w
 
 
@@ -63,10 +65,12 @@ def drive_until_done(db, job_ids, timeout=40):
 
 
 def assert_each_answer_billed_once(db, lane, job_ids):
-    assert rows(db, "SELECT DISTINCT billed_calls FROM job_steps WHERE job_id = ANY(%s::uuid[]) "
-                    "AND step = 'analysis'", job_ids) == [(1,)]
-    assert one(db, "SELECT sum(price_usd) FROM tasks WHERE job_id = ANY(%s::uuid[])", job_ids) == \
-        Decimal(lane.stats()["billed_usd"])
+    assert rows(
+        db, "SELECT DISTINCT billed_calls FROM job_steps WHERE job_id = ANY(%s::uuid[]) AND step = 'analysis'", job_ids
+    ) == [(1,)]
+    assert one(db, "SELECT sum(price_usd) FROM tasks WHERE job_id = ANY(%s::uuid[])", job_ids) == Decimal(
+        lane.stats()["billed_usd"]
+    )
 
 
 def test_a_driver_killed_between_create_and_record_finds_its_batch_again(db, parked, lane, sim):
@@ -75,8 +79,11 @@ def test_a_driver_killed_between_create_and_record_finds_its_batch_again(db, par
     proc = driver_process()
     try:
         wait_until(lambda: lane.stats().get("batches", 0) == 1, timeout=20, what="the batch created")
-        wait_until(lambda: one(db, "SELECT count(*) FROM llm_batch_requests WHERE state = 'submitting'") == 4,
-                   timeout=5, what="the requests marked submitting")
+        wait_until(
+            lambda: one(db, "SELECT count(*) FROM llm_batch_requests WHERE state = 'submitting'") == 4,
+            timeout=5,
+            what="the requests marked submitting",
+        )
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -86,8 +93,9 @@ def test_a_driver_killed_between_create_and_record_finds_its_batch_again(db, par
     drive_until_done(db, job_ids)
     assert lane.stats()["batches"] == 1  # nothing submitted twice
     assert rows(db, "SELECT id, adopted FROM llm_batches") == [(created, True)]
-    assert rows(db, "SELECT DISTINCT state, batch_id, submissions FROM llm_batch_requests") == \
-        [("succeeded", created, 1)]
+    assert rows(db, "SELECT DISTINCT state, batch_id, submissions FROM llm_batch_requests") == [
+        ("succeeded", created, 1)
+    ]
     assert_each_answer_billed_once(db, lane, job_ids)
     assert not [r for r in sim.requests() if r["job_id"] in job_ids]  # and nothing went real-time
 
@@ -97,8 +105,10 @@ def test_a_driver_killed_before_its_create_call_leaves_the_requests_waiting(db, 
     found stale, no batch in the API's list matches it, and its requests wait again."""
     job_ids, _ = parked
     with db.cursor() as cur:  # the state a driver leaves when it dies just before the create call
-        cur.execute("UPDATE llm_batch_requests SET state = 'submitting', submission_id = gen_random_uuid(), "
-                    "submitting_at = now()")
+        cur.execute(
+            "UPDATE llm_batch_requests SET state = 'submitting', submission_id = gen_random_uuid(), "
+            "submitting_at = now()"
+        )
     drive_until_done(db, job_ids)
     assert lane.stats()["batches"] == 1
     assert_each_answer_billed_once(db, lane, job_ids)
@@ -115,8 +125,11 @@ def test_a_driver_killed_halfway_through_the_results_loses_nothing_and_bills_not
     lane.script_faults("stall_results")  # half the results, then silence
     proc = driver_process()
     try:
-        wait_until(lambda: one(db, "SELECT count(*) FROM llm_batch_requests WHERE state = 'succeeded'") >= 1,
-                   timeout=20, what="the first results recorded")
+        wait_until(
+            lambda: one(db, "SELECT count(*) FROM llm_batch_requests WHERE state = 'succeeded'") >= 1,
+            timeout=20,
+            what="the first results recorded",
+        )
         time.sleep(0.5)  # the rest of the first half, then it hangs in the stream
     finally:
         proc.send_signal(signal.SIGKILL)

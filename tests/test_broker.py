@@ -16,9 +16,9 @@ import dramatiq
 import psycopg2
 import pytest
 from dramatiq_pg.broker import PostgresConsumer, message_lock
+from helpers import one
 from psycopg2.pool import ThreadedConnectionPool
 
-from helpers import one
 from roastq import db as roastq_db
 from roastq.brokers.postgres import RoastqConsumer
 
@@ -35,8 +35,10 @@ def make_consumer(kind, queue="interactive", prefetch=1, recovery_interval_s=0.3
 def put_message(conn, queue="interactive", state="queued", args=("x",), notify=False):
     message = dramatiq.Message(queue_name=queue, actor_name="evaluate_document", args=args, kwargs={}, options={})
     with conn.cursor() as cur:
-        cur.execute("INSERT INTO dramatiq.queue (queue_name, message_id, state, message) VALUES (%s, %s, %s, %s)",
-                    (queue, message.message_id, state, message.encode().decode()))
+        cur.execute(
+            "INSERT INTO dramatiq.queue (queue_name, message_id, state, message) VALUES (%s, %s, %s, %s)",
+            (queue, message.message_id, state, message.encode().decode()),
+        )
         if notify:
             cur.execute("SELECT pg_notify(%s, %s)", (f"dramatiq.{queue}.enqueue", message.encode().decode()))
     return message
@@ -195,7 +197,6 @@ def test_nothing_imports_pkg_resources(module):
 def test_large_messages_travel_by_id(db, database_url):
     """NOTIFY payloads must stay under 8,000 bytes: larger messages are announced by id only,
     and the consumer fetches them in full."""
-    from psycopg2.extensions import Notify
 
     listener = psycopg2.connect(database_url)
     listener.autocommit = True

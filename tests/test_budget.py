@@ -4,11 +4,11 @@ and it resumes when the cap is raised or the day ends."""
 from decimal import Decimal
 
 import pytest
-
 from helpers import one, rows, wait_for_status, wait_until
+
 from roastq import events
-from roastq.llm import budget
 from roastq.api import enqueue_evaluation
+from roastq.llm import budget
 
 
 @pytest.fixture
@@ -25,27 +25,36 @@ def budget_events():
 
 def spend(db, usd, day="(now() AT TIME ZONE 'UTC')::date"):
     with db.cursor() as cur:
-        cur.execute(f"INSERT INTO llm_spend_daily (day, model, price_usd, billed_calls) VALUES ({day}, 'm', %s, 1)",
-                    (Decimal(usd),))
+        cur.execute(
+            f"INSERT INTO llm_spend_daily (day, model, price_usd, billed_calls) VALUES ({day}, 'm', %s, 1)",
+            (Decimal(usd),),
+        )
 
 
 def a_job(seeded):
     return enqueue_evaluation(next(iter(seeded.documents.values())), next(iter(seeded.agents.values())))
 
 
-def test_spent_budget_holds_new_work_and_raising_the_cap_resumes_it(db, seeded, worker, sim, llm_settings,
-                                                                   budget_events):
+def test_spent_budget_holds_new_work_and_raising_the_cap_resumes_it(
+    db, seeded, worker, sim, llm_settings, budget_events
+):
     llm_settings(llm_daily_budget_usd=5.0, llm_budget_recheck_s=0.5)
     spend(db, "5.00")  # today's cap is reached
     job_id = a_job(seeded)
-    wait_until(lambda: one(db, "SELECT count(*) FROM job_attempts WHERE job_id = %s AND outcome = 'snoozed'",
-                           job_id) >= 2, what="the job to be held twice")
-    status, next_at, error_class = one(db, "SELECT status, next_attempt_at, error_class FROM jobs WHERE id = %s",
-                                       job_id)
+    wait_until(
+        lambda: one(db, "SELECT count(*) FROM job_attempts WHERE job_id = %s AND outcome = 'snoozed'", job_id) >= 2,
+        what="the job to be held twice",
+    )
+    status, next_at, error_class = one(
+        db, "SELECT status, next_attempt_at, error_class FROM jobs WHERE id = %s", job_id
+    )
     assert status in ("PENDING", "RUNNING") and error_class in (None, "SNOOZED")
     assert [r for r in sim.requests() if r["job_id"] == job_id] == []  # no LLM call started
-    held = rows(db, "SELECT outcome, error_class, delay_reason FROM job_attempts WHERE job_id = %s "
-                    "AND outcome = 'snoozed'", job_id)
+    held = rows(
+        db,
+        "SELECT outcome, error_class, delay_reason FROM job_attempts WHERE job_id = %s AND outcome = 'snoozed'",
+        job_id,
+    )
     assert set(held) == {("snoozed", "SNOOZED", "budget")}
     assert budget_events and budget_events[0]["spent_usd"] == Decimal(5) and budget_events[0]["cap_usd"] == 5
     assert 0 < budget_events[0]["delay_s"] <= 0.55

@@ -6,16 +6,22 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from helpers import one, rows, wait_for_status
+
 from roastq import events
-from roastq.llm import cache
 from roastq.api import enqueue_evaluation
 from roastq.jobctx import JobContext, current_job
+from roastq.llm import cache
 
-TOOL = {"name": "submit", "description": "Submit.",
-        "input_schema": {"type": "object", "properties": {"answer": {"type": "string", "minLength": 1}},
-                         "required": ["answer"]}}
+TOOL = {
+    "name": "submit",
+    "description": "Submit.",
+    "input_schema": {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "minLength": 1}},
+        "required": ["answer"],
+    },
+}
 
 
 @pytest.fixture
@@ -40,8 +46,9 @@ pytestmark = pytest.mark.usefixtures("fast_backoff")  # retries in milliseconds 
 
 
 def critique_agent(db):
-    return one(db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NOT NULL "
-                   "ORDER BY name LIMIT 1")
+    return one(
+        db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NOT NULL ORDER BY name LIMIT 1"
+    )
 
 
 def first_doc(seeded):
@@ -56,8 +63,9 @@ def call(claude, prompt="Say something.", **kw):
     return claude.call_tool(step="test", system="You answer.", prompt=prompt, tool=TOOL, **kw)
 
 
-def test_a_repeated_evaluation_is_served_from_the_cache_without_a_request(db, seeded, worker, sim, cached,
-                                                                         cache_events):
+def test_a_repeated_evaluation_is_served_from_the_cache_without_a_request(
+    db, seeded, worker, sim, cached, cache_events
+):
     agent = critique_agent(db)
     first = enqueue_evaluation(first_doc(seeded), agent)
     assert wait_for_status(db, [first])[first] == "COMPLETED"
@@ -67,8 +75,12 @@ def test_a_repeated_evaluation_is_served_from_the_cache_without_a_request(db, se
     assert len(job_requests(sim, first)) == 2
     assert job_requests(sim, second) == []  # no HTTP request at all
     paid = dict(rows(db, "SELECT name, price_usd FROM tasks WHERE job_id = %s", first))
-    hit = {name: (price, is_cached, saved) for name, price, is_cached, saved in rows(
-        db, "SELECT name, price_usd, cached, saved_usd FROM tasks WHERE job_id = %s", second)}
+    hit = {
+        name: (price, is_cached, saved)
+        for name, price, is_cached, saved in rows(
+            db, "SELECT name, price_usd, cached, saved_usd FROM tasks WHERE job_id = %s", second
+        )
+    }
     for step in ("analysis", "self_critique"):  # a hit costs $0 and records what it saved
         assert hit[step] == (Decimal(0), True, paid[step])
     assert one(db, "SELECT price_usd FROM jobs WHERE id = %s", second) == 0
@@ -77,8 +89,14 @@ def test_a_repeated_evaluation_is_served_from_the_cache_without_a_request(db, se
     # The same answers: the second evaluation is the first one again.
     assert one(db, "SELECT count(DISTINCT (summary, analysis, self_critique)) FROM evaluation_versions") == 1
     outcomes = [(e["outcome"], e["step"]) for e in cache_events]
-    assert outcomes == [("miss", "analysis"), ("store", "analysis"), ("miss", "self_critique"),
-                        ("store", "self_critique"), ("hit", "analysis"), ("hit", "self_critique")]
+    assert outcomes == [
+        ("miss", "analysis"),
+        ("store", "analysis"),
+        ("miss", "self_critique"),
+        ("store", "self_critique"),
+        ("hit", "analysis"),
+        ("hit", "self_critique"),
+    ]
     assert sum(e["saved_usd"] for e in cache_events) == paid["analysis"] + paid["self_critique"]
 
 
@@ -87,10 +105,13 @@ def test_a_new_agent_version_is_a_new_seed(db, seeded, worker, sim, cached):
     first = enqueue_evaluation(first_doc(seeded), agent)
     wait_for_status(db, [first])
     with db.cursor() as cur:  # same instructions, new version: the cache must not carry over
-        cur.execute("INSERT INTO agent_versions (agent_id, version, name, primary_instructions, "
-                    "self_critique_instructions, provides_grades) SELECT agent_id, version + 1, name, "
-                    "primary_instructions, self_critique_instructions, provides_grades FROM agent_versions "
-                    "WHERE agent_id = %s", (agent,))
+        cur.execute(
+            "INSERT INTO agent_versions (agent_id, version, name, primary_instructions, "
+            "self_critique_instructions, provides_grades) SELECT agent_id, version + 1, name, "
+            "primary_instructions, self_critique_instructions, provides_grades FROM agent_versions "
+            "WHERE agent_id = %s",
+            (agent,),
+        )
     second = enqueue_evaluation(first_doc(seeded), agent)
     wait_for_status(db, [second])
     assert sorted(r["step"] for r in job_requests(sim, second)) == ["analysis", "self_critique"]
@@ -123,8 +144,11 @@ def test_an_answer_that_fails_validation_is_never_stored(db, seeded, worker, sim
     sim.script("bad_tool_input")  # the first analysis is billed but unusable
     first = enqueue_evaluation(first_doc(seeded), critique_agent(db))
     assert wait_for_status(db, [first])[first] == "COMPLETED"
-    assert [r["step"] for r in sorted(job_requests(sim, first), key=lambda r: r["seq"])] == \
-        ["analysis", "analysis", "self_critique"]
+    assert [r["step"] for r in sorted(job_requests(sim, first), key=lambda r: r["seq"])] == [
+        "analysis",
+        "analysis",
+        "self_critique",
+    ]
     assert one(db, "SELECT count(*) FROM llm_cache") == 2  # the good analysis and the critique only
     second = enqueue_evaluation(first_doc(seeded), critique_agent(db))
     assert wait_for_status(db, [second])[second] == "COMPLETED"
@@ -149,8 +173,14 @@ def test_a_job_retried_after_bad_output_bypasses_the_cache(db, seeded, simulator
     context carries it to every call of that attempt."""
     call(cached)
     before = len(sim.requests())
-    job = JobContext(job_id="00000000-0000-0000-0000-000000000001", message_id="m", actor="a", queue="q",
-                     attempt=2, bypass_cache=True)
+    job = JobContext(
+        job_id="00000000-0000-0000-0000-000000000001",
+        message_id="m",
+        actor="a",
+        queue="q",
+        attempt=2,
+        bypass_cache=True,
+    )
     token = current_job.set(job)
     try:
         assert not call(cached).cached
@@ -161,16 +191,31 @@ def test_a_job_retried_after_bad_output_bypasses_the_cache(db, seeded, simulator
 
 @pytest.mark.unit
 def test_the_key_covers_what_decides_the_answer_and_ignores_cache_markers():
-    base = dict(model="m", system=[{"type": "text", "text": "s"}], messages=[{"role": "user", "content": "p"}],
-                tools=[TOOL], tool_choice={"type": "tool", "name": "submit"}, max_tokens=100)
+    base = dict(
+        model="m",
+        system=[{"type": "text", "text": "s"}],
+        messages=[{"role": "user", "content": "p"}],
+        tools=[TOOL],
+        tool_choice={"type": "tool", "name": "submit"},
+        max_tokens=100,
+    )
     key = cache.cache_key(cache.canonical_request(**base), "seed")
-    for change in (dict(model="m2"), dict(system="other"), dict(messages=[{"role": "user", "content": "q"}]),
-                   dict(tools=[{**TOOL, "name": "x"}]), dict(tool_choice={"type": "any"}), dict(max_tokens=101),
-                   dict(temperature=0.5)):
+    for change in (
+        dict(model="m2"),
+        dict(system="other"),
+        dict(messages=[{"role": "user", "content": "q"}]),
+        dict(tools=[{**TOOL, "name": "x"}]),
+        dict(tool_choice={"type": "any"}),
+        dict(max_tokens=101),
+        dict(temperature=0.5),
+    ):
         assert cache.cache_key(cache.canonical_request(**{**base, **change}), "seed") != key, change
     assert cache.cache_key(cache.canonical_request(**base), "other seed") != key
-    marked = dict(base, system=[{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
-                  tools=[{**TOOL, "cache_control": {"type": "ephemeral"}}])
+    marked = dict(
+        base,
+        system=[{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
+        tools=[{**TOOL, "cache_control": {"type": "ephemeral"}}],
+    )
     assert cache.cache_key(cache.canonical_request(**marked), "seed") == key
     assert cache.cache_key(cache.canonical_request(**dict(base, system="s")), "seed") == key
 
@@ -213,14 +258,19 @@ def test_calls_can_go_through_an_external_caching_proxy_instead(db, simulator, s
     from roastq.llm.client import Claude
     from roastq.settings import get_settings
 
-    claude = Claude(get_settings().replace(
-        llm_cache_enabled=True,
-        llm_proxy_base_url=f"http://127.0.0.1:{proxy.server_address[1]}",
-        llm_proxy_headers={"Helicone-Auth": "Bearer test", "Helicone-Cache-Enabled": "true",
-                           "Cache-Control": "max-age=604800"},
-        llm_proxy_seed_header="Helicone-Cache-Seed",
-        llm_proxy_bypass_headers={"Helicone-Cache-Enabled": "false"},
-    ))
+    claude = Claude(
+        get_settings().replace(
+            llm_cache_enabled=True,
+            llm_proxy_base_url=f"http://127.0.0.1:{proxy.server_address[1]}",
+            llm_proxy_headers={
+                "Helicone-Auth": "Bearer test",
+                "Helicone-Cache-Enabled": "true",
+                "Cache-Control": "max-age=604800",
+            },
+            llm_proxy_seed_header="Helicone-Cache-Seed",
+            llm_proxy_bypass_headers={"Helicone-Cache-Enabled": "false"},
+        )
+    )
     call(claude, cache_seed="agent-version:42")
     call(claude, cache_seed="agent-version:42", bypass_cache=True)
     assert len(proxy.seen) == 2 and len(sim.requests()) == 2  # every call went through the proxy

@@ -7,13 +7,19 @@ import subprocess
 import sys
 
 from helpers import one, wait_for_status
+
 from roastq.cli.main import main
 
 
 def run_cli(*args):
     """The real command, in its own process, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "roastq.cli.main", *args], capture_output=True, text=True,
-                          timeout=60, env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "roastq.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
 
 
 def ids(seeded):
@@ -44,8 +50,7 @@ def test_job_json_has_the_documented_fields(db, seeded, worker, capsys):
     capsys.readouterr()
     assert main(["job", job_id, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    for key in ("id", "status", "attempts", "error_class", "error", "evaluation_version_id", "price_usd",
-                "duration_s"):
+    for key in ("id", "status", "attempts", "error_class", "error", "evaluation_version_id", "price_usd", "duration_s"):
         assert key in data
     assert data["status"] == "COMPLETED" and data["attempts"] == 1 and data["price_usd"] > 0
     assert [a["outcome"] for a in data["attempt_log"]] == ["completed"]
@@ -107,18 +112,26 @@ def test_migrate_and_seed_are_idempotent(db, capsys):
 def test_demo_runs_jobs_reports_and_leaves_no_process(db, tmp_path):
     env = dict(os.environ, ROASTQ_HOME=str(tmp_path), LLM_BATCH_LANE="auto")  # as a user runs it
     env.pop("ANTHROPIC_BASE_URL", None)  # the demo starts its own simulator
-    result = subprocess.run([sys.executable, "-m", "roastq.cli.main", "demo", "--jobs", "8", "--processes", "1",
-                             "--threads", "4"], capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "roastq.cli.main", "demo", "--jobs", "8", "--processes", "1", "--threads", "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "roastq demo report" in result.stdout
     assert "COMPLETED" in result.stdout and "dollars:" in result.stdout and "p50" in result.stdout
     # The demo's simulator is sloppy: the report says how many answers were repaired, by kind.
-    repaired = re.search(r"answers: +(\d+) of (\d+) evaluations had answers repaired; repairs by kind: (.+)",
-                         result.stdout)
+    repaired = re.search(
+        r"answers: +(\d+) of (\d+) evaluations had answers repaired; repairs by kind: (.+)", result.stdout
+    )
     assert repaired, result.stdout
     assert int(repaired.group(1)) == one(db, "SELECT count(*) FROM evaluation_versions WHERE repairs <> '[]'")
     assert "8/8" in result.stderr  # the progress bar reached the end
-    assert re.search(r"batch lane: +1 evaluation\(s\) through [12] Message Batch\(es\): billed \$[0-9.]+ instead of", result.stdout)
+    assert re.search(
+        r"batch lane: +1 evaluation\(s\) through [12] Message Batch\(es\): billed \$[0-9.]+ instead of", result.stdout
+    )
     assert one(db, "SELECT count(*) FROM jobs WHERE status IN ('COMPLETED', 'FAILED')") == 8
     pid = int(re.search(r"workers started: .* \(pid (\d+)\)", result.stderr).group(1))
     leftover = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
@@ -132,8 +145,11 @@ def test_simulator_command_serves_on_the_given_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "roastq.cli.main", "simulator", "--port", str(port), "--latency-ms", "1"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "roastq.cli.main", "simulator", "--port", str(port), "--latency-ms", "1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line.strip() == f"simulator listening on http://127.0.0.1:{port}"

@@ -35,8 +35,9 @@ def with_csrf(client) -> str:
 
 
 def agent_with_critique(db):
-    return one(db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NOT NULL "
-                   "ORDER BY name LIMIT 1")
+    return one(
+        db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NOT NULL ORDER BY name LIMIT 1"
+    )
 
 
 @pytest.fixture
@@ -86,8 +87,12 @@ def test_job_page_marks_each_located_highlight_on_the_document(db, states):
     assert html.escape(summary, quote=False) in page
     if grade is not None:
         assert f"<strong>{grade}</strong>/100" in page
-    valid = rows(db, "SELECT quoted_text, start_offset, end_offset FROM highlights "
-                     "WHERE evaluation_version_id = %s AND is_valid ORDER BY start_offset", ev_id)
+    valid = rows(
+        db,
+        "SELECT quoted_text, start_offset, end_offset FROM highlights "
+        "WHERE evaluation_version_id = %s AND is_valid ORDER BY start_offset",
+        ev_id,
+    )
     assert valid, "the simulator's evaluation has located highlights"
     # Each located highlight is marked where it is, except one that overlaps a highlight marked
     # before it: that one is listed beside the document, saying so.
@@ -99,8 +104,11 @@ def test_job_page_marks_each_located_highlight_on_the_document(db, states):
     assert [html.unescape(text) for _, text in marked] == expected
     assert page.count("overlaps a highlight marked before it") == len(overlapping)
     # The page shows the document's own text around them (what the offsets point into).
-    content = one(db, "SELECT dv.content FROM document_versions dv JOIN jobs j ON j.document_version_id = dv.id "
-                      "WHERE j.id = %s", job_id)
+    content = one(
+        db,
+        "SELECT dv.content FROM document_versions dv JOIN jobs j ON j.document_version_id = dv.id WHERE j.id = %s",
+        job_id,
+    )
     article = re.search(r'<article class="document" id="document">(.*?)</article>', page, re.S).group(1)
     plain = html.unescape(re.sub(r"<sup>\d+</sup>", "", re.sub(r"</?mark[^>]*>", "", article)))
     assert plain == content
@@ -109,8 +117,11 @@ def test_job_page_marks_each_located_highlight_on_the_document(db, states):
 def test_invalid_highlights_are_listed_with_their_reason(db, states):
     ev_id = one(db, "SELECT id FROM evaluation_versions WHERE job_id = %s", states["COMPLETED"])
     with db.cursor() as cur:
-        cur.execute("INSERT INTO highlights (evaluation_version_id, quoted_text, is_valid, error) "
-                    "VALUES (%s, 'a sentence the essay never had', false, 'quote not found in the document')", (ev_id,))
+        cur.execute(
+            "INSERT INTO highlights (evaluation_version_id, quoted_text, is_valid, error) "
+            "VALUES (%s, 'a sentence the essay never had', false, 'quote not found in the document')",
+            (ev_id,),
+        )
     page = make_client().get(f"/jobs/{states['COMPLETED']}").get_data(as_text=True)
     table = re.search(r'<table id="invalid-highlights">(.*?)</table>', page, re.S).group(1)
     assert "a sentence the essay never had" in table and "quote not found in the document" in table
@@ -162,8 +173,13 @@ def test_off_loopback_the_console_refuses_to_start_without_credentials(database_
         check_exposure("0.0.0.0", get_settings())
     check_exposure("127.0.0.1", get_settings())
     check_exposure("0.0.0.0", get_settings().replace(console_token=TOKEN))
-    run = subprocess.run([sys.executable, "-m", "roastq.cli", "console", "--host", "0.0.0.0", "--port", "0"],
-                         capture_output=True, text=True, timeout=60, env=_env_without("CONSOLE_TOKEN", "CONSOLE_BASIC_AUTH"))
+    run = subprocess.run(
+        [sys.executable, "-m", "roastq.cli", "console", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env_without("CONSOLE_TOKEN", "CONSOLE_BASIC_AUTH"),
+    )
     assert run.returncode == 2 and "refusing to serve the console on 0.0.0.0" in run.stderr
 
 
@@ -259,8 +275,9 @@ def test_bulk_actions_ask_for_confirmation_first(db, states):
     assert one(db, "SELECT count(*) FROM jobs WHERE original_job_id IS NOT NULL") == 0
     done = client.post("/bulk", data={"csrf": csrf, "action": "retry", "job_id": ids, "confirmed": "1"})
     assert done.status_code == 302
-    assert sorted(str(r[0]) for r in rows(db, "SELECT original_job_id FROM jobs WHERE original_job_id IS NOT NULL")) \
-        == sorted(ids)
+    assert sorted(
+        str(r[0]) for r in rows(db, "SELECT original_job_id FROM jobs WHERE original_job_id IS NOT NULL")
+    ) == sorted(ids)
 
 
 def test_dead_letters_grouped_and_a_group_retried(db, states):
@@ -268,8 +285,11 @@ def test_dead_letters_grouped_and_a_group_retried(db, states):
     page = client.get("/dead").get_data(as_text=True)
     group = re.search(r'<table id="dead-groups">(.*?)</table>', page, re.S).group(1)
     assert "INVALID_REQUEST" in group and "<td>1</td>" in group
-    agent = one(db, "SELECT av.agent_id FROM jobs j JOIN agent_versions av ON av.id = j.agent_version_id "
-                    "WHERE j.id = %s", states["FAILED"])
+    agent = one(
+        db,
+        "SELECT av.agent_id FROM jobs j JOIN agent_versions av ON av.id = j.agent_version_id WHERE j.id = %s",
+        states["FAILED"],
+    )
     csrf = with_csrf(client)
     form = {"csrf": csrf, "action": "retry", "group": "1", "error_class": "INVALID_REQUEST", "agent_id": str(agent)}
     ask = client.post("/bulk", data=form).get_data(as_text=True)
@@ -283,8 +303,9 @@ def test_read_only_mode_hides_and_refuses_the_actions(db, states):
     client = make_client(console_read_only=True)
     for path in (f"/jobs/{states['FAILED']}", f"/jobs/{states['PENDING']}", "/", "/jobs", "/dead", "/costs"):
         page = client.get(path).get_data(as_text=True)
-        assert "<button type=\"submit\"" not in page.replace('<button type="submit">Filter</button>', "") \
-            .replace('<button type="submit">Show</button>', ""), path
+        assert '<button type="submit"' not in page.replace('<button type="submit">Filter</button>', "").replace(
+            '<button type="submit">Show</button>', ""
+        ), path
     csrf = with_csrf(client)
     assert client.post(f"/jobs/{states['PENDING']}/cancel", data={"csrf": csrf}).status_code == 403
     assert client.post("/pause", data={"csrf": csrf}).status_code == 403
@@ -292,8 +313,10 @@ def test_read_only_mode_hides_and_refuses_the_actions(db, states):
 
 
 def test_no_secret_is_rendered(db, states):
-    secret_error = ("OperationalError: could not connect to postgresql://roastq:hunter2-pw@db.internal:5432/roastq "
-                    "with key sk-ant-api03-abcdefghijklmnop")
+    secret_error = (
+        "OperationalError: could not connect to postgresql://roastq:hunter2-pw@db.internal:5432/roastq "
+        "with key sk-ant-api03-abcdefghijklmnop"
+    )
     with db.cursor() as cur:
         cur.execute("UPDATE jobs SET error = %s WHERE id = %s", (secret_error, states["FAILED"]))
         cur.execute("UPDATE job_attempts SET error = %s WHERE job_id = %s", (secret_error, states["FAILED"]))
@@ -326,8 +349,9 @@ def test_cli_job_shows_the_evaluation(db, states, capsys):
     assert "Evaluation:" in out and "Summary:" in out and "Self-critique:" in out
     if grade is not None:
         assert f"grade {grade}/100" in out
-    n_valid, n_all = one(db, "SELECT count(*) FILTER (WHERE is_valid), count(*) FROM highlights "
-                             "WHERE evaluation_version_id = %s", ev_id)
+    n_valid, n_all = one(
+        db, "SELECT count(*) FILTER (WHERE is_valid), count(*) FROM highlights WHERE evaluation_version_id = %s", ev_id
+    )
     assert f"Highlights: {n_all} ({n_valid} located in the document, {n_all - n_valid} invalid)" in out
     assert re.search(r"price_usd:\s+\$0\.\d{3}\b", out)  # dollars for a person
     assert main(["job", states["FAILED"]]) == 0

@@ -58,8 +58,13 @@ def console(database_url):
     """`roastq console` on a free port, with a token."""
     port = free_port()
     env = dict(os.environ, CONSOLE_TOKEN=TOKEN, DATABASE_URL=database_url, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "roastq.cli", "console", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "roastq.cli", "console", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
     def up():
         if proc.poll() is not None:
@@ -84,8 +89,9 @@ def test_an_operator_session_in_the_browser(db, seeded, sim, worker, console, br
     from playwright.sync_api import expect
 
     docs = list(seeded.documents.values())
-    agent = one(db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NOT NULL "
-                    "ORDER BY name LIMIT 1")
+    agent = one(
+        db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NOT NULL ORDER BY name LIMIT 1"
+    )
     sim.script("invalid_request", "auth")  # the next two requests: permanent failures
     failed = [enqueue_evaluation(docs[0], agent), enqueue_evaluation(docs[1], agent)]
     wait_for_status(db, failed)
@@ -126,8 +132,12 @@ def test_an_operator_session_in_the_browser(db, seeded, sim, worker, console, br
     # A completed job: its highlights marked on the document.
     page.goto(f"{console}/jobs/{completed[0]}")
     ev_id = one(db, "SELECT id FROM evaluation_versions WHERE job_id = %s", completed[0])
-    first_quote = one(db, "SELECT quoted_text FROM highlights WHERE evaluation_version_id = %s AND is_valid "
-                          "ORDER BY start_offset LIMIT 1", ev_id)
+    first_quote = one(
+        db,
+        "SELECT quoted_text FROM highlights WHERE evaluation_version_id = %s AND is_valid "
+        "ORDER BY start_offset LIMIT 1",
+        ev_id,
+    )
     marks = page.locator("#document mark")
     assert marks.count() >= 1
     assert marks.first.inner_text().lstrip("0123456789") == first_quote
@@ -166,8 +176,11 @@ def test_an_operator_session_in_the_browser(db, seeded, sim, worker, console, br
     expect(page.locator("#pause-banner")).to_contain_text("browser test")
     expect(page.locator("#system-state")).to_have_text("PAUSED")
     waiting = enqueue_evaluation(docs[0], agent)
-    wait_until(lambda: one(db, "SELECT error_class FROM jobs WHERE id = %s", waiting) == "SNOOZED",
-               timeout=30, what="the job held by the pause")
+    wait_until(
+        lambda: one(db, "SELECT error_class FROM jobs WHERE id = %s", waiting) == "SNOOZED",
+        timeout=30,
+        what="the job held by the pause",
+    )
     page.goto(f"{console}/jobs/{waiting}")
     expect(page.locator("#job-facts .badge.pending")).to_be_visible()
     page.click("#cancel")

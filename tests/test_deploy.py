@@ -38,8 +38,11 @@ def test_the_units_are_valid_for_systemd():
         pytest.skip("systemd-analyze is not installed here (Debian's systemd package)")
     run = subprocess.run([exe, "verify", *map(str, UNITS)], capture_output=True, text=True)
     # The install paths (/opt/roastq) do not exist on this machine: that is the only complaint allowed.
-    complaints = [line for line in (run.stdout + run.stderr).splitlines()
-                  if line.strip() and "is not executable: No such file or directory" not in line]
+    complaints = [
+        line
+        for line in (run.stdout + run.stderr).splitlines()
+        if line.strip() and "is not executable: No such file or directory" not in line
+    ]
     assert complaints == []
 
 

@@ -16,7 +16,7 @@ import textwrap
 
 from helpers import one, wait_for_status
 
-APP = textwrap.dedent('''
+APP = textwrap.dedent("""
     import json, logging, os, sys, threading
 
     import prometheus_client
@@ -61,7 +61,7 @@ APP = textwrap.dedent('''
         "new_threads": sorted({t.name for t in threading.enumerate()} - threads_before),
         "cwd_same": sorted(os.listdir(".")) == cwd_before,
     }))
-''')
+""")
 
 
 def test_an_app_that_enqueues_keeps_its_logging_metrics_sentry_and_files(db, seeded, worker, tmp_path):
@@ -71,8 +71,9 @@ def test_an_app_that_enqueues_keeps_its_logging_metrics_sentry_and_files(db, see
     env["SENTRY_DSN"] = "http://roastq@127.0.0.1:9/2"  # roastq's DSN is set: it must still not init Sentry
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
     (tmp_path / "app.py").write_text(APP)
-    done = subprocess.run([sys.executable, "app.py", document, agent], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "app.py", document, agent], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     report = json.loads(lines[-1])
@@ -93,7 +94,7 @@ def test_an_app_that_enqueues_keeps_its_logging_metrics_sentry_and_files(db, see
 def test_importing_the_api_and_the_actors_configures_nothing(tmp_path):
     """Without a database: importing roastq's sending side creates no folder, no environment
     variable, no handler, no thread."""
-    code = textwrap.dedent('''
+    code = textwrap.dedent("""
         import logging, os, sys, threading
         before = (list(logging.getLogger().handlers), {t.name for t in threading.enumerate()})
         import roastq.api, actors  # noqa
@@ -104,11 +105,12 @@ def test_importing_the_api_and_the_actors_configures_nothing(tmp_path):
         assert not sentry_sdk.get_client().is_active()
         assert "prometheus_client" not in sys.modules, "importing the actors imported prometheus_client"
         print(sorted(os.listdir(".")))
-    ''')
+    """)
     env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "ROASTQ_HOME", "DATABASE_URL")}
     env["SENTRY_DSN"] = "http://roastq@127.0.0.1:9/2"
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

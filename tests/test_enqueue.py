@@ -2,9 +2,9 @@
 
 import psycopg2
 import pytest
-
 from helpers import one, wait_for_status
 from messages import MESSAGES  # dramatiq.queue, or the outbox with RabbitMQ
+
 from roastq.api import EnqueueError, enqueue_evaluation
 
 
@@ -47,9 +47,12 @@ def test_enqueue_pins_the_versions_current_at_enqueue(db, seeded):
     job_id = enqueue_evaluation(doc, agent, priority="batch")
     pinned = one(db, "SELECT document_version_id FROM jobs WHERE id = %s", job_id)
     with db.cursor() as cur:  # the document is edited after the job was enqueued
-        cur.execute("INSERT INTO document_versions (document_id, version, title, content) "
-                    "SELECT document_id, version + 1, title, content || ' edited' FROM document_versions "
-                    "WHERE id = %s", (pinned,))
+        cur.execute(
+            "INSERT INTO document_versions (document_id, version, title, content) "
+            "SELECT document_id, version + 1, title, content || ' edited' FROM document_versions "
+            "WHERE id = %s",
+            (pinned,),
+        )
     assert one(db, "SELECT document_version_id FROM jobs WHERE id = %s", job_id) == pinned
     assert one(db, "SELECT queue FROM jobs WHERE id = %s", job_id) == "batch"
     assert one(db, f"SELECT queue_name FROM {MESSAGES}") == "batch"
@@ -81,10 +84,13 @@ def test_actor_send_runs_an_existing_job(db, seeded, worker):
     doc, agent = _pair(seeded)
     with db.cursor() as cur:  # a job row written by the app itself, with no message yet
         cur.execute("INSERT INTO evaluations (document_id, agent_id) VALUES (%s, %s)", (doc, agent))
-        cur.execute("INSERT INTO jobs (evaluation_id, document_version_id, agent_version_id) "
-                    "SELECT e.id, (SELECT id FROM document_versions WHERE document_id = %s), "
-                    "(SELECT id FROM agent_versions WHERE agent_id = %s) FROM evaluations e "
-                    "WHERE e.document_id = %s AND e.agent_id = %s RETURNING id", (doc, agent, doc, agent))
+        cur.execute(
+            "INSERT INTO jobs (evaluation_id, document_version_id, agent_version_id) "
+            "SELECT e.id, (SELECT id FROM document_versions WHERE document_id = %s), "
+            "(SELECT id FROM agent_versions WHERE agent_id = %s) FROM evaluations e "
+            "WHERE e.document_id = %s AND e.agent_id = %s RETURNING id",
+            (doc, agent, doc, agent),
+        )
         job_id = str(cur.fetchone()[0])
     assert one(db, f"SELECT count(*) FROM {MESSAGES}") == 0
     evaluate_document.send(job_id)
@@ -107,8 +113,14 @@ def test_batch_enqueue_writes_all_jobs_and_messages_in_one_transaction(db, seede
     assert one(db, "SELECT count(*) FROM evaluations") == 24
     assert one(db, f"SELECT count(DISTINCT queue_name) FROM {MESSAGES}") == 1
     # every job's message carries its id, and the job names its message
-    assert one(db, f"SELECT count(*) FROM jobs j JOIN {MESSAGES} q ON q.message_id = j.message_id "
-                   "AND q.message->'args'->>0 = j.id::text") == 120
+    assert (
+        one(
+            db,
+            f"SELECT count(*) FROM jobs j JOIN {MESSAGES} q ON q.message_id = j.message_id "
+            "AND q.message->'args'->>0 = j.id::text",
+        )
+        == 120
+    )
 
 
 def test_batch_enqueue_uses_a_few_statements_whatever_the_size(db, seeded, database_url, monkeypatch):
@@ -142,6 +154,5 @@ def test_batch_enqueue_is_all_or_nothing(db, seeded):
 def test_batch_enqueued_jobs_run(db, seeded, worker):
     from roastq.api import enqueue_evaluations
 
-    job_ids = enqueue_evaluations([(d, a) for d in list(seeded.documents.values())[:2]
-                                   for a in seeded.agents.values()])
+    job_ids = enqueue_evaluations([(d, a) for d in list(seeded.documents.values())[:2] for a in seeded.agents.values()])
     assert set(wait_for_status(db, job_ids).values()) == {"COMPLETED"}

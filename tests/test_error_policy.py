@@ -1,6 +1,5 @@
 """The error classes and the retry decision, from exception types alone."""
 
-import json
 import random
 import time
 from email.utils import formatdate
@@ -26,33 +25,36 @@ def status_error(cls, status, headers=None, body=None):
     return cls("boom", response=response, body=body)
 
 
-@pytest.mark.parametrize("exc,expected", [
-    (status_error(anthropic.RateLimitError, 429), ErrorClass.RATE_LIMITED),
-    (status_error(anthropic.EnforcedSpendLimitReachedError, 429), ErrorClass.SPEND_LIMIT),
-    (status_error(anthropic.ContractSpendLimitReachedError, 429), ErrorClass.SPEND_LIMIT),
-    (status_error(anthropic.PaymentRequiredError, 402), ErrorClass.SPEND_LIMIT),
-    (status_error(anthropic.OverloadedError, 529), ErrorClass.OVERLOADED),
-    (status_error(anthropic.InternalServerError, 500), ErrorClass.UPSTREAM),
-    (status_error(anthropic.ServiceUnavailableError, 503), ErrorClass.UPSTREAM),
-    (anthropic.APIConnectionError(request=REQUEST), ErrorClass.NETWORK),
-    (anthropic.APITimeoutError(request=REQUEST), ErrorClass.NETWORK),
-    (httpx2.ReadError("reset"), ErrorClass.NETWORK),
-    (status_error(anthropic.AuthenticationError, 401), ErrorClass.AUTH),
-    (status_error(anthropic.PermissionDeniedError, 403), ErrorClass.AUTH),
-    (status_error(anthropic.BadRequestError, 400), ErrorClass.INVALID_REQUEST),
-    (status_error(anthropic.NotFoundError, 404), ErrorClass.INVALID_REQUEST),
-    (status_error(anthropic.UnprocessableEntityError, 422), ErrorClass.INVALID_REQUEST),
-    (status_error(anthropic.ContentTooLargeError, 413), ErrorClass.INVALID_REQUEST),
-    (BadLLMOutput("bad", step="analysis"), ErrorClass.BAD_LLM_OUTPUT),
-    (LLMRefusal("declined", step="analysis"), ErrorClass.REFUSAL),
-    (psycopg2.OperationalError("db down"), ErrorClass.DATABASE),
-    (psycopg2.InterfaceError("closed"), ErrorClass.DATABASE),
-    (TimeLimitExceeded(), ErrorClass.TIMEOUT),
-    (JobTimeLimit("no time"), ErrorClass.TIMEOUT),
-    (InputError("no content"), ErrorClass.INPUT),
-    (JobCancelled("x"), ErrorClass.CANCELLED),
-    (ZeroDivisionError(), ErrorClass.UNKNOWN),
-])
+@pytest.mark.parametrize(
+    "exc,expected",
+    [
+        (status_error(anthropic.RateLimitError, 429), ErrorClass.RATE_LIMITED),
+        (status_error(anthropic.EnforcedSpendLimitReachedError, 429), ErrorClass.SPEND_LIMIT),
+        (status_error(anthropic.ContractSpendLimitReachedError, 429), ErrorClass.SPEND_LIMIT),
+        (status_error(anthropic.PaymentRequiredError, 402), ErrorClass.SPEND_LIMIT),
+        (status_error(anthropic.OverloadedError, 529), ErrorClass.OVERLOADED),
+        (status_error(anthropic.InternalServerError, 500), ErrorClass.UPSTREAM),
+        (status_error(anthropic.ServiceUnavailableError, 503), ErrorClass.UPSTREAM),
+        (anthropic.APIConnectionError(request=REQUEST), ErrorClass.NETWORK),
+        (anthropic.APITimeoutError(request=REQUEST), ErrorClass.NETWORK),
+        (httpx2.ReadError("reset"), ErrorClass.NETWORK),
+        (status_error(anthropic.AuthenticationError, 401), ErrorClass.AUTH),
+        (status_error(anthropic.PermissionDeniedError, 403), ErrorClass.AUTH),
+        (status_error(anthropic.BadRequestError, 400), ErrorClass.INVALID_REQUEST),
+        (status_error(anthropic.NotFoundError, 404), ErrorClass.INVALID_REQUEST),
+        (status_error(anthropic.UnprocessableEntityError, 422), ErrorClass.INVALID_REQUEST),
+        (status_error(anthropic.ContentTooLargeError, 413), ErrorClass.INVALID_REQUEST),
+        (BadLLMOutput("bad", step="analysis"), ErrorClass.BAD_LLM_OUTPUT),
+        (LLMRefusal("declined", step="analysis"), ErrorClass.REFUSAL),
+        (psycopg2.OperationalError("db down"), ErrorClass.DATABASE),
+        (psycopg2.InterfaceError("closed"), ErrorClass.DATABASE),
+        (TimeLimitExceeded(), ErrorClass.TIMEOUT),
+        (JobTimeLimit("no time"), ErrorClass.TIMEOUT),
+        (InputError("no content"), ErrorClass.INPUT),
+        (JobCancelled("x"), ErrorClass.CANCELLED),
+        (ZeroDivisionError(), ErrorClass.UNKNOWN),
+    ],
+)
 def test_classified_by_type(exc, expected):
     assert classify(exc) is expected
 
@@ -68,16 +70,21 @@ def test_a_subclass_can_differ_from_its_parent():
 def test_message_text_does_not_decide():
     """An error whose text says 'rate limit' or 'overloaded' is still classified by its type."""
     assert classify(ValueError("429 rate_limit_error: overloaded, retry later")) is ErrorClass.UNKNOWN
-    assert classify(status_error(anthropic.BadRequestError, 400, body={"error": {"type": "rate_limit_error"}})) \
+    assert (
+        classify(status_error(anthropic.BadRequestError, 400, body={"error": {"type": "rate_limit_error"}}))
         is ErrorClass.INVALID_REQUEST
+    )
 
 
-@pytest.mark.parametrize("headers,expected", [
-    ({"retry-after": "7"}, 7.0),
-    ({"retry-after-ms": "2500"}, 2.5),
-    ({"retry-after": "1", "retry-after-ms": "1800"}, 1.8),  # the larger: never earlier than asked
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    "headers,expected",
+    [
+        ({"retry-after": "7"}, 7.0),
+        ({"retry-after-ms": "2500"}, 2.5),
+        ({"retry-after": "1", "retry-after-ms": "1800"}, 1.8),  # the larger: never earlier than asked
+        ({}, None),
+    ],
+)
 def test_server_delay(headers, expected):
     assert server_delay_s(status_error(anthropic.RateLimitError, 429, headers)) == expected
 
@@ -86,15 +93,27 @@ def test_server_delay_http_date_and_reset_headers():
     date = formatdate(time.time() + 30, usegmt=True)
     assert 28 <= server_delay_s(status_error(anthropic.RateLimitError, 429, {"retry-after": date})) <= 31
     reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 20))
-    exc = status_error(anthropic.RateLimitError, 429, {"retry-after": "1",
-                       "anthropic-ratelimit-requests-remaining": "0", "anthropic-ratelimit-requests-reset": reset})
+    exc = status_error(
+        anthropic.RateLimitError,
+        429,
+        {
+            "retry-after": "1",
+            "anthropic-ratelimit-requests-remaining": "0",
+            "anthropic-ratelimit-requests-reset": reset,
+        },
+    )
     assert 18 <= server_delay_s(exc) <= 21
 
 
-@pytest.mark.parametrize("cls,status", [
-    (anthropic.EnforcedSpendLimitReachedError, 429), (anthropic.AuthenticationError, 401),
-    (anthropic.BadRequestError, 400), (anthropic.PermissionDeniedError, 403),
-])
+@pytest.mark.parametrize(
+    "cls,status",
+    [
+        (anthropic.EnforcedSpendLimitReachedError, 429),
+        (anthropic.AuthenticationError, 401),
+        (anthropic.BadRequestError, 400),
+        (anthropic.PermissionDeniedError, 403),
+    ],
+)
 def test_permanent_classes_fail_at_once(cls, status):
     decision = decide(status_error(cls, status, {"retry-after": "1"}), {})
     assert decision.action is Action.FAIL
@@ -134,7 +153,7 @@ def test_backoff_is_full_jitter_within_the_cap():
     policy = CLASS_POLICIES[ErrorClass.NETWORK]
     exc = anthropic.APIConnectionError(request=REQUEST)
     for retries in range(policy.max_attempts - 1):
-        ceiling = min(policy.cap_s, policy.base_s * 2 ** retries)
+        ceiling = min(policy.cap_s, policy.base_s * 2**retries)
         delays = [decide(exc, {"retries": retries}, rng=random.Random(s)).delay_s for s in range(200)]
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling  # spread over the range
@@ -170,5 +189,10 @@ def test_snooze_waits_the_given_delay_and_uses_no_attempt():
     from roastq.exceptions import Snooze
 
     d = decide(Snooze(120.0, "paused"), {"retries": 99, "waits": 99})
-    assert (d.action, d.error_class, d.delay_s, d.delay_reason, d.counts_attempt) == \
-        (Action.SNOOZE, ErrorClass.SNOOZED, 120.0, "paused", False)
+    assert (d.action, d.error_class, d.delay_s, d.delay_reason, d.counts_attempt) == (
+        Action.SNOOZE,
+        ErrorClass.SNOOZED,
+        120.0,
+        "paused",
+        False,
+    )

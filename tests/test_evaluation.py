@@ -1,13 +1,12 @@
 """Evaluations end to end: real workers, real Postgres, the real SDK against the simulator."""
 
 import time
-import uuid
 
 import dramatiq
 import pytest
-
 from helpers import one, rows, wait_for_status
 from messages import wait_rejected
+
 from roastq.api import enqueue_evaluation
 
 # Each test twice: with tidy answers and with the simulator's sloppiness at 0.3 (tests/conftest.py).
@@ -16,8 +15,7 @@ pytestmark = pytest.mark.usefixtures("sloppiness")
 
 def agent_with(seeded, db, *, critique: bool):
     for agent_id in seeded.agents.values():
-        has = one(db, "SELECT self_critique_instructions IS NOT NULL FROM agent_versions WHERE agent_id = %s",
-                  agent_id)
+        has = one(db, "SELECT self_critique_instructions IS NOT NULL FROM agent_versions WHERE agent_id = %s", agent_id)
         if has == critique:
             return agent_id
     raise AssertionError("no such sample agent")
@@ -33,13 +31,18 @@ def test_job_runs_the_three_steps_and_saves_in_one_go(db, seeded, worker, sim):
     assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
 
     status, attempts, ev_id, price, duration = one(
-        db, "SELECT status, attempts, evaluation_version_id, price_usd, duration_s FROM jobs WHERE id = %s", job_id)
+        db, "SELECT status, attempts, evaluation_version_id, price_usd, duration_s FROM jobs WHERE id = %s", job_id
+    )
     assert attempts == 1 and ev_id is not None and duration > 0
     summary, analysis, critique, grade = one(
-        db, "SELECT summary, analysis, self_critique, grade FROM evaluation_versions WHERE id = %s", ev_id)
+        db, "SELECT summary, analysis, self_critique, grade FROM evaluation_versions WHERE id = %s", ev_id
+    )
     assert summary and analysis and critique
-    tasks = rows(db, "SELECT name, input_tokens, output_tokens, price_usd FROM tasks WHERE job_id = %s "
-                     "ORDER BY created_at", job_id)
+    tasks = rows(
+        db,
+        "SELECT name, input_tokens, output_tokens, price_usd FROM tasks WHERE job_id = %s ORDER BY created_at",
+        job_id,
+    )
     assert [t[0] for t in tasks] == ["analysis", "highlight_extraction", "self_critique"]
     assert tasks[0][1] > 0 and tasks[0][2] > 0 and tasks[1][1] == 0
     assert price == sum(t[3] for t in tasks) and price > 0
@@ -47,10 +50,16 @@ def test_job_runs_the_three_steps_and_saves_in_one_go(db, seeded, worker, sim):
     steps = [r["step"] for r in sim.requests() if r["job_id"] == job_id]
     assert sorted(steps) == ["analysis", "self_critique"]
 
-    highlights = rows(db, "SELECT h.start_offset, h.end_offset, h.quoted_text, h.is_valid, dv.content "
-                          "FROM highlights h JOIN evaluation_versions ev ON ev.id = h.evaluation_version_id "
-                          "JOIN document_versions dv ON dv.id = ev.document_version_id WHERE ev.id = %s", ev_id)
-    assert highlights and one(db, "SELECT count(*) FROM comments WHERE evaluation_version_id = %s", ev_id) == len(highlights)
+    highlights = rows(
+        db,
+        "SELECT h.start_offset, h.end_offset, h.quoted_text, h.is_valid, dv.content "
+        "FROM highlights h JOIN evaluation_versions ev ON ev.id = h.evaluation_version_id "
+        "JOIN document_versions dv ON dv.id = ev.document_version_id WHERE ev.id = %s",
+        ev_id,
+    )
+    assert highlights and one(db, "SELECT count(*) FROM comments WHERE evaluation_version_id = %s", ev_id) == len(
+        highlights
+    )
     for start, end, quoted, valid, content in highlights:
         if valid:
             assert content[start:end] == quoted  # offsets point at the quoted text
@@ -68,8 +77,11 @@ def test_agent_without_self_critique_makes_one_llm_call(db, seeded, worker, sim)
 def test_grade_only_when_the_agent_gives_grades(db, seeded, worker):
     job_ids = [enqueue_evaluation(first_doc(seeded), a) for a in seeded.agents.values()]
     wait_for_status(db, job_ids)
-    for provides, grade in rows(db, "SELECT av.provides_grades, ev.grade FROM evaluation_versions ev "
-                                    "JOIN agent_versions av ON av.id = ev.agent_version_id"):
+    for provides, grade in rows(
+        db,
+        "SELECT av.provides_grades, ev.grade FROM evaluation_versions ev "
+        "JOIN agent_versions av ON av.id = ev.agent_version_id",
+    ):
         assert (grade is not None) == provides
         if provides:
             assert 0 <= grade <= 100
@@ -83,7 +95,10 @@ def test_a_job_delivered_twice_yields_one_evaluation_version(db, seeded, worker,
     evaluate_document.send(job_id)  # a second message for the same job
     wait_for_status(db, [job_id])
     deadline = time.monotonic() + 10  # let both deliveries finish
-    while one(db, "SELECT count(*) FROM dramatiq.queue WHERE state IN ('queued', 'consumed')") and time.monotonic() < deadline:
+    while (
+        one(db, "SELECT count(*) FROM dramatiq.queue WHERE state IN ('queued', 'consumed')")
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert one(db, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
     assert one(db, "SELECT count(*) FROM dramatiq.queue WHERE state = 'done'") == 2
@@ -93,8 +108,10 @@ def test_a_job_delivered_twice_yields_one_evaluation_version(db, seeded, worker,
 def test_document_without_content_fails_once_with_a_clear_reason(db, seeded, worker, sim):
     doc = first_doc(seeded)
     with db.cursor() as cur:
-        cur.execute("INSERT INTO document_versions (document_id, version, title, content) "
-                    "VALUES (%s, 99, 'Empty', '   ')", (doc,))
+        cur.execute(
+            "INSERT INTO document_versions (document_id, version, title, content) VALUES (%s, 99, 'Empty', '   ')",
+            (doc,),
+        )
     job_id = enqueue_evaluation(doc, next(iter(seeded.agents.values())))
     assert wait_for_status(db, [job_id])[job_id] == "FAILED"
     error_class, error, attempts = one(db, "SELECT error_class, error, attempts FROM jobs WHERE id = %s", job_id)
@@ -104,16 +121,20 @@ def test_document_without_content_fails_once_with_a_clear_reason(db, seeded, wor
     wait_rejected(db, one(db, "SELECT message_id FROM jobs WHERE id = %s", job_id))
 
 
-@pytest.mark.parametrize("args,kwargs", [
-    (["00000000-0000-0000-0000-000000000000"], {}),  # unknown job
-    (["not-a-uuid"], {}),  # malformed
-    ([], {}),  # missing
-    ([1, 2], {}),  # not what the actor takes
-    ([], {"document": "x"}),
-])
+@pytest.mark.parametrize(
+    "args,kwargs",
+    [
+        (["00000000-0000-0000-0000-000000000000"], {}),  # unknown job
+        (["not-a-uuid"], {}),  # malformed
+        ([], {}),  # missing
+        ([1, 2], {}),  # not what the actor takes
+        ([], {"document": "x"}),
+    ],
+)
 def test_bad_messages_are_rejected_and_the_worker_keeps_running(db, seeded, worker, broker, caplog, args, kwargs):
-    bad = dramatiq.Message(queue_name="interactive", actor_name="evaluate_document", args=tuple(args),
-                           kwargs=kwargs, options={})
+    bad = dramatiq.Message(
+        queue_name="interactive", actor_name="evaluate_document", args=tuple(args), kwargs=kwargs, options={}
+    )
     broker.enqueue(bad)
     wait_rejected(db, bad.message_id)
     assert one(db, "SELECT count(*) FROM jobs") == 0  # nothing else touched
@@ -129,8 +150,12 @@ def test_interactive_job_starts_before_a_batch_backlog_drains(db, seeded, worker
     interactive = enqueue_evaluation(doc, agent, priority="interactive")
     wait_for_status(db, [interactive], timeout=30)
     created, started = one(db, "SELECT created_at, started_at FROM jobs WHERE id = %s", interactive)
-    batch_after = one(db, "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND "
-                          "(started_at IS NULL OR started_at > %s)", batch, started)
+    batch_after = one(
+        db,
+        "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND (started_at IS NULL OR started_at > %s)",
+        batch,
+        started,
+    )
     assert batch_after >= 40, f"only {batch_after} of 100 batch jobs started after the interactive one"
     assert (started - created).total_seconds() < 1.0  # it waited for a free thread, not for the backlog
     wait_for_status(db, batch, timeout=60)
@@ -145,8 +170,15 @@ def test_an_over_long_highlight_header_does_not_fail_the_evaluation(db, seeded, 
     assert one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 1
     [request] = [r for r in sim.requests() if r["job_id"] == job_id]
     assert request["sloppy"] == ["overlong_string"]  # the answer really carried the violation
-    headers = [h for (h,) in rows(db, "SELECT header FROM comments c JOIN evaluation_versions ev "
-                                      "ON ev.id = c.evaluation_version_id WHERE ev.job_id = %s", job_id)]
+    headers = [
+        h
+        for (h,) in rows(
+            db,
+            "SELECT header FROM comments c JOIN evaluation_versions ev "
+            "ON ev.id = c.evaluation_version_id WHERE ev.job_id = %s",
+            job_id,
+        )
+    ]
     assert headers and all(len(h) <= 200 for h in headers if h)
     repairs = one(db, "SELECT repairs FROM evaluation_versions WHERE job_id = %s", job_id)
     assert [r["kind"] for r in repairs] == ["string_truncated"]
@@ -167,8 +199,15 @@ def test_loose_answers_of_a_non_strict_tool_are_repaired(db, seeded, worker, sim
     [request] = [r for r in sim.requests() if r["job_id"] == job_id]
     assert not request["strict"] and request["sloppy"] == ["string_number", "unknown_enum", "extra_property"]
     assert _repair_kinds(db, job_id) >= {"number_coerced", "enum_defaulted", "extra_ignored"}
-    levels = [lv for (lv,) in rows(db, "SELECT level FROM comments c JOIN evaluation_versions ev "
-                                       "ON ev.id = c.evaluation_version_id WHERE ev.job_id = %s", job_id)]
+    levels = [
+        lv
+        for (lv,) in rows(
+            db,
+            "SELECT level FROM comments c JOIN evaluation_versions ev "
+            "ON ev.id = c.evaluation_version_id WHERE ev.job_id = %s",
+            job_id,
+        )
+    ]
     assert set(levels) <= {"error", "warning", "info", "success"}
 
 
@@ -186,19 +225,27 @@ def test_a_quote_found_nowhere_is_saved_as_an_invalid_highlight(db, seeded, work
     sim.script("sloppy:absent_quote")
     job_id = enqueue_evaluation(first_doc(seeded), agent_with(seeded, db, critique=False))
     assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
-    invalid = rows(db, "SELECT h.quoted_text, h.error, h.start_offset FROM highlights h JOIN evaluation_versions ev "
-                       "ON ev.id = h.evaluation_version_id WHERE ev.job_id = %s AND NOT h.is_valid", job_id)
-    assert [(q.startswith("As the author writes"), e, o) for q, e, o in invalid] == \
-        [(True, "quote not found in document", None)]
+    invalid = rows(
+        db,
+        "SELECT h.quoted_text, h.error, h.start_offset FROM highlights h JOIN evaluation_versions ev "
+        "ON ev.id = h.evaluation_version_id WHERE ev.job_id = %s AND NOT h.is_valid",
+        job_id,
+    )
+    assert [(q.startswith("As the author writes"), e, o) for q, e, o in invalid] == [
+        (True, "quote not found in document", None)
+    ]
 
 
 def _long_document(db, seeded, words: int) -> str:
     doc = first_doc(seeded)
-    text = "\n".join(f"Paragraph {i}: the estimate relies on the base rate of the sample size." for i in
-                     range(words // 12))
+    text = "\n".join(
+        f"Paragraph {i}: the estimate relies on the base rate of the sample size." for i in range(words // 12)
+    )
     with db.cursor() as cur:
-        cur.execute("INSERT INTO document_versions (document_id, version, title, content) VALUES (%s, 98, 'Long', %s)",
-                    (doc, text))
+        cur.execute(
+            "INSERT INTO document_versions (document_id, version, title, content) VALUES (%s, 98, 'Long', %s)",
+            (doc, text),
+        )
     return doc
 
 

@@ -5,17 +5,35 @@ import time
 from collections import defaultdict
 
 import pytest
-
-from helpers import kill_all, kill_group, one, rows, running_worker, start_workers, wait_for_status, wait_until, stack_options
+from helpers import (
+    kill_all,
+    kill_group,
+    one,
+    rows,
+    running_worker,
+    stack_options,
+    start_workers,
+    wait_for_status,
+    wait_until,
+)
 from messages import wait_consumed, wait_rejected
+
 from roastq.api import enqueue_evaluation, rerun_job
 
 #: The class a simulator fault must end up as.
 FAULT_CLASS = {
-    "rate_limit": "RATE_LIMITED", "spend_limit": "SPEND_LIMIT", "overloaded": "OVERLOADED",
-    "server_error": "UPSTREAM", "malformed": "UPSTREAM", "invalid_request": "INVALID_REQUEST",
-    "auth": "AUTH", "permission": "AUTH", "hang": "NETWORK", "drop": "NETWORK",
-    "bad_tool_input": "BAD_LLM_OUTPUT", "refusal": "REFUSAL",
+    "rate_limit": "RATE_LIMITED",
+    "spend_limit": "SPEND_LIMIT",
+    "overloaded": "OVERLOADED",
+    "server_error": "UPSTREAM",
+    "malformed": "UPSTREAM",
+    "invalid_request": "INVALID_REQUEST",
+    "auth": "AUTH",
+    "permission": "AUTH",
+    "hang": "NETWORK",
+    "drop": "NETWORK",
+    "bad_tool_input": "BAD_LLM_OUTPUT",
+    "refusal": "REFUSAL",
 }
 PERMANENT = {"SPEND_LIMIT", "INVALID_REQUEST", "AUTH", "REFUSAL"}
 
@@ -45,8 +63,12 @@ def a_job(seeded, db, **kw):
 
 
 def attempts_of(db, job_id):
-    return rows(db, "SELECT attempt, outcome, error_class, delay_s, delay_reason FROM job_attempts "
-                    "WHERE job_id = %s ORDER BY attempt", job_id)
+    return rows(
+        db,
+        "SELECT attempt, outcome, error_class, delay_s, delay_reason FROM job_attempts "
+        "WHERE job_id = %s ORDER BY attempt",
+        job_id,
+    )
 
 
 @pytest.mark.parametrize("fault", ["rate_limit", "overloaded", "server_error", "malformed", "drop", "hang"])
@@ -86,10 +108,16 @@ def test_bad_output_is_sent_back_to_the_model_within_the_attempt(db, seeded, wor
     first, second = [r for r in sim.requests() if r["job_id"] == job_id]
     assert (first["turns"], first["error_results"]) == (1, 0)
     assert (second["turns"], second["error_results"]) == (3, 1)  # user, assistant tool_use, user tool_result
-    billed = one(db, "SELECT input_tokens + output_tokens + cache_read_tokens + cache_write_tokens FROM tasks "
-                     "WHERE job_id = %s AND name = 'analysis'", job_id)
-    assert billed == sum(r["input_tokens"] + r["output_tokens"] + r["cache_read_input_tokens"]
-                         + r["cache_creation_input_tokens"] for r in (first, second))
+    billed = one(
+        db,
+        "SELECT input_tokens + output_tokens + cache_read_tokens + cache_write_tokens FROM tasks "
+        "WHERE job_id = %s AND name = 'analysis'",
+        job_id,
+    )
+    assert billed == sum(
+        r["input_tokens"] + r["output_tokens"] + r["cache_read_input_tokens"] + r["cache_creation_input_tokens"]
+        for r in (first, second)
+    )
 
 
 def test_bad_llm_output_retried_at_most_twice(db, seeded, worker, sim):
@@ -127,8 +155,9 @@ def test_an_answer_cut_at_max_tokens_is_asked_again_with_more_room(db, seeded, w
     sizes = [r["max_tokens"] for r in requests]
     assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)  # never the same request again
     assert requests[0]["output_tokens"] == 300  # the cut answer was billed, and counted
-    assert one(db, "SELECT output_tokens FROM tasks WHERE job_id = %s AND name = 'analysis'", job_id) == \
-        sum(r["output_tokens"] for r in requests)
+    assert one(db, "SELECT output_tokens FROM tasks WHERE job_id = %s AND name = 'analysis'", job_id) == sum(
+        r["output_tokens"] for r in requests
+    )
 
 
 def test_an_answer_cut_at_the_models_limit_asks_for_a_shorter_answer(db, seeded, sim, llm_settings, monkeypatch):
@@ -139,8 +168,12 @@ def test_an_answer_cut_at_the_models_limit_asks_for_a_shorter_answer(db, seeded,
     monkeypatch.setitem(models.LIMITS, "claude-sonnet-5-5", models.ModelLimits(200_000, 100))
     claude = llm_settings(llm_max_tokens=100)
     with pytest.raises(Exception, match="cut at max_tokens"):
-        claude.call_tool(step="analysis", system="Evaluate.", prompt="<document>\nLine 1: " + "word " * 50
-                         + "\n</document>", tool=pipeline.analysis_tool(False))
+        claude.call_tool(
+            step="analysis",
+            system="Evaluate.",
+            prompt="<document>\nLine 1: " + "word " * 50 + "\n</document>",
+            tool=pipeline.analysis_tool(False),
+        )
     requests = sim.requests()
     assert [r["max_tokens"] for r in requests] == [100, 100, 100]
     assert [r["turns"] for r in requests] == [1, 1, 1]  # the same turn, with the request for brevity added
@@ -208,8 +241,7 @@ def test_time_limit_fails_with_timeout_not_retried(db, seeded, worker, sim):
 def test_time_limit_retried_when_the_agent_allows_it(db, seeded, worker, sim):
     agent = simple_agent(seeded, db)
     with db.cursor() as cur:
-        cur.execute("UPDATE agent_versions SET time_limit_s = 2, retry_on_timeout = true WHERE agent_id = %s",
-                    (agent,))
+        cur.execute("UPDATE agent_versions SET time_limit_s = 2, retry_on_timeout = true WHERE agent_id = %s", (agent,))
     sim.configure(latency_ms=5000, jitter_ms=0)
     job_id = a_job(seeded, db)
     wait_until(lambda: one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 2, timeout=20, what="retry")
@@ -249,15 +281,20 @@ def test_cancel_pending_job_never_runs(db, seeded, sim, broker):
     with running_worker(broker, threads=2):
         message_id = one(db, "SELECT message_id FROM jobs WHERE id = %s", job_id)
         wait_consumed(db, message_id)
-    assert one(db, "SELECT status, cancel_reason, attempts FROM jobs WHERE id = %s", job_id) == \
-        ("CANCELLED", "not needed", 0)
+    assert one(db, "SELECT status, cancel_reason, attempts FROM jobs WHERE id = %s", job_id) == (
+        "CANCELLED",
+        "not needed",
+        0,
+    )
     assert [r for r in sim.requests() if r["job_id"] == job_id] == []
 
 
 def test_cancel_running_job_stops_at_the_next_step(db, seeded, worker, sim):
     from roastq.api import cancel_job
 
-    agent = one(db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NOT NULL ORDER BY name LIMIT 1")
+    agent = one(
+        db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NOT NULL ORDER BY name LIMIT 1"
+    )
     sim.configure(latency_ms=1000, jitter_ms=0)
     job_id = enqueue_evaluation(next(iter(seeded.documents.values())), agent)
     wait_until(lambda: one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING", what="RUNNING")
@@ -286,8 +323,9 @@ def test_fault_storm(db, seeded, sim, broker, short_calls):
     sim.configure(fault_rate=0.25, seed=42, hang_s=2, retry_after_s=0.5, latency_ms=5, jitter_ms=3)
     with running_worker(broker, threads=16):
         docs, agents = list(seeded.documents.values()), list(seeded.agents.values())
-        job_ids = [enqueue_evaluation(docs[i % len(docs)], agents[i % len(agents)], priority="batch")
-                   for i in range(200)]
+        job_ids = [
+            enqueue_evaluation(docs[i % len(docs)], agents[i % len(agents)], priority="batch") for i in range(200)
+        ]
         statuses = wait_for_status(db, job_ids, timeout=240)
 
     by_job = defaultdict(list)
@@ -332,8 +370,9 @@ def test_worker_killed_mid_job_is_recovered_by_the_survivors(db, seeded, sim):
     survivor = None
     try:
         job_id = a_job(seeded, db)
-        wait_until(lambda: one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING", timeout=30,
-                   what="RUNNING")
+        wait_until(
+            lambda: one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING", timeout=30, what="RUNNING"
+        )
         survivor = start_workers(threads=2, RECOVERY_INTERVAL_S=2, ANTHROPIC_BASE_URL=sim.url)
         time.sleep(1.5)  # the survivor is up and idle
         kill_group(victim, signal.SIGKILL)
@@ -354,8 +393,11 @@ def test_graceful_sigterm_loses_nothing(db, seeded, sim):
     second = None
     try:
         job_ids = [a_job(seeded, db) for _ in range(12)]
-        wait_until(lambda: one(db, "SELECT count(*) FROM jobs WHERE status <> 'PENDING'") >= 2, timeout=30,
-                   what="work to start")
+        wait_until(
+            lambda: one(db, "SELECT count(*) FROM jobs WHERE status <> 'PENDING'") >= 2,
+            timeout=30,
+            what="work to start",
+        )
         first.send_signal(signal.SIGTERM)  # to the main process only: it forwards the signal once
         code = first.wait(timeout=30)
         assert code == 0, first.stderr.read().decode()[-3000:]
@@ -375,8 +417,9 @@ def test_recovery_never_takes_a_message_whose_worker_is_alive(db, seeded, sim):
     b = None
     try:
         job_id = a_job(seeded, db)
-        wait_until(lambda: one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING", timeout=30,
-                   what="RUNNING")
+        wait_until(
+            lambda: one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING", timeout=30, what="RUNNING"
+        )
         b = start_workers(threads=1, RECOVERY_INTERVAL_S=0.5, ANTHROPIC_BASE_URL=sim.url)  # rescans often
         assert wait_for_status(db, [job_id], timeout=30)[job_id] == "COMPLETED"
         assert one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 1
@@ -391,8 +434,11 @@ def test_a_job_whose_workers_keep_dying_fails_as_worker_lost(db, seeded, sim, br
     job_id = a_job(seeded, db)
     with db.cursor() as cur:  # the state after three workers died mid-job: two closed, one still open
         cur.execute("UPDATE jobs SET status = 'RUNNING', attempts = 3, worker_id = 'gone:1' WHERE id = %s", (job_id,))
-        cur.execute("INSERT INTO job_attempts (job_id, attempt, outcome, ended_at) VALUES "
-                    "(%s, 1, 'crashed', now()), (%s, 2, 'crashed', now())", (job_id, job_id))
+        cur.execute(
+            "INSERT INTO job_attempts (job_id, attempt, outcome, ended_at) VALUES "
+            "(%s, 1, 'crashed', now()), (%s, 2, 'crashed', now())",
+            (job_id, job_id),
+        )
         cur.execute("INSERT INTO job_attempts (job_id, attempt) VALUES (%s, 3)", (job_id,))
     with stack_options(broker, job_crash_limit=3), running_worker(broker, threads=2):
         assert wait_for_status(db, [job_id])[job_id] == "FAILED"

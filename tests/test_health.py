@@ -14,15 +14,20 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import psycopg2
 import pytest
+from helpers import one, running_worker, wait_until
 from psycopg2.extensions import make_dsn
 
-from helpers import one, running_worker, wait_until
 from roastq.ops import health
 
 
 def run_health(*args, **env):
-    return subprocess.run([sys.executable, "-m", "roastq.cli.main", "health", *args], capture_output=True, text=True,
-                          timeout=60, env=dict(os.environ, **env))
+    return subprocess.run(
+        [sys.executable, "-m", "roastq.cli.main", "health", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, **env),
+    )
 
 
 def checks(report):
@@ -53,8 +58,10 @@ def test_without_a_worker_it_is_live_but_not_ready(db):
 
 def test_a_stale_heartbeat_is_not_a_live_worker(db):
     with db.cursor() as cur:
-        cur.execute("INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, last_seen_at) "
-                    "VALUES ('dead:1', 'dead', 1, 4, now() - interval '1 minute')")
+        cur.execute(
+            "INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, last_seen_at) "
+            "VALUES ('dead:1', 'dead', 1, 4, now() - interval '1 minute')"
+        )
     assert checks(health.check("ready"))["workers"] is False
 
 

@@ -8,7 +8,9 @@ from helpers import one, running_worker, stack_options, wait_until
 def test_worker_heartbeat_row_lives_with_the_worker(db, broker, sim):
     with stack_options(broker, heartbeat_interval_s=0.2), running_worker(broker, threads=3):
         wait_until(lambda: one(db, "SELECT count(*) FROM worker_heartbeats") == 1, what="a heartbeat")
-        hostname, threads, queues, first = one(db, "SELECT hostname, threads, queues, last_seen_at FROM worker_heartbeats")
+        hostname, threads, queues, first = one(
+            db, "SELECT hostname, threads, queues, last_seen_at FROM worker_heartbeats"
+        )
         assert (hostname, threads) == (socket.gethostname(), 3)
         assert set(queues) >= {"interactive", "batch"}
         wait_until(lambda: one(db, "SELECT last_seen_at FROM worker_heartbeats") > first, what="a second beat")

@@ -305,12 +305,12 @@ def test_mutated_quotes_keep_invariants():
 
 PROSE = (
     "Forecasting is a skill, and it's one you can train.\n"
-    "The author says \"calibration\" matters more than raw accuracy - a claim worth testing.\n"
+    'The author says "calibration" matters more than raw accuracy - a claim worth testing.\n'
     "\n"
     "Second paragraph: the study followed 40 forecasters for two years and scored every prediction.\n"
     "Their Brier scores improved by a third, which the author calls remarkable.\n"
-    + "".join(f"Filler line {n}.\n" for n in range(1, 9)) +
-    "Their Brier scores improved by a third, which the author calls remarkable.\n"
+    + "".join(f"Filler line {n}.\n" for n in range(1, 9))
+    + "Their Brier scores improved by a third, which the author calls remarkable.\n"
 )
 
 
@@ -343,14 +343,18 @@ def test_ellipsis_for_omitted_words():
 
 
 def test_collapsed_line_breaks():
-    m = located("Second paragraph: the study followed 40 forecasters for two years and scored every "
-                "prediction. Their Brier scores improved by a third")
+    m = located(
+        "Second paragraph: the study followed 40 forecasters for two years and scored every "
+        "prediction. Their Brier scores improved by a third"
+    )
     assert "\n" in m.quoted_text and m.quoted_text.endswith("improved by a third")
 
 
 def test_quote_spanning_two_paragraphs():
-    m = located("train. The author says \"calibration\" matters more than raw accuracy - a claim worth testing. "
-                "Second paragraph: the study")
+    m = located(
+        'train. The author says "calibration" matters more than raw accuracy - a claim worth testing. '
+        "Second paragraph: the study"
+    )
     assert m.quoted_text.count("\n") == 3 and m.quoted_text.startswith("train.")
 
 

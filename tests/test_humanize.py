@@ -8,18 +8,36 @@ import pytest
 from roastq import humanize
 
 
-@pytest.mark.parametrize("seconds, text", [
-    (None, "-"), (0.4, "0.4s"), (9.94, "9.9s"), (42, "42s"), (90, "1m 30s"), (488, "8m 08s"),
-    (29288, "8h 08m"), (3 * 86400 + 7200, "3d 02h"), (-90, "-1m 30s"),
-])
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (None, "-"),
+        (0.4, "0.4s"),
+        (9.94, "9.9s"),
+        (42, "42s"),
+        (90, "1m 30s"),
+        (488, "8m 08s"),
+        (29288, "8h 08m"),
+        (3 * 86400 + 7200, "3d 02h"),
+        (-90, "-1m 30s"),
+    ],
+)
 def test_ages(seconds, text):
     assert humanize.age(seconds) == text
 
 
-@pytest.mark.parametrize("value, text", [
-    (None, "-"), (0, "$0.00"), (Decimal("0.016234"), "$0.016"), (Decimal("0.0004"), "$0.000"),
-    (Decimal("1.5"), "$1.50"), (Decimal("1234.567"), "$1,234.57"), (0.25, "$0.250"),
-])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (None, "-"),
+        (0, "$0.00"),
+        (Decimal("0.016234"), "$0.016"),
+        (Decimal("0.0004"), "$0.000"),
+        (Decimal("1.5"), "$1.50"),
+        (Decimal("1234.567"), "$1,234.57"),
+        (0.25, "$0.250"),
+    ],
+)
 def test_dollars_to_the_cent_or_a_tenth_of_a_cent(value, text):
     assert humanize.usd(value) == text
 

@@ -42,8 +42,12 @@ def test_no_module_imports_a_private_name_of_another():
     borrowed = []
     for name, path in _modules():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
-                    and node.module.split(".")[0] in PACKAGES:
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.level == 0
+                and node.module.split(".")[0] in PACKAGES
+            ):
                 for alias in node.names:
                     if alias.name.startswith("_") and not alias.name.startswith("__"):
                         borrowed.append(f"{name}: from {node.module} import {alias.name}")
@@ -63,6 +67,7 @@ def test_the_core_never_reaches_the_worker_module():
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 targets = [node.module]
-            found += [f"{name} imports {t}" for t in targets
-                      if t.split(".")[0] in ("actors", "middleware", "observability")]
+            found += [
+                f"{name} imports {t}" for t in targets if t.split(".")[0] in ("actors", "middleware", "observability")
+            ]
     assert found == []

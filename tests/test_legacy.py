@@ -11,9 +11,8 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from psycopg2.extensions import make_dsn
-
 from helpers import one, rows, wait_for_status
+from psycopg2.extensions import make_dsn
 
 SCHEMA_SQL = (Path(__file__).parent / "legacy_schema.sql").read_text()
 DDL, SEED = SCHEMA_SQL.split("-- name: seed")
@@ -43,8 +42,13 @@ def legacy(database_url):
 
 
 def legacy_import(url, *args):
-    return subprocess.run([sys.executable, "-m", "roastq.cli.main", "legacy", "import", "--url", url, "--json", *args],
-                          capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "roastq.cli.main", "legacy", "import", "--url", url, "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+    )
 
 
 class Ran:
@@ -75,24 +79,50 @@ def test_import_creates_each_pending_job_once_and_hides_it_from_the_old_runner(d
     mapping = imported(db)
     assert sorted(mapping) == PENDING
     assert rows(db, "SELECT DISTINCT status, queue, attempts FROM jobs") == [("PENDING", "interactive", 0)]
-    assert one(db, "SELECT count(*) FROM dramatiq.queue q JOIN jobs j ON j.message_id = q.message_id "
-                   "WHERE q.state = 'queued'") == 3
+    assert (
+        one(
+            db,
+            "SELECT count(*) FROM dramatiq.queue q JOIN jobs j ON j.message_id = q.message_id WHERE q.state = 'queued'",
+        )
+        == 3
+    )
     # The legacy rows: moved ones CANCELLED with a note naming the new job; the others untouched.
     legacy_rows = {r[0]: r[1:] for r in rows(old, 'SELECT "id", "status"::text, "logs" FROM "Job"')}
     for legacy_id in PENDING:
         assert legacy_rows[legacy_id] == ("CANCELLED", f"moved to roastq: job {mapping[legacy_id]}")
     assert [legacy_rows[i][0] for i in ("job_failed", "job_done", "job_running")] == ["FAILED", "COMPLETED", "RUNNING"]
     # What the old runner does (claim the oldest PENDING job) finds nothing any more.
-    assert rows(old, """UPDATE "Job" SET "status" = 'RUNNING' WHERE "id" = (SELECT "id" FROM "Job"
-                        WHERE "status" = 'PENDING' ORDER BY "createdAt" LIMIT 1) RETURNING "id" """) == []
+    assert (
+        rows(
+            old,
+            """UPDATE "Job" SET "status" = 'RUNNING' WHERE "id" = (SELECT "id" FROM "Job"
+                        WHERE "status" = 'PENDING' ORDER BY "createdAt" LIMIT 1) RETURNING "id" """,
+        )
+        == []
+    )
     # The legacy documents and agents were copied once, at their latest versions.
     assert one(db, "SELECT count(*) FROM documents WHERE slug LIKE 'legacy/%%'") == 2
-    assert one(db, "SELECT dv.title FROM jobs j JOIN document_versions dv ON dv.id = j.document_version_id "
-                   "WHERE j.id = %s", mapping["job_p1"]) == "Naps, revisited"  # version 2, not the draft
-    assert one(db, "SELECT av.self_critique_instructions IS NOT NULL FROM jobs j JOIN agent_versions av "
-                   "ON av.id = j.agent_version_id WHERE j.id = %s", mapping["job_p3"]) is True
-    assert one(db, "SELECT legacy_original_job_id, legacy_attempts FROM legacy_jobs WHERE legacy_id = 'job_p3'") == \
-        ("job_failed", 1)
+    assert (
+        one(
+            db,
+            "SELECT dv.title FROM jobs j JOIN document_versions dv ON dv.id = j.document_version_id WHERE j.id = %s",
+            mapping["job_p1"],
+        )
+        == "Naps, revisited"
+    )  # version 2, not the draft
+    assert (
+        one(
+            db,
+            "SELECT av.self_critique_instructions IS NOT NULL FROM jobs j JOIN agent_versions av "
+            "ON av.id = j.agent_version_id WHERE j.id = %s",
+            mapping["job_p3"],
+        )
+        is True
+    )
+    assert one(db, "SELECT legacy_original_job_id, legacy_attempts FROM legacy_jobs WHERE legacy_id = 'job_p3'") == (
+        "job_failed",
+        1,
+    )
 
     # A second run adds nothing.
     result = legacy_cli(capsys, url)
@@ -108,8 +138,12 @@ def test_import_creates_each_pending_job_once_and_hides_it_from_the_old_runner(d
     assert one(old, """SELECT "status"::text FROM "Job" WHERE "id" = 'job_p2'""") == "CANCELLED"
 
     status = legacy_cli(capsys, url, command="status")
-    assert json.loads(status.stdout) == {"legacy": {"CANCELLED": 3, "COMPLETED": 1, "FAILED": 1, "RUNNING": 1},
-                                         "imported": 3, "old_runner_busy": 1, "left_to_import": 0}
+    assert json.loads(status.stdout) == {
+        "legacy": {"CANCELLED": 3, "COMPLETED": 1, "FAILED": 1, "RUNNING": 1},
+        "imported": 3,
+        "old_runner_busy": 1,
+        "left_to_import": 0,
+    }
 
 
 def test_imported_jobs_run_here(db, legacy, worker, sim, capsys):
@@ -153,17 +187,26 @@ def test_a_newer_legacy_version_is_copied_for_later_jobs(db, legacy, capsys):
                        VALUES ('dv_4', 3, 'Naps, final', '{Ann Author}', 'Final text.', 'doc_a1b2c3d4e5f6', now());
                        INSERT INTO "Job" ("id", "evaluationId", "updatedAt") VALUES ('job_p4', 'ev_1', now())""")
     legacy_cli(capsys, url)
-    assert one(db, "SELECT dv.title, dv.version FROM legacy_jobs l JOIN jobs j ON j.id = l.job_id "
-                   "JOIN document_versions dv ON dv.id = j.document_version_id WHERE l.legacy_id = 'job_p4'") == \
-        ("Naps, final", 2)  # the second version of that document here
+    assert one(
+        db,
+        "SELECT dv.title, dv.version FROM legacy_jobs l JOIN jobs j ON j.id = l.job_id "
+        "JOIN document_versions dv ON dv.id = j.document_version_id WHERE l.legacy_id = 'job_p4'",
+    ) == ("Naps, final", 2)  # the second version of that document here
     assert one(db, "SELECT count(*) FROM documents") == 2
 
 
 def test_two_imports_at_once_create_each_job_once(db, legacy):
     url, _ = legacy
-    procs = [subprocess.Popen([sys.executable, "-m", "roastq.cli.main", "legacy", "import", "--url", url, "--json",
-                               "--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=dict(os.environ)) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "roastq.cli.main", "legacy", "import", "--url", url, "--json", "--batch-size", "1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        for _ in range(2)
+    ]
     results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sum(r["created"] for r in results) == 3

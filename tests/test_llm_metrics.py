@@ -8,18 +8,20 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-
 from helpers import one, rows, wait_for_status, wait_until
 from promtext import local, value
-from roastq.api import enqueue_evaluation
 
+from roastq.api import enqueue_evaluation
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")  # retries in milliseconds (tests/conftest.py)
 
 
 def agent(db, *, critique: bool):
-    return one(db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS "
-                   f"{'NOT NULL' if critique else 'NULL'} ORDER BY name LIMIT 1")
+    return one(
+        db,
+        "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS "
+        f"{'NOT NULL' if critique else 'NULL'} ORDER BY name LIMIT 1",
+    )
 
 
 def first_doc(seeded):
@@ -30,8 +32,7 @@ def delta(before, after, name, **labels):
     return value(after, name, **labels) - value(before, name, **labels)
 
 
-def test_cache_hits_and_misses_are_counted_and_the_dollars_saved_are_the_ledgers(db, seeded, worker, sim,
-                                                                                 llm_settings):
+def test_cache_hits_and_misses_are_counted_and_the_dollars_saved_are_the_ledgers(db, seeded, worker, sim, llm_settings):
     llm_settings(llm_cache_enabled=True)
     critique = agent(db, critique=True)  # two LLM steps: analysis and self-critique
     before = local()
@@ -45,17 +46,20 @@ def test_cache_hits_and_misses_are_counted_and_the_dollars_saved_are_the_ledgers
     lookups = "roastq_llm_cache_lookups_total"
     assert [delta(before, middle, lookups, outcome=o) for o in ("miss", "store", "hit", "bypass")] == [2, 2, 0, 0]
     assert [delta(middle, after, lookups, outcome=o) for o in ("miss", "store", "hit", "bypass")] == [0, 0, 2, 0]
-    models = {m for (m,) in rows(db, "SELECT DISTINCT model FROM tasks WHERE job_id = %s AND model IS NOT NULL",
-                                 first)}
+    models = {m for (m,) in rows(db, "SELECT DISTINCT model FROM tasks WHERE job_id = %s AND model IS NOT NULL", first)}
     for model in models:  # labelled by the model that answered
-        assert delta(middle, after, lookups, outcome="hit", model=model) == \
-            one(db, "SELECT count(*) FROM tasks WHERE job_id = %s AND model = %s AND cached", second, model)
+        assert delta(middle, after, lookups, outcome="hit", model=model) == one(
+            db, "SELECT count(*) FROM tasks WHERE job_id = %s AND model = %s AND cached", second, model
+        )
 
     # Dollars saved: exactly what the ledger records as saved, and what the first job paid.
     saved = one(db, "SELECT sum(saved_usd) FROM llm_spend_daily")
     assert saved > 0
-    assert saved == one(db, "SELECT sum(saved_usd) FROM tasks WHERE job_id = %s", second) == \
-        one(db, "SELECT price_usd FROM jobs WHERE id = %s", first)
+    assert (
+        saved
+        == one(db, "SELECT sum(saved_usd) FROM tasks WHERE job_id = %s", second)
+        == one(db, "SELECT price_usd FROM jobs WHERE id = %s", first)
+    )
     assert delta(before, middle, "roastq_llm_cache_saved_dollars_total") == 0  # misses save nothing
     assert delta(middle, after, "roastq_llm_cache_saved_dollars_total") == pytest.approx(float(saved), abs=1e-9)
 
@@ -86,18 +90,23 @@ def exporter_budget(monkeypatch):
     settings.reload_settings()
 
 
-def test_a_budget_hold_is_counted_and_the_exporter_reports_spend_and_cap(db, seeded, worker, sim, llm_settings,
-                                                                       exporter_budget):
+def test_a_budget_hold_is_counted_and_the_exporter_reports_spend_and_cap(
+    db, seeded, worker, sim, llm_settings, exporter_budget
+):
     model = llm_settings(llm_daily_budget_usd=5.0, llm_budget_recheck_s=0.3).settings.analysis_model
     with db.cursor() as cur:  # today's cap is reached
-        cur.execute("INSERT INTO llm_spend_daily (day, model, price_usd, billed_calls) "
-                    "VALUES ((now() AT TIME ZONE 'UTC')::date, 'm', 5.00, 1)")
+        cur.execute(
+            "INSERT INTO llm_spend_daily (day, model, price_usd, billed_calls) "
+            "VALUES ((now() AT TIME ZONE 'UTC')::date, 'm', 5.00, 1)"
+        )
     before = local()
     assert value(before, "roastq_llm_budget_spent_dollars") == 5.0
     assert value(before, "roastq_llm_budget_cap_dollars") == 5.0
     job_id = enqueue_evaluation(first_doc(seeded), agent(db, critique=False))
-    wait_until(lambda: one(db, "SELECT count(*) FROM job_attempts WHERE job_id = %s AND delay_reason = 'budget'",
-                           job_id) >= 2, what="the job to be held twice")
+    wait_until(
+        lambda: one(db, "SELECT count(*) FROM job_attempts WHERE job_id = %s AND delay_reason = 'budget'", job_id) >= 2,
+        what="the job to be held twice",
+    )
     assert value(local(), "roastq_llm_budget_holds_total") - value(before, "roastq_llm_budget_holds_total") >= 2
 
     llm_settings(llm_daily_budget_usd=50.0, llm_budget_recheck_s=0.3)  # the workers' cap is raised
@@ -117,9 +126,11 @@ def test_a_budget_hold_is_counted_and_the_exporter_reports_spend_and_cap(db, see
 
 def test_no_cap_is_reported_as_zero(db):
     with db.cursor() as cur:
-        cur.execute("INSERT INTO llm_spend_daily (day, model, price_usd, billed_calls) "
-                    "VALUES ((now() AT TIME ZONE 'UTC')::date, 'm', 1.25, 1), "
-                    "((now() AT TIME ZONE 'UTC')::date - 1, 'm', 100, 1)")  # yesterday does not count
+        cur.execute(
+            "INSERT INTO llm_spend_daily (day, model, price_usd, billed_calls) "
+            "VALUES ((now() AT TIME ZONE 'UTC')::date, 'm', 1.25, 1), "
+            "((now() AT TIME ZONE 'UTC')::date - 1, 'm', 100, 1)"
+        )  # yesterday does not count
     now = local()
     assert value(now, "roastq_llm_budget_spent_dollars") == 1.25
     assert value(now, "roastq_llm_budget_cap_dollars") == 0
@@ -152,8 +163,10 @@ def test_a_snooze_for_the_rate_limiter_is_counted(db, seeded, worker, sim, llm_s
     assert snoozes >= 1
     waits = "roastq_llm_rate_limit_waits_total"
     assert delta(before, after, waits, model=model, outcome="snoozed") == snoozes
-    assert delta(before, after, "roastq_llm_rate_limit_wait_seconds_total", model=model, outcome="snoozed") >= \
-        0.5 * snoozes
+    assert (
+        delta(before, after, "roastq_llm_rate_limit_wait_seconds_total", model=model, outcome="snoozed")
+        >= 0.5 * snoozes
+    )
     assert delta(before, after, "roastq_messages_snoozed_total", reason="rate_limit") == snoozes
 
 
@@ -172,11 +185,15 @@ def test_a_429_closing_the_gate_is_counted(db, seeded, worker, sim):
 def test_calls_to_a_model_without_a_price_are_counted(db, broker, simulator, sim, llm_settings):
     """(broker: a worker process has the metrics listeners, set up with the actors.)"""
     claude = llm_settings(llm_cache_enabled=False)
-    tool = {"name": "submit", "description": "Submit.",
-            "input_schema": {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}
+    tool = {
+        "name": "submit",
+        "description": "Submit.",
+        "input_schema": {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]},
+    }
     before = local()
-    claude.call_tool(step="test", system="You answer.", prompt="Say something.", tool=tool,
-                     model="claude-unpriced-metrics-test")
+    claude.call_tool(
+        step="test", system="You answer.", prompt="Say something.", tool=tool, model="claude-unpriced-metrics-test"
+    )
     after = local()
     assert delta(before, after, "roastq_llm_unknown_model_calls_total", model="claude-unpriced-metrics-test") == 1
     assert delta(before, after, "roastq_llm_unknown_model_calls_total") == 1

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
-import os
 
 import pytest
-from loguru import logger
-
 from helpers import one, wait_for_status, wait_until
-from roastq.api import enqueue_evaluation
+from loguru import logger
 from sentry_receiver import SentryReceiver
+
+from roastq.api import enqueue_evaluation
 
 JOB_FIELDS = ("job_id", "evaluation_id", "message_id", "actor", "queue", "attempt")
 
@@ -33,8 +33,15 @@ def test_json_lines_carry_the_job_context_and_are_scrubbed(capsys):
 
     setup_logging()
     sink = logger.add(_json_sink, format="{message}")
-    ctx = JobContext(job_id="j-1", message_id="m-1", actor="evaluate_document", queue="interactive", attempt=2,
-                     evaluation_id="e-1", agent_id="a-1")
+    ctx = JobContext(
+        job_id="j-1",
+        message_id="m-1",
+        actor="evaluate_document",
+        queue="interactive",
+        attempt=2,
+        evaluation_id="e-1",
+        agent_id="a-1",
+    )
     token = current_job.set(ctx)
     try:
         import logging
@@ -52,8 +59,14 @@ def test_json_lines_carry_the_job_context_and_are_scrubbed(capsys):
     first = [line for line in lines if line["logger"] == "anthropic.fake"][-1]
     second = [line for line in lines if line["logger"] == "roastq.test"][-1]
     assert first["logger"] == "anthropic.fake" and first["level"] == "WARNING"
-    assert {f: first[f] for f in JOB_FIELDS} == {"job_id": "j-1", "evaluation_id": "e-1", "message_id": "m-1",
-                                                "actor": "evaluate_document", "queue": "interactive", "attempt": 2}
+    assert {f: first[f] for f in JOB_FIELDS} == {
+        "job_id": "j-1",
+        "evaluation_id": "e-1",
+        "message_id": "m-1",
+        "actor": "evaluate_document",
+        "queue": "interactive",
+        "attempt": 2,
+    }
     assert "sk-ant-api03-abcdefghijkl" not in first["message"]
     assert second["exception"]["type"] == "ValueError"
     text = json.dumps(second)
@@ -67,8 +80,11 @@ def test_a_jobs_log_lines_are_stored_with_it_and_shown_by_roastq_job(db, seeded,
     sim.script("server_error")  # attempt 1 fails (UPSTREAM), attempt 2 completes
     job_id = enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(db))
     assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
-    wait_until(lambda: any(line["message"] == "job completed" for line in stored_logs(db, job_id)),
-               timeout=5, what="the job's last line stored")
+    wait_until(
+        lambda: any(line["message"] == "job completed" for line in stored_logs(db, job_id)),
+        timeout=5,
+        what="the job's last line stored",
+    )
     lines = stored_logs(db, job_id)
     assert all({"time", "level", "logger", "message", "attempt"} <= set(line) for line in lines)
     by_attempt = {a: [line["message"] for line in lines if line["attempt"] == a] for a in (1, 2)}
@@ -83,7 +99,9 @@ def test_a_jobs_log_lines_are_stored_with_it_and_shown_by_roastq_job(db, seeded,
     assert "#1  WARNING  job attempt failed (UPSTREAM)" in logs_section
     assert "#2  INFO     job completed" in logs_section
     assert cli_main.main(["job", job_id, "--json"]) == 0
-    assert [line["message"] for line in json.loads(capsys.readouterr().out)["logs"]] == [line["message"] for line in lines]
+    assert [line["message"] for line in json.loads(capsys.readouterr().out)["logs"]] == [
+        line["message"] for line in lines
+    ]
 
 
 @pytest.fixture
@@ -94,11 +112,25 @@ def pool_run(db, seeded, sim, tmp_path):
     api_key = "sk-ant-api03-" + "Qw7" * 12
     dsn_key = "fedcba9876543210fedcba9876543210"
     url = os.environ["DATABASE_URL"].replace("postgresql://postgres@", "postgresql://postgres:pw-hunter2-pw@")
-    env = dict(os.environ, LOG_FORMAT="json", LOG_LEVEL="DEBUG", ANTHROPIC_API_KEY=api_key, PYTHONUNBUFFERED="1",
-               ANTHROPIC_BASE_URL=sim.url, SENTRY_DSN=rx.dsn(dsn_key), DATABASE_URL=url, BACKOFF_SCALE="0.01")
+    env = dict(
+        os.environ,
+        LOG_FORMAT="json",
+        LOG_LEVEL="DEBUG",
+        ANTHROPIC_API_KEY=api_key,
+        PYTHONUNBUFFERED="1",
+        ANTHROPIC_BASE_URL=sim.url,
+        SENTRY_DSN=rx.dsn(dsn_key),
+        DATABASE_URL=url,
+        BACKOFF_SCALE="0.01",
+    )
     stderr = open(tmp_path / "pool.log", "wb")
-    pool = subprocess.Popen([sys.executable, "-m", "actors", "--processes", "2", "--threads", "2"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    pool = subprocess.Popen(
+        [sys.executable, "-m", "actors", "--processes", "2", "--threads", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,
+    )
     try:
         agent, doc = simple_agent(db), next(iter(seeded.documents.values()))
         jobs = {}
@@ -116,8 +148,13 @@ def pool_run(db, seeded, sim, tmp_path):
     # Sentry set up in the main process before dramatiq forks still sends from the workers.
     assert [e["contexts"]["job"]["job_id"] for e in rx.events()] == [jobs["failed"]]
     content = one(db, "SELECT content FROM document_versions WHERE document_id = %s ORDER BY version DESC LIMIT 1", doc)
-    return {"pid": pool.pid, "text": (tmp_path / "pool.log").read_text(), "jobs": jobs, "document": content,
-            "secrets": [api_key, dsn_key, "pw-hunter2-pw"]}
+    return {
+        "pid": pool.pid,
+        "text": (tmp_path / "pool.log").read_text(),
+        "jobs": jobs,
+        "document": content,
+        "secrets": [api_key, dsn_key, "pw-hunter2-pw"],
+    }
 
 
 def test_every_line_of_a_worker_pool_is_json_with_job_context_and_no_secret(pool_run):
@@ -148,5 +185,5 @@ def test_every_line_of_a_worker_pool_is_json_with_job_context_and_no_secret(pool
     for secret in pool_run["secrets"]:
         assert secret not in text
     doc = pool_run["document"]
-    windows = [doc[i:i + 40] for i in range(0, len(doc) - 40, 20)]
+    windows = [doc[i : i + 40] for i in range(0, len(doc) - 40, 20)]
     assert not [w for w in windows if w in text], "document text in the logs"

@@ -8,17 +8,27 @@ import subprocess
 import sys
 import time
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
-
 from helpers import one, running_worker, wait_for_status, wait_until
 from promtext import families, local, value
+
 from roastq.api import enqueue_evaluation
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-ALLOWED_LABELS = {"queue", "actor", "error_class", "outcome", "delayed", "model", "step", "kind", "state", "le",
-                  "reason"}
+ALLOWED_LABELS = {
+    "queue",
+    "actor",
+    "error_class",
+    "outcome",
+    "delayed",
+    "model",
+    "step",
+    "kind",
+    "state",
+    "le",
+    "reason",
+}
 
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")  # retries in milliseconds (tests/conftest.py)
@@ -38,8 +48,11 @@ def test_job_outcomes_llm_calls_tokens_and_dollars_are_counted(db, seeded, worke
     agent, docs = simple_agent(db), list(seeded.documents.values())
     before = local()
     # One job each: completes; retried once (UPSTREAM); fails (INVALID_REQUEST); waits on a 429.
-    for doc, faults, status in zip(docs, (["ok"], ["server_error"], ["invalid_request"], ["rate_limit"]),
-                                   ("COMPLETED", "COMPLETED", "FAILED", "COMPLETED")):
+    for doc, faults, status in zip(
+        docs,
+        (["ok"], ["server_error"], ["invalid_request"], ["rate_limit"]),
+        ("COMPLETED", "COMPLETED", "FAILED", "COMPLETED"),
+    ):
         sim.script(*faults)
         job = enqueue_evaluation(doc, agent)
         assert wait_for_status(db, [job], timeout=30)[job] == status
@@ -66,11 +79,28 @@ def test_job_outcomes_llm_calls_tokens_and_dollars_are_counted(db, seeded, worke
     assert delta(before, after, "roastq_llm_request_duration_seconds_count", **llm) == sent_ok + 3
     # Tokens and dollars: exactly what the API (the simulator) billed for.
     served = [r for r in sim.requests() if r["status"] == 200]
-    for kind, field in (("input", "input_tokens"), ("output", "output_tokens"),
-                        ("cache_read", "cache_read_input_tokens"), ("cache_write", "cache_creation_input_tokens")):
+    for kind, field in (
+        ("input", "input_tokens"),
+        ("output", "output_tokens"),
+        ("cache_read", "cache_read_input_tokens"),
+        ("cache_write", "cache_creation_input_tokens"),
+    ):
         assert delta(before, after, "roastq_llm_tokens_total", model=model, kind=kind) == sum(r[field] for r in served)
-    dollars = sum((cost_usd(model, Usage(r["input_tokens"], r["output_tokens"], r["cache_read_input_tokens"],
-                                         r["cache_creation_input_tokens"])) for r in served), Decimal(0))
+    dollars = sum(
+        (
+            cost_usd(
+                model,
+                Usage(
+                    r["input_tokens"],
+                    r["output_tokens"],
+                    r["cache_read_input_tokens"],
+                    r["cache_creation_input_tokens"],
+                ),
+            )
+            for r in served
+        ),
+        Decimal(0),
+    )
     assert dollars > 0
     assert delta(before, after, "roastq_llm_cost_dollars_total", model=model) == pytest.approx(float(dollars), abs=1e-9)
 
@@ -123,8 +153,10 @@ def test_queue_depth_and_oldest_age_come_from_postgres(db, seeded):
 def test_worker_liveness_comes_from_the_heartbeat_table(db, worker):
     wait_until(lambda: one(db, "SELECT count(*) FROM worker_heartbeats") == 1, timeout=10, what="a heartbeat")
     with db.cursor() as cur:  # a worker that died an hour ago, its row not yet reaped
-        cur.execute("INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, last_seen_at) "
-                    "VALUES ('gone:1', 'gone', 1, 16, now() - interval '1 hour')")
+        cur.execute(
+            "INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, last_seen_at) "
+            "VALUES ('gone:1', 'gone', 1, 16, now() - interval '1 hour')"
+        )
     now = local()
     assert value(now, "roastq_workers_alive") == 1
     assert value(now, "roastq_worker_threads_alive") == 4
@@ -139,13 +171,27 @@ def test_names_follow_prometheus_conventions_and_no_label_is_an_id(db, seeded, w
 
     found = families(render(build_registry()).decode())
     names = {f.name for f in found}
-    assert names >= {"roastq_messages_enqueued", "roastq_messages_started", "roastq_messages_succeeded",
-                     "roastq_messages_failed", "roastq_messages_retried", "roastq_job_duration_seconds",
-                     "roastq_messages_in_progress", "roastq_messages_delayed", "roastq_queue_messages",
-                     "roastq_queue_oldest_message_age_seconds", "roastq_queue_delayed_messages",
-                     "roastq_llm_requests", "roastq_llm_request_duration_seconds", "roastq_llm_tokens",
-                     "roastq_llm_cost_dollars", "roastq_workers_alive", "roastq_worker_heartbeat_age_seconds",
-                     "roastq_llm_budget_spent_dollars", "roastq_llm_budget_cap_dollars"}
+    assert names >= {
+        "roastq_messages_enqueued",
+        "roastq_messages_started",
+        "roastq_messages_succeeded",
+        "roastq_messages_failed",
+        "roastq_messages_retried",
+        "roastq_job_duration_seconds",
+        "roastq_messages_in_progress",
+        "roastq_messages_delayed",
+        "roastq_queue_messages",
+        "roastq_queue_oldest_message_age_seconds",
+        "roastq_queue_delayed_messages",
+        "roastq_llm_requests",
+        "roastq_llm_request_duration_seconds",
+        "roastq_llm_tokens",
+        "roastq_llm_cost_dollars",
+        "roastq_workers_alive",
+        "roastq_worker_heartbeat_age_seconds",
+        "roastq_llm_budget_spent_dollars",
+        "roastq_llm_budget_cap_dollars",
+    }
     for family in found:
         assert family.name.startswith("roastq_"), family.name  # nothing of dramatiq's own middleware
         assert not re.search(r"_(milliseconds|ms|minutes|hours|percent)\b", family.name)
@@ -156,8 +202,13 @@ def test_names_follow_prometheus_conventions_and_no_label_is_an_id(db, seeded, w
                 assert not s.name.endswith("_total"), s.name
             assert set(s.labels) <= ALLOWED_LABELS, (s.name, s.labels)
             assert not [v for v in s.labels.values() if UUID.search(v)], (s.name, s.labels)
-    buckets = {float(s.labels["le"]) for f in found if f.name == "roastq_job_duration_seconds"
-               for s in f.samples if s.name.endswith("_bucket")}
+    buckets = {
+        float(s.labels["le"])
+        for f in found
+        if f.name == "roastq_job_duration_seconds"
+        for s in f.samples
+        if s.name.endswith("_bucket")
+    }
     assert min(buckets) == 1 and max(b for b in buckets if b != float("inf")) == 1200
 
 
@@ -185,14 +236,21 @@ def test_our_middleware_replaces_dramatiqs_prometheus_and_declares_one_exporter(
 
 def _dead_process(metrics_dir: str) -> int:
     """A process that records metrics and dies without cleaning up (like a SIGKILLed worker)."""
-    code = ("import os\n"
-            "from observability import metrics as m\n"
-            "m.IN_PROGRESS.labels('interactive', 'test_dead').inc()\n"
-            "m.STARTED.labels('interactive', 'test_dead').inc()\n"
-            "print(os.getpid(), flush=True)\n"
-            "os._exit(0)\n")
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir),
-                         capture_output=True, text=True, check=True)
+    code = (
+        "import os\n"
+        "from observability import metrics as m\n"
+        "m.IN_PROGRESS.labels('interactive', 'test_dead').inc()\n"
+        "m.STARTED.labels('interactive', 'test_dead').inc()\n"
+        "print(os.getpid(), flush=True)\n"
+        "os._exit(0)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(out.stdout.strip())
 
 
@@ -211,8 +269,9 @@ def test_a_dead_process_leaves_no_live_gauge_and_its_files_go_at_the_next_boot(d
     assert mine  # this (live) process has files of its own
     # A worker process booting removes every file of a process that is not running.
     code = "from observability.metrics import clean_at_boot; print(clean_at_boot())"
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True, check=True
+    ).stdout
     assert str(pid) in out
     assert not list(METRICS_DIR.glob(f"*_{pid}.db"))
     assert sorted(p.name for p in METRICS_DIR.glob(f"*_{os.getpid()}.db")) == mine  # live ones kept
@@ -246,8 +305,9 @@ def test_a_call_answered_from_the_response_cache_is_counted_but_not_billed(db, s
 def test_a_job_the_reaper_fails_is_counted_as_a_failure(db, seeded):
     """The stale-job reaper fails a job whose workers keep dying outside any message: no middleware
     sees it, so it reports it (event ``job_failed``) and the failure ratio and dashboards count it."""
-    from roastq.ops import maintenance
     from test_scheduler_tasks import running_on_a_dead_worker
+
+    from roastq.ops import maintenance
 
     job_id = enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(db))
     running_on_a_dead_worker(db, job_id, crashes=2)  # JOB_CRASH_LIMIT is 3: this is the third
@@ -270,8 +330,11 @@ def test_a_job_failed_as_lost_when_its_message_comes_back_is_counted_as_worker_l
     job_id = enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(db))
     with db.cursor() as cur:  # three workers died mid-job: two attempts closed, one still open
         cur.execute("UPDATE jobs SET status = 'RUNNING', attempts = 3, worker_id = 'gone:1' WHERE id = %s", (job_id,))
-        cur.execute("INSERT INTO job_attempts (job_id, attempt, outcome, ended_at) VALUES "
-                    "(%s, 1, 'crashed', now()), (%s, 2, 'crashed', now())", (job_id, job_id))
+        cur.execute(
+            "INSERT INTO job_attempts (job_id, attempt, outcome, ended_at) VALUES "
+            "(%s, 1, 'crashed', now()), (%s, 2, 'crashed', now())",
+            (job_id, job_id),
+        )
         cur.execute("INSERT INTO job_attempts (job_id, attempt) VALUES (%s, 3)", (job_id,))
     before = local()
     with running_worker(broker, threads=2):  # started once the job looks like that

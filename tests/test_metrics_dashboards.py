@@ -55,7 +55,9 @@ def test_dashboard_validates_strictly(schemas, path):
         where = f"{path.name}: {panel['title']}"
         assert errors(validator(panel["type"], "Options"), panel["options"]) == [], where
         if panel["type"] == "timeseries":
-            assert errors(validator("timeseries", "FieldConfig"), panel["fieldConfig"]["defaults"]["custom"]) == [], where
+            assert errors(validator("timeseries", "FieldConfig"), panel["fieldConfig"]["defaults"]["custom"]) == [], (
+                where
+            )
         assert panel["targets"], where
         for target in panel["targets"]:
             assert errors(prom, target) == [], where
@@ -71,7 +73,8 @@ def test_dashboards_are_what_the_generator_writes():
         sys.path.pop(0)
     for name, board in generate.DASHBOARDS.items():
         assert (ROOT / "grafana" / "dashboards" / name).read_text() == generate.render(board), (
-            f"{name} is stale: run .venv/bin/python grafana/generate.py")
+            f"{name} is stale: run .venv/bin/python grafana/generate.py"
+        )
 
 
 def test_provisioning_points_grafana_at_prometheus_and_the_dashboards():
@@ -86,4 +89,3 @@ def test_provisioning_points_grafana_at_prometheus_and_the_dashboards():
     mounts = compose["services"]["grafana"]["volumes"]
     assert f"./grafana/dashboards:{provider['options']['path']}:ro" in mounts
     assert "prometheus" in compose["services"]
-

@@ -15,12 +15,10 @@ import os
 import subprocess
 import sys
 import time
-
 from types import SimpleNamespace
 
 import psycopg2
 import pytest
-
 from netns import DedicatedPostgres, HostNet, roastq, unavailable, wait
 
 WHY_NOT = unavailable()
@@ -55,10 +53,19 @@ def hosts(tmp_path):
             _query_no_result(admin, "CREATE DATABASE roastq_netns")
             admin.close()
             env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "ANTHROPIC_API_KEY")}
-            env.update(DATABASE_URL=pg.url("roastq_netns"), ANTHROPIC_BASE_URL=sim.url, LLM_CACHE_ENABLED="0",
-                       RECOVERY_INTERVAL_S="1", HEARTBEAT_INTERVAL_S="1", DB_PEER_TIMEOUT_S=str(PEER_TIMEOUT_S),
-                       LLM_CALL_TIMEOUT_S="15", METRICS_PORT="0", LOG_FORMAT="json", PYTHONUNBUFFERED="1",
-                       ROASTQ_HOME=str(tmp_path))
+            env.update(
+                DATABASE_URL=pg.url("roastq_netns"),
+                ANTHROPIC_BASE_URL=sim.url,
+                LLM_CACHE_ENABLED="0",
+                RECOVERY_INTERVAL_S="1",
+                HEARTBEAT_INTERVAL_S="1",
+                DB_PEER_TIMEOUT_S=str(PEER_TIMEOUT_S),
+                LLM_CALL_TIMEOUT_S="15",
+                METRICS_PORT="0",
+                LOG_FORMAT="json",
+                PYTHONUNBUFFERED="1",
+                ROASTQ_HOME=str(tmp_path),
+            )
             roastq(env, "migrate")
             seeded = json.loads(roastq(env, "seed", "--json"))
             conn = psycopg2.connect(env["DATABASE_URL"], connect_timeout=5)
@@ -78,27 +85,46 @@ def start_worker(net, ns, env, tmp_path, threads=2):
     metrics = tmp_path / f"metrics-{ns}"
     metrics.mkdir(exist_ok=True)
     host_env = dict(env, WORKER_HOST=ns, PROMETHEUS_MULTIPROC_DIR=str(metrics))
-    return net.spawn(ns, [sys.executable, "-m", "dramatiq", "actors", "--processes", "1", "--threads", str(threads)],
-                     host_env, tmp_path / f"worker-{ns}.log")
+    return net.spawn(
+        ns,
+        [sys.executable, "-m", "dramatiq", "actors", "--processes", "1", "--threads", str(threads)],
+        host_env,
+        tmp_path / f"worker-{ns}.log",
+    )
 
 
 def wait_heartbeat(conn, ns, timeout=60.0):
-    wait(lambda: _one(conn, "SELECT count(*) FROM worker_heartbeats WHERE hostname = %s "
-                            "AND last_seen_at > now() - interval '3 seconds'", ns), timeout, f"a heartbeat from {ns}")
+    wait(
+        lambda: _one(
+            conn,
+            "SELECT count(*) FROM worker_heartbeats WHERE hostname = %s "
+            "AND last_seen_at > now() - interval '3 seconds'",
+            ns,
+        ),
+        timeout,
+        f"a heartbeat from {ns}",
+    )
 
 
 def test_a_host_cut_off_mid_job_loses_nothing(hosts):
     net, env, seeded, conn, tmp_path = hosts.net, hosts.env, hosts.seeded, hosts.conn, hosts.tmp
     a, b = net.add_host(), net.add_host()
-    agent = _one(conn, "SELECT agent_id::text FROM agent_versions WHERE self_critique_instructions IS NOT NULL "
-                       "ORDER BY name LIMIT 1")  # two LLM calls: about 5 s a job
+    agent = _one(
+        conn,
+        "SELECT agent_id::text FROM agent_versions WHERE self_critique_instructions IS NOT NULL ORDER BY name LIMIT 1",
+    )  # two LLM calls: about 5 s a job
     document = next(iter(seeded["documents"].values()))
 
     start_worker(net, a, env, tmp_path)
     wait_heartbeat(conn, a)
     job_id = roastq(env, "enqueue", "--document-id", document, "--agent-id", agent).strip()
-    wait(lambda: (_one(conn, "SELECT worker_id FROM jobs WHERE id = %s AND status = 'RUNNING'", job_id) or "")
-         .startswith(f"{a}:"), 30, f"the job RUNNING on {a}")
+    wait(
+        lambda: (
+            _one(conn, "SELECT worker_id FROM jobs WHERE id = %s AND status = 'RUNNING'", job_id) or ""
+        ).startswith(f"{a}:"),
+        30,
+        f"the job RUNNING on {a}",
+    )
     start_worker(net, b, env, tmp_path)
     wait_heartbeat(conn, b)
     assert _one(conn, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING"  # still mid-job on a
@@ -117,8 +143,9 @@ def test_a_host_cut_off_mid_job_loses_nothing(hosts):
     took = time.monotonic() - cut_at
     assert b in runners, f"the job ran on {runners}, never on {b}"
     assert _one(conn, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
-    assert [r[0] for r in _query(conn, "SELECT outcome FROM job_attempts WHERE job_id = %s ORDER BY attempt",
-                                 job_id)] == ["crashed", "completed"]
+    assert [
+        r[0] for r in _query(conn, "SELECT outcome FROM job_attempts WHERE job_id = %s ORDER BY attempt", job_id)
+    ] == ["crashed", "completed"]
     # The server ended host a's sessions itself (nothing from a reached it to close them).
     assert _one(conn, "SELECT count(*) FROM pg_stat_activity WHERE client_addr = %s", net.hosts[a]) == 0
     print(f"\n[netns] host {a} cut mid-job: completed on {b} {took:.1f} s later")
@@ -143,13 +170,17 @@ def test_hosts_share_the_queue_the_rate_limit_and_the_ledger(hosts):
         start_worker(net, ns, env, hosts.tmp)
     for ns in (a, b):
         wait_heartbeat(conn, ns)
-    agent = _one(conn, "SELECT agent_id::text FROM agent_versions WHERE self_critique_instructions IS NULL "
-                       "ORDER BY name LIMIT 1")  # one LLM call a job
+    agent = _one(
+        conn, "SELECT agent_id::text FROM agent_versions WHERE self_critique_instructions IS NULL ORDER BY name LIMIT 1"
+    )  # one LLM call a job
     document = next(iter(hosts.seeded["documents"].values()))
-    script = ("import json, sys; from roastq.api import enqueue_evaluations; "
-              "print(json.dumps(enqueue_evaluations([(sys.argv[1], sys.argv[2])] * 10)))")
-    done = subprocess.run([sys.executable, "-c", script, document, agent], env=env, capture_output=True, text=True,
-                          timeout=60, check=True)
+    script = (
+        "import json, sys; from roastq.api import enqueue_evaluations; "
+        "print(json.dumps(enqueue_evaluations([(sys.argv[1], sys.argv[2])] * 10)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, document, agent], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
     job_ids = json.loads(done.stdout)
     runners = set()
 
@@ -157,8 +188,9 @@ def test_hosts_share_the_queue_the_rate_limit_and_the_ledger(hosts):
         for _status, worker in _query(conn, "SELECT status, worker_id FROM jobs WHERE id = ANY(%s::uuid[])", job_ids):
             if worker:
                 runners.add(worker.split(":")[0])
-        return _one(conn, "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND status = 'COMPLETED'",
-                    job_ids) == 10
+        return (
+            _one(conn, "SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND status = 'COMPLETED'", job_ids) == 10
+        )
 
     wait(all_done, 60, "the ten jobs", interval=0.05)
     assert runners == {a, b}

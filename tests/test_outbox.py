@@ -6,18 +6,17 @@ import json
 import os
 import subprocess
 import sys
-
-import dramatiq.errors
-import pika.exceptions
 import threading
 import time
 
+import dramatiq.errors
+import pika.exceptions
 import psycopg2
 import pytest
-
 from helpers import one, running_worker, wait_for_status, wait_until
-from roastq.brokers import outbox
+
 from roastq.api import enqueue_evaluation, enqueue_evaluations
+from roastq.brokers import outbox
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -112,6 +111,7 @@ def test_relay_dying_after_publishing_sends_again_and_jobs_still_run_once(db, se
     middleware runs each job once to completion all the same."""
     doc, agent = _pair(seeded)
     job_ids = enqueue_evaluations([(doc, agent)] * 4, priority="batch")
+
     def publish_then_die(items):
         broker.publish_many(items[:3])  # three really sent...
         raise ConnectionError("relay died before its commit")  # ...and none marked sent
@@ -131,8 +131,13 @@ def test_relay_dying_after_publishing_sends_again_and_jobs_still_run_once(db, se
 
 def test_roastq_relay_once_publishes_what_waits(db, seeded, broker, database_url):
     enqueue_evaluations([_pair(seeded)] * 3, priority="batch")
-    done = subprocess.run([sys.executable, "-m", "roastq.cli.main", "relay", "--once"], capture_output=True,
-                          text=True, timeout=60, env=dict(os.environ, LOG_FORMAT="json"))
+    done = subprocess.run(
+        [sys.executable, "-m", "roastq.cli.main", "relay", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, LOG_FORMAT="json"),
+    )
     assert done.returncode == 0, done.stderr
     assert "relayed 3 message(s)" in done.stdout
     assert ready(broker, "batch") == 3

@@ -5,15 +5,16 @@ import signal
 import time
 
 import pytest
-
 from helpers import kill_group, one, rows, start_workers, wait_for_status, wait_until
-from roastq.ops import pause
+
 from roastq.api import enqueue_evaluation
+from roastq.ops import pause
 
 
 @pytest.fixture(autouse=True)
 def short_snooze(monkeypatch, broker):
     from helpers import stack_options
+
     from roastq import settings
 
     monkeypatch.setenv("PAUSE_SNOOZE_S", "0.3")
@@ -33,11 +34,15 @@ def test_paused_jobs_wait_without_using_attempts_and_run_on_resume(db, seeded, s
     pause.pause("provider incident")
     jobs = [a_job(seeded), a_job(seeded, priority="batch")]
     # The messages come back every ~0.3 s and are held each time: the rows say why they wait.
-    wait_until(lambda: one(db, "SELECT count(*) FROM jobs WHERE error_class = 'SNOOZED'") == 2, timeout=10,
-               what="the jobs to be held")
+    wait_until(
+        lambda: one(db, "SELECT count(*) FROM jobs WHERE error_class = 'SNOOZED'") == 2,
+        timeout=10,
+        what="the jobs to be held",
+    )
     time.sleep(1.5)  # several snooze rounds
-    assert rows(db, "SELECT DISTINCT status, attempts, error FROM jobs") == \
-        [("PENDING", 0, "system paused: provider incident")]
+    assert rows(db, "SELECT DISTINCT status, attempts, error FROM jobs") == [
+        ("PENDING", 0, "system paused: provider incident")
+    ]
     assert one(db, "SELECT count(*) FROM job_attempts") == 0
     assert sim.requests() == []  # no LLM call
     assert one(db, "SELECT count(*) FROM dramatiq.queue WHERE state IN ('queued', 'consumed')") == 2  # still live
@@ -54,8 +59,11 @@ def test_a_running_job_finishes_when_the_system_is_paused(db, seeded, sim, worke
     pause.pause("maintenance window")
     assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
     later = a_job(seeded)
-    wait_until(lambda: one(db, "SELECT error_class FROM jobs WHERE id = %s", later) == "SNOOZED", timeout=10,
-               what="the next job to be held")
+    wait_until(
+        lambda: one(db, "SELECT error_class FROM jobs WHERE id = %s", later) == "SNOOZED",
+        timeout=10,
+        what="the next job to be held",
+    )
     assert one(db, "SELECT status, attempts FROM jobs WHERE id = %s", later) == ("PENDING", 0)
 
 
@@ -66,8 +74,11 @@ def test_pause_is_read_by_worker_processes(db, seeded, sim):
         wait_until(lambda: one(db, "SELECT count(*) FROM worker_heartbeats") == 1, timeout=30, what="the worker")
         pause.pause("from another host", by="ops@elsewhere")
         job_id = a_job(seeded)
-        wait_until(lambda: one(db, "SELECT error_class FROM jobs WHERE id = %s", job_id) == "SNOOZED", timeout=10,
-                   what="the job to be held")
+        wait_until(
+            lambda: one(db, "SELECT error_class FROM jobs WHERE id = %s", job_id) == "SNOOZED",
+            timeout=10,
+            what="the job to be held",
+        )
         assert pause.state()["by"] == "ops@elsewhere"
         assert pause.resume()["reason"] == "from another host"
         assert wait_for_status(db, [job_id], timeout=30)[job_id] == "COMPLETED"

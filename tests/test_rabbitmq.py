@@ -5,11 +5,11 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from helpers import one, running_worker, wait_for_status, wait_until
+
 from roastq.api import enqueue_evaluation, enqueue_evaluations
 
 pytestmark = pytest.mark.rabbitmq
@@ -34,8 +34,16 @@ def test_the_same_middleware_runs_on_rabbitmq(broker):
     assert isinstance(broker, RabbitmqBroker)
     names = [type(m).__name__ for m in broker.middleware]
     ours = [Retries, Sentry, JobLogs, SystemPause, JobState, Metrics, Heartbeat, PeriodiqMiddleware]
-    assert [n for n in names if n in {c.__name__ for c in ours}] == \
-        ["Retries", "Sentry", "JobLogs", "SystemPause", "JobState", "Metrics", "Heartbeat", "PeriodiqMiddleware"]
+    assert [n for n in names if n in {c.__name__ for c in ours}] == [
+        "Retries",
+        "Sentry",
+        "JobLogs",
+        "SystemPause",
+        "JobState",
+        "Metrics",
+        "Heartbeat",
+        "PeriodiqMiddleware",
+    ]
 
 
 def test_every_message_is_really_acknowledged(db, seeded, broker, sim):
@@ -71,8 +79,10 @@ def test_a_retry_waits_in_rabbitmqs_delay_queue(db, seeded, broker, sim, fast_ba
     job_id = enqueue_evaluation(*_pair(seeded))
     with running_worker(broker, threads=2):
         assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
-    assert one(db, "SELECT array_agg(outcome ORDER BY attempt) FROM job_attempts WHERE job_id = %s", job_id) == \
-        ["retried", "completed"]
+    assert one(db, "SELECT array_agg(outcome ORDER BY attempt) FROM job_attempts WHERE job_id = %s", job_id) == [
+        "retried",
+        "completed",
+    ]
 
 
 def test_status_reads_queue_depth_from_rabbitmq_and_shows_the_outbox(db, seeded, broker):
@@ -95,9 +105,12 @@ def test_metrics_read_queue_depth_from_rabbitmq(db, seeded, broker):
 
     enqueue_evaluations([_pair(seeded)] * 3, priority="batch")
     broker.relay().drain()
-    samples = {(s.labels.get("queue"), s.labels.get("state")): s.value
-               for family in PostgresCollector().collect() if family.name == "roastq_queue_messages"
-               for s in family.samples}
+    samples = {
+        (s.labels.get("queue"), s.labels.get("state")): s.value
+        for family in PostgresCollector().collect()
+        if family.name == "roastq_queue_messages"
+        for s in family.samples
+    }
     assert samples[("batch", "queued")] == 3
     assert samples[("interactive", "queued")] == 0
 
@@ -109,8 +122,13 @@ def test_health_checks_rabbitmq(db):
     rabbit = next(c for c in report.checks if c.name == "rabbitmq")
     assert rabbit.ok and report.ok
     env = dict(os.environ, BROKER_URL="amqp://guest:guest@127.0.0.1:1/", LOG_FORMAT="json")
-    done = subprocess.run([sys.executable, "-m", "roastq.cli.main", "health", "--live", "--json"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "roastq.cli.main", "health", "--live", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
     assert not checks["rabbitmq"]["ok"] and checks["database"]["ok"]
@@ -141,10 +159,12 @@ def test_reaper_leaves_redelivery_to_rabbitmq(db, seeded, broker):
 
     job_id = enqueue_evaluation(*_pair(seeded))
     broker.relay().drain()
-    long_ago = datetime.now(timezone.utc) - timedelta(minutes=5)
+    long_ago = datetime.now(UTC) - timedelta(minutes=5)
     with db.cursor() as cur:  # a worker took it and died
-        cur.execute("UPDATE jobs SET status = 'RUNNING', attempts = 1, worker_id = 'gone:1', started_at = %s "
-                    "WHERE id = %s", (long_ago, job_id))
+        cur.execute(
+            "UPDATE jobs SET status = 'RUNNING', attempts = 1, worker_id = 'gone:1', started_at = %s WHERE id = %s",
+            (long_ago, job_id),
+        )
         cur.execute("INSERT INTO job_attempts (job_id, attempt) VALUES (%s, 1)", (job_id,))
     assert maintenance.reap_stale_jobs()["requeued"] == 1
     assert one(db, "SELECT status, error_class FROM jobs WHERE id = %s", job_id) == ("PENDING", "WORKER_LOST")

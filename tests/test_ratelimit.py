@@ -4,14 +4,14 @@ close the gate for everyone, and waiting for the limiter is never a failure."""
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from helpers import kill_group, one, rows, start_workers, wait_for_status, wait_until
+
 from roastq import events
-from roastq.llm import ratelimit
 from roastq.api import enqueue_evaluation
+from roastq.llm import ratelimit
 from roastq.settings import get_settings
 
 MODEL = "claude-ratelimit-test"
@@ -45,8 +45,9 @@ def requests_of(sim, job_id):
 
 
 def attempts_of(db, job_id):
-    return rows(db, "SELECT outcome, error_class, delay_reason FROM job_attempts WHERE job_id = %s ORDER BY attempt",
-                job_id)
+    return rows(
+        db, "SELECT outcome, error_class, delay_reason FROM job_attempts WHERE job_id = %s ORDER BY attempt", job_id
+    )
 
 
 RESERVE_SCRIPT = """
@@ -70,8 +71,10 @@ print(json.dumps({"pid": os.getpid(), "starts": out}))
 def test_processes_share_one_schedule(db):
     """Two processes, three threads each, 600 requests a minute between them: every booked start,
     whichever process booked it, is at least 0.1 s after the one before."""
-    procs = [subprocess.Popen([sys.executable, "-c", RESERVE_SCRIPT, MODEL], stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RESERVE_SCRIPT, MODEL], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     starts = sorted(datetime.fromisoformat(s) for r in results for s in r["starts"])
@@ -125,7 +128,8 @@ def test_a_429_closes_the_gate_for_everyone_until_its_retry_after(db, seeded, wo
 
 
 def test_a_wait_longer_than_the_thread_should_block_snoozes_without_using_an_attempt(
-        db, seeded, worker, sim, llm_settings):
+    db, seeded, worker, sim, llm_settings
+):
     llm_settings(llm_rate_max_wait_s=0.5)
     sim.configure(retry_after_s=3.0)
     sim.script("rate_limit")
@@ -137,8 +141,9 @@ def test_a_wait_longer_than_the_thread_should_block_snoozes_without_using_an_att
     assert attempts_of(db, second) == [("snoozed", "SNOOZED", "rate_limit"), ("completed", None, None)]
     (request,) = requests_of(sim, second)
     assert request["time"] >= limited_at + 3.0
-    message = one(db, "SELECT message FROM dramatiq.queue WHERE message_id = "
-                      "(SELECT message_id FROM jobs WHERE id = %s)", second)
+    message = one(
+        db, "SELECT message FROM dramatiq.queue WHERE message_id = (SELECT message_id FROM jobs WHERE id = %s)", second
+    )
     options = (message if isinstance(message, dict) else json.loads(message))["options"]
     assert options.get("retries", 0) == 0 and options.get("waits", 0) == 0  # no attempt, no 429-wait used
 
@@ -148,8 +153,11 @@ def test_limits_are_learned_from_the_headers(db, seeded, worker, sim):
     job_id = a_job(seeded, db)
     wait_for_status(db, [job_id])
     learned = {r["model"]: r for r in ratelimit.state()}[get_settings().analysis_model]
-    assert (learned["learned_rpm"], learned["learned_input_tpm"], learned["learned_output_tpm"]) == \
-        (30, 2_000_000, 400_000)
+    assert (learned["learned_rpm"], learned["learned_input_tpm"], learned["learned_output_tpm"]) == (
+        30,
+        2_000_000,
+        400_000,
+    )
     # From now on requests are paced at 95% of the learned limit: one per 60 / 28.5 s.
     model = get_settings().analysis_model
     first = ratelimit.acquire(get_settings(), model, 1, sleep=lambda s: None)
@@ -158,8 +166,7 @@ def test_limits_are_learned_from_the_headers(db, seeded, worker, sim):
     assert (second.start_at - first.start_at).total_seconds() == pytest.approx(60 / 28.5, abs=0.001)
 
 
-def test_a_response_with_nothing_left_closes_the_gate_without_a_429(db, seeded, worker, sim, llm_settings,
-                                                                    gate_events):
+def test_a_response_with_nothing_left_closes_the_gate_without_a_429(db, seeded, worker, sim, llm_settings, gate_events):
     llm_settings(llm_rate_limits_from_headers=False)  # no pacing: the headers alone must stop us
     sim.configure(rpm_limit=1)
     first = a_job(seeded, db)
@@ -167,7 +174,7 @@ def test_a_response_with_nothing_left_closes_the_gate_without_a_429(db, seeded, 
     second = a_job(seeded, db)
     wait_until(lambda: attempts_of(db, second)[:1] == [("snoozed", "SNOOZED", "rate_limit")], what="the snooze")
     status, next_at = one(db, "SELECT status, next_attempt_at FROM jobs WHERE id = %s", second)
-    assert status == "PENDING" and next_at > datetime.now(timezone.utc) + timedelta(seconds=45)
+    assert status == "PENDING" and next_at > datetime.now(UTC) + timedelta(seconds=45)
     assert [r["status"] for r in sim.requests()] == [200]  # no 429: the second never went
     assert gate_events[0]["reason"] == "requests exhausted" and gate_events[0]["closed_for_s"] > 55
 
@@ -179,28 +186,38 @@ def test_a_spend_limit_429_does_not_close_the_gate(db, seeded, worker, sim):
     assert one(db, "SELECT gate_until FROM llm_rate_limits") is None  # waiting would not lift it
 
 
-@pytest.mark.parametrize("headers,status,expected", [
-    ({"retry-after": "7", "retry-after-ms": "6500"}, 429, (6.55, "429")),
-    ({"retry-after": "3"}, 429, (3.05, "429")),
-    ({"anthropic-ratelimit-requests-remaining": "5"}, 200, (None, None)),
-    ({}, 429, (None, None)),
-])
+@pytest.mark.parametrize(
+    "headers,status,expected",
+    [
+        ({"retry-after": "7", "retry-after-ms": "6500"}, 429, (6.55, "429")),
+        ({"retry-after": "3"}, 429, (3.05, "429")),
+        ({"anthropic-ratelimit-requests-remaining": "5"}, 200, (None, None)),
+        ({}, 429, (None, None)),
+    ],
+)
 def test_gate_delay_from_headers(headers, status, expected):
     assert ratelimit.gate_delay(headers, status) == (pytest.approx(expected[0]) if expected[0] else None, expected[1])
 
 
 def test_gate_delay_from_an_exhausted_limit_uses_its_reset_time():
-    reset = (datetime.now(timezone.utc) + timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    delay, reason = ratelimit.gate_delay({"anthropic-ratelimit-input-tokens-remaining": "0",
-                                          "anthropic-ratelimit-input-tokens-reset": reset}, 200)
+    reset = (datetime.now(UTC) + timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    delay, reason = ratelimit.gate_delay(
+        {"anthropic-ratelimit-input-tokens-remaining": "0", "anthropic-ratelimit-input-tokens-reset": reset}, 200
+    )
     assert reason == "input-tokens exhausted" and 9 <= delay <= 11.01
 
 
 def test_two_worker_processes_share_one_request_rate(db, seeded, sim):
     """Real `dramatiq actors` processes, 120 requests a minute between them: the simulator sees
     the requests spaced by half a second, not two processes each at full speed."""
-    workers = start_workers(processes=2, threads=4, ANTHROPIC_BASE_URL=sim.url, LLM_RPM_LIMIT=120,
-                            LLM_RATE_HEADROOM=1.0, LLM_CACHE_ENABLED=0)
+    workers = start_workers(
+        processes=2,
+        threads=4,
+        ANTHROPIC_BASE_URL=sim.url,
+        LLM_RPM_LIMIT=120,
+        LLM_RATE_HEADROOM=1.0,
+        LLM_CACHE_ENABLED=0,
+    )
     try:
         job_ids = [a_job(seeded, db) for _ in range(10)]
         assert set(wait_for_status(db, job_ids, timeout=60).values()) == {"COMPLETED"}

@@ -10,8 +10,8 @@ import dramatiq
 import pytest
 from dramatiq.results import ResultFailure, ResultMissing
 from dramatiq_pg.results import PostgresBackend
-
 from helpers import one, running_worker, wait_until
+
 from roastq import db as roastq_db
 from roastq.exceptions import InputError
 
@@ -32,10 +32,13 @@ def result_actors(database_url):
     def refuse(why):
         raise InputError(why)  # a permanent failure: no retry, a dead letter
 
-    return (dramatiq.actor(add, broker=actors.broker, queue_name=QUEUE, store_results=True),
-            dramatiq.actor(refuse, broker=actors.broker, queue_name=QUEUE, store_results=True),
-            dramatiq.actor(add, actor_name="add_briefly", broker=actors.broker, queue_name=QUEUE,
-                           store_results=True, result_ttl=300))
+    return (
+        dramatiq.actor(add, broker=actors.broker, queue_name=QUEUE, store_results=True),
+        dramatiq.actor(refuse, broker=actors.broker, queue_name=QUEUE, store_results=True),
+        dramatiq.actor(
+            add, actor_name="add_briefly", broker=actors.broker, queue_name=QUEUE, store_results=True, result_ttl=300
+        ),
+    )
 
 
 def backend_of(kind):
@@ -65,8 +68,11 @@ def test_a_failed_result_raises_result_failure(db, broker, result_actors, kind):
     _, refuse, _ = result_actors
     message = refuse.send("no such document")
     with running_worker(broker, threads=2):
-        wait_until(lambda: one(db, "SELECT result IS NOT NULL FROM dramatiq.queue WHERE message_id = %s",
-                               message.message_id), timeout=15, what="the failure to be stored")
+        wait_until(
+            lambda: one(db, "SELECT result IS NOT NULL FROM dramatiq.queue WHERE message_id = %s", message.message_id),
+            timeout=15,
+            what="the failure to be stored",
+        )
     with pytest.raises(ResultFailure) as failure:
         backend_of(kind).get_result(message)
     assert failure.value.orig_exc_type == "InputError"

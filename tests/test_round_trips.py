@@ -10,8 +10,10 @@ def test_execute_one_is_its_own_transaction_and_leaves_the_pooled_connection_as_
     with db.cursor() as cur:
         cur.execute("CREATE TABLE IF NOT EXISTS rt_probe (n int)")
     try:
-        row = roastq_db.execute_one("INSERT INTO rt_probe VALUES (1) RETURNING current_setting('synchronous_commit') AS s,"
-                                    " txid_current_if_assigned() IS NOT NULL AS in_tx")
+        row = roastq_db.execute_one(
+            "INSERT INTO rt_probe VALUES (1) RETURNING current_setting('synchronous_commit') AS s,"
+            " txid_current_if_assigned() IS NOT NULL AS in_tx"
+        )
         assert row["s"] == "on" and row["in_tx"]
         assert one(db, "SELECT count(*) FROM rt_probe") == 1  # committed: another session sees it
         lazy = roastq_db.execute_one("SELECT current_setting('synchronous_commit') AS s", durable=False)

@@ -22,11 +22,11 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 from dramatiq_pg.broker import message_lock
-
 from helpers import one, rows, running_worker, wait_for_status, wait_until
 from promtext import local, value
-from roastq import db as roastq_db
 from test_broker import drain, make_consumer, put_message
+
+from roastq import db as roastq_db
 
 STOCK = pytest.mark.xfail(strict=True, reason="stock dramatiq-pg 0.12 has this defect")
 
@@ -163,8 +163,9 @@ def test_a_message_moved_to_another_queue_is_not_taken_from_the_old_one(db):
 def a_job(seeded, db):
     from roastq.api import enqueue_evaluation
 
-    agent = one(db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NULL "
-                    "ORDER BY name LIMIT 1")
+    agent = one(
+        db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NULL ORDER BY name LIMIT 1"
+    )
     return enqueue_evaluation(next(iter(seeded.documents.values())), agent)
 
 
@@ -177,8 +178,10 @@ class LiveWorker:
         self.session = psycopg2.connect(database_url)
         self.session.autocommit = True
         with self.session.cursor() as cur:
-            cur.execute("INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads) "
-                        "VALUES (%s, 'elsewhere', 4242, 8)", (worker_id,))
+            cur.execute(
+                "INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads) VALUES (%s, 'elsewhere', 4242, 8)",
+                (worker_id,),
+            )
             cur.execute("SELECT pg_advisory_lock(hashtextextended('roastq.worker:' || %s, 0))", (worker_id,))
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._beating, daemon=True)
@@ -187,16 +190,20 @@ class LiveWorker:
     def _beating(self):
         while not self._stop.wait(0.2):
             with self.session.cursor() as cur:
-                cur.execute("UPDATE worker_heartbeats SET last_seen_at = now() WHERE worker_id = %s",
-                            (self.worker_id,))
+                cur.execute("UPDATE worker_heartbeats SET last_seen_at = now() WHERE worker_id = %s", (self.worker_id,))
 
     def runs(self, job_id):
         """The state a worker leaves a job in while its first attempt runs."""
         with self.db.cursor() as cur:
-            cur.execute("UPDATE jobs SET status = 'RUNNING', attempts = 1, started_at = now(), worker_id = %s "
-                        "WHERE id = %s", (self.worker_id, job_id))
-            cur.execute("INSERT INTO job_attempts (job_id, attempt, message_id) "
-                        "SELECT id, 1, message_id FROM jobs WHERE id = %s", (job_id,))
+            cur.execute(
+                "UPDATE jobs SET status = 'RUNNING', attempts = 1, started_at = now(), worker_id = %s WHERE id = %s",
+                (self.worker_id, job_id),
+            )
+            cur.execute(
+                "INSERT INTO job_attempts (job_id, attempt, message_id) "
+                "SELECT id, 1, message_id FROM jobs WHERE id = %s",
+                (job_id,),
+            )
 
     def dies(self):
         """kill -9: its session ends (and its locks with it); its heartbeat row is left behind."""
@@ -217,8 +224,9 @@ def quick_heartbeat(monkeypatch):
     settings.reload_settings()
 
 
-def test_a_delivery_never_starts_a_second_attempt_beside_a_live_one(db, database_url, seeded, sim, broker,
-                                                                     quick_heartbeat):
+def test_a_delivery_never_starts_a_second_attempt_beside_a_live_one(
+    db, database_url, seeded, sim, broker, quick_heartbeat
+):
     """Before: the job start accepted RUNNING, so this delivery closed the live attempt as
     'crashed' and ran the job a second time beside it (the LLM paid twice)."""
     job_id = a_job(seeded, db)
@@ -228,12 +236,23 @@ def test_a_delivery_never_starts_a_second_attempt_beside_a_live_one(db, database
         other.runs(job_id)
         with running_worker(broker, threads=2):
             # The message is delivered here (it is 'queued'), and must back off, again and again.
-            wait_until(lambda: value(local(), "roastq_job_deliveries_backed_off_total",
-                                     queue="interactive", actor="evaluate_document")
-                       - value(before, "roastq_job_deliveries_backed_off_total",
-                               queue="interactive", actor="evaluate_document") >= 2
-                       or one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) > 1,
-                       timeout=15, what="the delivery to back off twice (or start a second attempt)")
+            wait_until(
+                lambda: (
+                    value(
+                        local(),
+                        "roastq_job_deliveries_backed_off_total",
+                        queue="interactive",
+                        actor="evaluate_document",
+                    )
+                    - value(
+                        before, "roastq_job_deliveries_backed_off_total", queue="interactive", actor="evaluate_document"
+                    )
+                    >= 2
+                    or one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) > 1
+                ),
+                timeout=15,
+                what="the delivery to back off twice (or start a second attempt)",
+            )
             assert one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 1
             assert rows(db, "SELECT attempt, outcome FROM job_attempts WHERE job_id = %s", job_id) == [(1, None)]
             assert [r for r in sim.requests() if r["job_id"] == job_id] == []  # the LLM was not called
@@ -241,15 +260,16 @@ def test_a_delivery_never_starts_a_second_attempt_beside_a_live_one(db, database
             # The first attempt's worker dies: the next delivery takes over and finishes the job.
             other.dies()
             assert wait_for_status(db, [job_id], timeout=20)[job_id] == "COMPLETED"
-        assert rows(db, "SELECT attempt, outcome FROM job_attempts WHERE job_id = %s ORDER BY attempt",
-                    job_id) == [(1, "crashed"), (2, "completed")]
+        assert rows(db, "SELECT attempt, outcome FROM job_attempts WHERE job_id = %s ORDER BY attempt", job_id) == [
+            (1, "crashed"),
+            (2, "completed"),
+        ]
         assert one(db, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
     finally:
         other.dies()
 
 
-def test_a_cancel_request_leaves_a_live_attempt_to_stop_itself(db, database_url, seeded, sim, broker,
-                                                                quick_heartbeat):
+def test_a_cancel_request_leaves_a_live_attempt_to_stop_itself(db, database_url, seeded, sim, broker, quick_heartbeat):
     """A delivery of a job whose live attempt was asked to cancel must not mark it CANCELLED
     (and its attempt crashed) under it: the attempt stops at its next step and says so."""
     job_id = a_job(seeded, db)
@@ -257,13 +277,24 @@ def test_a_cancel_request_leaves_a_live_attempt_to_stop_itself(db, database_url,
     try:
         other.runs(job_id)
         with db.cursor() as cur:
-            cur.execute("UPDATE jobs SET cancel_requested_at = now(), cancel_reason = 'by a test' WHERE id = %s",
-                        (job_id,))
+            cur.execute(
+                "UPDATE jobs SET cancel_requested_at = now(), cancel_reason = 'by a test' WHERE id = %s", (job_id,)
+            )
         with running_worker(broker, threads=2):
-            wait_until(lambda: one(db, "SELECT queue_name FROM dramatiq.queue WHERE message_id = "
-                                       "(SELECT message_id FROM jobs WHERE id = %s)", job_id) == "interactive.DQ"
-                       or one(db, "SELECT status FROM jobs WHERE id = %s", job_id) != "RUNNING",
-                       timeout=15, what="the delivery")
+            wait_until(
+                lambda: (
+                    one(
+                        db,
+                        "SELECT queue_name FROM dramatiq.queue WHERE message_id = "
+                        "(SELECT message_id FROM jobs WHERE id = %s)",
+                        job_id,
+                    )
+                    == "interactive.DQ"
+                    or one(db, "SELECT status FROM jobs WHERE id = %s", job_id) != "RUNNING"
+                ),
+                timeout=15,
+                what="the delivery",
+            )
             assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING"
             assert rows(db, "SELECT attempt, outcome FROM job_attempts WHERE job_id = %s", job_id) == [(1, None)]
             other.dies()
@@ -281,9 +312,11 @@ def test_a_worker_is_alive_while_its_liveness_session_lives(db, database_url):
     with session.cursor() as cur:
         cur.execute("SELECT pg_advisory_lock(roastq_worker_lock('w:1'))")
     with db.cursor() as cur:
-        cur.execute("INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, lock_since, last_seen_at) "
-                    "VALUES ('w:1', 'w', 1, 1, now(), now() - interval '1 minute'), "
-                    "('old:2', 'old', 2, 1, NULL, now()), ('old:3', 'old', 3, 1, NULL, now() - interval '1 minute')")
+        cur.execute(
+            "INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, lock_since, last_seen_at) "
+            "VALUES ('w:1', 'w', 1, 1, now(), now() - interval '1 minute'), "
+            "('old:2', 'old', 2, 1, NULL, now()), ('old:3', 'old', 3, 1, NULL, now() - interval '1 minute')"
+        )
     assert alive("w:1")  # its beats are late, but its session holds the lock
     session.close()
     wait_until(lambda: not alive("w:1"), timeout=5, what="the lock to be freed")

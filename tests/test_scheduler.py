@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from helpers import kill_group, one, rows, start_workers, wait_until
 
@@ -39,8 +39,7 @@ def fire_from_processes(tmp_path, n, task, scheduled_at, *, body="ok"):
         scheduler.run_tick({task!r}, {scheduled_at!r}, body)
     """)
     start = time.time() + 2.0  # every process imported and waiting
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(start)], env=dict(os.environ))
-             for _ in range(n)]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(start)], env=dict(os.environ)) for _ in range(n)]
     for p in procs:
         assert p.wait(timeout=60) == 0
     return ran.read_text().split() if ran.exists() else []
@@ -49,8 +48,9 @@ def fire_from_processes(tmp_path, n, task, scheduled_at, *, body="ok"):
 def test_concurrent_fires_of_one_tick_run_the_task_once(db, tmp_path):
     ran = fire_from_processes(tmp_path, 6, "probe", TICK)
     assert len(ran) == 1
-    assert rows(db, "SELECT tick, runs, duplicates, outcome FROM schedule_ticks WHERE task = 'probe'") == \
-        [(datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc), 1, 5, "ok")]
+    assert rows(db, "SELECT tick, runs, duplicates, outcome FROM schedule_ticks WHERE task = 'probe'") == [
+        (datetime(2026, 3, 1, 12, 0, tzinfo=UTC), 1, 5, "ok")
+    ]
     assert one(db, "SELECT result->>'pid' FROM schedule_ticks WHERE task = 'probe'") == ran[0]
 
 
@@ -63,8 +63,9 @@ def test_a_restart_within_the_minute_does_not_fire_again_but_the_next_minute_doe
     assert scheduler.run_tick("probe", "2026-03-01T12:00:41+00:00", lambda: runs.append(1) or {}) is None
     assert scheduler.run_tick("probe", "2026-03-01T12:01:00+00:00", lambda: runs.append(1) or {}) == {}
     assert len(runs) == 2
-    assert rows(db, "SELECT to_char(tick AT TIME ZONE 'UTC', 'HH24:MI'), runs, duplicates FROM schedule_ticks "
-                    "ORDER BY tick") == [("12:00", 1, 1), ("12:01", 1, 0)]
+    assert rows(
+        db, "SELECT to_char(tick AT TIME ZONE 'UTC', 'HH24:MI'), runs, duplicates FROM schedule_ticks ORDER BY tick"
+    ) == [("12:00", 1, 1), ("12:01", 1, 0)]
 
 
 def test_a_failed_tick_is_recorded_and_not_rerun_the_next_tick_runs(db, tmp_path):
@@ -72,8 +73,12 @@ def test_a_failed_tick_is_recorded_and_not_rerun_the_next_tick_runs(db, tmp_path
 
     ran = fire_from_processes(tmp_path, 3, "breaks", TICK, body="fail")
     assert len(ran) == 1
-    assert one(db, "SELECT outcome, error, runs, duplicates FROM schedule_ticks WHERE task = 'breaks'") == \
-        ("failed", "RuntimeError: the task broke", 1, 2)
+    assert one(db, "SELECT outcome, error, runs, duplicates FROM schedule_ticks WHERE task = 'breaks'") == (
+        "failed",
+        "RuntimeError: the task broke",
+        1,
+        2,
+    )
     assert scheduler.run_tick("breaks", "2026-03-01T12:01:00+00:00", lambda: {"fine": True}) == {"fine": True}
 
 
@@ -99,15 +104,22 @@ def start_scheduler(log_path):
     """A real `periodiq actors` process in its own process group."""
     log = open(log_path, "ab")
     periodiq = os.path.join(os.path.dirname(sys.executable), "periodiq")  # the venv's console script
-    return subprocess.Popen([periodiq, "actors"], env=dict(os.environ, LOG_FORMAT="json"),
-                            stdout=log, stderr=log, start_new_session=True)
+    return subprocess.Popen(
+        [periodiq, "actors"], env=dict(os.environ, LOG_FORMAT="json"), stdout=log, stderr=log, start_new_session=True
+    )
 
 
 def fires(db, task):
     """How many times periodiq sent ``task``, by tick (each fire is its own message)."""
-    return dict(rows(db, """
+    return dict(
+        rows(
+            db,
+            """
         SELECT date_trunc('minute', (message->'options'->>'scheduled_at')::timestamptz) AS tick, count(*)
-        FROM dramatiq.queue WHERE message->>'actor_name' = %s GROUP BY 1""", task))
+        FROM dramatiq.queue WHERE message->>'actor_name' = %s GROUP BY 1""",
+            task,
+        )
+    )
 
 
 def test_two_schedulers_and_a_restart_fire_each_tick_once(db, sim, tmp_path):
@@ -122,21 +134,32 @@ def test_two_schedulers_and_a_restart_fire_each_tick_once(db, sim, tmp_path):
         # current minute; start early in a minute (waits at most ~35 s, once).
         if datetime.now().second > 22:
             time.sleep(61 - datetime.now().second)
-        minute = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+        minute = datetime.now(UTC).replace(second=0, microsecond=0)
         schedulers = [start_scheduler(tmp_path / "a.log"), start_scheduler(tmp_path / "b.log")]
-        wait_until(lambda: all(fires(db, t).get(minute, 0) >= 2 for t in every_minute), timeout=30,
-                   what="both schedulers to fire")
+        wait_until(
+            lambda: all(fires(db, t).get(minute, 0) >= 2 for t in every_minute),
+            timeout=30,
+            what="both schedulers to fire",
+        )
         kill_group(schedulers[0], signal.SIGTERM)
         schedulers[0].wait(timeout=10)
         schedulers[0] = start_scheduler(tmp_path / "a.log")
-        wait_until(lambda: all(fires(db, t).get(minute, 0) >= 3 for t in every_minute), timeout=30,
-                   what="the restarted scheduler to fire")
-        assert datetime.now(timezone.utc).replace(second=0, microsecond=0) == minute, "the test overran its minute"
+        wait_until(
+            lambda: all(fires(db, t).get(minute, 0) >= 3 for t in every_minute),
+            timeout=30,
+            what="the restarted scheduler to fire",
+        )
+        assert datetime.now(UTC).replace(second=0, microsecond=0) == minute, "the test overran its minute"
         for p in schedulers:  # no more fires: only those sent so far are counted below
             kill_group(p, signal.SIGKILL)
             p.wait()
-        wait_until(lambda: one(db, "SELECT count(*) FROM dramatiq.queue WHERE queue_name = 'maintenance' "
-                                   "AND state <> 'done'") == 0, timeout=30, what="every fire to be processed")
+        wait_until(
+            lambda: (
+                one(db, "SELECT count(*) FROM dramatiq.queue WHERE queue_name = 'maintenance' AND state <> 'done'") == 0
+            ),
+            timeout=30,
+            what="every fire to be processed",
+        )
     finally:
         for p in [*schedulers, workers]:
             kill_group(p, signal.SIGKILL)
@@ -144,8 +167,10 @@ def test_two_schedulers_and_a_restart_fire_each_tick_once(db, sim, tmp_path):
     for task in every_minute:
         sent = fires(db, task)
         assert sent[minute] == 3, sent
-        ticks = {r[0]: r[1:] for r in rows(db, "SELECT tick, runs, duplicates, outcome FROM schedule_ticks "
-                                              "WHERE task = %s", task)}
+        ticks = {
+            r[0]: r[1:]
+            for r in rows(db, "SELECT tick, runs, duplicates, outcome FROM schedule_ticks WHERE task = %s", task)
+        }
         # Every tick that was fired ran exactly once; every other fire was counted, not run.
         assert set(ticks) == set(sent)
         for tick, n in sent.items():

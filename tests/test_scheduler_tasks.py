@@ -8,16 +8,17 @@ import psycopg2
 import pytest
 from dramatiq.message import Message
 from dramatiq_pg.broker import message_lock
-
 from helpers import kill_group, one, rows, running_worker, start_workers, wait_for_status, wait_until
-from roastq.ops import maintenance
+
 from roastq.api import cancel_job, enqueue_evaluation
+from roastq.ops import maintenance
 
 
 @pytest.fixture(autouse=True)
 def fast_ops(monkeypatch, broker):
     """Workers are stale after 1.5 s (3 beats of 0.5 s); reconciliation waits 1 s, not 5 min."""
     from helpers import stack_options
+
     from roastq import settings
 
     monkeypatch.setenv("HEARTBEAT_INTERVAL_S", "0.5")
@@ -35,8 +36,12 @@ def a_job(seeded, **kw):
 
 
 def message_of(db, job_id):
-    return one(db, "SELECT q.message_id, q.queue_name, q.state::text FROM jobs j "
-                   "LEFT JOIN dramatiq.queue q ON q.message_id = j.message_id WHERE j.id = %s", job_id)
+    return one(
+        db,
+        "SELECT q.message_id, q.queue_name, q.state::text FROM jobs j "
+        "LEFT JOIN dramatiq.queue q ON q.message_id = j.message_id WHERE j.id = %s",
+        job_id,
+    )
 
 
 def running_on_a_dead_worker(db, job_id, *, message_state="consumed", crashes=0, worker="ghost:1"):
@@ -44,22 +49,37 @@ def running_on_a_dead_worker(db, job_id, *, message_state="consumed", crashes=0,
     'consumed' and no lock, no heartbeat."""
     with db.cursor() as cur:
         for n in range(1, crashes + 1):
-            cur.execute("INSERT INTO job_attempts (job_id, attempt, ended_at, outcome) VALUES (%s, %s, now(), "
-                        "'crashed')", (job_id, n))
-        cur.execute("UPDATE jobs SET status = 'RUNNING', attempts = %s, started_at = now() - interval '1 minute', "
-                    "worker_id = %s WHERE id = %s", (crashes + 1, worker, job_id))
-        cur.execute("INSERT INTO job_attempts (job_id, attempt, started_at) VALUES (%s, %s, now() - interval "
-                    "'1 minute')", (job_id, crashes + 1))
-        cur.execute("UPDATE dramatiq.queue SET state = %s WHERE message_id = (SELECT message_id FROM jobs "
-                    "WHERE id = %s)", (message_state, job_id))
+            cur.execute(
+                "INSERT INTO job_attempts (job_id, attempt, ended_at, outcome) VALUES (%s, %s, now(), 'crashed')",
+                (job_id, n),
+            )
+        cur.execute(
+            "UPDATE jobs SET status = 'RUNNING', attempts = %s, started_at = now() - interval '1 minute', "
+            "worker_id = %s WHERE id = %s",
+            (crashes + 1, worker, job_id),
+        )
+        cur.execute(
+            "INSERT INTO job_attempts (job_id, attempt, started_at) VALUES (%s, %s, now() - interval '1 minute')",
+            (job_id, crashes + 1),
+        )
+        cur.execute(
+            "UPDATE dramatiq.queue SET state = %s WHERE message_id = (SELECT message_id FROM jobs WHERE id = %s)",
+            (message_state, job_id),
+        )
 
 
 def hold_lock(database_url, message_id, queue_name):
     """A live worker's session holding the message's advisory lock, as dramatiq-pg takes it."""
     conn = psycopg2.connect(database_url)
     conn.autocommit = True
-    msg = Message(queue_name=queue_name, actor_name="evaluate_document", args=(), kwargs={}, options={},
-                  message_id=str(message_id))
+    msg = Message(
+        queue_name=queue_name,
+        actor_name="evaluate_document",
+        args=(),
+        kwargs={},
+        options={},
+        message_id=str(message_id),
+    )
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_lock(%s)", (message_lock(msg),))
     return conn
@@ -76,22 +96,28 @@ def test_reaper_requeues_the_job_of_a_killed_worker_when_no_worker_survives(db, 
     victim = start_workers(threads=1, ANTHROPIC_BASE_URL=sim.url, HEARTBEAT_INTERVAL_S=0.5)
     try:
         job_id = a_job(seeded)
-        wait_until(lambda: one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING", timeout=30,
-                   what="RUNNING")
+        wait_until(
+            lambda: one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING", timeout=30, what="RUNNING"
+        )
     finally:
         kill_group(victim, signal.SIGKILL)
         victim.wait()
     time.sleep(1.6)  # three missed beats
     assert maintenance.reap_stale_jobs()["requeued"] == 1
-    assert one(db, "SELECT status, worker_id, error_class FROM jobs WHERE id = %s", job_id) == \
-        ("PENDING", None, "WORKER_LOST")
+    assert one(db, "SELECT status, worker_id, error_class FROM jobs WHERE id = %s", job_id) == (
+        "PENDING",
+        None,
+        "WORKER_LOST",
+    )
     assert rows(db, "SELECT outcome FROM job_attempts WHERE job_id = %s", job_id) == [("crashed",)]
     assert message_of(db, job_id)[2] == "queued"
     sim.configure(latency_ms=5)
     with running_worker(broker, threads=2):
         assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
-    assert [r[0] for r in rows(db, "SELECT outcome FROM job_attempts WHERE job_id = %s ORDER BY attempt",
-                               job_id)] == ["crashed", "completed"]
+    assert [r[0] for r in rows(db, "SELECT outcome FROM job_attempts WHERE job_id = %s ORDER BY attempt", job_id)] == [
+        "crashed",
+        "completed",
+    ]
     assert one(db, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
 
 
@@ -127,7 +153,9 @@ def test_reaper_leaves_a_job_whose_worker_beats(db, seeded):
     job_id = a_job(seeded)
     running_on_a_dead_worker(db, job_id, worker="alive:7")
     with db.cursor() as cur:
-        cur.execute("INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads) VALUES ('alive:7', 'alive', 7, 1)")
+        cur.execute(
+            "INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads) VALUES ('alive:7', 'alive', 7, 1)"
+        )
     assert maintenance.reap_stale_jobs() == {"requeued": 0, "resent": 0, "failed": 0, "alive": 0}
     assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING"
 
@@ -178,7 +206,9 @@ def test_orphan_of_a_running_job_whose_worker_beats_is_left_alone(db, seeded):
     job_id = a_job(seeded)
     running_on_a_dead_worker(db, job_id, worker="alive:7")
     with db.cursor() as cur:
-        cur.execute("INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads) VALUES ('alive:7', 'alive', 7, 1)")
+        cur.execute(
+            "INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads) VALUES ('alive:7', 'alive', 7, 1)"
+        )
     assert maintenance.recover_orphans() == {"requeued": 0}
 
 
@@ -216,7 +246,9 @@ def test_a_retry_waiting_in_the_delay_queue_is_not_sent_again(db, seeded):
     a_job(seeded)
     with db.cursor() as cur:  # as the Retries middleware leaves it: same message, in the .DQ queue
         cur.execute("UPDATE dramatiq.queue SET queue_name = 'interactive.DQ'")
-        cur.execute("UPDATE jobs SET updated_at = now() - interval '1 hour', next_attempt_at = now() + interval '1 minute'")
+        cur.execute(
+            "UPDATE jobs SET updated_at = now() - interval '1 hour', next_attempt_at = now() + interval '1 minute'"
+        )
     assert maintenance.reconcile_jobs()["resent"] == 0
 
 
@@ -224,8 +256,11 @@ def test_messages_of_finished_jobs_are_retired(db, seeded, database_url):
     cancelled, held, pending = a_job(seeded), a_job(seeded), a_job(seeded)
     with db.cursor() as cur:  # cancelled behind the API's back: its message still queued
         cur.execute("UPDATE jobs SET status = 'CANCELLED' WHERE id IN (%s, %s)", (cancelled, held))
-        cur.execute("UPDATE dramatiq.queue SET state = 'consumed' WHERE message_id = (SELECT message_id FROM jobs "
-                    "WHERE id = %s)", (held,))
+        cur.execute(
+            "UPDATE dramatiq.queue SET state = 'consumed' WHERE message_id = (SELECT message_id FROM jobs "
+            "WHERE id = %s)",
+            (held,),
+        )
     message_id, queue_name, _ = message_of(db, held)
     worker_session = hold_lock(database_url, message_id, queue_name)  # a worker is skipping it right now
     try:
@@ -253,15 +288,30 @@ def test_retention_deletes_old_finished_messages_and_keeps_jobs(db, seeded):
     ages = ["8 days", "1 day", "31 days", "8 days", "60 days"]
     with db.cursor() as cur:
         for job_id, state, age in zip(jobs, states, ages):
-            cur.execute("UPDATE dramatiq.queue SET state = %s, mtime = now() - %s::interval WHERE message_id = "
-                        "(SELECT message_id FROM jobs WHERE id = %s)", (state, age, job_id))
-        cur.execute("INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, last_seen_at) VALUES "
-                    "('gone:1', 'gone', 1, 1, now() - interval '2 days')")
+            cur.execute(
+                "UPDATE dramatiq.queue SET state = %s, mtime = now() - %s::interval WHERE message_id = "
+                "(SELECT message_id FROM jobs WHERE id = %s)",
+                (state, age, job_id),
+            )
+        cur.execute(
+            "INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, last_seen_at) VALUES "
+            "('gone:1', 'gone', 1, 1, now() - interval '2 days')"
+        )
     result = maintenance.enforce_retention(batch=1)  # one row a batch: the loop is exercised
-    assert result == {"done_messages": 1, "dead_letters": 1, "relayed_outbox_rows": 0, "ticks": 0,
-                      "dead_heartbeats": 1, "expired_results": 0}
-    left = {str(r[0]): r[1] for r in rows(db, "SELECT j.id, q.state::text FROM jobs j LEFT JOIN dramatiq.queue q "
-                                              "ON q.message_id = j.message_id")}
+    assert result == {
+        "done_messages": 1,
+        "dead_letters": 1,
+        "relayed_outbox_rows": 0,
+        "ticks": 0,
+        "dead_heartbeats": 1,
+        "expired_results": 0,
+    }
+    left = {
+        str(r[0]): r[1]
+        for r in rows(
+            db, "SELECT j.id, q.state::text FROM jobs j LEFT JOIN dramatiq.queue q ON q.message_id = j.message_id"
+        )
+    }
     assert [left[j] for j in jobs] == [None, "done", None, "rejected", "queued"]  # every jobs row kept
 
 
@@ -272,14 +322,19 @@ def test_cost_roll_up_sums_tasks_by_day_agent_and_model_and_is_idempotent(db, se
     docs, agents = list(seeded.documents.values()), list(seeded.agents.values())
     jobs = [enqueue_evaluation(docs[i % len(docs)], agents[i % 2]) for i in range(4)]
     wait_for_status(db, jobs)
-    expected = rows(db, """
+    expected = rows(
+        db,
+        """
         SELECT e.agent_id, coalesce(t.model, ''), count(DISTINCT t.job_id), count(*), sum(t.input_tokens),
                sum(t.output_tokens), sum(t.price_usd)
         FROM tasks t JOIN jobs j ON j.id = t.job_id JOIN evaluations e ON e.id = j.evaluation_id
-        GROUP BY 1, 2 ORDER BY 1, 2""")
+        GROUP BY 1, 2 ORDER BY 1, 2""",
+    )
     assert expected and sum(r[6] for r in expected) > 0
-    query = ("SELECT agent_id, model, jobs, tasks, input_tokens, output_tokens, price_usd FROM cost_daily "
-             "WHERE day = (now() AT TIME ZONE 'UTC')::date ORDER BY 1, 2")
+    query = (
+        "SELECT agent_id, model, jobs, tasks, input_tokens, output_tokens, price_usd FROM cost_daily "
+        "WHERE day = (now() AT TIME ZONE 'UTC')::date ORDER BY 1, 2"
+    )
     assert maintenance.roll_up_costs()["rows"] == len(expected)
     assert rows(db, query) == expected
     maintenance.roll_up_costs()

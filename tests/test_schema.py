@@ -3,15 +3,14 @@
 import os
 import subprocess
 import sys
+import typing
 
 import anthropic
 import psycopg2.errors
-import typing
+import pytest
 
 from roastq import db as roastq_db
 from roastq.settings import DEFAULT_ANALYSIS_MODEL, Settings, SettingsError
-
-import pytest
 
 
 def test_migrate_is_idempotent(db):
@@ -19,15 +18,19 @@ def test_migrate_is_idempotent(db):
     with db.cursor() as cur:
         cur.execute("SELECT count(*) FROM schema_migrations")
         before = cur.fetchone()[0]
-        cur.execute("SELECT table_schema, table_name, column_name FROM information_schema.columns "
-                    "WHERE table_schema IN ('public', 'dramatiq') ORDER BY 1, 2, 3")
+        cur.execute(
+            "SELECT table_schema, table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema IN ('public', 'dramatiq') ORDER BY 1, 2, 3"
+        )
         columns = cur.fetchall()
     assert roastq_db.migrate() == []
     with db.cursor() as cur:
         cur.execute("SELECT count(*) FROM schema_migrations")
         assert cur.fetchone()[0] == before
-        cur.execute("SELECT table_schema, table_name, column_name FROM information_schema.columns "
-                    "WHERE table_schema IN ('public', 'dramatiq') ORDER BY 1, 2, 3")
+        cur.execute(
+            "SELECT table_schema, table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema IN ('public', 'dramatiq') ORDER BY 1, 2, 3"
+        )
         assert cur.fetchall() == columns
 
 
@@ -37,11 +40,39 @@ def test_schema_has_the_domain_tables(db):
         tables = {r[0] for r in cur.fetchall()}
         cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'")
         job_columns = {r[0] for r in cur.fetchall()}
-    assert {"documents", "document_versions", "agents", "agent_versions", "evaluations",
-            "evaluation_versions", "highlights", "comments", "tasks", "jobs", "job_attempts"} <= tables
-    assert {"id", "evaluation_id", "document_version_id", "agent_version_id", "status", "queue", "attempts",
-            "error_class", "error", "created_at", "started_at", "completed_at", "updated_at", "duration_s",
-            "price_usd", "original_job_id", "evaluation_version_id", "message_id"} <= job_columns
+    assert {
+        "documents",
+        "document_versions",
+        "agents",
+        "agent_versions",
+        "evaluations",
+        "evaluation_versions",
+        "highlights",
+        "comments",
+        "tasks",
+        "jobs",
+        "job_attempts",
+    } <= tables
+    assert {
+        "id",
+        "evaluation_id",
+        "document_version_id",
+        "agent_version_id",
+        "status",
+        "queue",
+        "attempts",
+        "error_class",
+        "error",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "updated_at",
+        "duration_s",
+        "price_usd",
+        "original_job_id",
+        "evaluation_version_id",
+        "message_id",
+    } <= job_columns
 
 
 def test_job_status_is_constrained(db, seeded):

@@ -9,10 +9,10 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from helpers import one, start_workers, wait_for_status, wait_until
-from roastq.api import enqueue_evaluation
 from sentry_receiver import SentryReceiver
+
+from roastq.api import enqueue_evaluation
 
 ROOT = Path(__file__).resolve().parent.parent
 DSN_KEY = "0123456789abcdef0123456789abcdef"
@@ -64,7 +64,11 @@ def test_a_job_retried_until_it_fails_is_one_event_with_its_attempts_as_breadcru
     event = events[0]
     tags = event["tags"]
     assert {k: tags[k] for k in ("actor", "queue", "error_class", "attempt")} == {
-        "actor": "evaluate_document", "queue": "interactive", "error_class": "UPSTREAM", "attempt": "5"}
+        "actor": "evaluate_document",
+        "queue": "interactive",
+        "error_class": "UPSTREAM",
+        "attempt": "5",
+    }
     assert tags["agent_id"] == str(simple_agent(db))
     assert event["fingerprint"] == ["roastq", "evaluate_document", "UPSTREAM"]
     assert event["level"] == "error"
@@ -118,9 +122,12 @@ def test_events_carry_no_api_key_dsn_password_or_document_text(db, seeded, worke
         assert secret not in raw
     leaked = [c for c in event["breadcrumbs"]["values"] if c.get("category") == "some.library"]
     assert leaked and "***" in leaked[0]["message"]  # the line arrived, scrubbed
-    content = one(db, "SELECT dv.content FROM jobs j JOIN document_versions dv ON dv.id = j.document_version_id "
-                      "WHERE j.id = %s", job_id)
-    windows = {content[i:i + 40] for i in range(0, max(1, len(content) - 40), 20)}
+    content = one(
+        db,
+        "SELECT dv.content FROM jobs j JOIN document_versions dv ON dv.id = j.document_version_id WHERE j.id = %s",
+        job_id,
+    )
+    windows = {content[i : i + 40] for i in range(0, max(1, len(content) - 40), 20)}
     assert not [w for w in windows if w in raw], "document text in a Sentry event"
     frames = [f for exc in event["exception"]["values"] for f in exc.get("stacktrace", {}).get("frames", [])]
     assert frames and not [f for f in frames if "vars" in f]
@@ -193,8 +200,14 @@ def test_scrubbing_removes_secrets_locals_and_bodies_from_any_event():
     event = {
         "request": {"data": "the whole document"},
         "message": "Authorization: Bearer abc.def.ghi and sk-ant-api03-secretsecret",
-        "exception": {"values": [{"value": "x-api-key: sk-live-123456789",
-                                  "stacktrace": {"frames": [{"function": "f", "vars": {"content": "doc"}}]}}]},
+        "exception": {
+            "values": [
+                {
+                    "value": "x-api-key: sk-live-123456789",
+                    "stacktrace": {"frames": [{"function": "f", "vars": {"content": "doc"}}]},
+                }
+            ]
+        },
         "extra": {"argv": ["dramatiq", "postgresql://u:pw123456@h/db"], "long": "x" * 5000},
     }
     out = s.before_send(event, {})
@@ -219,8 +232,17 @@ def test_a_cancelled_job_sends_nothing_and_a_rejected_message_one_event(db, seed
     assert flushed_events(sentry_rx) == []
 
     message = actors.evaluate_document.send("not-a-job-id")
-    wait_until(lambda: one(db, "SELECT state::text FROM dramatiq.queue WHERE message_id = %s",
-                           message.message_id) == "rejected", timeout=10, what="the message rejected")
+    wait_until(
+        lambda: (
+            one(db, "SELECT state::text FROM dramatiq.queue WHERE message_id = %s", message.message_id) == "rejected"
+        ),
+        timeout=10,
+        what="the message rejected",
+    )
     [event] = flushed_events(sentry_rx, 1)
-    assert (event["tags"]["error_class"], event["tags"]["actor"], event["level"]) == ("INPUT", "evaluate_document", "error")
+    assert (event["tags"]["error_class"], event["tags"]["actor"], event["level"]) == (
+        "INPUT",
+        "evaluate_document",
+        "error",
+    )
     assert event["contexts"]["job"]["message_id"] == message.message_id

@@ -1,4 +1,5 @@
 """The Claude simulator, exercised over HTTP with the real anthropic SDK (no mocks)."""
+
 from __future__ import annotations
 
 import json
@@ -37,24 +38,28 @@ SCHEMA = {
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
         "publishable": {"type": "boolean"},
         "comments": {
-            "type": "array", "minItems": 2, "maxItems": 6,
+            "type": "array",
+            "minItems": 2,
+            "maxItems": 6,
             "items": {"$ref": "#/$defs/Comment"},
         },
     },
     "required": ["summary", "grade", "confidence", "publishable", "comments"],
-    "$defs": {"Comment": {
-        "type": "object",
-        "properties": {
-            "title": {"type": "string"},
-            "description": {"type": "string"},
-            "quoted_text": {"type": "string"},
-            "start_line": {"type": "integer", "minimum": 1},
-            "end_line": {"type": "integer", "minimum": 1},
-            "importance": {"type": "integer", "minimum": 1, "maximum": 10},
-            "severity": {"enum": ["low", "medium", "high"]},
-        },
-        "required": ["title", "description", "quoted_text", "start_line", "end_line", "importance", "severity"],
-    }},
+    "$defs": {
+        "Comment": {
+            "type": "object",
+            "properties": {
+                "title": {"type": "string"},
+                "description": {"type": "string"},
+                "quoted_text": {"type": "string"},
+                "start_line": {"type": "integer", "minimum": 1},
+                "end_line": {"type": "integer", "minimum": 1},
+                "importance": {"type": "integer", "minimum": 1, "maximum": 10},
+                "severity": {"enum": ["low", "medium", "high"]},
+            },
+            "required": ["title", "description", "quoted_text", "start_line", "end_line", "importance", "severity"],
+        }
+    },
 }
 TOOL = {"name": "submit_review", "description": "Submit the review.", "input_schema": SCHEMA}
 FAST = SimConfig(latency_ms=1, jitter_ms=0)
@@ -68,8 +73,7 @@ def validate(schema: dict, value, root: dict | None = None, path: str = "$") -> 
     if "enum" in schema:
         return [] if value in schema["enum"] else [f"{path}: {value!r} not in enum"]
     kind = schema.get("type")
-    checks = {"object": dict, "array": list, "string": str, "boolean": bool,
-              "integer": int, "number": (int, float)}
+    checks = {"object": dict, "array": list, "string": str, "boolean": bool, "integer": int, "number": (int, float)}
     if kind in checks and (not isinstance(value, checks[kind]) or (kind != "boolean" and isinstance(value, bool))):
         return [f"{path}: expected {kind}, got {value!r}"]
     errors = []
@@ -107,14 +111,19 @@ def client(sim):
 
 def review(client, note: str = "", **kw):
     return client.messages.create(
-        model="claude-sonnet-4-6", max_tokens=4000, tools=[TOOL],
+        model="claude-sonnet-4-6",
+        max_tokens=4000,
+        tools=[TOOL],
         tool_choice={"type": "tool", "name": "submit_review"},
-        messages=[{"role": "user", "content": f"Review this.\n<document>\n{DOCUMENT}\n</document>\n{note}"}], **kw)
+        messages=[{"role": "user", "content": f"Review this.\n<document>\n{DOCUMENT}\n</document>\n{note}"}],
+        **kw,
+    )
 
 
 def simple(client, text: str = "hello", **kw):
-    return client.messages.create(model="claude-haiku-4-5", max_tokens=100,
-                                  messages=[{"role": "user", "content": text}], **kw)
+    return client.messages.create(
+        model="claude-haiku-4-5", max_tokens=100, messages=[{"role": "user", "content": text}], **kw
+    )
 
 
 def get_json(url: str, data: dict | None = None):
@@ -154,10 +163,10 @@ class Highlight(pydantic.BaseModel):
 class Evaluation(pydantic.BaseModel):
     grade: float = pydantic.Field(gt=0, le=100)
     tags: list[str] = pydantic.Field(min_length=1, max_length=3)
-    verdict: "Literal['accept', 'reject'] | None"
+    verdict: Literal["accept", "reject"] | None
     highlights: list[Highlight]
     quotes: list[str]
-    version: "Literal[2]" = 2
+    version: Literal[2] = 2
 
 
 def test_pydantic_generated_schema_round_trips(client):
@@ -165,8 +174,12 @@ def test_pydantic_generated_schema_round_trips(client):
     tool = {"name": "evaluate", "input_schema": Evaluation.model_json_schema()}
     for i in range(15):
         msg = client.messages.create(
-            model="claude-sonnet-4-6", max_tokens=2000, tools=[tool], tool_choice={"type": "tool", "name": "evaluate"},
-            messages=[{"role": "user", "content": f"<document>\n{DOCUMENT}\n</document> {i}"}])
+            model="claude-sonnet-4-6",
+            max_tokens=2000,
+            tools=[tool],
+            tool_choice={"type": "tool", "name": "evaluate"},
+            messages=[{"role": "user", "content": f"<document>\n{DOCUMENT}\n</document> {i}"}],
+        )
         evaluation = Evaluation.model_validate(msg.content[0].input)
         for quote in evaluation.quotes + [h.quoted_text for h in evaluation.highlights]:
             assert any(norm(quote) in norm(line) for line in DOC_LINES), quote
@@ -185,7 +198,8 @@ def test_text_answer_and_usage(client, sim):
 
 def test_response_headers(client):
     raw = client.messages.with_raw_response.create(
-        model="claude-sonnet-4-6", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        model="claude-sonnet-4-6", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["request-id"].startswith("req_")
     for kind in ("requests", "input-tokens", "output-tokens"):
         for part in ("limit", "remaining", "reset"):
@@ -194,18 +208,21 @@ def test_response_headers(client):
     assert raw.parse().content[0].type == "text"
 
 
-@pytest.mark.parametrize("kind, exc", [
-    ("rate_limit", anthropic.RateLimitError),
-    ("spend_limit", anthropic.EnforcedSpendLimitReachedError),
-    ("overloaded", anthropic.OverloadedError),
-    ("server_error", anthropic.InternalServerError),
-    ("invalid_request", anthropic.BadRequestError),
-    ("auth", anthropic.AuthenticationError),
-    ("permission", anthropic.PermissionDeniedError),
-    ("drop", anthropic.APIConnectionError),
-    # a 200 with a truncated JSON body: the SDK does not wrap the decode error
-    ("malformed", json.JSONDecodeError),
-])
+@pytest.mark.parametrize(
+    "kind, exc",
+    [
+        ("rate_limit", anthropic.RateLimitError),
+        ("spend_limit", anthropic.EnforcedSpendLimitReachedError),
+        ("overloaded", anthropic.OverloadedError),
+        ("server_error", anthropic.InternalServerError),
+        ("invalid_request", anthropic.BadRequestError),
+        ("auth", anthropic.AuthenticationError),
+        ("permission", anthropic.PermissionDeniedError),
+        ("drop", anthropic.APIConnectionError),
+        # a 200 with a truncated JSON body: the SDK does not wrap the decode error
+        ("malformed", json.JSONDecodeError),
+    ],
+)
 def test_fault_kinds_raise_sdk_exceptions(client, sim, kind, exc):
     sim.configure(retry_after_s=2.5)
     sim.script(kind)
@@ -282,7 +299,8 @@ def test_rpm_limit(client, sim):
     sim.configure(rpm_limit=3)
     for remaining in ("2", "1", "0"):
         raw = client.messages.with_raw_response.create(
-            model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+            model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+        )
         assert raw.headers["anthropic-ratelimit-requests-limit"] == "3"
         assert raw.headers["anthropic-ratelimit-requests-remaining"] == remaining
     with pytest.raises(anthropic.RateLimitError) as info:
@@ -302,8 +320,9 @@ def test_prompt_caching_reports_creation_then_read(client):
     assert second.cache_creation_input_tokens == 0
     assert first.input_tokens == 2 and second.input_tokens == 5  # only the uncached suffix
     tool = {**TOOL, "cache_control": {"type": "ephemeral"}}  # tools come first in the prefix
-    usage = client.messages.create(model="m", max_tokens=9, tools=[tool], system=system,
-                                   messages=[{"role": "user", "content": "hi"}]).usage
+    usage = client.messages.create(
+        model="m", max_tokens=9, tools=[tool], system=system, messages=[{"role": "user", "content": "hi"}]
+    ).usage
     assert usage.cache_read_input_tokens == 0 and usage.cache_creation_input_tokens > first.cache_creation_input_tokens
 
 
@@ -332,8 +351,18 @@ def test_http_control_endpoints_and_job_headers(client, sim):
     log = get_json(f"{sim.url}/_sim/requests")
     assert [e["seq"] for e in log] == [1, 2] and log == sim.requests()
     assert {(e["job_id"], e["attempt"], e["step"]) for e in log} == {("job-42", "3", "highlights")}
-    assert set(log[1]) >= {"time", "model", "tool", "kind", "status", "retry_after_s", "input_tokens", "output_tokens",
-                           "cache_read_input_tokens", "cache_creation_input_tokens"}
+    assert set(log[1]) >= {
+        "time",
+        "model",
+        "tool",
+        "kind",
+        "status",
+        "retry_after_s",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+    }
     get_json(f"{sim.url}/_sim/reset", {})
     assert sim.stats()["requests"] == 0 and sim.requests() == []
     for path, data in (("/_sim/script", {"kinds": ["nope"]}), ("/_sim/config", {"bogus": 1})):
@@ -350,8 +379,10 @@ def test_requests_the_real_api_would_reject_get_a_400(sim):
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(req, timeout=5)
     body = json.load(info.value)
-    assert info.value.code == 400 and body["error"] == {"type": "invalid_request_error",
-                                                        "message": "max_tokens: Field required"}
+    assert info.value.code == 400 and body["error"] == {
+        "type": "invalid_request_error",
+        "message": "max_tokens: Field required",
+    }
 
 
 def test_config_validation(sim):
@@ -376,8 +407,23 @@ def test_concurrent_requests_are_not_serialised(sim):
 
 
 def test_cli_serves_until_sigterm():
-    proc = subprocess.Popen([sys.executable, "-m", "roastq.simulator.server", "--port", "0", "--latency-ms", "1",
-                             "--jitter-ms", "0", "--seed", "3"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "roastq.simulator.server",
+            "--port",
+            "0",
+            "--latency-ms",
+            "1",
+            "--jitter-ms",
+            "0",
+            "--seed",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line: list[str] = []
         reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
@@ -401,27 +447,54 @@ def test_cli_serves_until_sigterm():
 def strict_review(client, note: str = "", **kw):
     tool = {**TOOL, "strict": True, "input_schema": anthropic.transform_schema(SCHEMA)}
     return client.messages.create(
-        model="claude-sonnet-4-6", max_tokens=4000, tools=[tool], tool_choice={"type": "tool", "name": TOOL["name"]},
-        messages=[{"role": "user", "content": f"Review this.\n<document>\n{DOCUMENT}\n</document>\n{note}"}], **kw)
+        model="claude-sonnet-4-6",
+        max_tokens=4000,
+        tools=[tool],
+        tool_choice={"type": "tool", "name": TOOL["name"]},
+        messages=[{"role": "user", "content": f"Review this.\n<document>\n{DOCUMENT}\n</document>\n{note}"}],
+        **kw,
+    )
 
 
-@pytest.mark.parametrize("keyword,schema", [
-    ("maxLength", {"type": "object", "properties": {"a": {"type": "string", "maxLength": 5}},
-                   "additionalProperties": False}),
-    ("minimum", {"type": "object", "properties": {"a": {"type": "integer", "minimum": 1}},
-                 "additionalProperties": False}),
-    ("maxItems", {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}, "maxItems": 3}},
-                  "additionalProperties": False}),
-    ("additionalProperties", {"type": "object", "properties": {"a": {"type": "string"}}}),
-])
+@pytest.mark.parametrize(
+    "keyword,schema",
+    [
+        (
+            "maxLength",
+            {"type": "object", "properties": {"a": {"type": "string", "maxLength": 5}}, "additionalProperties": False},
+        ),
+        (
+            "minimum",
+            {"type": "object", "properties": {"a": {"type": "integer", "minimum": 1}}, "additionalProperties": False},
+        ),
+        (
+            "maxItems",
+            {
+                "type": "object",
+                "properties": {"a": {"type": "array", "items": {"type": "string"}, "maxItems": 3}},
+                "additionalProperties": False,
+            },
+        ),
+        ("additionalProperties", {"type": "object", "properties": {"a": {"type": "string"}}}),
+    ],
+)
 def test_a_strict_tool_with_a_keyword_the_grammar_does_not_take_is_a_400(client, keyword, schema):
     with pytest.raises(anthropic.BadRequestError, match=keyword):
-        client.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=[{"role": "user", "content": "x"}],
-                               tools=[{"name": "t", "input_schema": schema, "strict": True}],
-                               tool_choice={"type": "tool", "name": "t"})
+        client.messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "x"}],
+            tools=[{"name": "t", "input_schema": schema, "strict": True}],
+            tool_choice={"type": "tool", "name": "t"},
+        )
     # The same schema without strict is taken.
-    client.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=[{"role": "user", "content": "x"}],
-                           tools=[{"name": "t", "input_schema": schema}], tool_choice={"type": "tool", "name": "t"})
+    client.messages.create(
+        model="claude-sonnet-4-6",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "x"}],
+        tools=[{"name": "t", "input_schema": schema}],
+        tool_choice={"type": "tool", "name": "t"},
+    )
 
 
 def test_strict_answers_keep_the_shape_and_read_bounds_from_descriptions(sim, client):
@@ -433,8 +506,11 @@ def test_strict_answers_keep_the_shape_and_read_bounds_from_descriptions(sim, cl
         value = strict_review(client, note=f"take {i}").content
         if value[0].type != "tool_use":
             continue  # a refusal
-        shape = [e for e in validate(anthropic.transform_schema(SCHEMA), value[0].input) if "out of range" not in e
-                 and "items" not in e]
+        shape = [
+            e
+            for e in validate(anthropic.transform_schema(SCHEMA), value[0].input)
+            if "out of range" not in e and "items" not in e
+        ]
         assert shape == [], shape  # only bounds broken, never the shape
     kinds = set(sim.stats()["by_sloppy_kind"])
     assert kinds and not kinds & {"string_number", "unknown_enum", "extra_property", "missing_required", "wrong_type"}
@@ -444,12 +520,22 @@ def test_sloppiness_breaks_non_strict_answers_in_every_way_and_is_deterministic(
     sim.configure(sloppiness=1.0, seed=5)
     first = [review(client, note=f"take {i}").model_dump(exclude={"id"}) for i in range(80)]
     kinds = set(sim.stats()["by_sloppy_kind"])
-    assert kinds >= {"out_of_range", "string_number", "unknown_enum", "extra_property",
-                     "missing_required", "wrong_type", "altered_quote", "lines_off", "absent_quote"}
+    assert kinds >= {
+        "out_of_range",
+        "string_number",
+        "unknown_enum",
+        "extra_property",
+        "missing_required",
+        "wrong_type",
+        "altered_quote",
+        "lines_off",
+        "absent_quote",
+    }
     again = [review(client, note=f"take {i}").model_dump(exclude={"id"}) for i in range(80)]
 
     def strip_ids(m):
         return [{k: v for k, v in b.items() if k != "id"} for b in m["content"]]
+
     assert [strip_ids(m) for m in first] == [strip_ids(m) for m in again]  # same seed and request, same answer
 
 
@@ -467,13 +553,18 @@ def test_sloppiness_zero_changes_nothing_underneath(sim, client):
         if isinstance(value, list):
             return [known(v, w) for v, w in zip(value, like)]
         return value
+
     assert sloppy != tidy and known(sloppy, tidy) == tidy
 
 
 def test_answers_are_cut_at_max_tokens(client):
     r = client.messages.create(
-        model="claude-sonnet-4-6", max_tokens=60, tools=[TOOL], tool_choice={"type": "tool", "name": "submit_review"},
-        messages=[{"role": "user", "content": f"Review this.\n<document>\n{DOCUMENT}\n</document>"}])
+        model="claude-sonnet-4-6",
+        max_tokens=60,
+        tools=[TOOL],
+        tool_choice={"type": "tool", "name": "submit_review"},
+        messages=[{"role": "user", "content": f"Review this.\n<document>\n{DOCUMENT}\n</document>"}],
+    )
     assert r.stop_reason == "max_tokens" and r.usage.output_tokens == 60
     assert r.content[0].type == "tool_use" and validate(SCHEMA, r.content[0].input)  # incomplete
 
@@ -486,8 +577,11 @@ def test_refusal(sim, client):
 
 
 def test_count_tokens_is_free_and_agrees_with_the_bill(sim, client):
-    args = dict(model="claude-sonnet-4-6", tools=[TOOL],
-                messages=[{"role": "user", "content": f"<document>\n{DOCUMENT}\n</document>"}])
+    args = dict(
+        model="claude-sonnet-4-6",
+        tools=[TOOL],
+        messages=[{"role": "user", "content": f"<document>\n{DOCUMENT}\n</document>"}],
+    )
     counted = client.messages.count_tokens(**args).input_tokens
     billed = client.messages.create(max_tokens=4000, tool_choice={"type": "tool", "name": TOOL["name"]}, **args)
     assert counted == billed.usage.input_tokens

@@ -10,8 +10,13 @@ import pytest
 from roastq.simulator.server import SimConfig, Simulator
 
 TOOL = {"name": "t", "input_schema": {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}}
-PARAMS = dict(model="claude-sonnet-5-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}], tools=[TOOL],
-              tool_choice={"type": "tool", "name": "t"})
+PARAMS = dict(
+    model="claude-sonnet-5-5",
+    max_tokens=100,
+    messages=[{"role": "user", "content": "hi"}],
+    tools=[TOOL],
+    tool_choice={"type": "tool", "name": "t"},
+)
 
 
 @pytest.fixture
@@ -46,17 +51,20 @@ def test_a_batch_is_processing_then_ends_with_counts_and_results(sdk):
         assert result.message.usage.input_tokens > 0
 
 
-@pytest.mark.parametrize("outcome, error_type, sdk_error", [
-    ("errored:overloaded", "overloaded_error", anthropic.OverloadedError),
-    ("errored:server_error", "api_error", anthropic.InternalServerError),
-    ("errored:rate_limit", "rate_limit_error", anthropic.RateLimitError),
-    ("errored:invalid_request", "invalid_request_error", anthropic.BadRequestError),
-    ("errored:auth", "authentication_error", anthropic.AuthenticationError),
-    ("errored:permission", "permission_error", anthropic.PermissionDeniedError),
-    ("errored:not_found", "not_found_error", anthropic.NotFoundError),
-    ("errored:billing", "billing_error", anthropic.APIStatusError),
-    ("errored:timeout", "timeout_error", anthropic.APIStatusError),
-])
+@pytest.mark.parametrize(
+    "outcome, error_type, sdk_error",
+    [
+        ("errored:overloaded", "overloaded_error", anthropic.OverloadedError),
+        ("errored:server_error", "api_error", anthropic.InternalServerError),
+        ("errored:rate_limit", "rate_limit_error", anthropic.RateLimitError),
+        ("errored:invalid_request", "invalid_request_error", anthropic.BadRequestError),
+        ("errored:auth", "authentication_error", anthropic.AuthenticationError),
+        ("errored:permission", "permission_error", anthropic.PermissionDeniedError),
+        ("errored:not_found", "not_found_error", anthropic.NotFoundError),
+        ("errored:billing", "billing_error", anthropic.APIStatusError),
+        ("errored:timeout", "timeout_error", anthropic.APIStatusError),
+    ],
+)
 def test_every_error_type_comes_as_an_errored_result_that_maps_to_the_sdk_class(sdk, outcome, error_type, sdk_error):
     from roastq.llm.batch import result_error
 
@@ -98,8 +106,9 @@ def test_expiry_cancel_list_and_delete(sdk):
 def test_bad_custom_ids_are_refused(sdk):
     _, client = sdk
     with pytest.raises(anthropic.BadRequestError):
-        client.messages.batches.create(requests=[{"custom_id": "a", "params": PARAMS}, {"custom_id": "a",
-                                                                                         "params": PARAMS}])
+        client.messages.batches.create(
+            requests=[{"custom_id": "a", "params": PARAMS}, {"custom_id": "a", "params": PARAMS}]
+        )
     with pytest.raises(anthropic.BadRequestError):
         client.messages.batches.create(requests=[{"custom_id": "not ok!", "params": PARAMS}])
 

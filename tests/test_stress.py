@@ -13,7 +13,6 @@ consumers seldom rescan, did not in these runs, so it is not run here as an expe
 """
 
 import pytest
-
 import stress
 
 pytestmark = pytest.mark.postgres_broker

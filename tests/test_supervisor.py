@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import kill_all, one, wait_for_status, wait_until
+
 from roastq.api import enqueue_evaluation
 
 pytestmark = pytest.mark.postgres_broker
@@ -28,14 +28,22 @@ def test_roastq_up_restarts_its_pool_when_a_worker_is_killed_and_the_job_runs_ag
     env = dict(os.environ, PYTHONUNBUFFERED="1", METRICS_PORT="0", RECOVERY_INTERVAL_S="1", LOG_FORMAT="json")
     env.pop("ANTHROPIC_BASE_URL", None)  # `up` starts its own simulator (600 ms a call: the job runs a while)
     log = open(tmp_path / "up.log", "wb")
-    up = subprocess.Popen([sys.executable, "-m", "roastq.cli.main", "up", "--processes", "1", "--threads", "2"],
-                          env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "roastq.cli.main", "up", "--processes", "1", "--threads", "2"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_until(lambda: live_worker_pids(db), timeout=60, what="the pool to start")
         agent = one(db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NULL LIMIT 1")
         job_id = enqueue_evaluation(next(iter(seeded.documents.values())), agent)
-        wait_until(lambda: one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING", timeout=60,
-                   what="the job to run")
+        wait_until(
+            lambda: one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING",
+            timeout=60,
+            what="the job to run",
+        )
         victim = int(one(db, "SELECT worker_id FROM jobs WHERE id = %s", job_id).rsplit(":", 1)[1])
         os.kill(victim, signal.SIGKILL)  # the OOM killer
         wait_until(lambda: live_worker_pids(db) - {victim}, timeout=60, what="a new worker process")

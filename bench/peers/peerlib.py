@@ -27,8 +27,9 @@ import sys
 import threading
 import time
 
-A_JOBS, E_JOBS, B_JOBS, C_JOBS = (int(os.environ.get(f"PEER_{w}_JOBS", d))
-                                  for w, d in (("A", 5000), ("E", 5000), ("B", 200), ("C", 600)))
+A_JOBS, E_JOBS, B_JOBS, C_JOBS = (
+    int(os.environ.get(f"PEER_{w}_JOBS", d)) for w, d in (("A", 5000), ("E", 5000), ("B", 200), ("C", 600))
+)
 B_GAP_S, C_WAIT_S = 0.02, 1.0
 
 _sock = None
@@ -109,9 +110,9 @@ class System:
 
     name = "?"
 
-    def setup(self) -> None: ...                       # a fresh database with the system's schema
-    def enqueue_batch(self, n: int) -> None: ...       # n no-op jobs (or C's waiting jobs) at once
-    def enqueue_one(self) -> str: ...                  # one job; return its tag
+    def setup(self) -> None: ...  # a fresh database with the system's schema
+    def enqueue_batch(self, n: int) -> None: ...  # n no-op jobs (or C's waiting jobs) at once
+    def enqueue_one(self) -> str: ...  # one job; return its tag
     def start_worker(self, concurrency: int, wait_s: float, probe_at: str, port: int): ...
     def stop_worker(self, worker) -> None: ...
     def close(self) -> None: ...

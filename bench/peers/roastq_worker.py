@@ -16,8 +16,9 @@ from pathlib import Path
 import dramatiq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import actors  # noqa: E402
 from peerlib import probe  # noqa: E402
+
+import actors  # noqa: E402
 from roastq import db  # noqa: E402
 from roastq.jobctx import current_job  # noqa: E402
 

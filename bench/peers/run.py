@@ -28,14 +28,27 @@ PEER_PACKAGES = ["pgqueuer==1.6.0", "procrastinate==3.10.0", "psycopg[binary]==3
 
 SYSTEMS = {  # key: (label, command)
     "jobs": ("roastq jobs (full stack, default logs)", [sys.executable, str(HERE / "sys_dramatiq.py"), "jobs"]),
-    "plain": ("roastq plain (our broker + middleware, no job rows)", [sys.executable, str(HERE / "sys_dramatiq.py"), "plain"]),
+    "plain": (
+        "roastq plain (our broker + middleware, no job rows)",
+        [sys.executable, str(HERE / "sys_dramatiq.py"), "plain"],
+    ),
     "stock": ("stock dramatiq-pg 0.12 (no job rows)", [sys.executable, str(HERE / "sys_dramatiq.py"), "stock"]),
-    "procrastinate": ("procrastinate 3.10 (PyPI)", [str(PEER_VENV / "bin" / "python"), str(HERE / "sys_procrastinate.py")]),
+    "procrastinate": (
+        "procrastinate 3.10 (PyPI)",
+        [str(PEER_VENV / "bin" / "python"), str(HERE / "sys_procrastinate.py")],
+    ),
     "pgqueuer": ("pgqueuer 1.6 (PyPI)", [str(PEER_VENV / "bin" / "python"), str(HERE / "sys_pgqueuer.py")]),
 }
-COLUMNS = [("a_per_s", "A drain/s", "{:,.0f}"), ("a_steady_per_s", "A steady/s", "{:,.0f}"),
-           ("e_per_s", "E 1-by-1/s", "{:,.0f}"), ("b_p50_ms", "B p50 ms", "{:.1f}"), ("b_p99_ms", "B p99 ms", "{:.1f}"),
-           ("c_ratio", "C@100", "{:.3f}"), ("c500_ratio", "C@500", "{:.3f}"), ("rss_mib", "RSS MiB", "{:.0f}")]
+COLUMNS = [
+    ("a_per_s", "A drain/s", "{:,.0f}"),
+    ("a_steady_per_s", "A steady/s", "{:,.0f}"),
+    ("e_per_s", "E 1-by-1/s", "{:,.0f}"),
+    ("b_p50_ms", "B p50 ms", "{:.1f}"),
+    ("b_p99_ms", "B p99 ms", "{:.1f}"),
+    ("c_ratio", "C@100", "{:.3f}"),
+    ("c500_ratio", "C@500", "{:.3f}"),
+    ("rss_mib", "RSS MiB", "{:.0f}"),
+]
 
 
 def ensure_peer_venv() -> None:
@@ -44,8 +57,18 @@ def ensure_peer_venv() -> None:
         return
     print(f"# installing the peers into {PEER_VENV} (not the project's venv)", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
-    subprocess.run([str(PEER_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    *PEER_PACKAGES], check=True)
+    subprocess.run(
+        [
+            str(PEER_VENV / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            *PEER_PACKAGES,
+        ],
+        check=True,
+    )
     stamp.write_text(" ".join(PEER_PACKAGES))
 
 
@@ -64,8 +87,11 @@ def main() -> int:
     if any(s in ("pgqueuer", "procrastinate") for s in systems):
         ensure_peer_venv()
     (ROOT / ".roastq" / "bench").mkdir(parents=True, exist_ok=True)
-    print(f"# peers: {os.cpu_count()} cores, load average {load()} at start; "
-          f"{args.reps} reps of {args.workloads} a system", flush=True)
+    print(
+        f"# peers: {os.cpu_count()} cores, load average {load()} at start; "
+        f"{args.reps} reps of {args.workloads} a system",
+        flush=True,
+    )
     runs: dict[str, list[dict]] = {s: [] for s in systems}
     started = time.monotonic()
     for rep in range(args.reps):
@@ -80,16 +106,19 @@ def main() -> int:
             runs[key].append(result)
             print(f"# rep {rep + 1} {key}: {json.dumps(result)}", flush=True)
     Path(args.out).write_text(json.dumps(runs, indent=1))
-    print(f"\n# medians of {args.reps} reps; load average {load()} at the end; "
-          f"{time.monotonic() - started:.0f} s in all\n")
+    print(
+        f"\n# medians of {args.reps} reps; load average {load()} at the end; "
+        f"{time.monotonic() - started:.0f} s in all\n"
+    )
     header = "| system | " + " | ".join(c[1] for c in COLUMNS) + " |"
     print(header)
     print("|---|" + "---:|" * len(COLUMNS))
     medians = {}
     for key in systems:
         medians[key] = {c[0]: median([r.get(c[0]) for r in runs[key]]) for c in COLUMNS}
-        cells = [("–" if medians[key][c[0]] != medians[key][c[0]] else c[2].format(medians[key][c[0]]))
-                 for c in COLUMNS]
+        cells = [
+            ("–" if medians[key][c[0]] != medians[key][c[0]] else c[2].format(medians[key][c[0]])) for c in COLUMNS
+        ]
         print(f"| {SYSTEMS[key][0]} | " + " | ".join(cells) + " |")
     if "jobs" in medians:
         base = medians["jobs"]
@@ -97,8 +126,10 @@ def main() -> int:
         for key in systems:
             m = medians[key]
             if key != "jobs" and m["a_per_s"] == m["a_per_s"]:
-                print(f"#   {key}: A {base['a_per_s'] / m['a_per_s']:.2f}, E {base['e_per_s'] / m['e_per_s']:.2f}, "
-                      f"B p50 {base['b_p50_ms'] / m['b_p50_ms']:.2f}, C {base['c_ratio'] / m['c_ratio']:.2f}")
+                print(
+                    f"#   {key}: A {base['a_per_s'] / m['a_per_s']:.2f}, E {base['e_per_s'] / m['e_per_s']:.2f}, "
+                    f"B p50 {base['b_p50_ms'] / m['b_p50_ms']:.2f}, C {base['c_ratio'] / m['c_ratio']:.2f}"
+                )
     return 0
 
 

@@ -18,8 +18,9 @@ from peerlib import probe  # noqa: E402
 PROBE_AT = os.environ.get("PEER_PROBE_AT", "end")
 WAIT_S = float(os.environ.get("PEER_WAIT_S", "0"))
 
-broker = PostgresBroker(url=os.environ["DATABASE_URL"],
-                        middleware=[m() for m in default_middleware if m is not Prometheus])
+broker = PostgresBroker(
+    url=os.environ["DATABASE_URL"], middleware=[m() for m in default_middleware if m is not Prometheus]
+)
 dramatiq.set_broker(broker)
 
 

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -77,7 +76,6 @@ class Dramatiq(peerlib.System):
 
             (self.doc,), self.agent = seed_minimal(self.conn)
 
-
     def setup(self):
         with self.conn.cursor() as cur:
             if self.mode == "jobs":
@@ -92,23 +90,30 @@ class Dramatiq(peerlib.System):
         """n finished jobs (with their attempt and their done message) already in the tables, as
         after weeks of work within the retention (the growth run of issue 14, item 5)."""
         message = self.actor.message("00000000-0000-0000-0000-000000000000").encode().decode()
-        cur.execute("INSERT INTO evaluations (document_id, agent_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                    (self.doc, self.agent))
+        cur.execute(
+            "INSERT INTO evaluations (document_id, agent_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (self.doc, self.agent),
+        )
         cur.execute("SET session_replication_role = replica")  # no foreign-key checks for the fill
-        cur.execute("""
+        cur.execute(
+            """
             WITH e AS (SELECT id FROM evaluations LIMIT 1),
             dv AS (SELECT id FROM document_versions LIMIT 1), av AS (SELECT id FROM agent_versions LIMIT 1)
             INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, status, queue, attempts,
                               created_at, started_at, completed_at, updated_at, duration_s, message_id)
             SELECT gen_random_uuid(), e.id, dv.id, av.id, 'COMPLETED', 'batch', 1, t, t, t, t, 0.01, gen_random_uuid()
             FROM e, dv, av, generate_series(1, %(n)s) AS g,
-                 LATERAL (SELECT now() - make_interval(secs => g * 0.5) AS t) AS ts""", {"n": n})
+                 LATERAL (SELECT now() - make_interval(secs => g * 0.5) AS t) AS ts""",
+            {"n": n},
+        )
         cur.execute("""INSERT INTO job_attempts (job_id, attempt, message_id, started_at, ended_at, outcome)
                        SELECT id, 1, message_id, started_at, completed_at, 'completed' FROM jobs""")
-        cur.execute("""INSERT INTO dramatiq.queue (queue_name, message_id, "state", mtime, message)
-                       SELECT 'batch', message_id, 'done', completed_at, %(m)s::jsonb FROM jobs""", {"m": message})
+        cur.execute(
+            """INSERT INTO dramatiq.queue (queue_name, message_id, "state", mtime, message)
+                       SELECT 'batch', message_id, 'done', completed_at, %(m)s::jsonb FROM jobs""",
+            {"m": message},
+        )
         cur.execute("SET session_replication_role = DEFAULT")
-
 
     def enqueue_one(self) -> str:
         if self.mode == "jobs":
@@ -130,8 +135,14 @@ class Dramatiq(peerlib.System):
         from roastq.db import Q
 
         with self.conn.cursor() as cur:
-            cur.execute(Q.enqueue_messages, {"queues": ["peer"] * n, "message_ids": [m.message_id for m in messages],
-                                             "messages": [m.encode().decode() for m in messages]})
+            cur.execute(
+                Q.enqueue_messages,
+                {
+                    "queues": ["peer"] * n,
+                    "message_ids": [m.message_id for m in messages],
+                    "messages": [m.encode().decode() for m in messages],
+                },
+            )
 
     def start_worker(self, concurrency, wait_s, probe_at, port):
         log_dir = ROOT / ".roastq" / "bench"
@@ -139,10 +150,29 @@ class Dramatiq(peerlib.System):
         log = open(log_dir / f"peers-{self.mode}.log", "ab")
         module = "stock_worker" if self.mode == "stock" else "roastq_worker"
         queues = ["interactive", "batch"] if self.mode == "jobs" else ["peer"]
-        cmd = [sys.executable, "-m", "dramatiq", module, "--path", str(HERE), str(ROOT),
-               "--processes", "1", "--threads", str(concurrency), "--queues", *queues]
-        env = dict(os.environ, PEER_PROBE_PORT=str(port), PEER_PROBE_AT=probe_at, PEER_WAIT_S=str(wait_s),
-                   METRICS_PORT="0", PYTHONUNBUFFERED="1")
+        cmd = [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            module,
+            "--path",
+            str(HERE),
+            str(ROOT),
+            "--processes",
+            "1",
+            "--threads",
+            str(concurrency),
+            "--queues",
+            *queues,
+        ]
+        env = dict(
+            os.environ,
+            PEER_PROBE_PORT=str(port),
+            PEER_PROBE_AT=probe_at,
+            PEER_WAIT_S=str(wait_s),
+            METRICS_PORT="0",
+            PYTHONUNBUFFERED="1",
+        )
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True, cwd=ROOT)
 
     def stop_worker(self, worker):

@@ -44,8 +44,8 @@ class PgQueuer(peerlib.System):
         self._tags = itertools.count()
 
     def setup(self):
-        from pgqueuer import AsyncpgDriver, Queries
         import asyncpg
+        from pgqueuer import AsyncpgDriver, Queries
 
         async def go():
             if self.conn is not None:
@@ -54,6 +54,7 @@ class PgQueuer(peerlib.System):
             self.conn = await asyncpg.connect(URL)
             self.queries = Queries(AsyncpgDriver(self.conn))
             await self.queries.install()
+
         self.loop.run_until_complete(go())
 
     def enqueue_one(self):
@@ -66,11 +67,17 @@ class PgQueuer(peerlib.System):
         self.loop.run_until_complete(self.queries.enqueue(["noop"] * n, tags, [0] * n))
 
     def start_worker(self, concurrency, wait_s, probe_at, port):
-        env = dict(os.environ, PEER_PROBE_PORT=str(port), PEER_PROBE_AT=probe_at, PEER_WAIT_S=str(wait_s),
-                   PEER_CONCURRENCY=str(concurrency))
+        env = dict(
+            os.environ,
+            PEER_PROBE_PORT=str(port),
+            PEER_PROBE_AT=probe_at,
+            PEER_WAIT_S=str(wait_s),
+            PEER_CONCURRENCY=str(concurrency),
+        )
         log = open(HERE.parent.parent / ".roastq" / "bench" / "peers-pgqueuer.log", "ab")
-        return subprocess.Popen([sys.executable, __file__, "--worker"], env=env, stdout=log, stderr=log,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, __file__, "--worker"], env=env, stdout=log, stderr=log, start_new_session=True
+        )
 
     def stop_worker(self, worker):
         worker.send_signal(signal.SIGTERM)

@@ -57,14 +57,16 @@ class Procrastinate(peerlib.System):
             if self.app is not None:
                 await self.app.close_async()
             admin = await psycopg.AsyncConnection.connect(SERVER, autocommit=True)
-            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                                (DATABASE,))
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (DATABASE,)
+            )
             await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}"')
             await admin.execute(f'CREATE DATABASE "{DATABASE}"')
             await admin.close()
             self.app, self.task = make_app()
             await self.app.open_async()
             await self.app.schema_manager.apply_schema_async()
+
         self.loop.run_until_complete(go())
 
     def enqueue_one(self):
@@ -76,11 +78,17 @@ class Procrastinate(peerlib.System):
         self.loop.run_until_complete(self.task.batch_defer_async(*({"tag": f"t{next(self._tags)}"} for _ in range(n))))
 
     def start_worker(self, concurrency, wait_s, probe_at, port):
-        env = dict(os.environ, PEER_PROBE_PORT=str(port), PEER_PROBE_AT=probe_at, PEER_WAIT_S=str(wait_s),
-                   PEER_CONCURRENCY=str(concurrency))
+        env = dict(
+            os.environ,
+            PEER_PROBE_PORT=str(port),
+            PEER_PROBE_AT=probe_at,
+            PEER_WAIT_S=str(wait_s),
+            PEER_CONCURRENCY=str(concurrency),
+        )
         log = open(HERE.parent.parent / ".roastq" / "bench" / "peers-procrastinate.log", "ab")
-        return subprocess.Popen([sys.executable, __file__, "--worker"], env=env, stdout=log, stderr=log,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, __file__, "--worker"], env=env, stdout=log, stderr=log, start_new_session=True
+        )
 
     def stop_worker(self, worker):
         worker.send_signal(signal.SIGTERM)

@@ -22,7 +22,7 @@ import logging
 import select
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from roastq import db
 from roastq.settings import get_settings
@@ -43,11 +43,14 @@ def add(cur, messages) -> None:
     caller's transaction commits, and never if it rolls back."""
     if not messages:
         return
-    cur.execute(Q.outbox_add, {
-        "queues": [m.queue_name for m in messages],
-        "message_ids": [m.message_id for m in messages],
-        "messages": [m.encode().decode("utf-8") for m in messages],
-    })
+    cur.execute(
+        Q.outbox_add,
+        {
+            "queues": [m.queue_name for m in messages],
+            "message_ids": [m.message_id for m in messages],
+            "messages": [m.encode().decode("utf-8") for m in messages],
+        },
+    )
 
 
 def backlog() -> dict:
@@ -76,8 +79,14 @@ class Relay:
     while waiting, to keep the broker connection's heartbeats going.
     """
 
-    def __init__(self, publish: Publish, *, idle: Callable[[], None] | None = None,
-                 batch: int | None = None, poll_s: float | None = None):
+    def __init__(
+        self,
+        publish: Publish,
+        *,
+        idle: Callable[[], None] | None = None,
+        batch: int | None = None,
+        poll_s: float | None = None,
+    ):
         settings = get_settings()
         self.publish = publish
         self.idle = idle or (lambda: None)
@@ -154,7 +163,7 @@ class Relay:
                 self._stop.wait(min(10.0, 0.2 * 2 ** min(failures, 6)))
         self._close()
 
-    def start(self) -> "Relay":
+    def start(self) -> Relay:
         self._stop.clear()
         self._thread = threading.Thread(target=self.run, name="roastq-outbox-relay", daemon=True)
         self._thread.start()
@@ -173,4 +182,3 @@ class Relay:
             except Exception:
                 pass
             self._conn = None
-

@@ -39,8 +39,8 @@ from roastq import db
 from roastq.brokers.results import PostgresResults
 from roastq.jobctx import worker_id, worker_stale_after_s
 from roastq.queues import JOB_QUEUES, LANE_SUFFIX
-from roastq.sql import load_queries
 from roastq.settings import get_settings
+from roastq.sql import load_queries
 
 #: Suffix of the queue where a job's message is parked while the batch lane has one of its steps.
 PARK_SUFFIX = ".lane"
@@ -156,9 +156,16 @@ class RoastqConsumer(PostgresConsumer):
             if not found:
                 return
             ids = list(found)
-            curs.execute(db.Q.broker_consume_many,
-                         {"ids": ids, "locks": [message_lock(found[i]) for i in ids], "queue": self.queue_name,
-                          "consumer_id": worker_id(), "stale_after_s": worker_stale_after_s()})
+            curs.execute(
+                db.Q.broker_consume_many,
+                {
+                    "ids": ids,
+                    "locks": [message_lock(found[i]) for i in ids],
+                    "queue": self.queue_name,
+                    "consumer_id": worker_id(),
+                    "stale_after_s": worker_stale_after_s(),
+                },
+            )
             outcome = {str(row[0]): (row[1], row[2]) for row in curs.fetchall()}
             for message_id in ids:  # keep the order the notifications came in
                 lock, consumed = outcome.get(message_id, (None, False))
@@ -208,8 +215,9 @@ class RoastqConsumer(PostgresConsumer):
         by the caller, once this transaction has committed."""
         with transaction(self.pool) as curs:
             channel = f"dramatiq.{message.queue_name}.ack"
-            curs.execute(query, (Json(tidy4json(message)), message.message_id, message.queue_name, channel,
-                                 message.message_id))
+            curs.execute(
+                query, (Json(tidy4json(message)), message.message_id, message.queue_name, channel, message.message_id)
+            )
 
     def _release_after_commit(self, message):
         self.unlock_q.put_nowait(message)
@@ -228,8 +236,10 @@ class RoastqConsumer(PostgresConsumer):
             with transaction(conn) as curs:
                 curs.execute(REQUEUE_NOTIFY, (tuple(m.message_id for m in messages),))
             with transaction(conn) as curs:  # committed: now the locks may go
-                curs.execute("SELECT pg_advisory_unlock(l) FROM unnest(%s::bigint[]) AS l",
-                             ([message_lock(m) for m in messages],))
+                curs.execute(
+                    "SELECT pg_advisory_unlock(l) FROM unnest(%s::bigint[]) AS l",
+                    ([message_lock(m) for m in messages],),
+                )
         finally:  # requeued, or lost from memory if that failed: a rescan takes them again
             for message in messages:
                 self.in_processing.discard(message.message_id)
@@ -279,25 +289,33 @@ class RoastqBroker(PostgresBroker):
         self.emit_after("enqueue", message, delay_ms)
         return message
 
-
     def park(self, message: Message) -> None:
         """Park a job's message while one of its steps waits in the batch lane: it stays queued in
         ``<queue>.lane``, which no consumer serves, until the lane wakes it (``roastq.llm.batch``)."""
         message = message.copy(queue_name=q_name(message.queue_name))
         message.options.pop("eta", None)
         with db.transaction() as cur:
-            cur.execute(PQ.park_message, {"queue_name": message.queue_name + LANE_SUFFIX,
-                                          "message_id": message.message_id, "message": Json(tidy4json(message))})
+            cur.execute(
+                PQ.park_message,
+                {
+                    "queue_name": message.queue_name + LANE_SUFFIX,
+                    "message_id": message.message_id,
+                    "message": Json(tidy4json(message)),
+                },
+            )
 
     def enqueue_many_on(self, cur, messages: list[Message]) -> None:
         """Enqueue many messages on the caller's cursor in one statement (one NOTIFY each)."""
         for message in messages:
             self.emit_before("enqueue", message, None)
-        cur.execute(db.Q.enqueue_messages, {
-            "queues": [m.queue_name for m in messages],
-            "message_ids": [m.message_id for m in messages],
-            "messages": [json.dumps(tidy4json(m)) for m in messages],
-        })
+        cur.execute(
+            db.Q.enqueue_messages,
+            {
+                "queues": [m.queue_name for m in messages],
+                "message_ids": [m.message_id for m in messages],
+                "messages": [json.dumps(tidy4json(m)) for m in messages],
+            },
+        )
         for message in messages:
             self.emit_after("enqueue", message, None)
 

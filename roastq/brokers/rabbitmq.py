@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 
-import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker  # pika: the dramatiq[rabbitmq] dependency
 from dramatiq.common import dq_name, q_name
 from dramatiq.middleware import Middleware
@@ -35,8 +34,9 @@ class RoastqRabbitmqBroker(RabbitmqBroker):
     def enqueue_on(self, cur, message, *, delay_ms: int | None = None):
         """Write the message to the outbox on the caller's cursor: it is published after commit."""
         if delay_ms:
-            message = message.copy(queue_name=dq_name(message.queue_name),
-                                   options={"eta": int(time.time() * 1000) + delay_ms})
+            message = message.copy(
+                queue_name=dq_name(message.queue_name), options={"eta": int(time.time() * 1000) + delay_ms}
+            )
         self.emit_before("enqueue", message, delay_ms)
         outbox.add(cur, [message])
         self.emit_after("enqueue", message, delay_ms)
@@ -109,7 +109,7 @@ class RoastqRabbitmqBroker(RabbitmqBroker):
         return {"queued": ready, "delayed": delayed, "dead": dead}
 
 
-_reader: "RoastqRabbitmqBroker | None" = None
+_reader: RoastqRabbitmqBroker | None = None
 
 
 def rabbitmq_counts(queues) -> dict[str, dict]:
@@ -134,8 +134,19 @@ def rabbitmq_summary(queues) -> list[dict]:
     with db.transaction() as cur:
         cur.execute(BQ.running_jobs_by_queue)
         running = {r["queue"]: r["n"] for r in cur.fetchall()}
-    return [dict(queue=q, queued=c["queued"], delayed=c["delayed"], in_flight=running.get(q, 0), orphaned=None,
-                 dead=c["dead"], done=None, oldest_queued_age_s=None) for q, c in counts.items()]
+    return [
+        dict(
+            queue=q,
+            queued=c["queued"],
+            delayed=c["delayed"],
+            in_flight=running.get(q, 0),
+            orphaned=None,
+            dead=c["dead"],
+            done=None,
+            oldest_queued_age_s=None,
+        )
+        for q, c in counts.items()
+    ]
 
 
 def rabbitmq_metric_rows(queues) -> list[tuple]:
@@ -144,8 +155,12 @@ def rabbitmq_metric_rows(queues) -> list[tuple]:
     old its oldest message is: ages are 0 (the outbox's backlog is in ``roastq status``)."""
     found = []
     for row in rabbitmq_summary(queues):
-        for state, key in (("queued", "queued"), ("delayed", "delayed"), ("rejected", "dead"),
-                           ("consumed", "in_flight")):
+        for state, key in (
+            ("queued", "queued"),
+            ("delayed", "delayed"),
+            ("rejected", "dead"),
+            ("consumed", "in_flight"),
+        ):
             found.append(("queue", row["queue"], state, row[key], 0.0))
     return found
 

@@ -38,27 +38,44 @@ def cmd_status(args) -> int:
         print_json(data)
         return 0
     paused = data["paused"]
-    print("System:    " + (f"PAUSED since {fmt(paused['since'])} by {paused.get('by')}: {paused.get('reason')}"
-                           if paused else "running"))
+    print(
+        "System:    "
+        + (
+            f"PAUSED since {fmt(paused['since'])} by {paused.get('by')}: {paused.get('reason')}"
+            if paused
+            else "running"
+        )
+    )
     print("Jobs:      " + ("  ".join(f"{k} {v}" for k, v in data["jobs"].items()) or "none"))
     print(f"\nQueues (broker messages, {data['broker']}):")
     if "outbox" in data:
-        print(f"Outbox:    {data['outbox']['unsent']} not yet relayed to RabbitMQ "
-              f"(oldest {data['outbox']['oldest_unsent_s']:.1f} s)")
-    print(table(data["queue_summary"], ["queue", "queued", "delayed", "in_flight", "orphaned", "dead", "done",
-                                         "oldest_queued_age_s"]))
+        print(
+            f"Outbox:    {data['outbox']['unsent']} not yet relayed to RabbitMQ "
+            f"(oldest {data['outbox']['oldest_unsent_s']:.1f} s)"
+        )
+    print(
+        table(
+            data["queue_summary"],
+            ["queue", "queued", "delayed", "in_flight", "orphaned", "dead", "done", "oldest_queued_age_s"],
+        )
+    )
     lane = data["batch_lane"]
-    print(f"\nBatch lane ({'on' if lane['enabled'] else 'off'}): {lane['waiting']} requests waiting, "
-          f"{lane['in_batches']} in {lane['open_batches']} open batches (oldest request "
-          f"{fmt(lane['oldest_request_s'])} s, oldest batch {fmt(lane['oldest_batch_s'])} s); "
-          f"{lane['answered']} answered, {lane['errored']} errored, {lane['fell_back']} fell back; "
-          f"billed ${lane['billed_usd']:.4f}, saved ${lane['saved_usd']:.4f}")
+    print(
+        f"\nBatch lane ({'on' if lane['enabled'] else 'off'}): {lane['waiting']} requests waiting, "
+        f"{lane['in_batches']} in {lane['open_batches']} open batches (oldest request "
+        f"{fmt(lane['oldest_request_s'])} s, oldest batch {fmt(lane['oldest_batch_s'])} s); "
+        f"{lane['answered']} answered, {lane['errored']} errored, {lane['fell_back']} fell back; "
+        f"billed ${lane['billed_usd']:.4f}, saved ${lane['saved_usd']:.4f}"
+    )
     print(f"\nWorkers: {len(data['workers'])} live")
     if data["workers"]:
         print(table(data["workers"], ["worker_id", "threads", "queues", "started_at", "last_seen_s"]))
     print("\nScheduler (last tick of each task):")
-    print(table(data["scheduler"], ["task", "tick", "outcome", "age_s", "duplicates", "error"])
-          if data["scheduler"] else "(no tick yet: is `periodiq actors` running?)")
+    print(
+        table(data["scheduler"], ["task", "tick", "outcome", "age_s", "duplicates", "error"])
+        if data["scheduler"]
+        else "(no tick yet: is `periodiq actors` running?)"
+    )
     return 0
 
 
@@ -77,11 +94,16 @@ def _filters(args) -> dict:
         raise UsageError(f"{args.error_class!r} is not an error class (e.g. RATE_LIMITED, NETWORK)")
     agent_id = _resolve(OPS.resolve_agent, args.agent, "agent") if getattr(args, "agent", None) else None
     document_id = _resolve(OPS.resolve_document, args.document, "document") if getattr(args, "document", None) else None
-    return {"statuses": statuses, "error_class": error_class, "queue": getattr(args, "queue", None),
-            "agent_id": agent_id, "document_id": document_id,
-            "since": parse_since(args.since) if getattr(args, "since", None) else None,
-            "until": parse_since(args.until) if getattr(args, "until", None) else None,
-            "search": (getattr(args, "search", None) or "").strip() or None}
+    return {
+        "statuses": statuses,
+        "error_class": error_class,
+        "queue": getattr(args, "queue", None),
+        "agent_id": agent_id,
+        "document_id": document_id,
+        "since": parse_since(args.since) if getattr(args, "since", None) else None,
+        "until": parse_since(args.until) if getattr(args, "until", None) else None,
+        "search": (getattr(args, "search", None) or "").strip() or None,
+    }
 
 
 def _resolve(query: str, ref: str, what: str) -> str:
@@ -103,8 +125,23 @@ def cmd_jobs(args) -> int:
     if args.json:
         print_json(found)
     else:
-        print(table(found, ["id", "status", "queue", "attempts", "error_class", "agent_name", "document_title",
-                             "created_at", "duration_s", "price_usd"]))
+        print(
+            table(
+                found,
+                [
+                    "id",
+                    "status",
+                    "queue",
+                    "attempts",
+                    "error_class",
+                    "agent_name",
+                    "document_title",
+                    "created_at",
+                    "duration_s",
+                    "price_usd",
+                ],
+            )
+        )
     return 0
 
 
@@ -154,8 +191,10 @@ def _cancel_word(status: str) -> str:
 @command
 def cmd_pause(args) -> int:
     state = system_pause.pause(args.reason)
-    print(f"paused: no job attempt starts until `roastq resume` (reason: {state['reason']}). Running attempts "
-          "finish; waiting jobs keep their place.")
+    print(
+        f"paused: no job attempt starts until `roastq resume` (reason: {state['reason']}). Running attempts "
+        "finish; waiting jobs keep their place."
+    )
     return 0
 
 
@@ -165,8 +204,10 @@ def cmd_resume(args) -> int:
     if ended is None:
         print("not paused: nothing to resume")
     else:
-        print(f"resumed (was paused by {ended.get('by')}: {ended.get('reason')}); waiting jobs start within "
-              f"{get_settings().pause_snooze_s * 1.25:.0f} s")
+        print(
+            f"resumed (was paused by {ended.get('by')}: {ended.get('reason')}); waiting jobs start within "
+            f"{get_settings().pause_snooze_s * 1.25:.0f} s"
+        )
     return 0
 
 
@@ -186,8 +227,9 @@ def cmd_purge(args) -> int:
         if not args.dry_run:
             raise UsageError("nothing deleted: add --yes to delete them (or --dry-run to only count)")
         return 0
-    deleted = maintenance.purge_messages(states, older_than_s=older_than_s, queue=args.queue,
-                                         progress=progress_printer("deleted") if n > 5000 else None)
+    deleted = maintenance.purge_messages(
+        states, older_than_s=older_than_s, queue=args.queue, progress=progress_printer("deleted") if n > 5000 else None
+    )
     print(f"deleted {deleted} {what} (jobs rows are kept)")
     return 0
 

@@ -24,8 +24,9 @@ def progress_bar(done: int, total: int, counts: dict, width: int = 30) -> str:
 
 def job_statuses(job_ids: list[str]) -> dict[str, int]:
     with db.transaction() as cur:
-        cur.execute("SELECT status, count(*) AS n FROM jobs WHERE id = ANY(%(ids)s::uuid[]) GROUP BY status",
-                    {"ids": job_ids})
+        cur.execute(
+            "SELECT status, count(*) AS n FROM jobs WHERE id = ANY(%(ids)s::uuid[]) GROUP BY status", {"ids": job_ids}
+        )
         return {r["status"]: r["n"] for r in cur.fetchall()}
 
 
@@ -78,10 +79,13 @@ def report(job_ids: list[str]) -> dict:
         summary["repairs"] = {r["kind"]: r["n"] for r in cur.fetchall()}
     summary["by_status"] = job_statuses(job_ids)
     with db.transaction() as cur:  # the batch lane's part (roastq/llm/batch.py)
-        cur.execute("SELECT count(DISTINCT r.job_id) AS jobs, count(DISTINCT r.batch_id) AS batches, "
-                    "coalesce(sum(r.price_usd) FILTER (WHERE r.billed), 0) AS billed_usd, "
-                    "coalesce(sum(r.saved_usd) FILTER (WHERE r.billed), 0) AS saved_usd "
-                    "FROM llm_batch_requests r WHERE r.job_id = ANY(%(ids)s::uuid[])", {"ids": job_ids})
+        cur.execute(
+            "SELECT count(DISTINCT r.job_id) AS jobs, count(DISTINCT r.batch_id) AS batches, "
+            "coalesce(sum(r.price_usd) FILTER (WHERE r.billed), 0) AS billed_usd, "
+            "coalesce(sum(r.saved_usd) FILTER (WHERE r.billed), 0) AS saved_usd "
+            "FROM llm_batch_requests r WHERE r.job_id = ANY(%(ids)s::uuid[])",
+            {"ids": job_ids},
+        )
         summary["lane"] = dict(cur.fetchone())
     return summary
 
@@ -91,21 +95,27 @@ def print_report(summary: dict) -> None:
     print("\nroastq demo report")
     print("  jobs by status: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["by_status"].items())))
     print(f"  attempts:       {summary['attempts']} for {summary['jobs']} jobs")
-    print(f"  tokens:         {summary['input_tokens']} input, {summary['output_tokens']} output, "
-          f"{summary['cache_read_tokens']} cache read, {summary['cache_write_tokens']} cache write")
+    print(
+        f"  tokens:         {summary['input_tokens']} input, {summary['output_tokens']} output, "
+        f"{summary['cache_read_tokens']} cache read, {summary['cache_write_tokens']} cache write"
+    )
     print(f"  dollars:        ${summary['price_usd']:.4f}")
     if "repaired" in summary:
         kinds = ", ".join(f"{k} {n}" for k, n in summary["repairs"].items()) or "none"
-        print(f"  answers:        {summary['repaired']} of {summary['evaluations']} evaluations had answers "
-              f"repaired; repairs by kind: {kinds}")
+        print(
+            f"  answers:        {summary['repaired']} of {summary['evaluations']} evaluations had answers "
+            f"repaired; repairs by kind: {kinds}"
+        )
     if p50 is not None:
         print(f"  job duration:   p50 {p50:.2f} s, p95 {p95:.2f} s (enqueue to done)")
     lane = summary.get("lane")
     full = (lane["billed_usd"] + lane["saved_usd"]) if lane else 0
     if lane and lane["jobs"] and full:
-        print(f"  batch lane:     {lane['jobs']} evaluation(s) through {lane['batches']} Message Batch(es): billed "
-              f"${lane['billed_usd']:.4f} instead of ${full:.4f} real-time (saved ${lane['saved_usd']:.4f}, "
-              f"{lane['saved_usd'] / full:.0%})")
+        print(
+            f"  batch lane:     {lane['jobs']} evaluation(s) through {lane['batches']} Message Batch(es): billed "
+            f"${lane['billed_usd']:.4f} instead of ${full:.4f} real-time (saved ${lane['saved_usd']:.4f}, "
+            f"{lane['saved_usd'] / full:.0%})"
+        )
 
 
 def run_demo(*, jobs: int = 40, lane_jobs: int = 6, processes: int = 2, threads: int = 8) -> int:
@@ -124,22 +134,33 @@ def run_demo(*, jobs: int = 40, lane_jobs: int = 6, processes: int = 2, threads:
         os.environ.setdefault(name, value)
     with stack(processes=processes, threads=threads, worker_log=log):
         lane_n = min(lane_jobs, jobs // 5, len(seeded.documents))  # of the `jobs`, this many use the lane
-        pairs = list(itertools.islice(itertools.cycle(itertools.product(seeded.documents.values(),
-                                                                        seeded.agents.values())), jobs - lane_n))
+        pairs = list(
+            itertools.islice(
+                itertools.cycle(itertools.product(seeded.documents.values(), seeded.agents.values())), jobs - lane_n
+            )
+        )
         # Batch jobs due within 30 minutes run real-time (no room for the lane).
         job_ids = [
-            enqueue_evaluation(doc, agent, priority="batch" if n % 4 else "interactive",
-                               deadline=timedelta(minutes=30) if n % 4 else None)
+            enqueue_evaluation(
+                doc,
+                agent,
+                priority="batch" if n % 4 else "interactive",
+                deadline=timedelta(minutes=30) if n % 4 else None,
+            )
             for n, (doc, agent) in enumerate(pairs)
         ]
         # Then an agent's instructions change, and its re-grade of every document, due in 12
         # hours, goes through the batch lane at half the price.
         agent = revise_agent() if lane_n else None
-        job_ids += [enqueue_evaluation(doc, agent, priority="batch", deadline=timedelta(hours=12))
-                    for doc in list(seeded.documents.values())[:lane_n]]
-        print(f"enqueued {len(job_ids)} evaluations (worker logs: {log}; metrics while it runs: "
-              f"http://{settings.metrics_host}:{settings.metrics_port}/metrics, or keep them up with `roastq up`)",
-              file=sys.stderr)
+        job_ids += [
+            enqueue_evaluation(doc, agent, priority="batch", deadline=timedelta(hours=12))
+            for doc in list(seeded.documents.values())[:lane_n]
+        ]
+        print(
+            f"enqueued {len(job_ids)} evaluations (worker logs: {log}; metrics while it runs: "
+            f"http://{settings.metrics_host}:{settings.metrics_port}/metrics, or keep them up with `roastq up`)",
+            file=sys.stderr,
+        )
         counts = wait_for(job_ids, timeout_s=600)
     summary = report(job_ids)
     print_report(summary)

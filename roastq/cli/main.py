@@ -11,7 +11,6 @@ from roastq.cli.output import fmt, human, print_json, table
 from roastq.db import Q
 from roastq.queues import JOB_QUEUES
 
-
 # -- commands ---------------------------------------------------------------------------------
 
 
@@ -29,17 +28,24 @@ def cmd_seed(args) -> int:
     if args.json:
         print_json({"documents": seeded.documents, "agents": seeded.agents})
     else:
-        print(table([{"kind": "document", "slug": s, "id": i} for s, i in seeded.documents.items()]
-                     + [{"kind": "agent", "slug": s, "id": i} for s, i in seeded.agents.items()],
-                     ["kind", "slug", "id"]))
+        print(
+            table(
+                [{"kind": "document", "slug": s, "id": i} for s, i in seeded.documents.items()]
+                + [{"kind": "agent", "slug": s, "id": i} for s, i in seeded.agents.items()],
+                ["kind", "slug", "id"],
+            )
+        )
     return 0
 
 
 def cmd_enqueue(args) -> int:
     from roastq.api import enqueue_evaluation
 
-    print(enqueue_evaluation(args.document_id, args.agent_id, priority=args.priority, deadline=args.deadline,
-                             not_before=args.delay))
+    print(
+        enqueue_evaluation(
+            args.document_id, args.agent_id, priority=args.priority, deadline=args.deadline, not_before=args.delay
+        )
+    )
     return 0
 
 
@@ -98,26 +104,74 @@ def cmd_job(args) -> int:
     if args.json:
         print_json(data)
         return 0
-    for key in ("id", "status", "queue", "attempts", "error_class", "error", "created_at", "not_before",
-                "deadline", "started_at", "completed_at", "duration_s", "price_usd", "evaluation_version_id", "original_job_id",
-                "cancel_reason"):
+    for key in (
+        "id",
+        "status",
+        "queue",
+        "attempts",
+        "error_class",
+        "error",
+        "created_at",
+        "not_before",
+        "deadline",
+        "started_at",
+        "completed_at",
+        "duration_s",
+        "price_usd",
+        "evaluation_version_id",
+        "original_job_id",
+        "cancel_reason",
+    ):
         print(f"{key + ':':24}{human(key, data.get(key)) if key != 'error' else (data.get(key) or '-')}")
     print("\nAttempts:")
-    print(table(data["attempt_log"], ["attempt", "started_at", "ended_at", "outcome", "error_class",
-                                       "delay_s", "delay_reason"]))
+    print(
+        table(
+            data["attempt_log"],
+            ["attempt", "started_at", "ended_at", "outcome", "error_class", "delay_s", "delay_reason"],
+        )
+    )
     print("\nTasks:")
-    print(table(data["tasks"], ["name", "model", "input_tokens", "output_tokens", "cache_read_tokens",
-                                 "cache_write_tokens", "price_usd", "duration_s"]))
+    print(
+        table(
+            data["tasks"],
+            [
+                "name",
+                "model",
+                "input_tokens",
+                "output_tokens",
+                "cache_read_tokens",
+                "cache_write_tokens",
+                "price_usd",
+                "duration_s",
+            ],
+        )
+    )
     print("\nLLM calls:")
-    print(table(data["llm_calls"], ["step", "model", "billed_calls", "input_tokens", "output_tokens",
-                                     "cache_read_tokens", "cache_write_tokens", "price_usd", "request_id"]))
+    print(
+        table(
+            data["llm_calls"],
+            [
+                "step",
+                "model",
+                "billed_calls",
+                "input_tokens",
+                "output_tokens",
+                "cache_read_tokens",
+                "cache_write_tokens",
+                "price_usd",
+                "request_id",
+            ],
+        )
+    )
     if data["reruns"]:
         print("\nReruns: " + ", ".join(f"{r['id']} ({r['status']})" for r in data["reruns"]))
     _print_evaluation(data["evaluation"])
     print("\nLogs:")
     for line in data.get("logs") or []:
-        print(f"{line.get('time', '')[11:23]}  #{line.get('attempt', '-')}  {line.get('level', ''):7}  "
-              f"{line.get('message', '')}" + (f"  [{line['exception']}]" if line.get("exception") else ""))
+        print(
+            f"{line.get('time', '')[11:23]}  #{line.get('attempt', '-')}  {line.get('level', ''):7}  "
+            f"{line.get('message', '')}" + (f"  [{line['exception']}]" if line.get("exception") else "")
+        )
     if not data.get("logs"):
         print("(none)")
     return 0
@@ -131,8 +185,10 @@ def _print_evaluation(evaluation: dict | None) -> None:
         print("(none: the job saved no evaluation)")
         return
     wrap = functools.partial(textwrap.fill, width=100, initial_indent="  ", subsequent_indent="  ")
-    print(f"version {evaluation['version']}" + (f", grade {evaluation['grade']}/100"
-                                                 if evaluation["grade"] is not None else ""))
+    print(
+        f"version {evaluation['version']}"
+        + (f", grade {evaluation['grade']}/100" if evaluation["grade"] is not None else "")
+    )
     for key in ("summary", "analysis", "self_critique"):
         if evaluation.get(key):
             print(f"{key.replace('_', '-').capitalize()}:")
@@ -143,7 +199,7 @@ def _print_evaluation(evaluation: dict | None) -> None:
     for n, h in enumerate(highlights, 1):
         where = f"chars {h['start_offset']}-{h['end_offset']}" if h["is_valid"] else f"INVALID: {h['error']}"
         print(f"  {n}. [{h.get('level') or '-'}] {h.get('header') or '(no header)'}  ({where})")
-        print(f"     \"{fmt(h['quoted_text'])}\"")
+        print(f'     "{fmt(h["quoted_text"])}"')
 
 
 def cmd_retry(args) -> int:
@@ -204,8 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--document-id", required=True)
     p.add_argument("--agent-id", required=True)
     p.add_argument("--priority", choices=list(JOB_QUEUES), default="interactive")
-    p.add_argument("--deadline", type=_duration_arg, metavar="DURATION",
-                   help="done within this (e.g. 6h); a batch job with time to spare uses the batch lane")
+    p.add_argument(
+        "--deadline",
+        type=_duration_arg,
+        metavar="DURATION",
+        help="done within this (e.g. 6h); a batch job with time to spare uses the batch lane",
+    )
     p.add_argument("--delay", type=_duration_arg, metavar="DURATION", help="do not start before this (e.g. 10m)")
     p.set_defaults(fn=cmd_enqueue)
     p = sub.add_parser("job", help="one job, with its attempts and tasks")
@@ -224,13 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
     p = sub.add_parser("console", help="the web console for operators (default http://127.0.0.1:9292)")
-    p.add_argument("--host", help="address to listen on (default CONSOLE_HOST, 127.0.0.1); off the loopback "
-                                  "address CONSOLE_TOKEN or CONSOLE_BASIC_AUTH is required")
+    p.add_argument(
+        "--host",
+        help="address to listen on (default CONSOLE_HOST, 127.0.0.1); off the loopback "
+        "address CONSOLE_TOKEN or CONSOLE_BASIC_AUTH is required",
+    )
     p.add_argument("--port", type=int, help="port (default CONSOLE_PORT, 9292)")
     p.set_defaults(fn=cmd_console)
     sub.add_parser("simulator", help="run the Claude simulator (roastq simulator --help)", add_help=False)
-    for name, help_text in (("up", "run the whole stack in the foreground until Ctrl-C"),
-                            ("demo", "seed, run ~40 evaluations through the stack, report")):
+    for name, help_text in (
+        ("up", "run the whole stack in the foreground until Ctrl-C"),
+        ("demo", "seed, run ~40 evaluations through the stack, report"),
+    ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--processes", type=int, default=2)
         p.add_argument("--threads", type=int, default=8)

@@ -18,13 +18,26 @@ from roastq.settings import get_settings
 
 #: The demo's simulator: realistic latency, a few transient faults, so retries show, and answers
 #: that sometimes break their schema as real models do, so repairs show.
-DEMO_SIM = dict(latency_ms=600.0, jitter_ms=300.0, fault_rate=0.06, seed=7, sloppiness=0.3,
-                faults=("rate_limit", "overloaded", "server_error", "drop", "bad_tool_input"))
+DEMO_SIM = dict(
+    latency_ms=600.0,
+    jitter_ms=300.0,
+    fault_rate=0.06,
+    seed=7,
+    sloppiness=0.3,
+    faults=("rate_limit", "overloaded", "server_error", "drop", "bad_tool_input"),
+)
 
 
 @contextmanager
-def stack(*, processes: int = 2, threads: int = 8, worker_log: Path | None = None, sim_config: dict | None = None,
-          scheduler: bool = False, console: bool = False):
+def stack(
+    *,
+    processes: int = 2,
+    threads: int = 8,
+    worker_log: Path | None = None,
+    sim_config: dict | None = None,
+    scheduler: bool = False,
+    console: bool = False,
+):
     """Start the simulator (unless ANTHROPIC_API_KEY is set), a worker pool and, if asked, the
     scheduler (`periodiq actors`) and the console (`roastq console`); stop them all after."""
     settings = get_settings()
@@ -48,14 +61,16 @@ def stack(*, processes: int = 2, threads: int = 8, worker_log: Path | None = Non
     periodic = None
     if scheduler:  # periodiq reads its cron specs in local time: run it in UTC, as in production
         periodiq = str(Path(sys.executable).with_name("periodiq"))
-        periodic = subprocess.Popen([periodiq, "actors"], env=dict(env, TZ="UTC"),
-                                    stdout=out, stderr=out, start_new_session=True)
+        periodic = subprocess.Popen(
+            [periodiq, "actors"], env=dict(env, TZ="UTC"), stdout=out, stderr=out, start_new_session=True
+        )
         print(f"scheduler started (pid {periodic.pid})", file=sys.stderr)
     supervisor = Supervisor(env, processes, threads, workers, out)
     web = None
     if console:
-        web = subprocess.Popen([sys.executable, "-m", "roastq.cli", "console"], env=env, stdout=out, stderr=out,
-                               start_new_session=True)
+        web = subprocess.Popen(
+            [sys.executable, "-m", "roastq.cli", "console"], env=env, stdout=out, stderr=out, start_new_session=True
+        )
         print(f"console on http://{settings.console_host}:{settings.console_port}/ (pid {web.pid})", file=sys.stderr)
     try:
         yield supervisor, sim
@@ -75,7 +90,10 @@ def start_pool(env: dict, processes: int, threads: int, out=None) -> subprocess.
     workers = subprocess.Popen(
         # `python -m actors` is `dramatiq actors` with our JSON logging in the main process too.
         [sys.executable, "-m", "actors", "--processes", str(processes), "--threads", str(threads)],
-        env=env, stdout=out, stderr=out, start_new_session=True,
+        env=env,
+        stdout=out,
+        stderr=out,
+        start_new_session=True,
     )
     workers.roastq_started = time.monotonic()
     print(f"workers started: {processes} processes x {threads} threads (pid {workers.pid})", file=sys.stderr)
@@ -108,8 +126,11 @@ class Supervisor:
             lived = now - self.workers.roastq_started
             self._quick_exits = self._quick_exits + 1 if lived < self.RESTART_WINDOW_S else 0
             delay = 0.0 if self._quick_exits <= 1 else min(self.MAX_DELAY_S, 2.0 ** (self._quick_exits - 2))
-            print(f"worker pool (pid {self.workers.pid}) exited with code {self.workers.returncode} "
-                  f"after {lived:.0f} s: restarting in {delay:.0f} s", file=sys.stderr)
+            print(
+                f"worker pool (pid {self.workers.pid}) exited with code {self.workers.returncode} "
+                f"after {lived:.0f} s: restarting in {delay:.0f} s",
+                file=sys.stderr,
+            )
             self._restart_at = now + delay
         if self._restart_at is not None and now >= self._restart_at:
             self._restart_at = None

@@ -6,10 +6,10 @@ from __future__ import annotations
 import sys
 
 from roastq import db
-from roastq.ops import maintenance
 from roastq.cli.output import UsageError, command, print_json, progress_printer, table
-from roastq.sql import load_queries
+from roastq.ops import maintenance
 from roastq.queues import JOB_QUEUES
+from roastq.sql import load_queries
 
 OPS = load_queries("ops.sql", "roastq.ops")
 
@@ -65,8 +65,9 @@ def cmd_costs(args) -> int:
     if args.json:
         print_json(found)
     else:
-        print(table(found, ["day", "agent_name", "model", "jobs", "tasks", "input_tokens", "output_tokens",
-                             "price_usd"]))
+        print(
+            table(found, ["day", "agent_name", "model", "jobs", "tasks", "input_tokens", "output_tokens", "price_usd"])
+        )
         print("(rolled up hourly by the scheduler; `roastq maintenance run roll_up_costs` to refresh now)")
     return 0
 
@@ -81,18 +82,28 @@ def cmd_legacy_import(args) -> int:
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     try:
-        result = import_pending(url=args.url, schema=args.schema, queue=args.queue, batch_size=args.batch_size,
-                                dry_run=args.dry_run, progress=progress_printer("legacy jobs"))
+        result = import_pending(
+            url=args.url,
+            schema=args.schema,
+            queue=args.queue,
+            batch_size=args.batch_size,
+            dry_run=args.dry_run,
+            progress=progress_printer("legacy jobs"),
+        )
     except LegacyError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
         print_json(result)
     elif args.dry_run:
-        print(f"{result['pending']} legacy PENDING job(s): {result['would_create']} to create, "
-              f"{result['already_imported']} already imported")
+        print(
+            f"{result['pending']} legacy PENDING job(s): {result['would_create']} to create, "
+            f"{result['already_imported']} already imported"
+        )
     else:
-        print(f"created {result['created']} job(s); {result['already_imported']} already imported; "
-              f"{len(result['skipped'])} skipped")
+        print(
+            f"created {result['created']} job(s); {result['already_imported']} already imported; "
+            f"{len(result['skipped'])} skipped"
+        )
     for skipped in [] if args.dry_run else result["skipped"]:
         print(f"skipped {skipped['legacy_id']}: {skipped['reason']} (left PENDING)", file=sys.stderr)
     return 1 if not args.dry_run and result["skipped"] else 0
@@ -110,8 +121,10 @@ def cmd_legacy_status(args) -> int:
         print_json(data)
     else:
         print("Legacy jobs: " + ("  ".join(f"{k} {v}" for k, v in data["legacy"].items()) or "none"))
-        print(f"Imported here: {data['imported']}; left to import: {data['left_to_import']}; "
-              f"running in the old runner: {data['old_runner_busy']}")
+        print(
+            f"Imported here: {data['imported']}; left to import: {data['left_to_import']}; "
+            f"running in the old runner: {data['old_runner_busy']}"
+        )
     return 0
 
 
@@ -138,10 +151,12 @@ def add_tool_commands(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_costs)
 
-    p = sub.add_parser("legacy", help="move PENDING jobs off RoastMyPost's legacy \"Job\" table")
+    p = sub.add_parser("legacy", help='move PENDING jobs off RoastMyPost\'s legacy "Job" table')
     lsub = p.add_subparsers(dest="legacy_command", required=True)
-    for name, fn, help_text in (("import", cmd_legacy_import, "create the legacy PENDING jobs here, once"),
-                                ("status", cmd_legacy_status, "legacy jobs by status; how many were imported")):
+    for name, fn, help_text in (
+        ("import", cmd_legacy_import, "create the legacy PENDING jobs here, once"),
+        ("status", cmd_legacy_status, "legacy jobs by status; how many were imported"),
+    ):
         m = lsub.add_parser(name, help=help_text)
         m.add_argument("--url", help="the legacy database (default: LEGACY_DATABASE_URL, else DATABASE_URL)")
         m.add_argument("--schema", default="public", help="the legacy tables' schema (default: public)")

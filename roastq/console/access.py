@@ -57,7 +57,8 @@ def authenticate(settings) -> str | None:
     if settings.console_token:
         header = request.headers.get("Authorization", "")
         if header.lower().startswith("bearer ") and hmac.compare_digest(
-                header[7:].strip().encode(), settings.console_token.encode()):
+            header[7:].strip().encode(), settings.console_token.encode()
+        ):
             return "token"
         cookie = request.cookies.get(COOKIE, "")
         if cookie and hmac.compare_digest(cookie.encode(), token_cookie_value(settings.console_token).encode()):

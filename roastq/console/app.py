@@ -40,11 +40,17 @@ def create_app(settings=None) -> Flask:
     settings = settings or get_settings()
     app = Flask(__name__)
     app.secret_key = secrets.token_bytes(32)  # sessions (the CSRF token) last as long as the process
-    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
-                      SESSION_COOKIE_NAME="roastq_console_session")
-    app.jinja_env.filters.update(age=humanize.age, since=humanize.since, usd=humanize.usd,
-                                 count=humanize.count, moment=humanize.moment,
-                                 redact=lambda text: redact(text) if text else text)
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_NAME="roastq_console_session"
+    )
+    app.jinja_env.filters.update(
+        age=humanize.age,
+        since=humanize.since,
+        usd=humanize.usd,
+        count=humanize.count,
+        moment=humanize.moment,
+        redact=lambda text: redact(text) if text else text,
+    )
     app.jinja_env.globals.update(csrf_token=access.csrf_token, statuses=STATUSES)
 
     @app.before_request
@@ -65,15 +71,18 @@ def create_app(settings=None) -> Flask:
     def no_caching(response):
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Content-Security-Policy",
-                                    "default-src 'self'; style-src 'self'; img-src 'self' data:")
+        response.headers.setdefault(
+            "Content-Security-Policy", "default-src 'self'; style-src 'self'; img-src 'self' data:"
+        )
         return response
 
     @app.context_processor
     def common():
         signed_in = getattr(g, "who", None) is not None
-        return {"read_only": settings.console_read_only or not signed_in,
-                "paused": system_pause.state() if signed_in else None}
+        return {
+            "read_only": settings.console_read_only or not signed_in,
+            "paused": system_pause.state() if signed_in else None,
+        }
 
     def page(template: str, partial: str | None = None, **context):
         if partial and request.headers.get("X-Console-Partial"):
@@ -94,8 +103,9 @@ def create_app(settings=None) -> Flask:
             given = request.form.get("token", "")
             if secrets.compare_digest(given.encode(), settings.console_token.encode()):
                 response = redirect(_local(request.args.get("next")) or "/")
-                response.set_cookie(access.COOKIE, access.token_cookie_value(settings.console_token),
-                                    httponly=True, samesite="Strict")
+                response.set_cookie(
+                    access.COOKIE, access.token_cookie_value(settings.console_token), httponly=True, samesite="Strict"
+                )
                 return response
             error = "wrong token"
         return render_template("login.html", error=error), (401 if error else 200)
@@ -105,16 +115,28 @@ def create_app(settings=None) -> Flask:
     @app.route("/")
     def overview():
         status = status_data(overview=True)
-        return page("overview.html", "_overview_live.html", status=status, chart=_chart(views.throughput_last_hour()),
-                    now=datetime.now(UTC))
+        return page(
+            "overview.html",
+            "_overview_live.html",
+            status=status,
+            chart=_chart(views.throughput_last_hour()),
+            now=datetime.now(UTC),
+        )
 
     @app.route("/jobs")
     def jobs():
         try:
             filters = _job_filters(request.args)
         except (FilterError, AgeError) as exc:
-            return render_template("jobs.html", jobs=[], error=str(exc), args=request.args, next_page=None,
-                                   first_page=None, agents=_agents()), 400
+            return render_template(
+                "jobs.html",
+                jobs=[],
+                error=str(exc),
+                args=request.args,
+                next_page=None,
+                first_page=None,
+                agents=_agents(),
+            ), 400
         found = find_jobs(filters, PAGE_SIZE + 1)
         args = [(k, v) for k, v in request.args.items(multi=True) if k != "after" and v]
         next_page = first_page = None
@@ -124,8 +146,15 @@ def create_app(settings=None) -> Flask:
             next_page = "/jobs?" + urlencode(args + [("after", f"{last['created_at'].isoformat()}|{last['id']}")])
         if request.args.get("after"):
             first_page = "/jobs?" + urlencode(args)
-        return render_template("jobs.html", jobs=found, error=None, args=request.args, next_page=next_page,
-                               first_page=first_page, agents=_agents())
+        return render_template(
+            "jobs.html",
+            jobs=found,
+            error=None,
+            args=request.args,
+            next_page=next_page,
+            first_page=first_page,
+            agents=_agents(),
+        )
 
     @app.route("/jobs/<job_id>")
     def job(job_id):
@@ -137,23 +166,34 @@ def create_app(settings=None) -> Flask:
             abort(404)
         evaluation = data["evaluation"]
         segments = views.document_segments(data["document_text"], evaluation["highlights"]) if evaluation else []
-        return page("job.html", "_job_live.html", job=data, evaluation=evaluation, segments=segments,
-                    timeline=_timeline(data), live=data["status"] in LIVE_STATUSES)
+        return page(
+            "job.html",
+            "_job_live.html",
+            job=data,
+            evaluation=evaluation,
+            segments=segments,
+            timeline=_timeline(data),
+            live=data["status"] in LIVE_STATUSES,
+        )
 
     @app.route("/dead")
     def dead():
         error_class = request.args.get("class") or None
         agent_id = _uuid_or_none(request.args.get("agent"))
         selected = bool(error_class or agent_id)
-        return render_template("dead.html", groups=views.dead_letter_groups(),
-                               letters=views.dead_letters(error_class=error_class, agent_id=agent_id, limit=100),
-                               error_class=error_class, agent_id=agent_id, selected=selected)
+        return render_template(
+            "dead.html",
+            groups=views.dead_letter_groups(),
+            letters=views.dead_letters(error_class=error_class, agent_id=agent_id, limit=100),
+            error_class=error_class,
+            agent_id=agent_id,
+            selected=selected,
+        )
 
     @app.route("/costs")
     def costs():
         days = max(1, min(request.args.get("days", 7, type=int), 366))
-        return render_template("costs.html", costs=views.costs(days), days=days,
-                               settings=settings)
+        return render_template("costs.html", costs=views.costs(days), days=days, settings=settings)
 
     # -- actions -----------------------------------------------------------------------------
 
@@ -186,9 +226,14 @@ def create_app(settings=None) -> Flask:
             abort(400, "action must be retry or cancel")
         ids = [i for i in request.form.getlist("job_id") if _uuid_or_none(i)]
         if request.form.get("group") == "1":
-            ids = [str(j["id"]) for j in views.dead_letters(
-                error_class=request.form.get("error_class") or None,
-                agent_id=_uuid_or_none(request.form.get("agent_id")), limit=BULK_LIMIT)]
+            ids = [
+                str(j["id"])
+                for j in views.dead_letters(
+                    error_class=request.form.get("error_class") or None,
+                    agent_id=_uuid_or_none(request.form.get("agent_id")),
+                    limit=BULK_LIMIT,
+                )
+            ]
         ids = list(dict.fromkeys(ids))[:BULK_LIMIT]
         back = _local(request.form.get("back")) or url_for("jobs")
         if not ids:
@@ -207,8 +252,10 @@ def create_app(settings=None) -> Flask:
             except EnqueueError as exc:
                 errors.append(f"{job_id}: {exc}")
         action(f"bulk {what}", done)
-        flash(f"{what}: {len(done)} job(s)" + (f"; {len(errors)} refused ({errors[0]}...)" if errors else ""),
-              "ok" if not errors else "error")
+        flash(
+            f"{what}: {len(done)} job(s)" + (f"; {len(errors)} refused ({errors[0]}...)" if errors else ""),
+            "ok" if not errors else "error",
+        )
         return redirect(back)
 
     @app.post("/pause")
@@ -291,11 +338,18 @@ def _job_filters(args) -> dict:
         after_id = _uuid_or_none(last_id)
         if after_id is None:
             raise FilterError("bad page cursor")
-    return {"statuses": statuses, "error_class": error_class, "queue": args.get("queue") or None,
-            "agent_id": _uuid_or_none(agent) if agent else None, "document_id": None,
-            "since": parse_since(args["since"]) if args.get("since") else None, "until": None,
-            "search": (args.get("q") or "").strip() or None,
-            "after_created_at": after_created_at, "after_id": after_id}
+    return {
+        "statuses": statuses,
+        "error_class": error_class,
+        "queue": args.get("queue") or None,
+        "agent_id": _uuid_or_none(agent) if agent else None,
+        "document_id": None,
+        "since": parse_since(args["since"]) if args.get("since") else None,
+        "until": None,
+        "search": (args.get("q") or "").strip() or None,
+        "after_created_at": after_created_at,
+        "after_id": after_id,
+    }
 
 
 def _chart(rows: list[dict]) -> dict:
@@ -311,8 +365,12 @@ def _chart(rows: list[dict]) -> dict:
     for b in bars:
         b["h_completed"] = round(48 * b["completed"] / top, 1)
         b["h_failed"] = round(48 * b["failed"] / top, 1)
-    return {"bars": bars, "top": top, "completed": sum(b["completed"] for b in bars),
-            "failed": sum(b["failed"] for b in bars)}
+    return {
+        "bars": bars,
+        "top": top,
+        "completed": sum(b["completed"] for b in bars),
+        "failed": sum(b["failed"] for b in bars),
+    }
 
 
 def _timeline(job: dict) -> list[dict]:
@@ -327,6 +385,12 @@ def _timeline(job: dict) -> list[dict]:
         a_end = a["ended_at"] or datetime.now(UTC)
         left = 100 * (a["started_at"] - start).total_seconds() / span
         width = max(100 * (a_end - a["started_at"]).total_seconds() / span, 0.8)
-        bars.append(dict(a, left=round(max(left, 0), 2), width=round(min(width, 100 - left), 2),
-                         duration_s=(a_end - a["started_at"]).total_seconds()))
+        bars.append(
+            dict(
+                a,
+                left=round(max(left, 0), 2),
+                width=round(min(width, 100 - left), 2),
+                duration_s=(a_end - a["started_at"]).total_seconds(),
+            )
+        )
     return bars

@@ -21,7 +21,8 @@ def check_exposure(host: str, settings) -> None:
     if not is_loopback(host) and not (settings.console_token or settings.console_basic_auth):
         raise ConsoleRefused(
             f"refusing to serve the console on {host} without credentials: set CONSOLE_TOKEN (or "
-            "CONSOLE_BASIC_AUTH=user:password), or listen on 127.0.0.1")
+            "CONSOLE_BASIC_AUTH=user:password), or listen on 127.0.0.1"
+        )
 
 
 def serve(host: str | None = None, port: int | None = None, *, threads: int = 8) -> None:
@@ -34,8 +35,9 @@ def serve(host: str | None = None, port: int | None = None, *, threads: int = 8)
     port = settings.console_port if port is None else port
     check_exposure(host, settings)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     app = create_app(settings)
     mode = "read-only" if settings.console_read_only else "read-write"
     auth = "token" if settings.console_token else "basic auth" if settings.console_basic_auth else "no auth (loopback)"

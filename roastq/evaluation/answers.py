@@ -79,8 +79,16 @@ SELF_CRITIQUE_TOOL = {
 }
 
 #: Every kind of repair (the metric's label values and the docs' table).
-REPAIR_KINDS = ("string_truncated", "number_clamped", "number_coerced", "enum_defaulted", "extra_ignored",
-                "items_trimmed", "field_defaulted", "highlight_dropped")
+REPAIR_KINDS = (
+    "string_truncated",
+    "number_clamped",
+    "number_coerced",
+    "enum_defaulted",
+    "extra_ignored",
+    "items_trimmed",
+    "field_defaulted",
+    "highlight_dropped",
+)
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ def cut_at_word(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     head = text[: max(0, limit - 1)]
-    if " " in head[limit // 2:]:
+    if " " in head[limit // 2 :]:
         head = head.rsplit(" ", 1)[0]
     return head.rstrip(" ,;:.-") + "\u2026"
 
@@ -155,8 +163,11 @@ def check_analysis(payload: Any, *, provides_grades: bool) -> tuple[dict, list[R
     r = _Repairs("analysis")
     problems = []
     if not isinstance(payload, dict):
-        raise BadLLMOutput("analysis: the tool input is not an object", step="analysis",
-                           feedback="The tool input must be a JSON object.")
+        raise BadLLMOutput(
+            "analysis: the tool input is not an object",
+            step="analysis",
+            feedback="The tool input must be a JSON object.",
+        )
     summary, analysis = _text(payload.get("summary")), _text(payload.get("analysis"))
     if summary is None:
         problems.append("`summary` is missing or empty: give two or three sentences")
@@ -174,9 +185,13 @@ def check_analysis(payload: Any, *, provides_grades: bool) -> tuple[dict, list[R
     elif not any(isinstance(h, dict) and _text(h.get("quoted_text")) for h in raw):
         problems.append("no highlight has a `quoted_text`: quote the document exactly in at least one highlight")
     if problems:
-        raise BadLLMOutput("analysis: " + "; ".join(problems), step="analysis",
-                           feedback="The submit_analysis input cannot be used: " + "; ".join(problems)
-                           + ". Call submit_analysis again with a complete input.")
+        raise BadLLMOutput(
+            "analysis: " + "; ".join(problems),
+            step="analysis",
+            feedback="The submit_analysis input cannot be used: "
+            + "; ".join(problems)
+            + ". Call submit_analysis again with a complete input.",
+        )
     _ignore_extra(payload, analysis_tool(provides_grades)["input_schema"], "", r)
 
     highlights = []
@@ -220,8 +235,7 @@ def _highlight(h: dict, path: str, r: _Repairs) -> dict:
     if level not in LEVELS:
         r.add("enum_defaulted", f"{path}level", f"{level!r} -> {DEFAULT_LEVEL!r}")
         level = DEFAULT_LEVEL
-    out = {"header": header, "description": description, "quoted_text": quote, "importance": importance,
-           "level": level}
+    out = {"header": header, "description": description, "quoted_text": quote, "importance": importance, "level": level}
     for key in ("start_line", "end_line"):
         if key in h:  # out of range is left to the locator: it ignores unusable line references
             n = _integer(h[key])
@@ -237,9 +251,12 @@ def check_self_critique(payload: Any) -> tuple[dict, list[Repair]]:
     r = _Repairs("self_critique")
     text = _text(payload.get("self_critique")) if isinstance(payload, dict) else None
     if text is None:
-        raise BadLLMOutput("self_critique: `self_critique` is missing or empty", step="self_critique",
-                           feedback="The submit_self_critique input cannot be used: `self_critique` is missing or "
-                           "empty. Call submit_self_critique again with the critique's text.")
+        raise BadLLMOutput(
+            "self_critique: `self_critique` is missing or empty",
+            step="self_critique",
+            feedback="The submit_self_critique input cannot be used: `self_critique` is missing or "
+            "empty. Call submit_self_critique again with the critique's text.",
+        )
     _ignore_extra(payload, SELF_CRITIQUE_TOOL["input_schema"], "", r)
     score = _bounded_int(payload.get("score"), SCORE_SCHEMA, "score", r)
     if score is None:

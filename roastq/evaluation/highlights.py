@@ -23,10 +23,9 @@ into ``content``, end exclusive, and ``content[start:end] == quoted_text`` for e
 
 from __future__ import annotations
 
-import bisect
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from rapidfuzz import fuzz
 
@@ -194,6 +193,7 @@ def _finders(content: str, quote: str) -> Iterator[tuple[str, Finder]]:
 
 def _typographic(text: str) -> str:
     """A pattern for ``text``: whitespace runs loose, quote marks and dashes of any style."""
+
     def char(c: str) -> str:
         group = next((g for g in _EQUIVALENT if c in g), None)
         return "[" + re.escape(group) + "]" if group else re.escape(c)

@@ -19,20 +19,26 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
-from typing import Callable
 
 import psycopg2.extras
 
 from roastq import db, events, jobs
-from roastq.llm import ledger
 from roastq.db import Q
-from roastq.exceptions import InputError, JobCancelled
-from roastq.evaluation.answers import (MAX_HIGHLIGHTS, SELF_CRITIQUE_TOOL, Repair, analysis_tool,  # noqa: F401
-                                       check_analysis, check_self_critique)
+from roastq.evaluation.answers import (  # noqa: F401
+    MAX_HIGHLIGHTS,
+    SELF_CRITIQUE_TOOL,
+    Repair,
+    analysis_tool,
+    check_analysis,
+    check_self_critique,
+)
 from roastq.evaluation.highlights import HighlightMatch, locate_highlight, number_lines
+from roastq.exceptions import InputError, JobCancelled
 from roastq.jobctx import current_job, start_error
+from roastq.llm import ledger
 from roastq.llm.client import Claude, ToolCall, default_claude
 from roastq.llm.memo import StepMemo
 
@@ -112,13 +118,28 @@ def _memoised(memo: StepMemo, step: str, call: Callable[[], ToolCall]) -> ToolCa
     """The step's output from an earlier attempt of this job, or a new call, stored at once."""
     done = memo.get(step)
     if done is not None:
-        return ToolCall(step=step, model=done.model, input=done.output, usage=done.usage, price_usd=done.price_usd,
-                        duration_s=done.duration_s, request_id=done.request_id, cached=done.cached,
-                        saved_usd=done.saved_usd, memoised=True)
+        return ToolCall(
+            step=step,
+            model=done.model,
+            input=done.output,
+            usage=done.usage,
+            price_usd=done.price_usd,
+            duration_s=done.duration_s,
+            request_id=done.request_id,
+            cached=done.cached,
+            saved_usd=done.saved_usd,
+            memoised=True,
+        )
     result = call()
     job = current_job.get()
-    memo.store(step, result.input, model=result.model, duration_s=result.duration_s, request_id=result.request_id,
-               attempt=job.attempt if job is not None else None)
+    memo.store(
+        step,
+        result.input,
+        model=result.model,
+        duration_s=result.duration_s,
+        request_id=result.request_id,
+        attempt=job.attempt if job is not None else None,
+    )
     return result
 
 
@@ -128,9 +149,12 @@ def _repaired(call: ToolCall, check: Callable) -> tuple[dict, list[Repair]]:
     clean, repairs = check(call.input)
     if repairs and not call.memoised:
         kinds = Counter(r.kind for r in repairs)
-        logger.info("%s answer repaired (%s): %s", call.step,
-                    ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())),
-                    "; ".join(f"{r.path}: {r.kind} {r.detail}" for r in repairs[:10]))
+        logger.info(
+            "%s answer repaired (%s): %s",
+            call.step,
+            ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())),
+            "; ".join(f"{r.path}: {r.kind} {r.detail}" for r in repairs[:10]),
+        )
         for r in repairs:
             events.emit("llm_repair", step=r.step, kind=r.kind)
     return clean, repairs
@@ -150,8 +174,12 @@ def _highlights(memo: StepMemo, inputs: JobInputs, analysis: dict) -> tuple[list
         for h in analysis["highlights"]
     ]
     duration = time.monotonic() - started
-    memo.store("highlight_extraction", {"highlights": [{"suggestion": h, "match": asdict(m)} for h, m in pairs]},
-               model=None, duration_s=duration)
+    memo.store(
+        "highlight_extraction",
+        {"highlights": [{"suggestion": h, "match": asdict(m)} for h, m in pairs]},
+        model=None,
+        duration_s=duration,
+    )
     return pairs, duration
 
 
@@ -164,13 +192,22 @@ def run(inputs: JobInputs, claude: Claude, *, cancelled: Callable[[], bool] = la
         {"type": "text", "text": ANALYSIS_FRAME},
         {"type": "text", "text": f"Agent: {inputs.agent_name}\n\n{inputs.primary_instructions}"},
     ]
+
     def check(payload: dict) -> tuple[dict, list[Repair]]:
         return check_analysis(payload, provides_grades=inputs.provides_grades)
 
-    analysis = _memoised(memo, "analysis", lambda: claude.call_tool(
-        step="analysis", system=system, prompt=analysis_prompt(inputs), tool=analysis_tool(inputs.provides_grades),
-        cache_seed=seed, check=check,
-    ))
+    analysis = _memoised(
+        memo,
+        "analysis",
+        lambda: claude.call_tool(
+            step="analysis",
+            system=system,
+            prompt=analysis_prompt(inputs),
+            tool=analysis_tool(inputs.provides_grades),
+            cache_seed=seed,
+            check=check,
+        ),
+    )
     answer, repairs = _repaired(analysis, check)
     if cancelled():
         raise JobCancelled("cancelled after the analysis step")
@@ -192,17 +229,21 @@ def run(inputs: JobInputs, claude: Claude, *, cancelled: Callable[[], bool] = la
     if inputs.self_critique_instructions:
         if cancelled():
             raise JobCancelled("cancelled before the self-critique step")
-        critique = _memoised(memo, "self_critique", lambda: claude.call_tool(
-            step="self_critique",
-            system=[{"type": "text", "text": inputs.self_critique_instructions}],
-            prompt=(
-                f"<evaluation>\nSummary: {result.summary}\n\n{result.analysis}\n</evaluation>\n\n"
-                "Critique this evaluation and call submit_self_critique."
+        critique = _memoised(
+            memo,
+            "self_critique",
+            lambda: claude.call_tool(
+                step="self_critique",
+                system=[{"type": "text", "text": inputs.self_critique_instructions}],
+                prompt=(
+                    f"<evaluation>\nSummary: {result.summary}\n\n{result.analysis}\n</evaluation>\n\n"
+                    "Critique this evaluation and call submit_self_critique."
+                ),
+                tool=SELF_CRITIQUE_TOOL,
+                cache_seed=seed,
+                check=check_self_critique,
             ),
-            tool=SELF_CRITIQUE_TOOL,
-            cache_seed=seed,
-            check=check_self_critique,
-        ))
+        )
         critique_answer, critique_repairs = _repaired(critique, check_self_critique)
         result.self_critique = critique_answer["self_critique"]
         result.repairs += critique_repairs
@@ -268,8 +309,9 @@ def save(inputs: JobInputs, result: EvaluationResult) -> str | None:
         tasks = _tasks(inputs.job_id, result, cur)
         for t in tasks:
             cur.execute(Q.insert_task, {"job_id": inputs.job_id, "evaluation_version_id": ev_id, **t})
-        jobs.complete(cur, inputs.job_id, evaluation_version_id=ev_id,
-                      price_usd=sum((t["price_usd"] for t in tasks), Decimal(0)))
+        jobs.complete(
+            cur, inputs.job_id, evaluation_version_id=ev_id, price_usd=sum((t["price_usd"] for t in tasks), Decimal(0))
+        )
         job = current_job.get()
         if job is not None:
             # The attempt ends, and the message is acknowledged, with the result: the three never
@@ -290,17 +332,50 @@ def _tasks(job_id: str, result: EvaluationResult, cur) -> list[dict]:
         billed = steps.get(call.step)
         if billed is None:  # not run in a job (no ledger row): this attempt's call is all there is
             u = call.usage
-            billed = dict(model=call.model, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-                          cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
-                          price_usd=call.price_usd, cached=call.cached, saved_usd=call.saved_usd)
-        rows.append(dict(
-            name=call.step, model=billed["model"] or call.model, duration_s=call.duration_s,
-            **{k: billed[k] for k in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                                      "price_usd", "cached", "saved_usd")},
-        ))
-    rows.insert(1, dict(name="highlight_extraction", model=None, duration_s=result.highlight_duration_s,
-                        input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0,
-                        price_usd=Decimal(0), cached=False, saved_usd=Decimal(0)))
+            billed = dict(
+                model=call.model,
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                cache_read_tokens=u.cache_read_tokens,
+                cache_write_tokens=u.cache_write_tokens,
+                price_usd=call.price_usd,
+                cached=call.cached,
+                saved_usd=call.saved_usd,
+            )
+        rows.append(
+            dict(
+                name=call.step,
+                model=billed["model"] or call.model,
+                duration_s=call.duration_s,
+                **{
+                    k: billed[k]
+                    for k in (
+                        "input_tokens",
+                        "output_tokens",
+                        "cache_read_tokens",
+                        "cache_write_tokens",
+                        "price_usd",
+                        "cached",
+                        "saved_usd",
+                    )
+                },
+            )
+        )
+    rows.insert(
+        1,
+        dict(
+            name="highlight_extraction",
+            model=None,
+            duration_s=result.highlight_duration_s,
+            input_tokens=0,
+            output_tokens=0,
+            cache_read_tokens=0,
+            cache_write_tokens=0,
+            price_usd=Decimal(0),
+            cached=False,
+            saved_usd=Decimal(0),
+        ),
+    )
     return rows
 
 

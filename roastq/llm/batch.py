@@ -35,7 +35,6 @@ from roastq import db
 from roastq.exceptions import BadLLMOutput, LaneWait
 from roastq.jobctx import current_job
 from roastq.llm.pricing import Usage
-from roastq.llm.toolcall import ToolCall
 from roastq.queues import LANE_SUFFIX
 from roastq.settings import Settings
 from roastq.sql import load_queries
@@ -52,9 +51,16 @@ PENDING = ("waiting", "submitting", "submitted")
 #: An error response's type -> the HTTP status the same error has real-time (the SDK picks its
 #: exception class from the status and the error's details).
 ERROR_STATUS = {
-    "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402, "permission_error": 403,
-    "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
-    "timeout_error": 504, "overloaded_error": 529,
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
 }
 
 
@@ -97,12 +103,25 @@ def result_error(error: dict, base_url: str = "https://api.anthropic.com") -> an
     response = httpx.Response(status, request=request, json=error)
     from anthropic._error_classes import make_status_error  # the SDK's own status -> class table
 
-    return make_status_error(f"Error code: {status} - {error} (a Message Batches result)", body=error,
-                             response=response)
+    return make_status_error(
+        f"Error code: {status} - {error} (a Message Batches result)", body=error, response=response
+    )
 
 
-def lane_call(settings: Settings, *, step: str, model: str, max_tokens: int, system: list, messages: list,
-              tools: list, tool_choice: dict, tool: dict, cache_key: str | None, cache_seed: str):
+def lane_call(
+    settings: Settings,
+    *,
+    step: str,
+    model: str,
+    max_tokens: int,
+    system: list,
+    messages: list,
+    tools: list,
+    tool_choice: dict,
+    tool: dict,
+    cache_key: str | None,
+    cache_seed: str,
+):
     """None: run the step real-time. Otherwise the step's answer from the lane (a LaneAnswer), or it
     raises: ``LaneWait`` (the job waits for the lane), or the lane's error for the step."""
     job = current_job.get()
@@ -118,14 +137,28 @@ def lane_call(settings: Settings, *, step: str, model: str, max_tokens: int, sys
         if state is None:
             if row["queue"] not in LANE_QUEUES or slack is None or slack <= settings.llm_batch_min_slack_s:
                 return None
-            params = dict(model=model, max_tokens=max_tokens, system=system, messages=messages, tools=tools,
-                          tool_choice=tool_choice)
-            cur.execute(Q.insert_request, {
-                "job_id": job.job_id, "step": step, "queue": row["queue"], "model": model,
-                "params": psycopg2.extras.Json(params), "tool_name": tool["name"],
-                "tool_schema": psycopg2.extras.Json(tool["input_schema"]), "cache_key": cache_key,
-                "cache_seed": cache_seed,
-            })
+            params = dict(
+                model=model,
+                max_tokens=max_tokens,
+                system=system,
+                messages=messages,
+                tools=tools,
+                tool_choice=tool_choice,
+            )
+            cur.execute(
+                Q.insert_request,
+                {
+                    "job_id": job.job_id,
+                    "step": step,
+                    "queue": row["queue"],
+                    "model": model,
+                    "params": psycopg2.extras.Json(params),
+                    "tool_name": tool["name"],
+                    "tool_schema": psycopg2.extras.Json(tool["input_schema"]),
+                    "cache_key": cache_key,
+                    "cache_seed": cache_seed,
+                },
+            )
             state = "new"
         elif state in PENDING and slack is not None and slack > settings.llm_batch_fallback_s:
             state = "wait"  # delivered early (a duplicate message, say): it waits on
@@ -139,19 +172,30 @@ def lane_call(settings: Settings, *, step: str, model: str, max_tokens: int, sys
     if state == "wait":
         raise LaneWait(_park_for(settings, slack), step)
     if state == "fallback":
-        logger.warning("step %s runs real-time: %s s left before the deadline", step,
-                       f"{slack:.0f}" if slack is not None else "no time")
+        logger.warning(
+            "step %s runs real-time: %s s left before the deadline",
+            step,
+            f"{slack:.0f}" if slack is not None else "no time",
+        )
         return None
     if state == "errored":
         raise result_error(row["error"], settings.anthropic_base_url or "https://api.anthropic.com")
     if state == "invalid":
-        raise BadLLMOutput(f"{step}: {(row['error'] or {}).get('message', 'invalid tool input')} "
-                           f"(batch {row['batch_id']})", step=step, request_id=row["response_id"])
+        raise BadLLMOutput(
+            f"{step}: {(row['error'] or {}).get('message', 'invalid tool input')} (batch {row['batch_id']})",
+            step=step,
+            request_id=row["response_id"],
+        )
     if state == "succeeded":  # collected after this attempt loaded its memo
         usage = Usage(row["input_tokens"], row["output_tokens"], row["cache_read_tokens"], row["cache_write_tokens"])
-        return LaneAnswer(model=row["model"], input=row["output"], usage=usage,
-                          price_usd=row["price_usd"] or Decimal(0), duration_s=row["waited_s"] or 0.0,
-                          request_id=row["response_id"])
+        return LaneAnswer(
+            model=row["model"],
+            input=row["output"],
+            usage=usage,
+            price_usd=row["price_usd"] or Decimal(0),
+            duration_s=row["waited_s"] or 0.0,
+            request_id=row["response_id"],
+        )
     return None  # cancelled: the job is finishing anyway
 
 

@@ -109,7 +109,8 @@ def submit(settings, *, force: bool = False) -> int:
     for q in queues:
         full = q["waiting"] >= settings.llm_batch_max_requests
         due = q["oldest_s"] >= settings.llm_batch_max_wait_s and (
-            q["last_batch_s"] is None or q["last_batch_s"] >= settings.llm_batch_max_wait_s)
+            q["last_batch_s"] is None or q["last_batch_s"] >= settings.llm_batch_max_wait_s
+        )
         if force or ((full or due) and time.monotonic() >= _submit_after.get(q["queue"], 0.0)):
             created += _submit_one(settings, q["queue"])
     return created
@@ -118,8 +119,9 @@ def submit(settings, *, force: bool = False) -> int:
 def _submit_one(settings, queue: str) -> int:
     submission = str(uuid.uuid4())
     with db.transaction() as cur:
-        cur.execute(Q.claim_requests, {"queue": queue, "limit": settings.llm_batch_max_requests,
-                                       "submission_id": submission})
+        cur.execute(
+            Q.claim_requests, {"queue": queue, "limit": settings.llm_batch_max_requests, "submission_id": submission}
+        )
         claimed = cur.fetchall()
         size, keep, tail = 0, [], []
         for r in claimed:  # the API's size limit: the rest waits for the next batch
@@ -140,12 +142,17 @@ def _submit_one(settings, queue: str) -> int:
                 cur.execute(Q.unclaim_requests, {"submission_id": submission, "ids": None})
             logger.warning("batch of %d %s requests refused (%s): they wait for the next", len(keep), queue, exc)
         else:  # it may have been made: the next run looks for it (recover)
-            logger.warning("creating a batch of %d %s requests failed (%s): the next run checks whether it "
-                           "exists", len(keep), queue, type(exc).__name__)
+            logger.warning(
+                "creating a batch of %d %s requests failed (%s): the next run checks whether it exists",
+                len(keep),
+                queue,
+                type(exc).__name__,
+            )
         events.emit("llm_batch", action="submit_failed", queue=queue, requests=len(keep))
         retry_after = _retry_after_s(exc)
-        _submit_after[queue] = time.monotonic() + (retry_after if retry_after is not None else
-                                                   min(SUBMIT_BACKOFF_S, settings.llm_batch_max_wait_s))
+        _submit_after[queue] = time.monotonic() + (
+            retry_after if retry_after is not None else min(SUBMIT_BACKOFF_S, settings.llm_batch_max_wait_s)
+        )
         return 0
     _record(settings, created, queue=queue, submission=submission, count=len(keep), adopted=False)
     logger.info("batch %s submitted: %d %s requests", created.id, len(keep), queue)
@@ -163,11 +170,20 @@ def _retry_after_s(exc) -> float | None:
 
 def _record(settings, created, *, queue: str, submission: str, count: int, adopted: bool) -> None:
     with db.transaction() as cur:
-        cur.execute(Q.record_batch, {
-            "id": created.id, "queue": queue, "submission_id": submission, "request_count": count,
-            "processing_status": created.processing_status, "api_created_at": created.created_at,
-            "expires_at": created.expires_at, "adopted": adopted, "poll_s": settings.llm_batch_poll_s,
-        })
+        cur.execute(
+            Q.record_batch,
+            {
+                "id": created.id,
+                "queue": queue,
+                "submission_id": submission,
+                "request_count": count,
+                "processing_status": created.processing_status,
+                "api_created_at": created.created_at,
+                "expires_at": created.expires_at,
+                "adopted": adopted,
+                "poll_s": settings.llm_batch_poll_s,
+            },
+        )
         cur.execute(Q.mark_submitted, {"batch_id": created.id, "submission_id": submission})
 
 
@@ -192,8 +208,14 @@ def recover() -> int:
     found = 0
     for s in sorted(stale, key=lambda s: s["since"]):
         since = s["since"] - timedelta(seconds=RECOVERY_MARGIN_S)
-        match = next((b for b in reversed(unknown)  # oldest first: submissions were made in order
-                      if b.created_at >= since and _total(b.request_counts) == s["n"]), None)
+        match = next(
+            (
+                b
+                for b in reversed(unknown)  # oldest first: submissions were made in order
+                if b.created_at >= since and _total(b.request_counts) == s["n"]
+            ),
+            None,
+        )
         if match is None:
             with db.transaction() as cur:
                 cur.execute(Q.unclaim_requests, {"submission_id": s["submission_id"], "ids": None})
@@ -225,28 +247,40 @@ def poll(settings) -> dict:
             got = client.messages.batches.retrieve(b["id"], timeout=API_TIMEOUT_S)
         except Exception as exc:
             with db.transaction() as cur:
-                cur.execute(Q.batch_poll_failed, {"id": b["id"], "error": f"{type(exc).__name__}: {exc}"[:500],
-                                                  "next_poll_s": next_s})
+                cur.execute(
+                    Q.batch_poll_failed,
+                    {"id": b["id"], "error": f"{type(exc).__name__}: {exc}"[:500], "next_poll_s": next_s},
+                )
             logger.warning("polling batch %s failed: %s", b["id"], type(exc).__name__)
             continue
         out["polled"] += 1
         with db.transaction() as cur:
-            cur.execute(Q.batch_polled, {
-                "id": b["id"], "processing_status": got.processing_status,
-                "request_counts": psycopg2.extras.Json(got.request_counts.model_dump()),
-                "ended_at": got.ended_at, "expires_at": got.expires_at,
-                "next_poll_s": 0 if got.processing_status == "ended" else next_s,
-            })
+            cur.execute(
+                Q.batch_polled,
+                {
+                    "id": b["id"],
+                    "processing_status": got.processing_status,
+                    "request_counts": psycopg2.extras.Json(got.request_counts.model_dump()),
+                    "ended_at": got.ended_at,
+                    "expires_at": got.expires_at,
+                    "next_poll_s": 0 if got.processing_status == "ended" else next_s,
+                },
+            )
         if got.processing_status == "ended":
             try:
                 out["results"] += collect(settings, b["id"])
                 out["collected"] += 1
             except Exception as exc:  # a stream cut halfway: what was recorded stays, the rest next time
                 with db.transaction() as cur:
-                    cur.execute(Q.batch_poll_failed, {"id": b["id"], "next_poll_s": settings.llm_batch_poll_s,
-                                                      "error": f"results: {type(exc).__name__}: {exc}"[:500]})
-                logger.warning("collecting batch %s failed midway (%s): resumed next time", b["id"],
-                               type(exc).__name__)
+                    cur.execute(
+                        Q.batch_poll_failed,
+                        {
+                            "id": b["id"],
+                            "next_poll_s": settings.llm_batch_poll_s,
+                            "error": f"results: {type(exc).__name__}: {exc}"[:500],
+                        },
+                    )
+                logger.warning("collecting batch %s failed midway (%s): resumed next time", b["id"], type(exc).__name__)
     return out
 
 
@@ -288,21 +322,48 @@ def _record_result(settings, batch_id: str, line) -> int:
                 return 0
             saved = cost_usd(req["model"], usage) - price
             output, error, state = _validated(req, message)
-            cur.execute(Q.request_answered, {
-                "id": rid, "state": state, "output": psycopg2.extras.Json(output) if output is not None else None,
-                "error": psycopg2.extras.Json(error) if error else None, "response_id": message.id,
-                "price_usd": price, "saved_usd": saved, **_tokens(usage)})
+            cur.execute(
+                Q.request_answered,
+                {
+                    "id": rid,
+                    "state": state,
+                    "output": psycopg2.extras.Json(output) if output is not None else None,
+                    "error": psycopg2.extras.Json(error) if error else None,
+                    "response_id": message.id,
+                    "price_usd": price,
+                    "saved_usd": saved,
+                    **_tokens(usage),
+                },
+            )
             _ledger(cur, req, usage, price)
             if state == "succeeded":
                 waited = (datetime.now(UTC) - req["created_at"]).total_seconds()
-                cur.execute(LLM.memo_store, {"job_id": req["job_id"], "step": req["step"],
-                                             "output": psycopg2.extras.Json(output), "model": req["model"],
-                                             "duration_s": waited, "attempt": None, "request_id": message.id})
+                cur.execute(
+                    LLM.memo_store,
+                    {
+                        "job_id": req["job_id"],
+                        "step": req["step"],
+                        "output": psycopg2.extras.Json(output),
+                        "model": req["model"],
+                        "duration_s": waited,
+                        "attempt": None,
+                        "request_id": message.id,
+                    },
+                )
                 if req["cache_key"] and settings.llm_cache_enabled:
                     cache_entry = (req, message, usage, price)
             # Tokens and dollars count with every other call's; a batch answer has no call latency.
-            events.emit("llm_call", model=req["model"], step=req["step"], duration_s=None, usage=usage,
-                        price_usd=price, exception=None, cached=False, batch=True)
+            events.emit(
+                "llm_call",
+                model=req["model"],
+                step=req["step"],
+                duration_s=None,
+                usage=usage,
+                price_usd=price,
+                exception=None,
+                cached=False,
+                batch=True,
+            )
         elif not mine:
             return 0
         elif result.type == "errored":
@@ -315,13 +376,19 @@ def _record_result(settings, batch_id: str, line) -> int:
 
 
 def _tokens(usage: Usage) -> dict:
-    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-            "cache_read_tokens": usage.cache_read_tokens, "cache_write_tokens": usage.cache_write_tokens}
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+    }
 
 
 def _ledger(cur, req, usage: Usage, price: Decimal) -> None:
-    cur.execute(LLM.ledger_billed, {"job_id": req["job_id"], "step": req["step"], "model": req["model"],
-                                    "price_usd": price, **_tokens(usage)})
+    cur.execute(
+        LLM.ledger_billed,
+        {"job_id": req["job_id"], "step": req["step"], "model": req["model"], "price_usd": price, **_tokens(usage)},
+    )
 
 
 def _validated(req, message):
@@ -340,9 +407,17 @@ def _cache(settings, req, message, usage, price) -> None:
     from roastq.llm import cache
 
     try:  # best effort, as in the real-time path
-        cache.store(req["cache_key"], model=req["model"], step=req["step"], seed=req["cache_seed"] or "",
-                    response=message.model_dump(mode="json"), usage=usage, price_usd=price,
-                    request_id=message.id, ttl_s=settings.llm_cache_ttl_s)
+        cache.store(
+            req["cache_key"],
+            model=req["model"],
+            step=req["step"],
+            seed=req["cache_seed"] or "",
+            response=message.model_dump(mode="json"),
+            usage=usage,
+            price_usd=price,
+            request_id=message.id,
+            ttl_s=settings.llm_cache_ttl_s,
+        )
     except Exception:
         logger.exception("storing a batch answer in the response cache failed")
 

@@ -66,8 +66,16 @@ def check(settings: Settings, *, model: str, step: str) -> None:
     if not now.exhausted:
         return
     delay = recheck_delay_s(settings, now.day_left_s)
-    events.emit("llm_budget_exhausted", day=now.day, spent_usd=now.spent_usd, cap_usd=now.cap_usd,
-                delay_s=delay, model=model, step=step)
-    logger.warning("daily LLM budget spent ($%s of $%s on %s): %s waits %.0f s",
-                   now.spent_usd, now.cap_usd, now.day, step, delay)
+    events.emit(
+        "llm_budget_exhausted",
+        day=now.day,
+        spent_usd=now.spent_usd,
+        cap_usd=now.cap_usd,
+        delay_s=delay,
+        model=model,
+        step=step,
+    )
+    logger.warning(
+        "daily LLM budget spent ($%s of $%s on %s): %s waits %.0f s", now.spent_usd, now.cap_usd, now.day, step, delay
+    )
     raise Snooze(delay, "budget")

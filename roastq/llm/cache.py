@@ -55,8 +55,16 @@ def _without_cache_control(value):
     return value
 
 
-def canonical_request(*, model: str, system, messages: list, tools: list, tool_choice: dict | None,
-                      max_tokens: int, temperature: float | None = None) -> dict:
+def canonical_request(
+    *,
+    model: str,
+    system,
+    messages: list,
+    tools: list,
+    tool_choice: dict | None,
+    max_tokens: int,
+    temperature: float | None = None,
+) -> dict:
     """What decides the answer, in a stable form: a plain-string system prompt and the same text
     as one text block are the same request."""
     if isinstance(system, str):
@@ -75,8 +83,7 @@ def canonical_request(*, model: str, system, messages: list, tools: list, tool_c
 
 
 def cache_key(request: dict, seed: str) -> str:
-    body = json.dumps({"request": request, "seed": seed}, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False)
+    body = json.dumps({"request": request, "seed": seed}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -100,17 +107,37 @@ _last_purge = 0.0
 _purge_lock = threading.Lock()
 
 
-def store(key: str, *, model: str, step: str, seed: str, response: dict, usage: Usage, price_usd: Decimal,
-          request_id: str | None, ttl_s: float) -> None:
+def store(
+    key: str,
+    *,
+    model: str,
+    step: str,
+    seed: str,
+    response: dict,
+    usage: Usage,
+    price_usd: Decimal,
+    request_id: str | None,
+    ttl_s: float,
+) -> None:
     """Keep a validated, complete response for ``ttl_s`` seconds (replacing any older entry)."""
     with db.transaction() as cur:
-        cur.execute(Q.cache_store, {
-            "key": key, "model": model, "step": step, "seed": seed,
-            "response": psycopg2.extras.Json(response),
-            "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-            "cache_read_tokens": usage.cache_read_tokens, "cache_write_tokens": usage.cache_write_tokens,
-            "price_usd": price_usd, "request_id": request_id, "ttl_s": ttl_s,
-        })
+        cur.execute(
+            Q.cache_store,
+            {
+                "key": key,
+                "model": model,
+                "step": step,
+                "seed": seed,
+                "response": psycopg2.extras.Json(response),
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cache_read_tokens": usage.cache_read_tokens,
+                "cache_write_tokens": usage.cache_write_tokens,
+                "price_usd": price_usd,
+                "request_id": request_id,
+                "ttl_s": ttl_s,
+            },
+        )
     _maybe_purge()
 
 

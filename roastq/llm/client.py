@@ -20,7 +20,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -34,8 +33,8 @@ from roastq.failures import ErrorClass, classify
 from roastq.jobctx import current_job
 from roastq.llm import batch, budget, cache, ledger, models, ratelimit
 from roastq.llm.pricing import Usage, cost_usd
-from roastq.llm.toolcall import ToolCall, tool_input
 from roastq.llm.strict import strict_tool
+from roastq.llm.toolcall import ToolCall, tool_input
 from roastq.settings import Settings, get_settings
 
 logger = logging.getLogger("roastq.llm.client")
@@ -49,10 +48,14 @@ EPHEMERAL = {"type": "ephemeral"}
 MIN_ANSWER_TOKENS = 1024
 #: Answers cut at max_tokens that a call asks again for (more room, then a shorter answer).
 MAX_CUTS = 2
-SHORTER_NOTE = ("Your previous answer was cut off at the output limit. Answer again, more briefly: shorter "
-                "analysis and descriptions, the same tool.")
-RETRY_NOTE = ("An earlier answer to this request could not be used. Follow the tool's schema exactly and "
-              "respect every bound its descriptions state.")
+SHORTER_NOTE = (
+    "Your previous answer was cut off at the output limit. Answer again, more briefly: shorter "
+    "analysis and descriptions, the same tool."
+)
+RETRY_NOTE = (
+    "An earlier answer to this request could not be used. Follow the tool's schema exactly and "
+    "respect every bound its descriptions state."
+)
 
 
 def with_prompt_cache(system: list[dict], tools: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -134,8 +137,17 @@ class Claude:
 
         key = None
         if settings.llm_cache_enabled and not settings.llm_proxy_base_url:
-            key = cache.cache_key(cache.canonical_request(model=model, system=system, messages=messages, tools=tools,
-                                                          tool_choice=tool_choice, max_tokens=max_tokens), seed)
+            key = cache.cache_key(
+                cache.canonical_request(
+                    model=model,
+                    system=system,
+                    messages=messages,
+                    tools=tools,
+                    tool_choice=tool_choice,
+                    max_tokens=max_tokens,
+                ),
+                seed,
+            )
             hit = self._cached(key, step=step, model=model, tool=tool, check=check, job_id=job_id, bypass=bypass)
             if hit is not None:
                 return hit
@@ -144,34 +156,64 @@ class Claude:
         if settings.prompt_caching:
             system, tools = with_prompt_cache(system, tools)
         # The batch lane (roastq/llm/batch.py): a batch job with time to spare waits for a Message Batch.
-        lane = batch.lane_call(settings, step=step, model=model, max_tokens=max_tokens, system=system,
-                               messages=messages, tools=tools, tool_choice=tool_choice, tool=tool,
-                               cache_key=key, cache_seed=seed)
+        lane = batch.lane_call(
+            settings,
+            step=step,
+            model=model,
+            max_tokens=max_tokens,
+            system=system,
+            messages=messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            tool=tool,
+            cache_key=key,
+            cache_seed=seed,
+        )
         if lane is not None:  # the pipeline checks and repairs its input like any answer's
-            return ToolCall(step=step, model=lane.model, input=lane.input, usage=lane.usage,
-                            price_usd=lane.price_usd, duration_s=lane.duration_s, request_id=lane.request_id)
+            return ToolCall(
+                step=step,
+                model=lane.model,
+                input=lane.input,
+                usage=lane.usage,
+                price_usd=lane.price_usd,
+                duration_s=lane.duration_s,
+                request_id=lane.request_id,
+            )
         room = self._context_room(step=step, model=model, system=system, messages=messages, tools=tools)
         max_tokens = min(max_tokens, room)
 
         usage, price, duration, cuts, corrected = Usage(), Decimal(0), 0.0, 0, False
         while True:
             response, raw, call_usage, call_price, call_duration = self._send(
-                step=step, model=model, system=system, messages=messages, tools=tools, tool_choice=tool_choice,
-                max_tokens=max_tokens, bypass=bypass, seed=seed)
+                step=step,
+                model=model,
+                system=system,
+                messages=messages,
+                tools=tools,
+                tool_choice=tool_choice,
+                max_tokens=max_tokens,
+                bypass=bypass,
+                seed=seed,
+            )
             usage, price, duration = usage + call_usage, price + call_price, duration + call_duration
             request_id = getattr(response, "_request_id", None)
             stop = response.stop_reason
-            billed = dict(model=model, step=step, duration_s=call_duration, usage=call_usage, price_usd=call_price,
-                          cached=False)
+            billed = dict(
+                model=model, step=step, duration_s=call_duration, usage=call_usage, price_usd=call_price, cached=False
+            )
             if stop == "refusal":
-                exc = LLMRefusal(f"{step}: the model declined to answer (stop_reason refusal)", step=step,
-                                 request_id=request_id)
+                exc = LLMRefusal(
+                    f"{step}: the model declined to answer (stop_reason refusal)", step=step, request_id=request_id
+                )
                 events.emit("llm_call", exception=exc, **billed)
                 raise exc
             if stop in ("max_tokens", "model_context_window_exceeded"):
                 cuts += 1
-                exc = BadLLMOutput(f"{step}: the answer was cut at max_tokens ({max_tokens}), {cuts} times",
-                                   step=step, request_id=request_id)
+                exc = BadLLMOutput(
+                    f"{step}: the answer was cut at max_tokens ({max_tokens}), {cuts} times",
+                    step=step,
+                    request_id=request_id,
+                )
                 events.emit("llm_call", exception=exc, **billed)
                 if cuts > MAX_CUTS:
                     raise exc
@@ -180,8 +222,13 @@ class Claude:
                     reason, max_tokens = "max_tokens_raised", min(limit, max_tokens * 2)
                 else:  # no more room: ask for less
                     reason, messages = "shorter_answer", _with_user_text(messages, SHORTER_NOTE)
-                logger.info("%s: answer cut at max_tokens (%s): asking again (%s, max_tokens %d)", step, stop,
-                            reason, max_tokens)
+                logger.info(
+                    "%s: answer cut at max_tokens (%s): asking again (%s, max_tokens %d)",
+                    step,
+                    stop,
+                    reason,
+                    max_tokens,
+                )
                 events.emit("llm_retry", model=model, step=step, reason=reason)
                 continue
             try:
@@ -193,8 +240,9 @@ class Claude:
                 if corrected:
                     raise
                 corrected = True
-                logger.warning("%s: the answer fails validation (%s): asking again with the error, in the same "
-                               "attempt", step, exc)
+                logger.warning(
+                    "%s: the answer fails validation (%s): asking again with the error, in the same attempt", step, exc
+                )
                 messages = messages + _correction(response.content, exc.feedback)
                 events.emit("llm_retry", model=model, step=step, reason="corrective")
                 continue
@@ -202,16 +250,43 @@ class Claude:
             break
         if key is not None and cache.is_complete(stop):
             try:  # best effort, like the settle in _send
-                cache.store(key, model=model, step=step, seed=seed, response=response.model_dump(mode="json"),
-                            usage=usage, price_usd=price, request_id=request_id, ttl_s=settings.llm_cache_ttl_s)
+                cache.store(
+                    key,
+                    model=model,
+                    step=step,
+                    seed=seed,
+                    response=response.model_dump(mode="json"),
+                    usage=usage,
+                    price_usd=price,
+                    request_id=request_id,
+                    ttl_s=settings.llm_cache_ttl_s,
+                )
                 events.emit("llm_cache", outcome="store", model=model, step=step, saved_usd=Decimal(0))
             except Exception:
                 logger.exception("storing the %s answer in the response cache failed", step)
-        return ToolCall(step=step, model=model, input=payload, usage=usage, price_usd=price, duration_s=duration,
-                        request_id=request_id)
+        return ToolCall(
+            step=step,
+            model=model,
+            input=payload,
+            usage=usage,
+            price_usd=price,
+            duration_s=duration,
+            request_id=request_id,
+        )
 
-    def _send(self, *, step: str, model: str, system: list, messages: list, tools: list, tool_choice: dict,
-              max_tokens: int, bypass: bool, seed: str):
+    def _send(
+        self,
+        *,
+        step: str,
+        model: str,
+        system: list,
+        messages: list,
+        tools: list,
+        tool_choice: dict,
+        max_tokens: int,
+        bypass: bool,
+        seed: str,
+    ):
         """One paid request: rate limiter, the API, ledger and limiter settled. Returns the response,
         the raw response, its usage, price and duration."""
         settings = self.settings
@@ -251,12 +326,19 @@ class Claude:
         usage = Usage.from_api(response.usage)
         price = cost_usd(model, usage)
         # Billed whatever comes next: into the ledger and the limiter before validation.
-        ledger.record_billed(job_id=job.job_id if job is not None else None, step=step, model=model, usage=usage,
-                             price_usd=price)
+        ledger.record_billed(
+            job_id=job.job_id if job is not None else None, step=step, model=model, usage=usage, price_usd=price
+        )
         try:  # best effort: a paid answer is not thrown away for the limiter's bookkeeping
-            ratelimit.settle(settings, model, input_estimate=estimate,
-                             input_tokens=usage.input_tokens + usage.cache_write_tokens,
-                             output_tokens=usage.output_tokens, headers=raw.headers, status=raw.status_code)
+            ratelimit.settle(
+                settings,
+                model,
+                input_estimate=estimate,
+                input_tokens=usage.input_tokens + usage.cache_write_tokens,
+                output_tokens=usage.output_tokens,
+                headers=raw.headers,
+                status=raw.status_code,
+            )
         except Exception:
             logger.exception("rate limiter settle failed after a %s response", step)
         return response, raw, usage, price, duration
@@ -274,16 +356,22 @@ class Claude:
         try:
             timeout, _ = self.call_timeout()
             counted = self.client.messages.count_tokens(
-                model=model, system=system, messages=messages, tools=tools,
+                model=model,
+                system=system,
+                messages=messages,
+                tools=tools,
                 timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-                extra_headers={"x-roastq-step": step}).input_tokens
+                extra_headers={"x-roastq-step": step},
+            ).input_tokens
         except anthropic.APIError as exc:
             counted, how = math.ceil(size / 3), "estimated"
             logger.warning("%s: counting the prompt's tokens failed (%s): estimated", step, type(exc).__name__)
         if counted + MIN_ANSWER_TOKENS > window:
-            raise InputError(f"{step}: the document is too long for {model}: the prompt is {counted} tokens "
-                             f"({how}) and the model's context window {window}, with at least "
-                             f"{MIN_ANSWER_TOKENS} needed for the answer")
+            raise InputError(
+                f"{step}: the document is too long for {model}: the prompt is {counted} tokens "
+                f"({how}) and the model's context window {window}, with at least "
+                f"{MIN_ANSWER_TOKENS} needed for the answer"
+            )
         return window - counted
 
     def _cached(self, key: str, *, step: str, model: str, tool: dict, check, job_id, bypass: bool) -> ToolCall | None:
@@ -298,8 +386,7 @@ class Claude:
             hit = cache.lookup(key, cur)
             if hit is not None:
                 try:
-                    payload = tool_input(hit.response.get("content") or [], tool, step=step,
-                                          request_id=hit.request_id)
+                    payload = tool_input(hit.response.get("content") or [], tool, step=step, request_id=hit.request_id)
                     check(payload)
                 except BadLLMOutput:  # stored before the step's checks changed: a miss
                     hit = None
@@ -310,34 +397,68 @@ class Claude:
             return None
         duration = time.monotonic() - started
         events.emit("llm_cache", outcome="hit", model=model, step=step, saved_usd=hit.price_usd)
-        events.emit("llm_call", model=model, step=step, duration_s=duration, usage=Usage(), price_usd=Decimal(0),
-                    exception=None, cached=True)
-        return ToolCall(step=step, model=model, input=payload, usage=Usage(), price_usd=Decimal(0),
-                        duration_s=duration, request_id=hit.request_id, cached=True, saved_usd=hit.price_usd)
+        events.emit(
+            "llm_call",
+            model=model,
+            step=step,
+            duration_s=duration,
+            usage=Usage(),
+            price_usd=Decimal(0),
+            exception=None,
+            cached=True,
+        )
+        return ToolCall(
+            step=step,
+            model=model,
+            input=payload,
+            usage=Usage(),
+            price_usd=Decimal(0),
+            duration_s=duration,
+            request_id=hit.request_id,
+            cached=True,
+            saved_usd=hit.price_usd,
+        )
 
     def _failed(self, exc: Exception, *, model: str, step: str, started: float, estimate: int) -> None:
         """A call that raised: tell the limiter (a 429 closes the gate for everyone) and the listeners."""
         response = getattr(exc, "response", None)
         try:
-            ratelimit.settle(self.settings, model, input_estimate=estimate, headers=getattr(response, "headers", None),
-                             status=getattr(response, "status_code", None),
-                             gate_allowed=classify(exc) is not ErrorClass.SPEND_LIMIT)  # waiting never helps
+            ratelimit.settle(
+                self.settings,
+                model,
+                input_estimate=estimate,
+                headers=getattr(response, "headers", None),
+                status=getattr(response, "status_code", None),
+                gate_allowed=classify(exc) is not ErrorClass.SPEND_LIMIT,
+            )  # waiting never helps
         except Exception:  # the call's own error is the one to classify and report
             logger.exception("rate limiter settle failed after %s", type(exc).__name__)
         finally:
-            events.emit("llm_call", model=model, step=step, duration_s=time.monotonic() - started,
-                        usage=None, price_usd=None, exception=exc, cached=False)
+            events.emit(
+                "llm_call",
+                model=model,
+                step=step,
+                duration_s=time.monotonic() - started,
+                usage=None,
+                price_usd=None,
+                exception=exc,
+                cached=False,
+            )
 
 
 def _schema_check(payload: dict, *, tool: dict, step: str) -> None:
     """The default check: the tool's full JSON schema, bounds included."""
-    error = jsonschema.exceptions.best_match(_validator(json.dumps(tool["input_schema"], sort_keys=True))
-                                             .iter_errors(payload))
+    error = jsonschema.exceptions.best_match(
+        _validator(json.dumps(tool["input_schema"], sort_keys=True)).iter_errors(payload)
+    )
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise BadLLMOutput(f"{step}: tool input invalid at {where}: {error.message[:200]}", step=step,
-                           feedback=f"The {tool['name']} input is invalid at {where}: {error.message[:200]}. "
-                           f"Call {tool['name']} again with an input that follows its schema.")
+        raise BadLLMOutput(
+            f"{step}: tool input invalid at {where}: {error.message[:200]}",
+            step=step,
+            feedback=f"The {tool['name']} input is invalid at {where}: {error.message[:200]}. "
+            f"Call {tool['name']} again with an input that follows its schema.",
+        )
 
 
 def _with_user_text(messages: list[dict], text: str) -> list[dict]:
@@ -352,15 +473,23 @@ def _correction(content, feedback: str) -> list[dict]:
     """The turns that continue the conversation after an unusable answer: the model's own answer,
     then an ``is_error`` tool result for each of its tool calls, naming what was wrong."""
     blocks = [b.model_dump(mode="json") if hasattr(b, "model_dump") else dict(b) for b in content]
-    blocks = [{k: b[k] for k in ("type", "id", "name", "input", "text") if k in b}
-              for b in blocks if b.get("type") in ("tool_use", "text") and (b.get("type") != "text" or b.get("text"))]
+    blocks = [
+        {k: b[k] for k in ("type", "id", "name", "input", "text") if k in b}
+        for b in blocks
+        if b.get("type") in ("tool_use", "text") and (b.get("type") != "text" or b.get("text"))
+    ]
     uses = [b for b in blocks if b["type"] == "tool_use"]
     if not uses:
-        return [*([{"role": "assistant", "content": blocks}] if blocks else []),
-                {"role": "user", "content": feedback}]
-    return [{"role": "assistant", "content": blocks},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": b["id"], "is_error": True,
-                                          "content": feedback} for b in uses]}]
+        return [*([{"role": "assistant", "content": blocks}] if blocks else []), {"role": "user", "content": feedback}]
+    return [
+        {"role": "assistant", "content": blocks},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": b["id"], "is_error": True, "content": feedback} for b in uses
+            ],
+        },
+    ]
 
 
 @functools.lru_cache(maxsize=64)

@@ -21,12 +21,19 @@ Q = load_queries("llm.sql", __package__)
 
 def record_billed(*, job_id: str | None, step: str, model: str, usage: Usage, price_usd: Decimal) -> None:
     with db.transaction() as cur:
-        cur.execute(Q.ledger_billed, {
-            "job_id": job_id, "step": step, "model": model,
-            "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-            "cache_read_tokens": usage.cache_read_tokens, "cache_write_tokens": usage.cache_write_tokens,
-            "price_usd": price_usd,
-        })
+        cur.execute(
+            Q.ledger_billed,
+            {
+                "job_id": job_id,
+                "step": step,
+                "model": model,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cache_read_tokens": usage.cache_read_tokens,
+                "cache_write_tokens": usage.cache_write_tokens,
+                "price_usd": price_usd,
+            },
+        )
 
 
 def record_saved(*, job_id: str | None, step: str, model: str, saved_usd: Decimal, cur) -> None:

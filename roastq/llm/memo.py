@@ -44,11 +44,15 @@ class StepMemo:
             cur.execute(Q.memo_load, {"job_id": job_id})
             self._done = {
                 r["step"]: StepOutput(
-                    step=r["step"], output=r["output"], model=r["model"],
-                    usage=Usage(r["input_tokens"], r["output_tokens"], r["cache_read_tokens"],
-                                r["cache_write_tokens"]),
-                    price_usd=r["price_usd"], cached=r["cached"], saved_usd=r["saved_usd"],
-                    duration_s=r["duration_s"], request_id=r["request_id"],
+                    step=r["step"],
+                    output=r["output"],
+                    model=r["model"],
+                    usage=Usage(r["input_tokens"], r["output_tokens"], r["cache_read_tokens"], r["cache_write_tokens"]),
+                    price_usd=r["price_usd"],
+                    cached=r["cached"],
+                    saved_usd=r["saved_usd"],
+                    duration_s=r["duration_s"],
+                    request_id=r["request_id"],
                 )
                 for r in cur.fetchall()
             }
@@ -60,13 +64,29 @@ class StepMemo:
             events.emit("llm_step_memo", step=step, outcome="resumed")
         return done
 
-    def store(self, step: str, output: dict, *, model: str | None, duration_s: float,
-              request_id: str | None = None, attempt: int | None = None) -> None:
+    def store(
+        self,
+        step: str,
+        output: dict,
+        *,
+        model: str | None,
+        duration_s: float,
+        request_id: str | None = None,
+        attempt: int | None = None,
+    ) -> None:
         with db.transaction() as cur:
-            cur.execute(Q.memo_store, {
-                "job_id": self.job_id, "step": step, "output": psycopg2.extras.Json(output), "model": model,
-                "duration_s": duration_s, "attempt": attempt, "request_id": request_id,
-            })
+            cur.execute(
+                Q.memo_store,
+                {
+                    "job_id": self.job_id,
+                    "step": step,
+                    "output": psycopg2.extras.Json(output),
+                    "model": model,
+                    "duration_s": duration_s,
+                    "attempt": attempt,
+                    "request_id": request_id,
+                },
+            )
         events.emit("llm_step_memo", step=step, outcome="stored")
 
     @property

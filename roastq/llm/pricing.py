@@ -42,7 +42,7 @@ class Price:
     cache_read: Decimal
 
     @classmethod
-    def of(cls, inp, out) -> "Price":
+    def of(cls, inp, out) -> Price:
         i = Decimal(str(inp))
         return cls(i, Decimal(str(out)), i * CACHE_WRITE_FACTOR, i * CACHE_READ_FACTOR)
 
@@ -85,7 +85,7 @@ class Usage:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
 
-    def __add__(self, other: "Usage") -> "Usage":
+    def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
@@ -98,7 +98,7 @@ class Usage:
         return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
 
     @classmethod
-    def from_api(cls, usage) -> "Usage":
+    def from_api(cls, usage) -> Usage:
         """From the SDK's ``usage`` object (or its dict form in a cached response)."""
         get = usage.get if isinstance(usage, dict) else lambda k: getattr(usage, k, None)
         return cls(
@@ -116,8 +116,12 @@ def _extra_prices() -> dict[str, Price]:
     for model, p in get_settings().llm_extra_prices.items():
         price = Price.of(p["input"], p["output"])
         # Cache prices may be given explicitly for models whose multipliers differ.
-        extra[model] = Price(price.input, price.output, Decimal(str(p.get("cache_write", price.cache_write))),
-                             Decimal(str(p.get("cache_read", price.cache_read))))
+        extra[model] = Price(
+            price.input,
+            price.output,
+            Decimal(str(p.get("cache_write", price.cache_write))),
+            Decimal(str(p.get("cache_read", price.cache_read))),
+        )
     return extra
 
 
@@ -141,7 +145,9 @@ def price_for(model: str) -> Price:
         logger.warning(
             "no price for model %r: charging the dearest known rate (%s/%s per MTok); "
             "add it to roastq/llm/pricing.py or LLM_EXTRA_PRICES",
-            model, UNKNOWN_MODEL_PRICE.input, UNKNOWN_MODEL_PRICE.output,
+            model,
+            UNKNOWN_MODEL_PRICE.input,
+            UNKNOWN_MODEL_PRICE.output,
         )
     events.emit("llm_unknown_model", model=model, price=UNKNOWN_MODEL_PRICE)
     return UNKNOWN_MODEL_PRICE

@@ -101,18 +101,27 @@ def acquire(settings: Settings, model: str, input_tokens: int, *, sleep=time.sle
     limits = configured_limits(settings, model)
     max_wait = _max_wait_s(settings)
     with db.transaction() as cur:
-        cur.execute(Q.rate_reserve, {
-            "model": model, "rpm": limits.rpm, "input_tpm": limits.input_tpm, "output_tpm": limits.output_tpm,
-            "headroom": headroom, "input_tokens": input_tokens, "max_wait_s": max_wait,
-        })
+        cur.execute(
+            Q.rate_reserve,
+            {
+                "model": model,
+                "rpm": limits.rpm,
+                "input_tpm": limits.input_tpm,
+                "output_tpm": limits.output_tpm,
+                "headroom": headroom,
+                "input_tokens": input_tokens,
+                "max_wait_s": max_wait,
+            },
+        )
         row = cur.fetchone()
     wait, reason = max(0.0, row["wait_s"]), row["reason"]
     if not row["reserved"]:
         # Come back about when the limiter frees up; spread the returns a little.
         delay = wait + random.uniform(0, min(5.0, 0.2 * wait))
         events.emit("llm_rate_limit_wait", model=model, reason=reason, wait_s=delay, snoozed=True)
-        logger.info("rate limit (%s) on %s: %.1f s to wait, more than %.1f s: the job snoozes",
-                    reason, model, wait, max_wait)
+        logger.info(
+            "rate limit (%s) on %s: %.1f s to wait, more than %.1f s: the job snoozes", reason, model, wait, max_wait
+        )
         raise Snooze(delay, "rate_limit")
     if wait > 0:
         events.emit("llm_rate_limit_wait", model=model, reason=reason, wait_s=wait, snoozed=False)
@@ -121,26 +130,39 @@ def acquire(settings: Settings, model: str, input_tokens: int, *, sleep=time.sle
     return Reservation(wait, reason, row["start_at"])
 
 
-def settle(settings: Settings, model: str, *, input_estimate: int, input_tokens: int | None = None,
-           output_tokens: int | None = None, headers=None, status: int | None = None,
-           gate_allowed: bool = True) -> float | None:
+def settle(
+    settings: Settings,
+    model: str,
+    *,
+    input_estimate: int,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    headers=None,
+    status: int | None = None,
+    gate_allowed: bool = True,
+) -> float | None:
     """After the call: correct the booking, learn limits, close the gate if the server said so.
     ``input_tokens`` None means the request was not billed (an error): the estimate is given back.
     Returns the seconds the gate was closed for, or None."""
     learned = learned_limits(headers) if settings.llm_rate_limits_from_headers else {}
-    gate_s, gate_reason = (gate_delay(headers, status) if gate_allowed else (None, None))
+    gate_s, gate_reason = gate_delay(headers, status) if gate_allowed else (None, None)
     if gate_s is not None:
         events.emit("llm_rate_limit_gate", model=model, closed_for_s=gate_s, reason=gate_reason)
         logger.warning("rate limit gate for %s closed for %.1f s (%s)", model, gate_s, gate_reason)
     with db.transaction() as cur:
-        cur.execute(Q.rate_settle, {
-            "model": model,
-            "input_delta": (input_tokens if input_tokens is not None else 0) - input_estimate,
-            "output_tokens": output_tokens or 0,
-            "learned_rpm": learned.get("rpm"), "learned_input_tpm": learned.get("input_tpm"),
-            "learned_output_tpm": learned.get("output_tpm"),
-            "gate_s": gate_s, "gate_reason": gate_reason,
-        })
+        cur.execute(
+            Q.rate_settle,
+            {
+                "model": model,
+                "input_delta": (input_tokens if input_tokens is not None else 0) - input_estimate,
+                "output_tokens": output_tokens or 0,
+                "learned_rpm": learned.get("rpm"),
+                "learned_input_tpm": learned.get("input_tpm"),
+                "learned_output_tpm": learned.get("output_tpm"),
+                "gate_s": gate_s,
+                "gate_reason": gate_reason,
+            },
+        )
     return gate_s
 
 

@@ -35,10 +35,18 @@ def tool_input(content, tool: dict, *, step: str, request_id: str | None) -> dic
     """The forced tool's input (an object), or BadLLMOutput."""
     blocks = [b for b in content if block_of(b, "type") == "tool_use" and block_of(b, "name") == tool["name"]]
     if not blocks:
-        raise BadLLMOutput(f"{step}: no {tool['name']} tool call in the response", step=step, request_id=request_id,
-                           feedback=f"Call the {tool['name']} tool with your answer.")
+        raise BadLLMOutput(
+            f"{step}: no {tool['name']} tool call in the response",
+            step=step,
+            request_id=request_id,
+            feedback=f"Call the {tool['name']} tool with your answer.",
+        )
     payload = block_of(blocks[0], "input")
     if not isinstance(payload, dict):
-        raise BadLLMOutput(f"{step}: tool input is not an object", step=step, request_id=request_id,
-                           feedback=f"The {tool['name']} input must be a JSON object.")
+        raise BadLLMOutput(
+            f"{step}: tool input is not an object",
+            step=step,
+            request_id=request_id,
+            feedback=f"The {tool['name']} input must be a JSON object.",
+        )
     return payload

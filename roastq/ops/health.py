@@ -55,8 +55,11 @@ class HealthReport:
         return all(c.ok for c in self.checks if c.critical)
 
     def as_dict(self) -> dict:
-        return {"status": "ok" if self.ok else "unhealthy", "level": self.level,
-                "checks": [asdict(c) for c in self.checks]}
+        return {
+            "status": "ok" if self.ok else "unhealthy",
+            "level": self.level,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 def check(level: str = "ready", *, url: str | None = None) -> HealthReport:
@@ -66,9 +69,12 @@ def check(level: str = "ready", *, url: str | None = None) -> HealthReport:
     report = HealthReport(level)
     started = time.monotonic()
     try:
-        conn = psycopg2.connect(url or db.database_url(), connect_timeout=CONNECT_TIMEOUT_S,
-                                application_name="roastq-health",
-                                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+        conn = psycopg2.connect(
+            url or db.database_url(),
+            connect_timeout=CONNECT_TIMEOUT_S,
+            application_name="roastq-health",
+            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+        )
     except Exception as exc:
         report.checks.append(Check("database", False, f"unreachable: {_first_line(exc)}"))
         report.checks.append(Check("schema", False, "not checked: no database"))
@@ -100,8 +106,15 @@ def check(level: str = "ready", *, url: str | None = None) -> HealthReport:
 def _check_schema(cur, report: HealthReport) -> bool:
     cur.execute(OPS.health_schema)
     found = cur.fetchone()
-    missing = [name for name, key in (("dramatiq.queue", "broker_queue"), ("dramatiq.state", "broker_state"),
-                                      ("schema_migrations", "migrations_table")) if not found[key]]
+    missing = [
+        name
+        for name, key in (
+            ("dramatiq.queue", "broker_queue"),
+            ("dramatiq.state", "broker_state"),
+            ("schema_migrations", "migrations_table"),
+        )
+        if not found[key]
+    ]
     if missing:
         report.checks.append(Check("schema", False, f"missing: {', '.join(missing)} (run `roastq migrate`)"))
         return False
@@ -109,8 +122,9 @@ def _check_schema(cur, report: HealthReport) -> bool:
     applied = {r["version"] for r in cur.fetchall()}
     pending = [f"{n:04d}_{name}" for n, name, _ in migrations() if n not in applied]
     if pending:
-        report.checks.append(Check("schema", False, f"migrations not applied: {', '.join(pending)} "
-                                                    "(run `roastq migrate`)"))
+        report.checks.append(
+            Check("schema", False, f"migrations not applied: {', '.join(pending)} (run `roastq migrate`)")
+        )
         return False
     report.checks.append(Check("schema", True, f"broker queue present, {len(applied)} migrations applied"))
     return True
@@ -126,8 +140,13 @@ def _check_rabbitmq(report: HealthReport) -> None:
     except Exception as exc:
         report.checks.append(Check("rabbitmq", False, f"unreachable: {_first_line(exc)}"))
         return
-    report.checks.append(Check("rabbitmq", True, f"reachable ({(time.monotonic() - started) * 1000:.0f} ms), "
-                                                 f"{counts['queued']} waiting in interactive"))
+    report.checks.append(
+        Check(
+            "rabbitmq",
+            True,
+            f"reachable ({(time.monotonic() - started) * 1000:.0f} ms), {counts['queued']} waiting in interactive",
+        )
+    )
 
 
 def _check_workers(cur, report: HealthReport) -> None:
@@ -135,7 +154,9 @@ def _check_workers(cur, report: HealthReport) -> None:
     cur.execute(OPS.health_workers, {"stale_after_s": stale})
     row = cur.fetchone()
     if row["live"]:
-        report.checks.append(Check("workers", True, f"{row['live']} live (freshest beat {row['freshest_s']:.1f} s ago)"))
+        report.checks.append(
+            Check("workers", True, f"{row['live']} live (freshest beat {row['freshest_s']:.1f} s ago)")
+        )
     else:
         report.checks.append(Check("workers", False, f"no worker has beaten in the last {stale:.0f} s"))
 
@@ -160,8 +181,9 @@ def _check_pause(cur, report: HealthReport) -> None:
         report.checks.append(Check("pause", True, "not paused", critical=False))
     else:
         reason = row["value"].get("reason") or "no reason given"
-        report.checks.append(Check("pause", False, f"paused since {row['updated_at']:%Y-%m-%d %H:%M:%S %Z}: {reason}",
-                                   critical=False))
+        report.checks.append(
+            Check("pause", False, f"paused since {row['updated_at']:%Y-%m-%d %H:%M:%S %Z}: {reason}", critical=False)
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -190,9 +212,10 @@ def wsgi_app(environ, start_response):
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
     status, body = answer
-    start_response(f"{status} {'OK' if status == 200 else 'Service Unavailable'}",
-                   [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                    ("Cache-Control", "no-store")])
+    start_response(
+        f"{status} {'OK' if status == 200 else 'Service Unavailable'}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")],
+    )
     return [body] if environ.get("REQUEST_METHOD") != "HEAD" else []
 
 

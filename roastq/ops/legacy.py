@@ -20,8 +20,8 @@ stopped or idle, as docs/migration.md says, if a duplicate evaluation matters).
 
 from __future__ import annotations
 
-from datetime import timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC
 
 import psycopg2
 import psycopg2.extras
@@ -72,13 +72,23 @@ def status(*, url: str | None = None, schema: str = "public") -> dict:
     with db.transaction() as cur:
         cur.execute(LQ.imported_count)
         imported = cur.fetchone()["n"]
-    return {"legacy": counts, "imported": imported,
-            "old_runner_busy": counts.get("RUNNING", 0), "left_to_import": counts.get("PENDING", 0)}
+    return {
+        "legacy": counts,
+        "imported": imported,
+        "old_runner_busy": counts.get("RUNNING", 0),
+        "left_to_import": counts.get("PENDING", 0),
+    }
 
 
-def import_pending(*, url: str | None = None, schema: str = "public", queue: str = "interactive",
-                   batch_size: int = 200, dry_run: bool = False,
-                   progress: Callable[[int, int], None] | None = None) -> dict:
+def import_pending(
+    *,
+    url: str | None = None,
+    schema: str = "public",
+    queue: str = "interactive",
+    batch_size: int = 200,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Import the legacy PENDING jobs; return counts (``created``, ``already_imported``,
     ``skipped`` with reasons)."""
     legacy = connect(url, schema)
@@ -95,8 +105,9 @@ def import_pending(*, url: str | None = None, schema: str = "public", queue: str
         after, seen = (None, ""), 0
         while True:
             with legacy, legacy.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                cur.execute(LQ.legacy_pending_jobs, {"after_created": after[0], "after_id": after[1],
-                                                     "limit": batch_size})
+                cur.execute(
+                    LQ.legacy_pending_jobs, {"after_created": after[0], "after_id": after[1], "limit": batch_size}
+                )
                 batch = cur.fetchall()
                 if not batch:
                     break
@@ -107,8 +118,9 @@ def import_pending(*, url: str | None = None, schema: str = "public", queue: str
                 agents = {r["agentId"]: r for r in cur.fetchall()}
                 moved = _import_batch(batch, documents, agents, queue, result)  # committed here
                 if moved:
-                    cur.execute(LQ.legacy_mark_moved, {"legacy_ids": [m[0] for m in moved],
-                                                       "job_ids": [m[1] for m in moved]})
+                    cur.execute(
+                        LQ.legacy_mark_moved, {"legacy_ids": [m[0] for m in moved], "job_ids": [m[1] for m in moved]}
+                    )
             # The legacy transaction commits here: the rows are marked and unlocked.
             seen += len(batch)
             if progress is not None:
@@ -124,8 +136,10 @@ def _import_batch(batch, documents, agents, queue, result) -> list[tuple[str, st
     moved = []
     with db.transaction() as cur:
         cur.execute(LQ.lock_import)
-        cur.execute(LQ.imported_jobs, {"ids": [r["id"] for r in batch]
-                                       + [r["originalJobId"] for r in batch if r["originalJobId"]]})
+        cur.execute(
+            LQ.imported_jobs,
+            {"ids": [r["id"] for r in batch] + [r["originalJobId"] for r in batch if r["originalJobId"]]},
+        )
         imported = {r["legacy_id"]: str(r["job_id"]) for r in cur.fetchall()}
         for row in batch:
             if row["id"] in imported:
@@ -137,22 +151,33 @@ def _import_batch(batch, documents, agents, queue, result) -> list[tuple[str, st
                 what = f"document {row['documentId']}" if document is None else f"agent {row['agentId']}"
                 result["skipped"].append({"legacy_id": row["id"], "reason": f"{what} has no version"})
                 continue  # left PENDING for the old runner
-            cur.execute(Q.upsert_evaluation, {"document_id": _document_id(cur, row["documentId"]),
-                                              "agent_id": _agent_id(cur, row["agentId"])})
+            cur.execute(
+                Q.upsert_evaluation,
+                {"document_id": _document_id(cur, row["documentId"]), "agent_id": _agent_id(cur, row["agentId"])},
+            )
             evaluation_id = cur.fetchone()["id"]
             job_id = insert_and_send(
-                cur, evaluation_id=evaluation_id, document_version_id=_document_version_id(cur, document),
-                agent_version_id=_agent_version_id(cur, agent), queue=queue,
+                cur,
+                evaluation_id=evaluation_id,
+                document_version_id=_document_version_id(cur, document),
+                agent_version_id=_agent_version_id(cur, agent),
+                queue=queue,
                 original_job_id=imported.get(row["originalJobId"]),
             )
             created_at = row["createdAt"]
             if created_at is not None and created_at.tzinfo is None:
-                created_at = created_at.replace(tzinfo=timezone.utc)  # Prisma stores UTC in timestamp(3)
-            cur.execute(LQ.insert_imported_job, {
-                "legacy_id": row["id"], "job_id": job_id, "legacy_evaluation_id": row["evaluationId"],
-                "legacy_original_job_id": row["originalJobId"], "legacy_attempts": row["attempts"] or 0,
-                "legacy_created_at": created_at,
-            })
+                created_at = created_at.replace(tzinfo=UTC)  # Prisma stores UTC in timestamp(3)
+            cur.execute(
+                LQ.insert_imported_job,
+                {
+                    "legacy_id": row["id"],
+                    "job_id": job_id,
+                    "legacy_evaluation_id": row["evaluationId"],
+                    "legacy_original_job_id": row["originalJobId"],
+                    "legacy_attempts": row["attempts"] or 0,
+                    "legacy_created_at": created_at,
+                },
+            )
             imported[row["id"]] = job_id
             moved.append((row["id"], job_id))
             result["created"] += 1
@@ -190,11 +215,16 @@ def _agent_id(cur, legacy_id: str):
 def _document_version_id(cur, v: dict):
     found = _mapped(cur, "document_version", v["id"])
     if found is None:
-        cur.execute(LQ.insert_document_version, {
-            "document_id": _document_id(cur, v["documentId"]), "title": v["title"] or "(untitled)",
-            "authors": list(v["authors"] or []), "content": v["content"] or "",
-            "markdown_prepend": v["markdownPrepend"],
-        })
+        cur.execute(
+            LQ.insert_document_version,
+            {
+                "document_id": _document_id(cur, v["documentId"]),
+                "title": v["title"] or "(untitled)",
+                "authors": list(v["authors"] or []),
+                "content": v["content"] or "",
+                "markdown_prepend": v["markdownPrepend"],
+            },
+        )
         found = cur.fetchone()["id"]
         _map(cur, "document_version", v["id"], found)
     return found
@@ -203,12 +233,18 @@ def _document_version_id(cur, v: dict):
 def _agent_version_id(cur, v: dict):
     found = _mapped(cur, "agent_version", v["id"])
     if found is None:
-        cur.execute(LQ.insert_agent_version, {
-            "agent_id": _agent_id(cur, v["agentId"]), "name": v["name"], "description": v["description"] or "",
-            "primary_instructions": v["primaryInstructions"] or "",
-            "self_critique_instructions": v["selfCritiqueInstructions"],
-            "provides_grades": bool(v["providesGrades"]), "time_limit_s": get_settings().default_time_limit_s,
-        })
+        cur.execute(
+            LQ.insert_agent_version,
+            {
+                "agent_id": _agent_id(cur, v["agentId"]),
+                "name": v["name"],
+                "description": v["description"] or "",
+                "primary_instructions": v["primaryInstructions"] or "",
+                "self_critique_instructions": v["selfCritiqueInstructions"],
+                "provides_grades": bool(v["providesGrades"]),
+                "time_limit_s": get_settings().default_time_limit_s,
+            },
+        )
         found = cur.fetchone()["id"]
         _map(cur, "agent_version", v["id"], found)
     return found

@@ -25,8 +25,8 @@ here touches such a message or its job.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from roastq import db, events, jobs
 from roastq.brokers import send_job
@@ -83,8 +83,7 @@ def reap_stale_jobs(limit: int = 500) -> dict:
 def _job_failed(job_id, queue: str, error_class: str) -> None:
     """A job failed for good outside any message: the metrics of a worker process (where the
     scheduler's tasks run) count it with the failures of messages (``roastq_messages_failed_total``)."""
-    events.emit("job_failed", job_id=str(job_id), queue=queue, actor=JOB_ACTORS.get(queue, ""),
-                error_class=error_class)
+    events.emit("job_failed", job_id=str(job_id), queue=queue, actor=JOB_ACTORS.get(queue, ""), error_class=error_class)
 
 
 def _reap_one(cur, job_id, stale: float, crash_limit: int) -> str | None:
@@ -97,8 +96,12 @@ def _reap_one(cur, job_id, stale: float, crash_limit: int) -> str | None:
         cur.execute(OPS.try_message_lock, {"queue_name": job["message_queue"], "message_id": job["message_id"]})
         if not cur.fetchone()["free"]:
             # Its worker still holds the message: alive, only its heartbeat is late.
-            logger.warning("job %s: worker %s has not beaten for %.0f s but still holds the message",
-                           job_id, job["worker_id"], stale)
+            logger.warning(
+                "job %s: worker %s has not beaten for %.0f s but still holds the message",
+                job_id,
+                job["worker_id"],
+                stale,
+            )
             return "alive"
     jobs.close_crashed_attempts(cur, job_id)
     crashes = job["crashes"] + cur.rowcount
@@ -167,8 +170,14 @@ def reconcile_jobs(limit: int = 1000) -> dict:
     return {"resent": resent, "retired": retired}
 
 
-def purge_messages(states: tuple[str, ...], *, older_than_s: float, queue: str | None = None,
-                   batch: int = 5000, progress: Callable[[int, int], None] | None = None) -> int:
+def purge_messages(
+    states: tuple[str, ...],
+    *,
+    older_than_s: float,
+    queue: str | None = None,
+    batch: int = 5000,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
     """Delete finished broker messages (``done``, ``rejected``) in batches; return how many."""
     if not set(states) <= {"done", "rejected"}:
         raise ValueError(f"only finished messages can be purged, not {states}")
@@ -205,8 +214,14 @@ def enforce_retention(batch: int = 5000) -> dict:
         ticks = cur.rowcount
         cur.execute(OPS.delete_dead_heartbeats, {"days": 1})
         heartbeats = cur.rowcount
-    return {"done_messages": done, "dead_letters": dead, "relayed_outbox_rows": relayed, "ticks": ticks,
-            "dead_heartbeats": heartbeats, "expired_results": expired_results}
+    return {
+        "done_messages": done,
+        "dead_letters": dead,
+        "relayed_outbox_rows": relayed,
+        "ticks": ticks,
+        "dead_heartbeats": heartbeats,
+        "expired_results": expired_results,
+    }
 
 
 def roll_up_costs(days: int = 2) -> dict:

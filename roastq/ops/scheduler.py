@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from roastq import db
 from roastq.jobctx import worker_id
@@ -70,8 +70,16 @@ def run_tick(task: str, scheduled_at: str | None, fn: Callable[[], dict]) -> dic
     finally:
         try:
             with db.transaction() as cur:
-                cur.execute(OPS.finish_tick, {"task": task, "tick": tick, "outcome": outcome, "error": error,
-                                              "result": json.dumps(result, default=str) if result is not None else None})
+                cur.execute(
+                    OPS.finish_tick,
+                    {
+                        "task": task,
+                        "tick": tick,
+                        "outcome": outcome,
+                        "error": error,
+                        "result": json.dumps(result, default=str) if result is not None else None,
+                    },
+                )
         except Exception:
             logger.exception("periodic %s: could not record the end of tick %s", task, tick)
         if outcome == "ok":

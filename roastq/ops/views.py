@@ -54,9 +54,16 @@ def status_data(*, overview: bool = False) -> dict:
     # "queues" (messages by queue and state) is kept as it was for existing scripts.
     from roastq.llm import batch
 
-    return {"paused": paused, "jobs": jobs, "queue_summary": per_queue, "queues": queues,
-            "workers": workers, "scheduler": ticks, "batch_lane": dict(batch.status(), enabled=batch.enabled(
-                get_settings())), **extra}
+    return {
+        "paused": paused,
+        "jobs": jobs,
+        "queue_summary": per_queue,
+        "queues": queues,
+        "workers": workers,
+        "scheduler": ticks,
+        "batch_lane": dict(batch.status(), enabled=batch.enabled(get_settings())),
+        **extra,
+    }
 
 
 def find_jobs(filters: dict, limit: int) -> list[dict]:
@@ -112,7 +119,9 @@ def document_segments(text: str, highlights: list[dict]) -> list[tuple[str, int 
     spans = sorted(
         (h["start_offset"], h["end_offset"], n)
         for n, h in enumerate(highlights, 1)
-        if h.get("is_valid") and h.get("start_offset") is not None and h.get("end_offset") is not None
+        if h.get("is_valid")
+        and h.get("start_offset") is not None
+        and h.get("end_offset") is not None
         and 0 <= h["start_offset"] < h["end_offset"] <= len(text)
     )
     pieces, at = [], 0
@@ -157,5 +166,8 @@ def costs(days: int = 7) -> dict:
         cur.execute(VIEWS.spend_by_day, {"days": days})
         by_model = [dict(r) for r in cur.fetchall()]
     today = budget.status(get_settings())
-    return {"by_agent": by_agent, "by_model": by_model,
-            "today": {"day": today.day, "spent_usd": today.spent_usd, "cap_usd": today.cap_usd}}
+    return {
+        "by_agent": by_agent,
+        "by_model": by_model,
+        "today": {"day": today.day, "spent_usd": today.spent_usd, "cap_usd": today.cap_usd},
+    }

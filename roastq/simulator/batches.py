@@ -40,13 +40,27 @@ from typing import Any
 MAX_REQUESTS = 100_000
 MAX_BYTES = 256 * 1024 * 1024
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-OUTCOMES = ("succeeded", "expired", "canceled", "errored:rate_limit", "errored:overloaded", "errored:server_error",
-            "errored:invalid_request", "errored:auth", "errored:permission", "errored:spend_limit",
-            "errored:not_found", "errored:timeout", "errored:billing")
+OUTCOMES = (
+    "succeeded",
+    "expired",
+    "canceled",
+    "errored:rate_limit",
+    "errored:overloaded",
+    "errored:server_error",
+    "errored:invalid_request",
+    "errored:auth",
+    "errored:permission",
+    "errored:spend_limit",
+    "errored:not_found",
+    "errored:timeout",
+    "errored:billing",
+)
 #: Extra error kinds only a batch result carries (the messages endpoint's are in server.ERROR_FAULTS).
-EXTRA_ERRORS = {"not_found": (404, "not_found_error", "Not found"),
-                "timeout": (504, "timeout_error", "Request timed out"),
-                "billing": (402, "billing_error", "Your credit balance is too low.")}
+EXTRA_ERRORS = {
+    "not_found": (404, "not_found_error", "Not found"),
+    "timeout": (504, "timeout_error", "Request timed out"),
+    "billing": (402, "billing_error", "Your credit balance is too low."),
+}
 ENDPOINT_FAULTS = ("server_error", "cut_results", "stall_results", "slow_create")
 
 
@@ -55,8 +69,13 @@ class BatchConfig:
     end_after_s: float = 2.0
     expire_after_s: float = 86400.0
     error_rate: float = 0.0
-    outcomes: tuple[str, ...] = ("expired", "errored:overloaded", "errored:server_error", "errored:rate_limit",
-                                 "errored:invalid_request")
+    outcomes: tuple[str, ...] = (
+        "expired",
+        "errored:overloaded",
+        "errored:server_error",
+        "errored:rate_limit",
+        "errored:invalid_request",
+    )
     fault_rate: float = 0.0  # endpoint faults drawn from `faults`
     faults: tuple[str, ...] = ("server_error",)
     stall_s: float = 30.0
@@ -95,16 +114,23 @@ class _Batch:
 #: Anthropic's list prices, $ per million tokens (input, output), by model family: the simulator
 #: bills like the API, independently of roastq's own price table. Cache writes 1.25x, reads 0.1x
 #: the input price; batch results half of everything.
-LIST_PRICES = {"opus": (Decimal(5), Decimal(25)), "sonnet": (Decimal(3), Decimal(15)), "haiku": (Decimal(1), Decimal(5))}
+LIST_PRICES = {
+    "opus": (Decimal(5), Decimal(25)),
+    "sonnet": (Decimal(3), Decimal(15)),
+    "haiku": (Decimal(1), Decimal(5)),
+}
 MICRO = Decimal("0.000001")
 
 
 def list_price_usd(model: str, usage: dict, *, batch: bool) -> Decimal:
     family = next((f for f in LIST_PRICES if f in model), "sonnet")
     inp, out = LIST_PRICES[family]
-    total = ((usage.get("input_tokens") or 0) * inp + (usage.get("output_tokens") or 0) * out
-             + (usage.get("cache_creation_input_tokens") or 0) * inp * Decimal("1.25")
-             + (usage.get("cache_read_input_tokens") or 0) * inp * Decimal("0.1")) / 1_000_000
+    total = (
+        (usage.get("input_tokens") or 0) * inp
+        + (usage.get("output_tokens") or 0) * out
+        + (usage.get("cache_creation_input_tokens") or 0) * inp * Decimal("1.25")
+        + (usage.get("cache_read_input_tokens") or 0) * inp * Decimal("0.1")
+    ) / 1_000_000
     return (total * Decimal("0.5") if batch else total).quantize(MICRO)
 
 
@@ -158,8 +184,12 @@ class BatchLane:
 
     def stats(self) -> dict:
         with self._lock:
-            return {**self._stats, "billed_usd": str(self._usd), "full_price_usd": str(self._usd_full),
-                    "open": sum(1 for b in self._batches.values() if self._status(b, time.time()) != "ended")}
+            return {
+                **self._stats,
+                "billed_usd": str(self._usd),
+                "full_price_usd": str(self._usd_full),
+                "open": sum(1 for b in self._batches.values() if self._status(b, time.time()) != "ended"),
+            }
 
     def batch_ids(self) -> list[str]:
         with self._lock:
@@ -209,8 +239,12 @@ class BatchLane:
         if method == "DELETE" and len(parts) == 1:
             with self._lock:
                 if self._status(batch, time.time()) != "ended":
-                    return h.send(400, _error("invalid_request_error",
-                                              "Message batch is still processing: cancel it before deleting it."))
+                    return h.send(
+                        400,
+                        _error(
+                            "invalid_request_error", "Message batch is still processing: cancel it before deleting it."
+                        ),
+                    )
                 del self._batches[batch.id]
                 self._order.remove(batch.id)
             return h.send(200, json.dumps({"id": batch.id, "type": "message_batch_deleted"}).encode())
@@ -219,8 +253,11 @@ class BatchLane:
     def _fault(self, call: str) -> str:
         """The fault for this call: a scripted one waits for a call it applies to (a results fault
         for a results call, slow_create for a create)."""
-        applies = {"server_error", "ok"} | ({"cut_results", "stall_results"} if call == "results" else set()) \
+        applies = (
+            {"server_error", "ok"}
+            | ({"cut_results", "stall_results"} if call == "results" else set())
             | ({"slow_create"} if call == "create" else set())
+        )
         with self._lock:
             if self._fault_script:
                 return self._fault_script.popleft() if self._fault_script[0] in applies else "ok"
@@ -252,12 +289,21 @@ class BatchLane:
             processing = sum(len(b.requests) for b in self._batches.values() if self._status(b, now) != "ended")
             if cfg.max_processing is not None and processing + len(requests) > cfg.max_processing:
                 self._stats["rejected_queue_limit"] += 1
-                return h.send(429, _error("rate_limit_error", "Number of batch requests in the processing queue "
-                                                              "exceeds your rate limit."), [("retry-after", "60")])
-            batch = _Batch(id="msgbatch_sim" + uuid.uuid4().hex[:20], created=now, ends=now + cfg.end_after_s,
-                           expires=now + cfg.expire_after_s,
-                           requests=[(r["custom_id"], r.get("params")) for r in requests],
-                           outcomes=[self._outcome(cfg) for _ in requests])
+                return h.send(
+                    429,
+                    _error(
+                        "rate_limit_error", "Number of batch requests in the processing queue exceeds your rate limit."
+                    ),
+                    [("retry-after", "60")],
+                )
+            batch = _Batch(
+                id="msgbatch_sim" + uuid.uuid4().hex[:20],
+                created=now,
+                ends=now + cfg.end_after_s,
+                expires=now + cfg.expire_after_s,
+                requests=[(r["custom_id"], r.get("params")) for r in requests],
+                outcomes=[self._outcome(cfg) for _ in requests],
+            )
             self._batches[batch.id] = batch
             self._order.append(batch.id)
             self._stats["batches"] += 1
@@ -279,14 +325,18 @@ class BatchLane:
         with self._lock:
             newest_first = list(reversed(self._order))
         if "after_id" in query and query["after_id"] in newest_first:
-            newest_first = newest_first[newest_first.index(query["after_id"]) + 1:]
+            newest_first = newest_first[newest_first.index(query["after_id"]) + 1 :]
         elif "before_id" in query and query["before_id"] in newest_first:
-            newest_first = newest_first[:newest_first.index(query["before_id"])][-limit:]
+            newest_first = newest_first[: newest_first.index(query["before_id"])][-limit:]
         page = newest_first[:limit]
         with self._lock:
             data = [self._view(self._batches[i]) for i in page if i in self._batches]
-        body = {"data": data, "has_more": len(newest_first) > limit,
-                "first_id": page[0] if page else None, "last_id": page[-1] if page else None}
+        body = {
+            "data": data,
+            "has_more": len(newest_first) > limit,
+            "first_id": page[0] if page else None,
+            "last_id": page[-1] if page else None,
+        }
         h.send(200, json.dumps(body).encode())
 
     # ------------------------------------------------------------ state
@@ -312,12 +362,25 @@ class BatchLane:
         counts = dict(processing=len(b.requests), succeeded=0, errored=0, canceled=0, expired=0)
         if status == "ended":
             results = self._finish(b)
-            counts = dict(processing=0, **{k: sum(1 for r in results if r["result"]["type"] == k)
-                                           for k in ("succeeded", "errored", "canceled", "expired")})
-        return {"id": b.id, "type": "message_batch", "processing_status": status, "request_counts": counts,
-                "created_at": _iso(b.created), "expires_at": _iso(b.expires), "ended_at": _iso(b.ended),
-                "archived_at": None, "cancel_initiated_at": _iso(b.cancel_at),
-                "results_url": f"{self.sim.url}/v1/messages/batches/{b.id}/results" if status == "ended" else None}
+            counts = dict(
+                processing=0,
+                **{
+                    k: sum(1 for r in results if r["result"]["type"] == k)
+                    for k in ("succeeded", "errored", "canceled", "expired")
+                },
+            )
+        return {
+            "id": b.id,
+            "type": "message_batch",
+            "processing_status": status,
+            "request_counts": counts,
+            "created_at": _iso(b.created),
+            "expires_at": _iso(b.expires),
+            "ended_at": _iso(b.ended),
+            "archived_at": None,
+            "cancel_initiated_at": _iso(b.cancel_at),
+            "results_url": f"{self.sim.url}/v1/messages/batches/{b.id}/results" if status == "ended" else None,
+        }
 
     def _finish(self, b: _Batch) -> list[dict]:
         """The results, made once when the batch has ended (under the lock)."""
@@ -340,12 +403,16 @@ class BatchLane:
             elif outcome.startswith("errored:"):
                 kind = outcome.split(":", 1)[1]
                 status, etype, text = {**self.error_faults, **EXTRA_ERRORS}[kind]
-                error: dict[str, Any] = {"type": etype, "message": problem if problem and kind == "invalid_request"
-                                         else text}
+                error: dict[str, Any] = {
+                    "type": etype,
+                    "message": problem if problem and kind == "invalid_request" else text,
+                }
                 if kind == "spend_limit":
                     error["details"] = {"error_code": "enforced_spend_limit_reached"}
-                result = {"type": "errored", "error": {"type": "error", "error": error,
-                                                       "request_id": "req_sim" + uuid.uuid4().hex[:20]}}
+                result = {
+                    "type": "errored",
+                    "error": {"type": "error", "error": error, "request_id": "req_sim" + uuid.uuid4().hex[:20]},
+                }
             else:
                 result = {"type": outcome}
             self._stats[f"results_{result['type']}"] += 1
@@ -383,5 +450,6 @@ class BatchLane:
 
 
 def _error(etype: str, message: str) -> bytes:
-    return json.dumps({"type": "error", "error": {"type": etype, "message": message},
-                       "request_id": "req_sim" + uuid.uuid4().hex[:20]}).encode()
+    return json.dumps(
+        {"type": "error", "error": {"type": etype, "message": message}, "request_id": "req_sim" + uuid.uuid4().hex[:20]}
+    ).encode()

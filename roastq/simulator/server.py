@@ -33,6 +33,7 @@ Control endpoints: ``GET /_sim/health``, ``GET /_sim/stats``, ``GET /_sim/reques
 ``POST /_sim/script`` ``{"kinds": [...]}``, ``POST /_sim/config`` ``{field: value}``,
 ``POST /_sim/reset``. Standalone: ``python -m roastq.simulator.server --port 8788``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -107,19 +108,54 @@ class SimConfig:
 
 
 def _rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---------------------------------------------------------------- content generation
-_SUBJECTS = ["The argument", "This claim", "The second section", "The author's estimate", "This paragraph",
-             "The conclusion", "The cited evidence", "The framing here", "This comparison", "The proposed model"]
-_VERBS = ["relies on", "overstates", "understates", "does not address", "would benefit from", "conflates",
-          "is supported by", "sits uneasily with", "glosses over", "clearly explains"]
-_OBJECTS = ["an unstated assumption", "the base rate", "the counterfactual", "a single anecdote",
-            "the main uncertainty", "prior work in the field", "the cost estimate", "the sample size",
-            "alternative explanations", "the key mechanism"]
-_TAILS = ["", " in a way readers may miss", " without quantifying it", ", which weakens the overall case",
-          ", and this deserves a citation", " more than the data allows"]
+_SUBJECTS = [
+    "The argument",
+    "This claim",
+    "The second section",
+    "The author's estimate",
+    "This paragraph",
+    "The conclusion",
+    "The cited evidence",
+    "The framing here",
+    "This comparison",
+    "The proposed model",
+]
+_VERBS = [
+    "relies on",
+    "overstates",
+    "understates",
+    "does not address",
+    "would benefit from",
+    "conflates",
+    "is supported by",
+    "sits uneasily with",
+    "glosses over",
+    "clearly explains",
+]
+_OBJECTS = [
+    "an unstated assumption",
+    "the base rate",
+    "the counterfactual",
+    "a single anecdote",
+    "the main uncertainty",
+    "prior work in the field",
+    "the cost estimate",
+    "the sample size",
+    "alternative explanations",
+    "the key mechanism",
+]
+_TAILS = [
+    "",
+    " in a way readers may miss",
+    " without quantifying it",
+    ", which weakens the overall case",
+    ", and this deserves a citation",
+    " more than the data allows",
+]
 _ADJS = ["Unsupported", "Missing", "Overstated", "Unclear", "Strong", "Questionable", "Helpful", "Vague"]
 _NOUNS = ["claim", "base rate", "causal link", "estimate", "framing", "citation", "definition", "comparison"]
 _SHORT_NAMES = ("title", "name", "header", "heading", "label", "category")
@@ -236,7 +272,7 @@ class _Gen:
         rng, words = self.rng, list(re.finditer(r"\S+", text))
         k = rng.randint(min(4, len(words)), min(14, len(words)))
         i = rng.randint(0, len(words) - k)
-        q = text[words[i].start(): words[i + k - 1].end()]
+        q = text[words[i].start() : words[i + k - 1].end()]
         while max_len and len(q) > max_len and " " in q:
             q = q.rsplit(" ", 1)[0]
         if rng.random() < 1 / 8:  # exercise the caller's fuzzy matching
@@ -247,7 +283,7 @@ class _Gen:
             else:
                 ws = list(re.finditer(r"\S+", q))
                 w = rng.choice(ws)
-                q = q[: w.start()] + w.group().swapcase() + q[w.end():]
+                q = q[: w.start()] + w.group().swapcase() + q[w.end() :]
         return q
 
 
@@ -265,9 +301,27 @@ def _break_input(schema: dict, value: dict) -> None:
 
 #: JSON-schema keywords the strict tool grammar does not take (Anthropic's structured outputs
 #: documentation: no numeric, string-length or array-size bounds; ``minItems`` only 0 or 1).
-STRICT_UNSUPPORTED = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength",
-                      "maxLength", "maxItems", "uniqueItems", "minProperties", "maxProperties", "patternProperties",
-                      "propertyNames", "dependentSchemas", "contains", "not", "if", "then", "else")
+STRICT_UNSUPPORTED = (
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "maxItems",
+    "uniqueItems",
+    "minProperties",
+    "maxProperties",
+    "patternProperties",
+    "propertyNames",
+    "dependentSchemas",
+    "contains",
+    "not",
+    "if",
+    "then",
+    "else",
+)
 
 
 def _strict_problem(schema: Any, where: str) -> str | None:
@@ -329,7 +383,7 @@ def _forced_tool(req: dict) -> str | None:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # default 5 drops SYNs when hundreds of clients connect at once
-    sim: "Simulator"
+    sim: Simulator
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], OSError):  # peers vanishing mid keep-alive is routine
@@ -402,21 +456,26 @@ class Simulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
-        self.batches = BatchLane(self, error_faults=ERROR_FAULTS, problem=_problem,
-                                 forced_tool=_forced_tool)  # /v1/messages/batches
+        self.batches = BatchLane(
+            self, error_faults=ERROR_FAULTS, problem=_problem, forced_tool=_forced_tool
+        )  # /v1/messages/batches
         self.reset()
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "Simulator":
+    def start(self) -> Simulator:
         self._stopping.clear()
         self._server = _Server((self.host, self.port), _Handler)
         self._server.sim = self
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"roastq-sim-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"roastq-sim-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -435,7 +494,7 @@ class Simulator:
             self._thread.join(5)
         self._server = self._thread = None
 
-    def __enter__(self) -> "Simulator":
+    def __enter__(self) -> Simulator:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -479,10 +538,21 @@ class Simulator:
             self._window: deque[float] = deque()  # arrival times of admitted requests, last 60 s
             self._cache: dict[str, float] = {}  # prefix hash -> expiry
             self._fault_rng = random.Random(self.config.seed)
-            self._totals = dict.fromkeys(("requests", "input_tokens", "output_tokens", "cache_read_input_tokens",
-                                          "cache_creation_input_tokens", "count_tokens"), 0)
-            self._by = {k: Counter() for k in ("by_kind", "by_status", "by_model", "by_tool", "by_stop_reason",
-                                               "by_sloppy_kind")}
+            self._totals = dict.fromkeys(
+                (
+                    "requests",
+                    "input_tokens",
+                    "output_tokens",
+                    "cache_read_input_tokens",
+                    "cache_creation_input_tokens",
+                    "count_tokens",
+                ),
+                0,
+            )
+            self._by = {
+                k: Counter()
+                for k in ("by_kind", "by_status", "by_model", "by_tool", "by_stop_reason", "by_sloppy_kind")
+            }
         self.batches.reset()
 
     def _control(self, h: _Handler, method: str, raw: bytes) -> None:
@@ -537,12 +607,23 @@ class Simulator:
         with self._lock:
             cfg = self.config
             self._seq += 1
-            entry = {"seq": self._seq, "time": now, "model": req.get("model") if isinstance(req, dict) else None,
-                     "tool": tool, "kind": "invalid_request", "status": None, "retry_after_s": None,
-                     **{k: h.headers.get(f"x-roastq-{k.replace('_', '-')}") for k in ("job_id", "attempt", "step")},
-                     "input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 0,
-                     "cache_creation_input_tokens": 0, "stop_reason": None, "sloppy": [],
-                     **_shape(req)}
+            entry = {
+                "seq": self._seq,
+                "time": now,
+                "model": req.get("model") if isinstance(req, dict) else None,
+                "tool": tool,
+                "kind": "invalid_request",
+                "status": None,
+                "retry_after_s": None,
+                **{k: h.headers.get(f"x-roastq-{k.replace('_', '-')}") for k in ("job_id", "attempt", "step")},
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": 0,
+                "stop_reason": None,
+                "sloppy": [],
+                **_shape(req),
+            }
             kind, retry_after = ("invalid_request", None) if problem else self._pick_kind(now, cfg)
             used, oldest = len(self._window), (self._window[0] if self._window else now)
         entry["kind"] = kind
@@ -557,9 +638,12 @@ class Simulator:
             time.sleep(delay / 1000)  # no lock held: concurrent requests overlap
         rid = "req_sim" + uuid.uuid4().hex[:20]
         limit = cfg.rpm_limit or REQUESTS_LIMIT
-        headers = [("request-id", rid), ("anthropic-ratelimit-requests-limit", str(limit)),
-                   ("anthropic-ratelimit-requests-remaining", str(max(0, limit - used))),
-                   ("anthropic-ratelimit-requests-reset", _rfc3339(oldest + 60))]
+        headers = [
+            ("request-id", rid),
+            ("anthropic-ratelimit-requests-limit", str(limit)),
+            ("anthropic-ratelimit-requests-remaining", str(max(0, limit - used))),
+            ("anthropic-ratelimit-requests-reset", _rfc3339(oldest + 60)),
+        ]
         if kind in ERROR_FAULTS or kind == "rpm_limit":
             status, etype, message = ERROR_FAULTS["rate_limit" if kind == "rpm_limit" else kind]
             if kind == "rpm_limit":
@@ -582,12 +666,14 @@ class Simulator:
             entry["kind"] = "ok"
         entry.update(status=200, stop_reason=message["stop_reason"], sloppy=slop, **usage)
         self._record(entry)
-        headers += [("anthropic-ratelimit-input-tokens-limit", str(INPUT_TOKENS_LIMIT)),
-                    ("anthropic-ratelimit-input-tokens-remaining", str(INPUT_TOKENS_LIMIT - usage["input_tokens"])),
-                    ("anthropic-ratelimit-input-tokens-reset", _rfc3339(now + 60)),
-                    ("anthropic-ratelimit-output-tokens-limit", str(OUTPUT_TOKENS_LIMIT)),
-                    ("anthropic-ratelimit-output-tokens-remaining", str(OUTPUT_TOKENS_LIMIT - usage["output_tokens"])),
-                    ("anthropic-ratelimit-output-tokens-reset", _rfc3339(now + 60))]
+        headers += [
+            ("anthropic-ratelimit-input-tokens-limit", str(INPUT_TOKENS_LIMIT)),
+            ("anthropic-ratelimit-input-tokens-remaining", str(INPUT_TOKENS_LIMIT - usage["input_tokens"])),
+            ("anthropic-ratelimit-input-tokens-reset", _rfc3339(now + 60)),
+            ("anthropic-ratelimit-output-tokens-limit", str(OUTPUT_TOKENS_LIMIT)),
+            ("anthropic-ratelimit-output-tokens-remaining", str(OUTPUT_TOKENS_LIMIT - usage["output_tokens"])),
+            ("anthropic-ratelimit-output-tokens-reset", _rfc3339(now + 60)),
+        ]
         body = json.dumps(message).encode()
         h.send(200, body[: len(body) // 2] if kind == "malformed" else body, headers)
 
@@ -620,8 +706,15 @@ class Simulator:
                 _break_input(gen.resolve(schema), value)
             if slop:
                 extra = _Gen(srng, schema, lines)
-                slop = sloppy.Slop(srng, schema, value, resolve=gen.resolve, generate=extra.gen, lines=lines,
-                                   document_chars=sum(len(t) for _, t in lines)).apply(slop)
+                slop = sloppy.Slop(
+                    srng,
+                    schema,
+                    value,
+                    resolve=gen.resolve,
+                    generate=extra.gen,
+                    lines=lines,
+                    document_chars=sum(len(t) for _, t in lines),
+                ).apply(slop)
             content = [{"type": "tool_use", "id": f"toolu_sim{uuid.uuid4().hex[:20]}", "name": tool, "input": value}]
         else:
             content = [{"type": "text", "text": " ".join(_sentence(rng) for _ in range(rng.randint(2, 4)))}]
@@ -633,9 +726,20 @@ class Simulator:
             else:
                 block["text"] = block["text"][: max(0, budget)]
             usage["output_tokens"], stop_reason = req["max_tokens"], "max_tokens"
-        return {"id": f"msg_sim{uuid.uuid4().hex[:20]}", "type": "message", "role": "assistant", "model": req["model"],
-                "content": content, "stop_reason": stop_reason, "stop_sequence": None,
-                "usage": usage}, usage, slop
+        return (
+            {
+                "id": f"msg_sim{uuid.uuid4().hex[:20]}",
+                "type": "message",
+                "role": "assistant",
+                "model": req["model"],
+                "content": content,
+                "stop_reason": stop_reason,
+                "stop_sequence": None,
+                "usage": usage,
+            },
+            usage,
+            slop,
+        )
 
     def _count_tokens(self, h: _Handler, raw: bytes) -> None:
         """``POST /v1/messages/count_tokens``: the input tokens a request would have, free of charge."""
@@ -650,8 +754,11 @@ class Simulator:
             self._totals["count_tokens"] += 1
         req = {**req, "tools": [{k: v for k, v in t.items() if k != "cache_control"} for t in req.get("tools") or []]}
         usage = self._usage(req, [], cache=False)
-        h.send(200, json.dumps({"input_tokens": usage["input_tokens"]}).encode(),
-               [("request-id", "req_sim" + uuid.uuid4().hex[:20])])
+        h.send(
+            200,
+            json.dumps({"input_tokens": usage["input_tokens"]}).encode(),
+            [("request-id", "req_sim" + uuid.uuid4().hex[:20])],
+        )
 
     def _usage(self, req: dict, content: list, cache: bool = True) -> dict:
         """~4 chars per token; cache_control breakpoints cache the prompt prefix (tools, system, messages)."""
@@ -674,9 +781,12 @@ class Simulator:
                 if len(self._cache) > LOG_LIMIT:
                     self._cache = {h: exp for h, exp in self._cache.items() if exp > now}
                 self._cache.update((h, now + CACHE_TTL_S) for h, _ in breakpoints)
-        return {"input_tokens": max(1, math.ceil(chars / 4) - read - created),
-                "output_tokens": max(1, math.ceil(len(json.dumps(content)) / 4)),
-                "cache_creation_input_tokens": created, "cache_read_input_tokens": read}
+        return {
+            "input_tokens": max(1, math.ceil(chars / 4) - read - created),
+            "output_tokens": max(1, math.ceil(len(json.dumps(content)) / 4)),
+            "cache_creation_input_tokens": created,
+            "cache_read_input_tokens": read,
+        }
 
     def _record(self, entry: dict) -> None:
         with self._lock:
@@ -706,10 +816,19 @@ def _shape(req: Any) -> dict:
     if not isinstance(req, dict):
         return {"turns": 0, "error_results": 0, "max_tokens": None, "strict": False}
     messages = [m for m in req.get("messages") or [] if isinstance(m, dict)]
-    errors = sum(1 for m in messages if isinstance(m.get("content"), list) for b in m["content"]
-                 if isinstance(b, dict) and b.get("type") == "tool_result" and b.get("is_error"))
-    return {"turns": len(messages), "error_results": errors, "max_tokens": req.get("max_tokens"),
-            "strict": any(isinstance(t, dict) and t.get("strict") for t in req.get("tools") or [])}
+    errors = sum(
+        1
+        for m in messages
+        if isinstance(m.get("content"), list)
+        for b in m["content"]
+        if isinstance(b, dict) and b.get("type") == "tool_result" and b.get("is_error")
+    )
+    return {
+        "turns": len(messages),
+        "error_results": errors,
+        "max_tokens": req.get("max_tokens"),
+        "strict": any(isinstance(t, dict) and t.get("strict") for t in req.get("tools") or []),
+    }
 
 
 def _sloppy_script(kind: str) -> bool:
@@ -737,13 +856,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retry-after", type=float, default=1.0, help="retry-after seconds of rate_limit 429s")
     p.add_argument("--hang-s", type=float, default=30.0)
     p.add_argument("--rpm-limit", type=int, default=None)
-    p.add_argument("--sloppiness", type=float, default=0.0,
-                   help="probability that an answer carries model-like schema violations (0 to 1)")
+    p.add_argument(
+        "--sloppiness",
+        type=float,
+        default=0.0,
+        help="probability that an answer carries model-like schema violations (0 to 1)",
+    )
     a = p.parse_args(argv)
     try:
-        cfg = SimConfig(latency_ms=a.latency_ms, jitter_ms=a.jitter_ms, fault_rate=a.fault_rate, seed=a.seed,
-                        faults=tuple(f.strip() for f in a.faults.split(",") if f.strip()),
-                        retry_after_s=a.retry_after, hang_s=a.hang_s, rpm_limit=a.rpm_limit, sloppiness=a.sloppiness)
+        cfg = SimConfig(
+            latency_ms=a.latency_ms,
+            jitter_ms=a.jitter_ms,
+            fault_rate=a.fault_rate,
+            seed=a.seed,
+            faults=tuple(f.strip() for f in a.faults.split(",") if f.strip()),
+            retry_after_s=a.retry_after,
+            hang_s=a.hang_s,
+            rpm_limit=a.rpm_limit,
+            sloppiness=a.sloppiness,
+        )
     except ValueError as e:
         p.error(str(e))
     done = threading.Event()

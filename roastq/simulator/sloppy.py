@@ -26,11 +26,19 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: kind -> weight. Soft kinds are common; shape-breaking ones rare, as with a good model.
-SOFT: dict[str, float] = {"overlong_string": 10, "out_of_range": 8, "too_many_items": 5, "missing_optional": 8,
-                          "altered_quote": 10, "lines_off": 8, "absent_quote": 4}
+SOFT: dict[str, float] = {
+    "overlong_string": 10,
+    "out_of_range": 8,
+    "too_many_items": 5,
+    "missing_optional": 8,
+    "altered_quote": 10,
+    "lines_off": 8,
+    "absent_quote": 4,
+}
 LOOSE: dict[str, float] = {"string_number": 6, "unknown_enum": 6, "extra_property": 6}
 STRUCTURAL: dict[str, float] = {"missing_required": 1, "wrong_type": 1}
 RARE: dict[str, float] = {"verbose": 1, "refusal": 0.15}
@@ -39,8 +47,17 @@ KINDS: tuple[str, ...] = (*SOFT, *LOOSE, *STRUCTURAL, *RARE)
 SHAPE_KINDS = frozenset((*LOOSE, *STRUCTURAL))
 REFUSAL_TEXT = "I can't help with evaluating this document."
 
-_BOUND_KEYS = ("minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-               "minItems", "maxItems", "default")
+_BOUND_KEYS = (
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minItems",
+    "maxItems",
+    "default",
+)
 _DESCRIBED = re.compile(r"\{([^{}]*)\}\s*$")
 _LINE_KEYS = ("start_line", "end_line", "line", "line_number")
 
@@ -50,7 +67,7 @@ def described_bounds(schema: dict) -> dict:
     what a model reading the description learns of them."""
     m = _DESCRIBED.search(schema.get("description") or "")
     out: dict[str, Any] = {}
-    for part in (m.group(1).split(", ") if m else ()):
+    for part in m.group(1).split(", ") if m else ():
         key, _, raw = part.partition(": ")
         if key in _BOUND_KEYS:
             try:
@@ -76,8 +93,17 @@ def draw(rng: random.Random, *, strict: bool) -> list[str]:
 class Slop:
     """Applies violations to one generated tool input, in place."""
 
-    def __init__(self, rng: random.Random, schema: dict, value: dict, *, resolve: Callable[[Any], dict],
-                 generate: Callable[[dict, str], Any], lines: list[tuple[int, str]], document_chars: int):
+    def __init__(
+        self,
+        rng: random.Random,
+        schema: dict,
+        value: dict,
+        *,
+        resolve: Callable[[Any], dict],
+        generate: Callable[[dict, str], Any],
+        lines: list[tuple[int, str]],
+        document_chars: int,
+    ):
         self.rng, self.schema, self.value = rng, schema, value
         self.resolve, self.generate, self.lines, self.document_chars = resolve, generate, lines, document_chars
 
@@ -114,13 +140,19 @@ class Slop:
 
     def quoted(self) -> list[dict]:
         """Objects holding a quote string (highlights)."""
-        return [c[k] for c, k, _, _ in self.slots() if isinstance(c[k], dict)
-                and any("quote" in q.lower() and isinstance(v, str) for q, v in c[k].items())]
+        return [
+            c[k]
+            for c, k, _, _ in self.slots()
+            if isinstance(c[k], dict) and any("quote" in q.lower() and isinstance(v, str) for q, v in c[k].items())
+        ]
 
     # -- soft ---------------------------------------------------------------------------------------
     def overlong_string(self) -> bool:
-        slot = self.pick(lambda c, k, s, r: isinstance(c[k], str) and "maxLength" in s and "enum" not in s
-                         and not ("quote" in str(k).lower()))
+        slot = self.pick(
+            lambda c, k, s, r: (
+                isinstance(c[k], str) and "maxLength" in s and "enum" not in s and "quote" not in str(k).lower()
+            )
+        )
         if slot is None:
             return False
         c, k, s, _ = slot
@@ -170,10 +202,14 @@ class Slop:
             at = [i for i, (_, t) in enumerate(self.lines[:-1]) if q and q in t]
             if at:
                 n, line = self.lines[at[0]]
-                nxt = next((ln for ln in self.lines[at[0] + 1:] if ln[1].strip()), None)
+                nxt = next((ln for ln in self.lines[at[0] + 1 :] if ln[1].strip()), None)
                 if nxt is not None:  # from the quote to the end of its line, then on into the next
                     words = nxt[1].split()
-                    q = line[line.index(q):].rstrip() + " " + " ".join(words[: self.rng.randint(2, max(2, min(8, len(words))))])
+                    q = (
+                        line[line.index(q) :].rstrip()
+                        + " "
+                        + " ".join(words[: self.rng.randint(2, max(2, min(8, len(words))))])
+                    )
                     for lk in ("end_line",):
                         if lk in h:
                             h[lk] = nxt[0]
@@ -234,8 +270,9 @@ class Slop:
     def extra_property(self) -> bool:
         slot = self.pick(lambda c, k, s, r: isinstance(c[k], dict))
         target = slot[0][slot[1]] if slot else self.value
-        target[self.rng.choice(("confidence", "category", "notes", "rationale"))] = \
-            self.generate({"type": "string"}, "text")
+        target[self.rng.choice(("confidence", "category", "notes", "rationale"))] = self.generate(
+            {"type": "string"}, "text"
+        )
         return True
 
     def missing_required(self) -> bool:
@@ -256,8 +293,11 @@ class Slop:
     # -- rare ---------------------------------------------------------------------------------------
     def verbose(self) -> bool:
         """The longest free-text string grows to about twice the document's length."""
-        slot = self.pick(lambda c, k, s, r: isinstance(c[k], str) and "maxLength" not in s and "enum" not in s
-                         and "quote" not in str(k).lower())
+        slot = self.pick(
+            lambda c, k, s, r: (
+                isinstance(c[k], str) and "maxLength" not in s and "enum" not in s and "quote" not in str(k).lower()
+            )
+        )
         if slot is None:
             return False
         c, k, _, _ = slot
