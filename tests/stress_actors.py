@@ -48,15 +48,18 @@ def _stock_broker():
     from middleware.jobs import JobState
     from middleware.metrics import Metrics
     from middleware.retries import Retries
-    from roastq.brokers.postgres import _LazyPool
+    from roastq.brokers.postgres import LazyPool
+    from roastq.failures import RetryPolicy
+
+    policy = RetryPolicy()
 
     return PostgresBroker(
-        pool=_LazyPool(),
+        pool=LazyPool(),
         results=False,
         middleware=[
-            Retries(),
-            JobState(),
-            Metrics(exporter=False),
+            Retries(policy),
+            JobState(policy),
+            Metrics(policy, exporter=False),
             TimeLimit(),
             ShutdownNotifications(),
             CurrentMessage(),
@@ -115,7 +118,7 @@ def stress_job(job_id):
         with db.transaction() as cur:
             cur.execute(
                 "SELECT kind, fails, work_s, (SELECT count(*) FROM job_attempts WHERE job_id = %(id)s "
-                "AND outcome = 'retry') AS retried FROM stress_plan WHERE job_id = %(id)s",
+                "AND outcome = 'retried') AS retried FROM stress_plan WHERE job_id = %(id)s",
                 {"id": job_id},
             )
             plan = cur.fetchone()

@@ -250,7 +250,7 @@ class RoastqBroker(PostgresBroker):
     """dramatiq-pg's broker on our shared pool, with the fixed consumer."""
 
     def __init__(self, *, middleware=None):
-        super().__init__(pool=_LazyPool(), results=False, middleware=middleware)
+        super().__init__(pool=LazyPool(), results=False, middleware=middleware)
         self.recovery_interval_s = get_settings().recovery_interval_s
         self.add_middleware(SizePool())
         # Results of store_results=True actors, in Postgres (roastq/brokers/results.py).
@@ -327,7 +327,7 @@ class SizePool(Middleware):
         broker.size_pool(worker.worker_threads)
 
 
-class _LazyPool:
+class LazyPool:
     """Stands in for the pool so that building the broker does no I/O (and survives a fork)."""
 
     def __getattr__(self, name):
