@@ -177,9 +177,10 @@ OVERVIEW = dashboard(
         ),
         timeseries(
             "Throughput",
-            "Jobs sent (new messages) and attempts finished, by outcome.",
+            "Attempts finished, by outcome; and messages the workers sent again (retries, snoozes, "
+            "reconciled jobs). New work from apps shows as queue depth.",
             [
-                target(f'sum(rate(roastq_messages_enqueued_total{{delayed="false"}}[{RATE}]))', "enqueued", "A"),
+                target(f"sum(rate(roastq_messages_enqueued_total[{RATE}]))", "sent by workers", "A"),
                 target(f"sum by (outcome) (rate(roastq_job_duration_seconds_count[{RATE}]))", "{{outcome}}", "B"),
             ],
             unit="reqps",
@@ -205,7 +206,11 @@ OVERVIEW = dashboard(
             "waited without failing (snoozed: pause, budget, rate limiter), by reason.",
             [
                 target(f"sum by (error_class) (rate(roastq_messages_retried_total[{RATE}]))", "{{error_class}}", "A"),
-                target(f"sum by (reason) (rate(roastq_messages_snoozed_total[{RATE}]))", "snoozed: {{reason}}", "B"),
+                target(
+                    f"sum by (reason) (rate(roastq_messages_snoozed_total[{RATE}])) or vector(0)",
+                    "snoozed: {{reason}}",
+                    "B",
+                ),
             ],
             unit="reqps",
             stack=True,
