@@ -115,7 +115,7 @@ def test_running_attempts_are_in_progress(db, seeded, worker, sim):
 
 
 def test_a_retry_wait_is_a_delayed_message_counted_once(db, seeded, worker, sim):
-    sim.configure(retry_after_s=3.0)
+    sim.configure(retry_after_s=8.0)  # long enough to read the delayed message back from Postgres under load
     sim.script("rate_limit")
     q = {"queue": "interactive", "actor": "evaluate_document"}
     before = local()
