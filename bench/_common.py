@@ -31,7 +31,8 @@ def fresh_database(name: str = "roastq_bench") -> str:
     admin.close()
     url = SERVER.rsplit("/", 1)[0] + "/" + name
     os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # The defaults a user runs (INFO logs, metrics on); LOG_LEVEL=WARNING only to show a quieter run beside them.
+    os.environ.setdefault("LOG_LEVEL", "INFO")
     from roastq import db
     from roastq.settings import reload_settings
 
@@ -73,7 +74,7 @@ def start_workers(module: str, *, processes: int = 1, threads: int = 8, queues=N
     ]
     if queues:
         cmd += ["--queues", *queues]
-    full_env = dict(os.environ, LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1", **{k: str(v) for k, v in env.items()})
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **{k: str(v) for k, v in env.items()})
     return subprocess.Popen(cmd, env=full_env, stdout=log, stderr=log, start_new_session=True, cwd=ROOT)
 
 
