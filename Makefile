@@ -34,8 +34,13 @@ lint: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit
 
+# The main pass runs in parallel (pytest-xdist, one process a test file, each with a database of
+# its own): the tests mostly wait on worker pools, so three processes fit 2 cores and 100
+# Postgres connections. The RabbitMQ pass shares one RabbitMQ's queues, so it runs alone.
+TEST_JOBS ?= 3
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 	ROASTQ_TEST_BROKER=rabbitmq $(BIN)/python -m pytest $(RABBITMQ_TESTS)
 
 up: $(STAMP)

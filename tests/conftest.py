@@ -16,7 +16,9 @@ SERVER_URL = os.environ.get("TEST_POSTGRES_SERVER", "postgresql://postgres@127.0
 
 # Metrics: before anything imports prometheus_client (test modules import actors when collected),
 # a multiprocess directory of this run's own; worker pools started by tests export on a free port.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+# Under pytest-xdist (`make test` runs the suite in parallel) each worker process is a run of its
+# own: the directory it inherits from the controller would mix its metrics with the others'.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("PYTEST_XDIST_WORKER"):
     import atexit
     import shutil
     import tempfile

@@ -62,9 +62,8 @@ def kill_all(*procs):
     import signal
 
     for proc in procs:
-        if proc is not None and proc.poll() is None:
+        if proc is not None:  # the group, even when its main process has already exited
             kill_group(proc, signal.SIGKILL)
-        if proc is not None:
             proc.wait()
 
 

@@ -199,22 +199,24 @@ def test_calls_to_a_model_without_a_price_are_counted(db, broker, simulator, sim
     assert delta(before, after, "roastq_llm_unknown_model_calls_total") == 1
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="fails only in the full suite since the session-2 merges (order-dependent, cause not found yet); passes alone and with its file: see the closing note",
-)
 def test_repairs_are_counted_by_kind_and_extra_requests_by_reason(db, seeded, worker, sim, llm_settings):
+    # Each job's counts are read on their own: the answers' content (and so what else a cut answer
+    # or a corrected one may need) depends on the request, the three causes do not mix.
     before = local()
     sim.script("sloppy:overlong_string")  # one header cut
     repaired = enqueue_evaluation(first_doc(seeded), agent(db, critique=False))
     assert wait_for_status(db, [repaired])[repaired] == "COMPLETED"
+    after = local()
+    assert delta(before, after, "roastq_llm_answer_repairs_total", step="analysis", kind="string_truncated") == 1
+    before = after
     sim.script("bad_tool_input")  # one corrective request
     corrected = enqueue_evaluation(first_doc(seeded), agent(db, critique=False))
     assert wait_for_status(db, [corrected])[corrected] == "COMPLETED"
+    after = local()
+    assert delta(before, after, "roastq_llm_in_call_retries_total", step="analysis", reason="corrective") == 1
+    before = after
     llm_settings(llm_max_tokens=300)  # the answer is cut once: more room
     cut = enqueue_evaluation(first_doc(seeded), agent(db, critique=False))
     assert wait_for_status(db, [cut])[cut] == "COMPLETED"
     after = local()
-    assert delta(before, after, "roastq_llm_answer_repairs_total", step="analysis", kind="string_truncated") == 1
-    assert delta(before, after, "roastq_llm_in_call_retries_total", step="analysis", reason="corrective") == 1
     assert delta(before, after, "roastq_llm_in_call_retries_total", step="analysis", reason="max_tokens_raised") >= 1
