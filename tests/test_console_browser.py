@@ -190,4 +190,27 @@ def test_an_operator_session_in_the_browser(db, seeded, sim, worker, console, br
     page.click("#resume")
     expect(page.locator("#system-state")).to_have_text("running")
     assert one(db, "SELECT count(*) FROM system_state WHERE key = 'pause'") == 0
+
+    # A job running now: its worker is busy in an LLM call that does not answer for a while (the
+    # simulator holds it, then drops the connection: the job is retried and completes).
+    sim.configure(hang_s=12.0)
+    sim.script("hang")
+    running = enqueue_evaluation(docs[2], agent)
+    wait_until(
+        lambda: (
+            one(db, "SELECT status FROM jobs WHERE id = %s", running) == "RUNNING"
+            and one(db, "SELECT count(*) FROM job_attempts WHERE job_id = %s AND ended_at IS NULL", running) == 1
+        ),
+        timeout=30,
+        what="the job to be running, its attempt open",
+    )
+    page.goto(f"{console}/jobs/{running}")
+    expect(page.locator("#job-facts .badge.running")).to_have_text("RUNNING")
+    page.goto(f"{console}/jobs?status=RUNNING")
+    row = page.locator("#jobs-table tbody tr", has=page.locator(f"a[href='/jobs/{running}']"))
+    expect(row).to_have_count(1)
+    expect(row.locator(".badge")).to_have_text("RUNNING")
+    page.goto(f"{console}/")
+    expect(page.locator(".counts")).to_contain_text("RUNNING 1")
+    assert wait_for_status(db, [running], timeout=90)[running] == "COMPLETED"
     context.close()

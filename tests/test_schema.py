@@ -123,3 +123,29 @@ def test_embedded_postgres_when_database_url_unset(tmp_path):
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr
     assert "nothing to apply" in second.stdout  # same data directory, reused
+
+
+def test_the_console_indexes_serve_its_hot_reads(db):
+    """Migration 0016: the overview's message counts index-only through queue_live_idx, one class
+    of dead letters (and the jobs page's FAILED + class filter) along jobs_failed_class_idx. The
+    plans are asked with sequential scans off: what matters is that the index can serve them."""
+    from roastq.ops.views import OPS, VIEWS
+
+    finds = dict(queue=None, agent_id=None, document_id=None, since=None, until=None, search=None)
+    finds.update(after_created_at=None, after_id=None, limit=51, statuses=["FAILED"], error_class="AUTH")
+    cases = [
+        (OPS.queue_summary, {"with_done": False}, "Index Only Scan using queue_live_idx"),
+        (VIEWS.dead_letters, {"error_class": "AUTH", "agent_id": None, "limit": 100}, "jobs_failed_class_idx"),
+        (OPS.find_jobs, finds, "jobs_failed_class_idx"),
+    ]
+    with db.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("SET LOCAL enable_seqscan = off")
+        cur.execute("SET LOCAL enable_bitmapscan = off")
+        try:
+            for sql, params, expected in cases:
+                cur.execute("EXPLAIN " + sql, params)
+                plan = "\n".join(r[0] for r in cur.fetchall())
+                assert expected in plan, plan
+        finally:
+            cur.execute("ROLLBACK")

@@ -24,7 +24,7 @@ from roastq.humanize import AgeError, parse_since
 from roastq.jobs import JobStatus
 from roastq.ops import pause as system_pause
 from roastq.ops import views
-from roastq.ops.views import find_jobs, status_data
+from roastq.ops.views import find_jobs
 from roastq.redact import redact
 from roastq.settings import get_settings
 
@@ -79,10 +79,10 @@ def create_app(settings=None) -> Flask:
     @app.context_processor
     def common():
         signed_in = getattr(g, "who", None) is not None
-        return {
-            "read_only": settings.console_read_only or not signed_in,
-            "paused": system_pause.state() if signed_in else None,
-        }
+        paused = None
+        if signed_in:  # the overview has read it already, with its other figures
+            paused = g.paused if "paused" in g else system_pause.state()
+        return {"read_only": settings.console_read_only or not signed_in, "paused": paused}
 
     def page(template: str, partial: str | None = None, **context):
         if partial and request.headers.get("X-Console-Partial"):
@@ -114,12 +114,13 @@ def create_app(settings=None) -> Flask:
 
     @app.route("/")
     def overview():
-        status = status_data(overview=True)
+        data = views.overview_data()
+        g.paused = data["status"]["paused"]
         return page(
             "overview.html",
             "_overview_live.html",
-            status=status,
-            chart=_chart(views.throughput_last_hour()),
+            status=data["status"],
+            chart=_chart(data["throughput"]),
             now=datetime.now(UTC),
         )
 
@@ -181,10 +182,11 @@ def create_app(settings=None) -> Flask:
         error_class = request.args.get("class") or None
         agent_id = _uuid_or_none(request.args.get("agent"))
         selected = bool(error_class or agent_id)
+        data = views.dead_letter_page(error_class=error_class, agent_id=agent_id, limit=100)
         return render_template(
             "dead.html",
-            groups=views.dead_letter_groups(),
-            letters=views.dead_letters(error_class=error_class, agent_id=agent_id, limit=100),
+            groups=data["groups"],
+            letters=data["letters"],
             error_class=error_class,
             agent_id=agent_id,
             selected=selected,

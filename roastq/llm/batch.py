@@ -204,9 +204,9 @@ def _park_for(settings: Settings, slack: float) -> float:
     return max(1.0, slack - settings.llm_batch_fallback_s)
 
 
-def status() -> dict:
-    """The lane at a glance (``roastq status``, the metrics)."""
-    with db.transaction() as cur:
+def status(conn=None) -> dict:
+    """The lane at a glance (``roastq status``, the metrics); on ``conn`` when given."""
+    with db.transaction(conn) as cur:
         cur.execute(Q.lane_status)
         return dict(cur.fetchone())
 

@@ -252,11 +252,18 @@ GROUP BY queue ORDER BY queue;
 -- name: job_counts_recent
 -- Jobs waiting or running now, and jobs finished in the last 24 hours, by status: each part read
 -- through an index (jobs_status_idx, jobs_completed_idx), whatever the size of the history.
+-- The finished ones counted with three FILTERs in one pass, not grouped by status through a hash
+-- table: about a third less time for the day's 13,500 index entries (docs/benchmarks.md); a
+-- status none had is left out, as a GROUP BY leaves it.
 SELECT status, count(*) AS n FROM jobs WHERE status IN ('PENDING', 'RUNNING') GROUP BY status
 UNION ALL
-SELECT status, count(*) AS n FROM jobs
-WHERE completed_at > now() - interval '24 hours' AND status IN ('COMPLETED', 'FAILED', 'CANCELLED')
-GROUP BY status;
+SELECT f.status, f.n
+FROM (SELECT count(*) FILTER (WHERE status = 'COMPLETED') AS completed,
+             count(*) FILTER (WHERE status = 'FAILED') AS failed,
+             count(*) FILTER (WHERE status = 'CANCELLED') AS cancelled
+      FROM jobs WHERE completed_at > now() - interval '24 hours') day,
+     LATERAL (VALUES ('COMPLETED', day.completed), ('FAILED', day.failed), ('CANCELLED', day.cancelled)) f (status, n)
+WHERE f.n > 0;
 
 -- name: find_jobs
 SELECT j.id, j.status, j.queue, j.attempts, j.error_class, j.error, j.created_at, j.started_at,

@@ -28,10 +28,14 @@ _cached: tuple[float, dict | None] | None = None
 
 
 def state(conn=None) -> dict | None:
-    """The pause, read now: {"reason", "by", "since"}, or None when the system runs."""
-    with db.transaction(conn) as cur:
-        cur.execute(OPS.get_state, {"key": KEY})
-        row = cur.fetchone()
+    """The pause, read now: {"reason", "by", "since"}, or None when the system runs. On ``conn``
+    when given, else one statement on a pooled connection (one round trip, no BEGIN/COMMIT)."""
+    if conn is None:
+        row = db.execute_one(OPS.get_state, {"key": KEY})
+    else:
+        with db.transaction(conn) as cur:
+            cur.execute(OPS.get_state, {"key": KEY})
+            row = cur.fetchone()
     if row is None:
         return None
     return dict(row["value"], since=row["updated_at"])

@@ -19,12 +19,19 @@ VIEWS = load_queries("views.sql", __package__)
 OPS = load_queries("ops.sql", __package__)
 
 
-def status_data(*, overview: bool = False) -> dict:
+def status_data(*, overview: bool = False, conn=None) -> dict:
     """What `roastq status` shows. ``overview`` (the console's overview page, refreshed every few
     seconds): without the reads whose cost grows with history (finished messages, every job's
-    status); jobs are counted as waiting and running now, and finished in the last 24 hours."""
+    status); jobs are counted as waiting and running now, and finished in the last 24 hours.
+
+    Every read is one statement on one pooled connection in autocommit (or on ``conn``): one
+    round trip each, no BEGIN and COMMIT around them. Each statement sees its own snapshot, as it
+    did inside a READ COMMITTED transaction."""
+    if conn is None:
+        with db.autocommit() as cur:
+            return status_data(overview=overview, conn=cur.connection)
     stale = maintenance.stale_after_s()
-    with db.transaction() as cur:
+    with db.transaction(conn) as cur:
         cur.execute(OPS.job_counts_recent if overview else Q.job_counts)
         jobs = {r["status"]: r["n"] for r in cur.fetchall()}
         queues = []
@@ -37,7 +44,7 @@ def status_data(*, overview: bool = False) -> dict:
         workers = [dict(r) for r in cur.fetchall()]
         cur.execute(OPS.last_ticks)
         ticks = [dict(r) for r in cur.fetchall()]
-    paused = system_pause.state()
+    paused = system_pause.state(conn)
     now = datetime.now(UTC)
     for w in workers:
         w["last_seen_s"] = (now - w["last_seen_at"]).total_seconds()
@@ -61,7 +68,7 @@ def status_data(*, overview: bool = False) -> dict:
         "queues": queues,
         "workers": workers,
         "scheduler": ticks,
-        "batch_lane": dict(batch.status(), enabled=batch.enabled(get_settings())),
+        "batch_lane": dict(batch.status(conn), enabled=batch.enabled(get_settings())),
         **extra,
     }
 
@@ -137,16 +144,37 @@ def document_segments(text: str, highlights: list[dict]) -> list[tuple[str, int 
     return pieces
 
 
-def dead_letter_groups() -> list[dict]:
-    with db.transaction() as cur:
+def overview_data() -> dict:
+    """The console's overview: ``status_data(overview=True)`` and the last hour's throughput,
+    read on one connection (one round trip a statement)."""
+    with db.autocommit() as cur:
+        status = status_data(overview=True, conn=cur.connection)
+        cur.execute(VIEWS.throughput_last_hour)
+        return {"status": status, "throughput": [dict(r) for r in cur.fetchall()]}
+
+
+def dead_letter_groups(conn=None) -> list[dict]:
+    with db.transaction(conn) as cur:
         cur.execute(VIEWS.dead_letter_groups)
         return [dict(r) for r in cur.fetchall()]
 
 
-def dead_letters(*, error_class: str | None = None, agent_id: str | None = None, limit: int = 200) -> list[dict]:
-    with db.transaction() as cur:
+def dead_letters(
+    *, error_class: str | None = None, agent_id: str | None = None, limit: int = 200, conn=None
+) -> list[dict]:
+    with db.transaction(conn) as cur:
         cur.execute(VIEWS.dead_letters, {"error_class": error_class, "agent_id": agent_id, "limit": limit})
         return [dict(r) for r in cur.fetchall()]
+
+
+def dead_letter_page(*, error_class: str | None = None, agent_id: str | None = None, limit: int = 100) -> dict:
+    """The dead-letter page: the groups and one group's (or all) newest letters, on one
+    connection (one round trip a statement)."""
+    with db.autocommit() as cur:
+        return {
+            "groups": dead_letter_groups(cur.connection),
+            "letters": dead_letters(error_class=error_class, agent_id=agent_id, limit=limit, conn=cur.connection),
+        }
 
 
 def throughput_last_hour() -> list[dict]:

@@ -44,14 +44,24 @@ FROM jobs WHERE original_job_id = %(job_id)s ORDER BY created_at;
 -- name: dead_letter_groups
 -- Dead letters, by error class and agent: FAILED jobs (their message was rejected) that no rerun
 -- has replaced yet. The same with both brokers (the jobs table, not the broker's own).
-SELECT j.error_class, av.agent_id, av.name AS agent_name, count(*) AS n,
-       min(j.completed_at) AS first_at, max(j.completed_at) AS last_at
-FROM jobs j
-JOIN agent_versions av ON av.id = j.agent_version_id
-WHERE j.status = 'FAILED'
-  AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.original_job_id = j.id)
-GROUP BY j.error_class, av.agent_id, av.name
-ORDER BY n DESC, j.error_class;
+-- Read from jobs_failed_idx alone (index-only); the reruns are hashed once (the explicit
+-- `IS NOT NULL` lets the planner see how few they are: a hash anti join, not a sort of every dead
+-- letter by id for a merge), and the rows are counted per agent version before the names are
+-- joined (a few groups joined, not every row).
+WITH per_version AS (
+    SELECT j.error_class, j.agent_version_id, count(*) AS n,
+           min(j.completed_at) AS first_at, max(j.completed_at) AS last_at
+    FROM jobs j
+    WHERE j.status = 'FAILED'
+      AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.original_job_id = j.id AND r.original_job_id IS NOT NULL)
+    GROUP BY j.error_class, j.agent_version_id
+)
+SELECT g.error_class, av.agent_id, av.name AS agent_name, sum(g.n)::bigint AS n,
+       min(g.first_at) AS first_at, max(g.last_at) AS last_at
+FROM per_version g
+JOIN agent_versions av ON av.id = g.agent_version_id
+GROUP BY g.error_class, av.agent_id, av.name
+ORDER BY n DESC, g.error_class, agent_name, av.agent_id;  -- ties in a fixed order
 
 -- name: dead_letters
 -- The dead letters of one group (or all), newest first.
@@ -61,8 +71,10 @@ FROM jobs j
 JOIN agent_versions av ON av.id = j.agent_version_id
 JOIN document_versions dv ON dv.id = j.document_version_id
 WHERE j.status = 'FAILED'
-  AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.original_job_id = j.id)
-  AND (%(error_class)s::text IS NULL OR j.error_class IS NOT DISTINCT FROM %(error_class)s::text)
+  AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.original_job_id = j.id AND r.original_job_id IS NOT NULL)
+  -- `=`, not IS NOT DISTINCT FROM (the same here: the class is given or not asked), so that one
+  -- class is read along jobs_failed_class_idx (error_class, created_at DESC) up to the limit
+  AND (%(error_class)s::text IS NULL OR j.error_class = %(error_class)s::text)
   AND (%(agent_id)s::uuid IS NULL OR av.agent_id = %(agent_id)s::uuid)
 ORDER BY j.created_at DESC, j.id  -- newest first, along jobs_status_idx (status, created_at)
 LIMIT %(limit)s;
