@@ -327,3 +327,20 @@ def test_a_rerun_job_runs(db, seeded, worker):
     assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
     new = rerun_job(job_id)
     assert wait_for_status(db, [new])[new] == "COMPLETED"
+
+
+@pytest.mark.postgres_broker
+def test_the_enqueue_notifies_the_brokers_channel_with_the_message(db, seeded):
+    """The one statement sends dramatiq-pg's NOTIFY: channel dramatiq.<queue>.enqueue, the
+    message as stored (what the consumers decode), at commit."""
+    import select
+
+    doc, agent = _pair(seeded)
+    with db.cursor() as cur:
+        cur.execute('LISTEN "dramatiq.batch.enqueue"')
+    job_id = enqueue_evaluation(doc, agent, priority="batch")
+    select.select([db], [], [], 5)
+    db.poll()
+    stored = one(db, "SELECT m.message::text FROM dramatiq.queue m JOIN jobs j ON j.message_id = m.message_id")
+    assert [(n.channel, n.payload) for n in db.notifies] == [("dramatiq.batch.enqueue", stored)]
+    assert job_id in stored
