@@ -3,8 +3,9 @@
     .venv/bin/python bench/bench_enqueue.py [--jobs 500] [--rounds 4]
 
 Enqueues one call at a time (no caller's connection: one autocommit statement each) and splits
-each call into the time inside ``cursor.execute`` (the round trip: the statement and its commit)
-and the rest (Python: ids, the message, the statement's text and parameters). Then it does the
+each call into the time inside ``cursor.execute`` (the round trip: with the one-statement enqueue,
+the statement and its commit) and the rest (Python: ids, the message, the statement's text and
+parameters; with an older checkout, its COMMIT too). Then it does the
 same with the pooled session's ``synchronous_commit`` off, **for this measurement only** (roastq
 never enqueues so: an acknowledged enqueue must survive a crash of Postgres): the difference is
 what the commit's WAL flush costs. The two settings alternate, ``--rounds`` times, to share the
@@ -118,8 +119,8 @@ def main() -> int:
     ):
         print(f"{label:32} {total:8.0f} {execute:8.0f} {total - execute:8.0f} {1e6 / total:8.0f}")
     print(f"{'SELECT 1 round trip':32} {statistics.median(trips):8.0f}")
-    flush = on_exec - off_exec
-    print(f"the commit's WAL flush: {flush:.0f} us a call, {100 * flush / on_total:.0f}% of an enqueue")
+    flush = on_total - off_total
+    print(f"the commit's WAL flush (on - off): {flush:.0f} us a call, {100 * flush / on_total:.0f}% of an enqueue")
     db.reset()
     return 0
 
