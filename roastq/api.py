@@ -4,6 +4,13 @@ A job row and its Dramatiq message are written in one transaction. Given the cal
 both commit or roll back with the caller's own transaction (nothing is committed here); without
 it, roastq commits them itself.
 
+``enqueue_evaluation`` and ``rerun_job`` are one statement each (``enqueue_evaluation`` and
+``rerun_job`` in ``sql/queries.sql``): the job id and the message are made here (the message by
+the broker's own code, ``roastq.brokers.job_messages``), and the statement is composed of the
+lookups of this module, the job row's piece of ``roastq.jobs`` and the message's piece of the
+broker (``roastq.brokers.prepare_send``). On the caller's connection it is one execute in the
+caller's transaction; without one it runs in autocommit, one round trip that is its own commit.
+
 Sending configures nothing in the caller's process: no logging, Sentry or metrics set-up, no
 files, no threads (``roastq.brokers.sending_broker``; the worker module ``actors`` is never
 imported here). That set-up belongs to worker processes, at boot.
@@ -15,7 +22,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from roastq import db, jobs
-from roastq.brokers import send_job, send_jobs
+from roastq.brokers import announce_sent, job_messages, prepare_send, send_job, send_jobs
 from roastq.db import Q
 from roastq.queues import BATCH, INTERACTIVE, JOB_QUEUES
 from roastq.settings import get_settings
@@ -97,6 +104,28 @@ def insert_and_send(
     return job_id
 
 
+def _one_statement(template: str, params: dict, *, queues, deadlines: dict, not_before, delay_ms, conn) -> dict:
+    """Run a one-statement enqueue (``template``: a query of ``sql/queries.sql`` with a CTE
+    ``source`` and the markers ``{job}`` and ``{send}``); return its one row (``job_id`` None
+    when nothing was written). ``queues``: the queues the job may go to (the source's picks one),
+    ``deadlines`` by queue."""
+    job_id = str(uuid.uuid4())
+    messages = job_messages(queues, job_id, delay_ms=delay_ms)
+    job_sql, job_params = jobs.insert_piece(
+        job_id=job_id,
+        candidates=[(q, messages[q].message_id, deadlines[q]) for q in queues],
+        not_before=not_before,
+    )
+    send_sql, send_params = prepare_send(list(messages.values()), delay_ms=delay_ms)
+    sql = template.replace("{job}", job_sql).replace("{send}", send_sql)
+    with db.statement(conn) as cur:
+        cur.execute(sql, {**params, **job_params, **send_params})
+        row = cur.fetchone()
+    if row["job_id"] is not None:
+        announce_sent(messages[row["queue"]], delay_ms=delay_ms)
+    return row
+
+
 def enqueue_evaluation(
     document_id, agent_id, *, priority: str = INTERACTIVE, deadline=None, not_before=None, conn=None
 ) -> str:
@@ -107,30 +136,30 @@ def enqueue_evaluation(
     from now; batch jobs default to LLM_BATCH_DEFAULT_DEADLINE): a batch job with time to spare
     sends its LLM steps through the batch lane at half the price (docs/llm.md). ``not_before``
     (the same kinds): the job does not start before then.
+
+    One statement (see the module's docstring): an unknown document or agent writes nothing and
+    raises EnqueueError.
     """
     _check_priority(priority)
     document_id = parse_id(document_id, "document id")
     agent_id = parse_id(agent_id, "agent id")
-    with db.transaction(conn) as cur:
-        cur.execute(Q.latest_document_version, {"document_id": document_id})
-        document = cur.fetchone()
-        if document is None:
-            raise EnqueueError(f"unknown document {document_id}")
-        cur.execute(Q.latest_agent_version, {"agent_id": agent_id})
-        agent = cur.fetchone()
-        if agent is None:
-            raise EnqueueError(f"unknown agent {agent_id}")
-        cur.execute(Q.upsert_evaluation, {"document_id": document_id, "agent_id": agent_id})
-        evaluation_id = cur.fetchone()["id"]
-        return insert_and_send(
-            cur,
-            evaluation_id=evaluation_id,
-            document_version_id=document["id"],
-            agent_version_id=agent["id"],
-            queue=priority,
-            deadline=deadline,
-            not_before=not_before,
-        )
+    due, start, delay_ms = _schedule(priority, deadline, not_before)
+    row = _one_statement(
+        Q.enqueue_evaluation,
+        {"document_id": document_id, "agent_id": agent_id, "queue": priority},
+        queues=[priority],
+        deadlines={priority: due},
+        not_before=start,
+        delay_ms=delay_ms,
+        conn=conn,
+    )
+    if row["documents"] == 0:
+        raise EnqueueError(f"unknown document {document_id}")
+    if row["agents"] == 0:
+        raise EnqueueError(f"unknown agent {agent_id}")
+    if row["job_id"] is None or row["sent"] != 1:  # not expected: the statement writes both or neither
+        raise EnqueueError(f"the evaluation of document {document_id} by agent {agent_id} was not enqueued")
+    return str(row["job_id"])
 
 
 def enqueue_evaluations(pairs, *, priority: str = BATCH, deadline=None, not_before=None, conn=None) -> list[str]:
@@ -177,23 +206,27 @@ def enqueue_evaluations(pairs, *, priority: str = BATCH, deadline=None, not_befo
 
 
 def rerun_job(job_id, *, conn=None) -> str:
-    """Run a finished job again as a new job (same pinned versions), linked by original_job_id."""
+    """Run a finished job again as a new job (same pinned versions and queue, a batch job the
+    default deadline), linked by original_job_id. One statement, as ``enqueue_evaluation``: the
+    original's queue is read in it, so the message is made for each job queue and the statement
+    writes the one of the original's queue."""
     job_id = parse_id(job_id, "job id")
-    with db.transaction(conn) as cur:
-        cur.execute(Q.job_by_id, {"job_id": job_id})
-        job = cur.fetchone()
-        if job is None:
-            raise EnqueueError(f"unknown job {job_id}")
-        if not jobs.is_finished(job["status"]):
-            raise EnqueueError(f"job {job_id} is {job['status']}: only a finished job can be rerun")
-        return insert_and_send(
-            cur,
-            evaluation_id=job["evaluation_id"],
-            document_version_id=job["document_version_id"],
-            agent_version_id=job["agent_version_id"],
-            queue=job["queue"],
-            original_job_id=job_id,
-        )
+    row = _one_statement(
+        Q.rerun_job,
+        {"original_job_id": job_id, "finished": sorted(str(s) for s in jobs.FINISHED)},
+        queues=list(JOB_QUEUES),
+        deadlines={q: _schedule(q, None, None)[0] for q in JOB_QUEUES},
+        not_before=None,
+        delay_ms=None,
+        conn=conn,
+    )
+    if row["original_status"] is None:
+        raise EnqueueError(f"unknown job {job_id}")
+    if not jobs.is_finished(row["original_status"]):
+        raise EnqueueError(f"job {job_id} is {row['original_status']}: only a finished job can be rerun")
+    if row["job_id"] is None or row["sent"] != 1:
+        raise EnqueueError(f"job {job_id}'s queue {row['queue']!r} is not one of {JOB_QUEUES}")
+    return str(row["job_id"])
 
 
 def cancel_job(job_id, *, reason: str = "cancelled by operator", conn=None) -> str:

@@ -206,6 +206,19 @@ def autocommit() -> Iterator[psycopg2.extras.RealDictCursor]:
             p.discard_idle()
 
 
+@contextmanager
+def statement(conn=None) -> Iterator[psycopg2.extras.RealDictCursor]:
+    """A cursor for one statement: on the caller's connection, in the caller's transaction
+    (nothing is committed here), or else on a pooled connection in autocommit, where the
+    statement is its own commit: one round trip either way (``autocommit()``)."""
+    if conn is not None:
+        with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            yield cur
+        return
+    with autocommit() as cur:
+        yield cur
+
+
 def execute_one(sql: str, params=None, *, durable: bool = True, fetch: str | None = "one"):
     """One statement as its own transaction, in one round trip; return its row (``fetch="one"``),
     its rows (``"all"``) or None.

@@ -80,6 +80,22 @@ def insert(
     )
 
 
+def insert_piece(*, job_id, candidates, not_before=None) -> tuple[str, dict]:
+    """The job row's part of a one-statement enqueue (``roastq.api``): the CTE ``job`` of
+    ``sql/jobs.sql``'s ``insert_piece`` and its parameters. It inserts a new PENDING job from the
+    one row of the statement's CTE ``source``; ``candidates`` are ``(queue, message_id, deadline)``
+    for each queue the job may go to (the source's queue picks one). ``not_before``: it does not
+    start earlier (also its first ``next_attempt_at``)."""
+    queues, message_ids, deadlines = (list(c) for c in zip(*candidates, strict=True))
+    return J.insert_piece, {
+        "job_id": str(job_id),
+        "job_queues": queues,
+        "job_message_ids": message_ids,
+        "job_deadlines": deadlines,
+        "job_not_before": not_before,
+    }
+
+
 def insert_many(
     cur,
     *,

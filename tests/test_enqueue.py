@@ -156,3 +156,191 @@ def test_batch_enqueued_jobs_run(db, seeded, worker):
 
     job_ids = enqueue_evaluations([(d, a) for d in list(seeded.documents.values())[:2] for a in seeded.agents.values()])
     assert set(wait_for_status(db, job_ids).values()) == {"COMPLETED"}
+
+
+# -- one statement: what reaches Postgres (counted on the wire, BEGIN and COMMIT included) ------
+
+
+@pytest.fixture
+def wire(database_url):
+    """roastq's connections (and the test's, through ``wire.url``) go through a proxy that counts
+    the queries sent to Postgres."""
+    import os
+
+    from wire import Wire
+
+    from roastq import db
+    from roastq.settings import reload_settings
+
+    proxy = Wire(database_url)
+    os.environ["DATABASE_URL"] = proxy.url
+    reload_settings()
+    db.reset()
+    try:
+        yield proxy
+    finally:
+        os.environ["DATABASE_URL"] = database_url
+        reload_settings()
+        db.reset()
+        proxy.close()
+
+
+def _is_transaction_control(sql: str) -> bool:
+    return sql.split(None, 1)[0].upper() in ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+
+def test_enqueue_is_one_statement_that_is_its_own_commit(db, seeded, wire):
+    doc, agent = _pair(seeded)
+    enqueue_evaluation(doc, agent)  # the pool's connection now exists
+    wire.clear()
+    job_id = enqueue_evaluation(doc, agent, priority="batch", not_before=60)
+    sent = wire.taken()
+    assert len(sent) == 1, sent  # no BEGIN, no COMMIT: autocommit
+    assert not _is_transaction_control(sent[0])
+    # committed by that one statement: visible to another session at once
+    assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "PENDING"
+    assert one(db, f"SELECT count(*) FROM jobs j JOIN {MESSAGES} m ON m.message_id = j.message_id") == 2
+
+
+def test_enqueue_on_the_callers_connection_adds_one_statement_and_commits_nothing(db, seeded, wire):
+    doc, agent = _pair(seeded)
+    app = psycopg2.connect(wire.url)
+    try:
+        with app.cursor() as cur:
+            cur.execute("SELECT 1")  # the caller's transaction has begun
+        wire.clear()
+        job_id = enqueue_evaluation(doc, agent, conn=app)
+        sent = wire.taken()
+        assert len(sent) == 1, sent
+        assert not _is_transaction_control(sent[0])
+        assert counts(db) == (0, 0)  # nothing committed
+        app.commit()
+    finally:
+        app.close()
+    assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "PENDING"
+    assert counts(db) == (1, 1)
+
+
+def _finish(db, job_id, status="COMPLETED"):
+    with db.cursor() as cur:
+        cur.execute("UPDATE jobs SET status = %s, completed_at = now() WHERE id = %s", (status, job_id))
+
+
+def test_rerun_is_one_statement(db, seeded, wire):
+    from roastq.api import rerun_job
+
+    doc, agent = _pair(seeded)
+    first, second = enqueue_evaluation(doc, agent), enqueue_evaluation(doc, agent, priority="batch")
+    _finish(db, first)
+    _finish(db, second, "FAILED")
+    rerun_job(first)  # the pool's connection now exists
+    wire.clear()
+    new = rerun_job(second)
+    sent = wire.taken()
+    assert len(sent) == 1, sent
+    assert not _is_transaction_control(sent[0])
+    # the same pinned versions and queue, linked to the original, the batch default deadline
+    same = (
+        "SELECT n.evaluation_id = o.evaluation_id AND n.document_version_id = o.document_version_id "
+        "AND n.agent_version_id = o.agent_version_id AND n.queue = o.queue, n.original_job_id::text, n.status, "
+        "EXTRACT(EPOCH FROM n.deadline - now()) FROM jobs n JOIN jobs o ON o.id = n.original_job_id WHERE n.id = %s"
+    )
+    pinned, original, status, left = one(db, same, new)
+    assert (pinned, original, status) == (True, second, "PENDING")
+    assert 86400 - 60 < left <= 86400
+    queue, carried = one(
+        db,
+        f"SELECT queue_name, message->'args'->>0 FROM {MESSAGES} m JOIN jobs j ON j.message_id = m.message_id "
+        "WHERE j.id = %s",
+        new,
+    )
+    assert (queue, carried) == ("batch", new)
+
+
+def test_rerun_of_an_unknown_or_unfinished_job_is_refused_and_writes_nothing(db, seeded):
+    from roastq.api import rerun_job
+
+    doc, agent = _pair(seeded)
+    job_id = enqueue_evaluation(doc, agent)
+    with pytest.raises(EnqueueError, match="only a finished job"):
+        rerun_job(job_id)
+    with pytest.raises(EnqueueError, match="unknown job"):
+        rerun_job("00000000-0000-0000-0000-000000000000")
+    assert counts(db) == (1, 1)
+
+
+@pytest.mark.parametrize("which", ["document", "agent"])
+def test_unknown_document_or_agent_on_the_callers_connection_writes_nothing(db, seeded, database_url, which):
+    doc, agent = _pair(seeded)
+    unknown = "00000000-0000-0000-0000-000000000000"
+    args = (unknown, agent) if which == "document" else (doc, unknown)
+    app = psycopg2.connect(database_url)
+    try:
+        with pytest.raises(EnqueueError, match=f"unknown {which}"):
+            enqueue_evaluation(*args, conn=app)
+        app.commit()  # the caller's transaction is still usable, and holds nothing of ours
+    finally:
+        app.close()
+    assert counts(db) == (0, 0)
+    assert one(db, "SELECT count(*) FROM evaluations") == 0
+
+
+def test_deadline_and_not_before_are_on_the_row_and_the_message_is_delayed(db, seeded):
+    from datetime import UTC, datetime, timedelta
+
+    doc, agent = _pair(seeded)
+    due = datetime.now(UTC) + timedelta(hours=3)
+    job_id = enqueue_evaluation(doc, agent, deadline=due, not_before=timedelta(minutes=5))
+    deadline, start, next_at, queue, eta = one(
+        db,
+        "SELECT j.deadline, j.not_before, j.next_attempt_at, m.queue_name, (m.message->'options'->>'eta')::bigint "
+        f"FROM jobs j JOIN {MESSAGES} m ON m.message_id = j.message_id WHERE j.id = %s",
+        job_id,
+    )
+    assert abs((deadline - due).total_seconds()) < 0.01
+    assert 280 < (start - datetime.now(UTC)).total_seconds() <= 300
+    assert next_at == start
+    assert queue == "interactive.DQ"  # the delay queue, due at not_before
+    assert abs(eta / 1000 - start.timestamp()) < 2
+    # the batch default deadline, counted from the start time
+    job_id = enqueue_evaluation(doc, agent, priority="batch", not_before=600)
+    left = one(db, "SELECT EXTRACT(EPOCH FROM deadline - not_before) FROM jobs WHERE id = %s", job_id)
+    assert 86400 - 5 < left <= 86400 + 5
+    # no delay, no deadline: a plain message on its queue
+    job_id = enqueue_evaluation(doc, agent)
+    assert (
+        one(
+            db,
+            f"SELECT (j.deadline, j.not_before, m.queue_name, m.message->'options' ? 'eta') "
+            f"FROM jobs j JOIN {MESSAGES} m ON m.message_id = j.message_id WHERE j.id = %s",
+            job_id,
+        )
+        == "(,,interactive,f)"
+    )
+
+
+def test_a_rerun_job_runs(db, seeded, worker):
+    from roastq.api import rerun_job
+
+    doc, agent = _pair(seeded)
+    job_id = enqueue_evaluation(doc, agent)
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+    new = rerun_job(job_id)
+    assert wait_for_status(db, [new])[new] == "COMPLETED"
+
+
+@pytest.mark.postgres_broker
+def test_the_enqueue_notifies_the_brokers_channel_with_the_message(db, seeded):
+    """The one statement sends dramatiq-pg's NOTIFY: channel dramatiq.<queue>.enqueue, the
+    message as stored (what the consumers decode), at commit."""
+    import select
+
+    doc, agent = _pair(seeded)
+    with db.cursor() as cur:
+        cur.execute('LISTEN "dramatiq.batch.enqueue"')
+    job_id = enqueue_evaluation(doc, agent, priority="batch")
+    select.select([db], [], [], 5)
+    db.poll()
+    stored = one(db, "SELECT m.message::text FROM dramatiq.queue m JOIN jobs j ON j.message_id = m.message_id")
+    assert [(n.channel, n.payload) for n in db.notifies] == [("dramatiq.batch.enqueue", stored)]
+    assert job_id in stored

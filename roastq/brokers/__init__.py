@@ -7,7 +7,11 @@ Postgres either way; only messages move. Both brokers offer what the rest of roa
   caller's transaction. Postgres: the message is a row of ``dramatiq.queue``. RabbitMQ: it is a
   row of the ``outbox``, relayed after commit (``roastq/brokers/outbox.py``);
 * dramatiq's ``enqueue`` (retries, ``actor.send``), which on RabbitMQ publishes at once;
-* ``queue_counts(queue)``: waiting, delayed and dead messages of a queue, for status and metrics.
+* ``queue_counts(queue)``: waiting, delayed and dead messages of a queue, for status and metrics;
+* ``delayed(message, delay_ms)`` and ``enqueue_piece(messages)``: a message's part of a
+  one-statement enqueue (``roastq.api``), through ``job_messages``, ``prepare_send`` and
+  ``announce_sent`` here. Postgres: the ``dramatiq.queue`` row and its NOTIFY; RabbitMQ: the
+  outbox row and the relays' NOTIFY.
 
 Crash recovery differs: on Postgres our consumers rescan for messages whose worker's session
 (and advisory lock) died; on RabbitMQ a message a worker took is unacknowledged until it is
@@ -80,3 +84,29 @@ def send_jobs(cur, queue: str, job_ids, *, delay_ms: int | None = None) -> list[
         messages = [m.copy(queue_name=dq_name(m.queue_name), options={**m.options, "eta": eta}) for m in messages]
     sending_broker().enqueue_many_on(cur, messages)
     return messages
+
+
+# -- a one-statement enqueue (roastq.api): the message's part -------------------------------------
+
+
+def job_messages(queues, job_id, *, delay_ms: int | None = None) -> dict[str, dramatiq.Message]:
+    """The message job ``job_id`` would carry on each of ``queues``, as ``send_job`` sends it
+    (``delay_ms``: in the delay queue with its eta, by the broker's own rule)."""
+    broker = sending_broker()
+    return {q: broker.delayed(job_message(q, str(job_id)), delay_ms) for q in queues}
+
+
+def prepare_send(messages, *, delay_ms: int | None = None) -> tuple[str, dict]:
+    """The broker's part of a one-statement enqueue: the CTE ``sent``, which writes the one of
+    ``messages`` whose id the statement's CTE ``job`` returns (none without a job row), and its
+    NOTIFY; with its parameters. The broker's middleware sees each candidate before the send (it
+    may change it); ``announce_sent`` tells it which one went."""
+    broker = sending_broker()
+    for message in messages:
+        broker.emit_before("enqueue", message, delay_ms)
+    return broker.enqueue_piece(list(messages))
+
+
+def announce_sent(message, *, delay_ms: int | None = None) -> None:
+    """After a one-statement enqueue wrote ``message``: the middleware's after_enqueue."""
+    sending_broker().emit_after("enqueue", message, delay_ms)

@@ -53,6 +53,17 @@ def add(cur, messages) -> None:
     )
 
 
+def add_piece(messages) -> tuple[str, dict]:
+    """``add`` as the message part of a one-statement enqueue: the CTE ``sent`` of
+    ``outbox.sql``'s ``outbox_add_piece``, which writes the one of ``messages`` whose id the
+    statement's CTE ``job`` returns, and the relays' NOTIFY; with its parameters."""
+    return Q.outbox_add_piece, {
+        "message_queues": [m.queue_name for m in messages],
+        "message_ids": [m.message_id for m in messages],
+        "messages": [m.encode().decode("utf-8") for m in messages],
+    }
+
+
 def backlog() -> dict:
     """Rows not relayed yet, and the age of the oldest (seconds)."""
     with db.transaction() as cur:

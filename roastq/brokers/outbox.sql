@@ -10,6 +10,20 @@ WITH added AS (
 )
 SELECT pg_notify('roastq_outbox', count(*)::text) FROM added;
 
+-- name: outbox_add_piece
+-- The message's part of a one-statement enqueue with RabbitMQ (roastq.api, through
+-- roastq.brokers): the CTE `sent`, writing to the outbox the candidate message whose id the CTE
+-- `job` returns, with outbox_add's NOTIFY to wake the relays (delivered at commit). No job row,
+-- no message.
+sent AS (
+    INSERT INTO outbox (queue_name, message_id, message)
+    SELECT m.queue_name, m.message_id, m.message
+    FROM job
+    JOIN unnest(%(message_queues)s::text[], %(message_ids)s::uuid[], %(messages)s::jsonb[])
+        AS m(queue_name, message_id, message) ON m.message_id = job.message_id
+    RETURNING message_id, pg_notify('roastq_outbox', '1') AS notified
+)
+
 -- name: outbox_claim
 -- The oldest unsent rows that no other relay holds: relays in many processes share the work.
 SELECT id, queue_name, message::text AS message

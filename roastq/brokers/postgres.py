@@ -276,11 +276,16 @@ class RoastqBroker(PostgresBroker):
         limit = max(get_settings().db_pool_max, consumers + 4)
         db.pool().resize(min(threads + consumers + 4, limit))
 
+    def delayed(self, message: Message, delay_ms: int | None) -> Message:
+        """The message as a delayed enqueue sends it: into its delay queue, due at its eta."""
+        if not delay_ms:
+            return message
+        eta = int(time.time() * 1000) + delay_ms
+        return message.copy(queue_name=dq_name(message.queue_name), options={**message.options, "eta": eta})
+
     def enqueue_on(self, cur, message: Message, *, delay_ms: int | None = None) -> Message:
         """Enqueue on the caller's cursor: the message commits or rolls back with its transaction."""
-        if delay_ms:
-            message = message.copy(queue_name=dq_name(message.queue_name))
-            message.options["eta"] = int(time.time() * 1000) + delay_ms
+        message = self.delayed(message, delay_ms)
         self.emit_before("enqueue", message, delay_ms)
         cur.execute(
             QUERIES.ENQUEUE,
@@ -288,6 +293,16 @@ class RoastqBroker(PostgresBroker):
         )
         self.emit_after("enqueue", message, delay_ms)
         return message
+
+    def enqueue_piece(self, messages: list[Message]) -> tuple[str, dict]:
+        """A one-statement enqueue's message part (``roastq.brokers.prepare_send``): the CTE
+        ``sent`` of ``postgres.sql``, a ``dramatiq.queue`` row and ENQUEUE's NOTIFY for the one of
+        ``messages`` the statement's job row names."""
+        return PQ.enqueue_piece, {
+            "message_queues": [m.queue_name for m in messages],
+            "message_ids": [m.message_id for m in messages],
+            "messages": [json.dumps(tidy4json(m)) for m in messages],
+        }
 
     def park(self, message: Message) -> None:
         """Park a job's message while one of its steps waits in the batch lane: it stays queued in

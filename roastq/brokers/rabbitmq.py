@@ -31,12 +31,15 @@ class RoastqRabbitmqBroker(RabbitmqBroker):
 
     # -- sending on the caller's transaction: the outbox -----------------------------------------
 
+    def delayed(self, message, delay_ms: int | None):
+        """The message as a delayed enqueue sends it: into its delay queue, due at its eta."""
+        if not delay_ms:
+            return message
+        return message.copy(queue_name=dq_name(message.queue_name), options={"eta": int(time.time() * 1000) + delay_ms})
+
     def enqueue_on(self, cur, message, *, delay_ms: int | None = None):
         """Write the message to the outbox on the caller's cursor: it is published after commit."""
-        if delay_ms:
-            message = message.copy(
-                queue_name=dq_name(message.queue_name), options={"eta": int(time.time() * 1000) + delay_ms}
-            )
+        message = self.delayed(message, delay_ms)
         self.emit_before("enqueue", message, delay_ms)
         outbox.add(cur, [message])
         self.emit_after("enqueue", message, delay_ms)
@@ -48,6 +51,11 @@ class RoastqRabbitmqBroker(RabbitmqBroker):
         outbox.add(cur, messages)
         for message in messages:
             self.emit_after("enqueue", message, None)
+
+    def enqueue_piece(self, messages) -> tuple[str, dict]:
+        """A one-statement enqueue's message part (``roastq.brokers.prepare_send``): the outbox
+        row (relayed after commit) for the one of ``messages`` the statement's job row names."""
+        return outbox.add_piece(messages)
 
     # -- what the relay needs ----------------------------------------------------------------------
 

@@ -8,6 +8,24 @@ VALUES (%(id)s, %(evaluation_id)s, %(document_version_id)s, %(agent_version_id)s
         %(message_id)s, %(original_job_id)s, %(deadline)s, %(not_before)s, %(not_before)s)
 RETURNING id;
 
+-- name: insert_piece
+-- The job row's part of a one-statement enqueue (roastq.api): the CTE `job`, a new PENDING job
+-- from the one row of the CTE `source` (evaluation_id, document_version_id, agent_version_id,
+-- queue, original_job_id), with the message id and deadline of that queue's candidate (an enqueue
+-- knows its queue: one candidate; a rerun takes the original job's: one a job queue). No source
+-- row, no job. Its RETURNING feeds the broker's part (the message whose id the job names).
+job AS (
+    INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id,
+                      original_job_id, deadline, not_before, next_attempt_at)
+    SELECT %(job_id)s::uuid, s.evaluation_id, s.document_version_id, s.agent_version_id, s.queue,
+           c.message_id, s.original_job_id, c.deadline, %(job_not_before)s::timestamptz,
+           %(job_not_before)s::timestamptz
+    FROM source s
+    JOIN unnest(%(job_queues)s::text[], %(job_message_ids)s::uuid[], %(job_deadlines)s::timestamptz[])
+        AS c(queue, message_id, deadline) ON c.queue = s.queue
+    RETURNING id, queue, message_id
+)
+
 -- name: insert_many
 INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, queue, message_id, deadline,
                   not_before, next_attempt_at)

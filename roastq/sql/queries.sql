@@ -1,14 +1,44 @@
 -- Named queries. psycopg2 parameters: %(name)s.
 
--- name: latest_document_version
-SELECT dv.* FROM document_versions dv
-WHERE dv.document_id = %(document_id)s
-ORDER BY dv.version DESC LIMIT 1;
+-- name: enqueue_evaluation
+-- roastq.api.enqueue_evaluation in one statement: the latest document and agent versions, the
+-- evaluation upserted, then the job row (the piece of roastq.jobs, in place of the job marker
+-- below) and the message with its NOTIFY (the broker's piece, roastq.brokers, for the send marker). An unknown document or agent finds no row: nothing is written, and
+-- the counts say which was missing.
+WITH document AS (
+    SELECT id FROM document_versions WHERE document_id = %(document_id)s ORDER BY version DESC LIMIT 1
+), agent AS (
+    SELECT id FROM agent_versions WHERE agent_id = %(agent_id)s ORDER BY version DESC LIMIT 1
+), evaluation AS (
+    INSERT INTO evaluations (document_id, agent_id)
+    SELECT %(document_id)s::uuid, %(agent_id)s::uuid FROM document, agent
+    ON CONFLICT (document_id, agent_id) DO UPDATE SET document_id = EXCLUDED.document_id
+    RETURNING id
+), source AS (
+    SELECT e.id AS evaluation_id, d.id AS document_version_id, a.id AS agent_version_id,
+           %(queue)s::text AS queue, NULL::uuid AS original_job_id
+    FROM evaluation e, document d, agent a
+),
+{job},
+{send}
+SELECT (SELECT count(*) FROM document) AS documents, (SELECT count(*) FROM agent) AS agents,
+       (SELECT id FROM job) AS job_id, (SELECT queue FROM job) AS queue, (SELECT count(*) FROM sent) AS sent;
 
--- name: latest_agent_version
-SELECT av.* FROM agent_versions av
-WHERE av.agent_id = %(agent_id)s
-ORDER BY av.version DESC LIMIT 1;
+-- name: rerun_job
+-- roastq.api.rerun_job in one statement: a finished job's pinned versions, evaluation and queue,
+-- then the job row and the message as above. An unknown or unfinished job gives no source row: nothing is
+-- written, and the original's status says why.
+WITH original AS (
+    SELECT id, status, evaluation_id, document_version_id, agent_version_id, queue
+    FROM jobs WHERE id = %(original_job_id)s
+), source AS (
+    SELECT evaluation_id, document_version_id, agent_version_id, queue, id AS original_job_id
+    FROM original WHERE status = ANY(%(finished)s::text[])
+),
+{job},
+{send}
+SELECT (SELECT status FROM original) AS original_status, (SELECT queue FROM original) AS queue,
+       (SELECT id FROM job) AS job_id, (SELECT count(*) FROM sent) AS sent;
 
 -- name: upsert_evaluation
 INSERT INTO evaluations (document_id, agent_id)
