@@ -145,16 +145,20 @@ class JobState(Middleware):
                 job = jobs.lock(cur, job_id)
                 if job is None:
                     self._reject(message, f"unknown job {job_id}")
-                if job["status"] == JobStatus.RUNNING:
-                    if jobs.attempt_alive(cur, job_id, stale_after_s=stale) or job["cancel_requested_at"] is None:
-                        self._back_off(message, job)
-                if job["cancel_requested_at"] is not None and JobStatus(job["status"]) in jobs.LIVE:
-                    jobs.close_crashed_attempts(cur, job_id)
-                    jobs.cancel(cur, job_id, "cancelled before it ran")
-                    logger.info("job %s cancelled: skipped", job_id)
-                else:
-                    logger.info("job %s already %s: message skipped", job_id, job["status"])
-                return None
+                # The job may have changed since the start was refused: a retry's message can
+                # arrive before the attempt that sent it has recorded its end. Under the row lock
+                # the start is tried once more, and what it decides is final.
+                row = jobs.start(
+                    cur,
+                    job_id,
+                    message_id=message.message_id,
+                    worker_id=worker_id(),
+                    stale_after_s=stale,
+                    running_here=job_id in self._running,
+                )
+                if row is None:
+                    self._refused(cur, message, job, stale)
+                    return None
         ctx = JobContext(
             job_id=job_id,
             message_id=message.message_id,
@@ -168,6 +172,20 @@ class JobState(Middleware):
             retry_on_timeout=row["retry_on_timeout"],
         )
         return row, ctx
+
+    def _refused(self, cur, message, job, stale) -> None:
+        """The start was refused under the job row's lock (``cur``'s transaction): back off from
+        a live attempt, cancel a job whose cancel was asked before it ran, or skip a finished one."""
+        job_id = str(job["id"])
+        if job["status"] == JobStatus.RUNNING:
+            if jobs.attempt_alive(cur, job_id, stale_after_s=stale) or job["cancel_requested_at"] is None:
+                self._back_off(message, job)
+        if job["cancel_requested_at"] is not None and JobStatus(job["status"]) in jobs.LIVE:
+            jobs.close_crashed_attempts(cur, job_id)
+            jobs.cancel(cur, job_id, "cancelled before it ran")
+            logger.info("job %s cancelled: skipped", job_id)
+        else:
+            logger.info("job %s already %s: message skipped", job_id, job["status"])
 
     @staticmethod
     def _back_off(message, job):

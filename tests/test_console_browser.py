@@ -190,6 +190,11 @@ def test_an_operator_session_in_the_browser(db, seeded, sim, worker, console, br
     page.click("#resume")
     expect(page.locator("#system-state")).to_have_text("running")
     assert one(db, "SELECT count(*) FROM system_state WHERE key = 'pause'") == 0
+    from roastq.ops import pause
+
+    # The worker (in this process) reads the pause at most CACHE_S old: until it has seen the
+    # resume, a new job would still be held (snoozed for PAUSE_SNOOZE_S).
+    wait_until(lambda: pause.current() is None, timeout=10, what="the worker to see the resume")
 
     # A job running now: its worker is busy in an LLM call that does not answer for a while (the
     # simulator holds it, then drops the connection: the job is retried and completes).

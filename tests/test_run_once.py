@@ -321,3 +321,81 @@ def test_a_worker_is_alive_while_its_liveness_session_lives(db, database_url):
     session.close()
     wait_until(lambda: not alive("w:1"), timeout=5, what="the lock to be freed")
     assert (alive("old:2"), alive("old:3"), alive("nobody:4"), alive(None)) == (True, False, False, False)
+
+
+@pytest.mark.parametrize("ending", ["ack", "nack"])
+def test_a_delivery_ends_when_its_pooled_session_was_ended_before_the_ack(db, database_url, ending):
+    """Postgres ends the pooled session an ack or nack is about to use (a failover, an admin's
+    pg_terminate_backend, a network blip): the delivery still ends (its state committed on a fresh
+    session, its lock then freed), instead of the message staying 'consumed' under a live
+    worker's lock until that worker restarts (found by the stress test: a retried job stalled)."""
+    pool = roastq_db.BlockingPool(3, database_url)  # the consumer's two sessions, and the one ended
+    a = consumer_on("ours", pool, prefetch=4, recovery_interval_s=60)
+    try:
+        m = put_message(db)
+        taken = take_one(a)
+        conn = pool.getconn()
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            backend = cur.fetchone()[0]
+        conn.commit()
+        pool.putconn(conn)
+        with db.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        wait_until(
+            lambda: one(db, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", backend) == 0,
+            timeout=5,
+            what="the pooled session gone",
+        )
+        getattr(a, ending)(taken)
+        state = one(db, "SELECT state::text FROM dramatiq.queue WHERE message_id = %s", m.message_id)
+        assert state == ("done" if ending == "ack" else "rejected")
+        drain(a, 0.3)
+        assert lock_is_free(database_url, message_lock(m))
+    finally:
+        a.close()
+        pool.closeall()
+
+
+def test_a_delivery_that_meets_the_attempt_before_just_ending_starts_the_job(db, seeded, monkeypatch):
+    """A retry's message can arrive before the attempt that sent it has recorded its end (the
+    retry is enqueued by an earlier middleware, and a delay queue hands it back in milliseconds):
+    the delivery finds the job RUNNING on a live worker, and by the time it has locked the job row
+    to look closer, that attempt has ended and the job is PENDING. The delivery must start the
+    job then, not drop its message as 'already PENDING' (found by the stress test: a transiently
+    failing job left PENDING with no message, for good)."""
+    from dramatiq import Message
+
+    from middleware.jobs import JobState
+    from roastq import jobs
+    from roastq.failures import RetryPolicy
+
+    job_id = a_job(seeded, db)
+    with db.cursor() as cur:  # attempt 1 runs on another, live worker
+        cur.execute(
+            "INSERT INTO worker_heartbeats (worker_id, hostname, pid, threads, last_seen_at) "
+            "VALUES ('other:1', 'other', 1, 8, now())"
+        )
+        cur.execute("UPDATE jobs SET status = 'RUNNING', attempts = 1, worker_id = 'other:1' WHERE id = %s", (job_id,))
+        cur.execute("INSERT INTO job_attempts (job_id, attempt) VALUES (%s, 1)", (job_id,))
+
+    real_lock = jobs.lock
+
+    def attempt_ends_first(cur, locked_id):
+        with db.cursor() as other:  # the other worker records attempt 1's end (committed: autocommit)
+            other.execute(
+                "UPDATE jobs SET status = 'PENDING', worker_id = NULL, next_attempt_at = now() WHERE id = %s",
+                (locked_id,),
+            )
+            other.execute(
+                "UPDATE job_attempts SET ended_at = now(), outcome = 'retried' WHERE job_id = %s AND attempt = 1",
+                (locked_id,),
+            )
+        return real_lock(cur, locked_id)
+
+    monkeypatch.setattr(jobs, "lock", attempt_ends_first)
+    message = Message(queue_name="interactive", actor_name="evaluate_document", args=(job_id,), kwargs={}, options={})
+    started = JobState(RetryPolicy())._start(message, job_id)
+    assert started is not None, "the delivery dropped the message of a PENDING job"
+    assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING"
+    assert one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 2

@@ -26,6 +26,7 @@ from collections import deque
 from queue import Empty
 
 import dramatiq
+import psycopg2
 from dramatiq.common import compute_backoff, dq_name, q_name
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
@@ -44,6 +45,8 @@ from roastq.sql import load_queries
 
 #: Suffix of the queue where a job's message is parked while the batch lane has one of its steps.
 PARK_SUFFIX = ".lane"
+#: tries of a delivery's end (ack, nack) when its pooled session is lost
+FINISH_TRIES = 4
 
 logger = logging.getLogger("roastq.brokers.postgres")
 
@@ -212,12 +215,24 @@ class RoastqConsumer(PostgresConsumer):
         """Stock ack/nack, less their flaw: they queue the lock's release before their update
         commits, and a consumer that rescans in between finds the message 'consumed' with a free
         lock, an orphan by every rule, and runs it again (issue 13). Here the release is queued
-        by the caller, once this transaction has committed."""
-        with transaction(self.pool) as curs:
-            channel = f"dramatiq.{message.queue_name}.ack"
-            curs.execute(
-                query, (Json(tidy4json(message)), message.message_id, message.queue_name, channel, message.message_id)
-            )
+        by the caller, once this transaction has committed.
+
+        A pooled session that Postgres ended (a failover, a terminated backend, a network blip)
+        is discarded and the update tried again on a fresh one, a few times: left undone, the
+        message would stay 'consumed' under this live worker's lock until it restarts. Both
+        updates are guarded by the state they leave, so a retry after an unknown outcome is safe."""
+        channel = f"dramatiq.{message.queue_name}.ack"
+        params = (Json(tidy4json(message)), message.message_id, message.queue_name, channel, message.message_id)
+        for attempt in range(FINISH_TRIES):
+            try:
+                with transaction(self.pool) as curs:
+                    curs.execute(query, params)
+                return
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                if attempt == FINISH_TRIES - 1:
+                    raise
+                logger.warning("ending message %s: its session was lost; again on a fresh one", message.message_id)
+                time.sleep(0.05 * 2**attempt)
 
     def _release_after_commit(self, message):
         self.unlock_q.put_nowait(message)
