@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER = os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-def fresh_database(name: str = "roastq_bench") -> str:
-    """Drop and recreate the bench database, migrate it, point roastq at it; return its URL."""
+def recreate_database(name: str) -> str:
+    """Drop and recreate an empty database; return its URL."""
     admin = psycopg2.connect(SERVER)
     admin.autocommit = True
     with admin.cursor() as cur:
@@ -29,7 +29,12 @@ def fresh_database(name: str = "roastq_bench") -> str:
         cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
         cur.execute(f'CREATE DATABASE "{name}"')
     admin.close()
-    url = SERVER.rsplit("/", 1)[0] + "/" + name
+    return SERVER.rsplit("/", 1)[0] + "/" + name
+
+
+def fresh_database(name: str = "roastq_bench") -> str:
+    """Drop and recreate the bench database, migrate it, point roastq at it; return its URL."""
+    url = recreate_database(name)
     os.environ["DATABASE_URL"] = url
     # The defaults a user runs (INFO logs, metrics on); LOG_LEVEL=WARNING only to show a quieter run beside them.
     os.environ.setdefault("LOG_LEVEL", "INFO")

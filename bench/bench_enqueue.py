@@ -25,21 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-SERVER = os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATABASE = os.environ.get("BENCH_DATABASE", "roastq_bench_enqueue")
-
-
-def fresh_database() -> str:
-    import psycopg2
-
-    admin = psycopg2.connect(SERVER)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (DATABASE,))
-        cur.execute(f'DROP DATABASE IF EXISTS "{DATABASE}"')
-        cur.execute(f'CREATE DATABASE "{DATABASE}"')
-    admin.close()
-    return SERVER.rsplit("/", 1)[0] + "/" + DATABASE
 
 
 def main() -> int:
@@ -48,7 +34,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
 
-    os.environ["DATABASE_URL"] = fresh_database()
+    from _common import recreate_database
+
+    os.environ["DATABASE_URL"] = recreate_database(DATABASE)
     import psycopg2
     import psycopg2.extras
     from _common import seed_minimal

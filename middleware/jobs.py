@@ -131,15 +131,8 @@ class JobState(Middleware):
         # One round trip, committed without waiting for the WAL flush: if Postgres crashes before
         # a later commit flushes it, the job is PENDING again and its message is delivered again,
         # as if this attempt had not begun (docs/architecture.md, "synchronous_commit").
-        row = jobs.start(
-            None,
-            job_id,
-            message_id=message.message_id,
-            worker_id=worker_id(),
-            stale_after_s=stale,
-            running_here=job_id in self._running,
-            durable=False,
-        )
+        who = {"message_id": message.message_id, "worker_id": worker_id(), "stale_after_s": stale}
+        row = jobs.start(None, job_id, running_here=job_id in self._running, durable=False, **who)
         if row is None:
             with db.transaction() as cur:
                 job = jobs.lock(cur, job_id)
@@ -148,14 +141,7 @@ class JobState(Middleware):
                 # The job may have changed since the start was refused: a retry's message can
                 # arrive before the attempt that sent it has recorded its end. Under the row lock
                 # the start is tried once more, and what it decides is final.
-                row = jobs.start(
-                    cur,
-                    job_id,
-                    message_id=message.message_id,
-                    worker_id=worker_id(),
-                    stale_after_s=stale,
-                    running_here=job_id in self._running,
-                )
+                row = jobs.start(cur, job_id, running_here=job_id in self._running, **who)
                 if row is None:
                     self._refused(cur, message, job, stale)
                     return None
