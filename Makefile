@@ -36,12 +36,14 @@ test-unit: $(STAMP)
 
 # The main pass runs in parallel (pytest-xdist, one process a test file, each with a database of
 # its own): the tests mostly wait on worker pools, so three processes fit 2 cores and 100
-# Postgres connections. The RabbitMQ pass shares one RabbitMQ's queues, so it runs alone.
+# Postgres connections. The RabbitMQ pass likewise: each process has a virtual host of its own
+# (tests/rabbitmq_pass.py); it leaves out the sloppy-answer variants (`[sloppy]`), which test how
+# answers are repaired, not the broker, and run in the main pass.
 TEST_JOBS ?= 3
 
 test: lint
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
-	ROASTQ_TEST_BROKER=rabbitmq $(BIN)/python -m pytest $(RABBITMQ_TESTS)
+	ROASTQ_TEST_BROKER=rabbitmq $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile -k "not sloppy" $(RABBITMQ_TESTS)
 
 up: $(STAMP)
 	$(BIN)/roastq up
