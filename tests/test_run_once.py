@@ -399,3 +399,26 @@ def test_a_delivery_that_meets_the_attempt_before_just_ending_starts_the_job(db,
     assert started is not None, "the delivery dropped the message of a PENDING job"
     assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING"
     assert one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 2
+
+
+def test_a_consumer_restarted_after_an_error_lets_go_of_what_it_had_not_handed_out(db, database_url):
+    """dramatiq restarts a consumer that raised (its listening session ended, say) by closing it
+    and making a new one. Messages it had taken but not yet handed out must be free for the next
+    consumer: stock's close() puts the consuming session back in the pool with their advisory
+    locks still held, and no consumer can take them until that pooled session ends (found by the
+    stress test: a batch of messages that never ran)."""
+    a = make_consumer("ours", prefetch=4, recovery_interval_s=60)
+    b = None
+    try:
+        first, second = put_message(db, notify=True), put_message(db, notify=True)
+        handed = take_one(a)
+        other = second if handed.message_id == first.message_id else first
+        assert a._ready and a._ready[0].message_id == other.message_id, "the batch held one back"
+        a.close()
+        assert lock_is_free(database_url, message_lock(other)), "its lock outlived the consumer"
+        b = make_consumer("ours", prefetch=4, recovery_interval_s=0.1)
+        assert [m.message_id for m in drain(b, 1.0)] == [other.message_id]
+    finally:
+        a.close()
+        if b is not None:
+            b.close()

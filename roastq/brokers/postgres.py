@@ -95,6 +95,13 @@ class RoastqConsumer(PostgresConsumer):
         if self._listen_conn is not None:
             self.pool.putconn(self._listen_conn, close=True)
             self._listen_conn = None
+        # The consuming connection is closed too: its session holds the advisory locks of what
+        # this consumer took. Pooled (as stock does), the locks would outlive the consumer, and
+        # the messages taken but not handed out could be taken by no one until that pooled
+        # session ended. Messages still running keep their place: their worker is alive.
+        if self._consume_conn is not None:
+            self.pool.putconn(self._consume_conn, close=True)
+            self._consume_conn = None
         super().close()
 
     @raise_connection_error
