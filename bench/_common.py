@@ -36,7 +36,7 @@ def fresh_database(name: str = "roastq_bench") -> str:
     """Drop and recreate the bench database, migrate it, point roastq at it; return its URL."""
     url = recreate_database(name)
     os.environ["DATABASE_URL"] = url
-    # The defaults a user runs (INFO logs, metrics on); LOG_LEVEL=WARNING only to show a quieter run beside them.
+    # The defaults a user runs (INFO logs, metrics on); a quieter LOG_LEVEL only to show a run beside them.
     os.environ.setdefault("LOG_LEVEL", "INFO")
     from roastq import db
     from roastq.settings import reload_settings

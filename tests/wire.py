@@ -63,11 +63,7 @@ class Wire:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shut(src, dst)
 
     def _from_client(self, client, server) -> None:
         buf = b""
@@ -99,8 +95,13 @@ class Wire:
         except OSError:
             pass
         finally:
-            for s in (client, server):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shut(client, server)
+
+
+def _shut(*sockets) -> None:
+    """End both directions of each socket (the other side's pipe thread then stops)."""
+    for s in sockets:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
