@@ -14,6 +14,12 @@ every system is timed the same way, by the same clock.
 * C: ``C_JOBS`` jobs that each wait 1 s, at 100 in flight (and at 500: ``c500``), the worker up and
   idle; timed from just before the batch enqueue to the last job's end, against whole rounds.
   The worker's resident memory is read at the end of the 100-in-flight run.
+* steady / hold (issue 14, item 5): ``STEADY_RATE`` jobs a second offered one call at a time for
+  ``STEADY_S`` seconds to an idle worker (concurrency 10), latency to the job body's start as in B;
+  ``hold`` does the same while another session sits ``idle in transaction`` holding back vacuum
+  the whole time (``psql``, standard input left open after ``BEGIN; SELECT txid_current();``).
+  Per minute: jobs started, latency p50 / p99; at the end the tables' dead rows. Needs the
+  system's ``dsn``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import math
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -30,6 +37,9 @@ import time
 A_JOBS, E_JOBS, B_JOBS, C_JOBS = (
     int(os.environ.get(f"PEER_{w}_JOBS", d)) for w, d in (("A", 5000), ("E", 5000), ("B", 200), ("C", 600))
 )
+STEADY_S = float(os.environ.get("PEER_STEADY_S", "600"))
+STEADY_RATE = float(os.environ.get("PEER_STEADY_RATE", "100"))
+TIMEOUT_S = float(os.environ.get("PEER_TIMEOUT_S", "600"))  # for the whole of A; C and B wait less
 B_GAP_S, C_WAIT_S = 0.02, 1.0
 
 _sock = None
@@ -109,6 +119,7 @@ class System:
     """What a system under test provides. ``probe_at`` is "start" or "end" of the job body."""
 
     name = "?"
+    dsn = ""  # its database's URL (for the hold workload's psql sessions)
 
     def setup(self) -> None: ...  # a fresh database with the system's schema
     def enqueue_batch(self, n: int) -> None: ...  # n no-op jobs (or C's waiting jobs) at once
@@ -132,7 +143,7 @@ def run_a(system: System, probe: Probe) -> dict:
     launched = time.time()
     worker = system.start_worker(10, 0.0, "end", probe.port)
     try:
-        probe.wait_count(A_JOBS, 600)
+        probe.wait_count(A_JOBS, TIMEOUT_S)
     finally:
         system.stop_worker(worker)
     times = sorted(probe.seen.values())
@@ -184,8 +195,96 @@ def run_c(system: System, probe: Probe, in_flight: int) -> dict:
     return out
 
 
+def _psql(dsn: str, sql: str) -> str:
+    return subprocess.run(["psql", dsn, "-XAtqc", sql], check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
+
+
+DEAD_ROWS = """SELECT coalesce(string_agg(format('%s %s/%s', relname, n_dead_tup, n_live_tup), ', ' ORDER BY relname), '')
+FROM pg_stat_user_tables WHERE relname IN ('jobs', 'job_attempts', 'queue', 'pgqueuer', 'procrastinate_jobs')"""
+
+
+def run_steady(system: System, probe: Probe, hold: bool) -> dict:
+    """A steady offered load for STEADY_S seconds; with ``hold``, beside a session idle in a
+    transaction that has an xid (vacuum can remove no row deleted or updated after it began)."""
+    system.setup()
+    worker = system.start_worker(10, 0.0, "start", probe.port)
+    holder = None
+    try:
+        _warm(system, probe)
+        if hold:
+            holder = subprocess.Popen(
+                ["psql", system.dsn, "-Xq"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+            )
+            holder.stdin.write("BEGIN; SELECT txid_current();\n")
+            holder.stdin.flush()
+            time.sleep(0.5)
+            idle = _psql(system.dsn, "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'")
+            if idle == "0":
+                raise SystemExit("peers: the holding session is not idle in transaction")
+        sent: dict[str, float] = {}
+        n = int(STEADY_S * STEADY_RATE)
+        t0 = time.time()
+        next_report = t0 + 60
+        for i in range(n):
+            due = t0 + i / STEADY_RATE
+            pause = due - time.time()
+            if pause > 0:
+                time.sleep(pause)
+            before = time.time()
+            sent[system.enqueue_one()] = before
+            if before >= next_report:
+                next_report += 60
+                print(
+                    f"  [{system.name}] {'hold' if hold else 'steady'}: {i + 1:,} of {n:,} sent, "
+                    f"{len(probe.seen):,} started",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        offered_s = time.time() - t0
+        try:
+            probe.wait_count(n, 120)
+        except SystemExit as exc:
+            print(f"  {exc}", file=sys.stderr, flush=True)
+        dead = _psql(system.dsn, DEAD_ROWS)
+    finally:
+        if holder is not None:
+            holder.stdin.close()
+            holder.wait(10)
+        system.stop_worker(worker)
+    seen = dict(probe.seen)
+    minutes = max(1, int(STEADY_S // 60))
+    per_minute = []
+    for m in range(minutes):
+        lo, hi = t0 + 60 * m, t0 + 60 * (m + 1)
+        started = sum(1 for t in seen.values() if lo <= t < hi)
+        lat = [(seen[tag] - b) * 1000 for tag, b in sent.items() if lo <= b < hi and tag in seen]
+        per_minute.append(
+            {
+                "minute": m + 1,
+                "started_per_s": round(started / 60, 1),
+                "p50_ms": round(percentile(lat, 0.5), 1) if lat else None,
+                "p99_ms": round(percentile(lat, 0.99), 1) if lat else None,
+            }
+        )
+        print(f"  [{system.name}] minute {per_minute[-1]}", file=sys.stderr, flush=True)
+    latencies = [(seen[tag] - b) * 1000 for tag, b in sent.items() if tag in seen]
+    key = "hold" if hold else "steady"
+    first, last = per_minute[0]["started_per_s"], per_minute[-1]["started_per_s"]
+    return {
+        f"{key}_offered_per_s": n / offered_s,
+        f"{key}_started": len(latencies),
+        f"{key}_missing": n - len(latencies),
+        f"{key}_last_over_first": (last / first) if first else float("nan"),
+        f"{key}_p50_ms": percentile(latencies, 0.5),
+        f"{key}_p99_ms": percentile(latencies, 0.99),
+        f"{key}_worst_minute_p99_ms": max((m["p99_ms"] or 0) for m in per_minute),
+        f"{key}_dead_rows": dead,
+        f"{key}_minutes": per_minute,
+    }
+
+
 def main(system: System, argv=None) -> int:
-    """Run the workloads named in argv (a, e, b, c, c500) once; print one JSON line."""
+    """Run the workloads named in argv (a, e, b, c, c500; steady, hold) once; print one JSON line."""
     workloads = (argv if argv is not None else sys.argv[1:]) or ["a", "e", "b", "c", "c500"]
     probe = Probe()
     result = {"system": system.name}
@@ -202,6 +301,8 @@ def main(system: System, argv=None) -> int:
                 result.update(run_c(system, probe, 100))
             elif w == "c500":
                 result.update(run_c(system, probe, 500))
+            elif w in ("steady", "hold"):
+                result.update(run_steady(system, probe, hold=w == "hold"))
             print(f"  [{system.name}] {w} done in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
     finally:
         system.close()

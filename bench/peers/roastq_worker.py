@@ -2,8 +2,8 @@
 
 Imports ``actors`` (our broker, the full middleware stack, the default logging) and gives the two
 evaluation actors a no-op body that still does a job's bookkeeping: JobState starts the job, the
-body writes COMPLETED and closes the attempt with the ack in one transaction (what
-``pipeline.save`` does, less the evaluation rows). So ``enqueue_evaluation`` and
+body locks the job row, writes COMPLETED and closes the attempt with the ack in one transaction,
+through ``roastq.jobs`` (what ``pipeline.save`` does, less the evaluation rows). So ``enqueue_evaluation`` and
 ``enqueue_evaluations`` are timed on their real path. ``peer_plain`` is the same broker and
 middleware with no job row ("roastq plain").
 """
@@ -19,17 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peerlib import probe  # noqa: E402
 
 import actors  # noqa: E402
-from roastq import db  # noqa: E402
+from roastq import db, jobs  # noqa: E402
 from roastq.jobctx import current_job  # noqa: E402
 
 PROBE_AT = os.environ.get("PEER_PROBE_AT", "end")
 WAIT_S = float(os.environ.get("PEER_WAIT_S", "0"))
-
-COMPLETE = """
-UPDATE jobs SET status = 'COMPLETED', completed_at = now(), updated_at = now(), worker_id = NULL,
-    duration_s = EXTRACT(EPOCH FROM now() - created_at)
-WHERE id = %(job_id)s
-"""
 
 
 def noop_job(job_id: str) -> None:
@@ -38,9 +32,10 @@ def noop_job(job_id: str) -> None:
     if WAIT_S:
         time.sleep(WAIT_S)
     job = current_job.get()
-    with db.transaction() as cur:
-        cur.execute(COMPLETE, {"job_id": job_id})
-        cur.execute(db.Q.finish_attempt, {"job_id": job_id, "attempt": job.attempt, "message_id": job.message_id})
+    with db.transaction() as cur:  # pipeline.save's bookkeeping, without the evaluation's rows
+        jobs.lock(cur, job_id)
+        jobs.complete(cur, job_id, evaluation_version_id=None, price_usd=0)
+        jobs.finish_attempt(cur, job_id, job.attempt, job.message_id)
     job.finished_with_result = True
     if PROBE_AT == "end":
         probe(job_id)

@@ -46,7 +46,7 @@ class Dramatiq(peerlib.System):
     def __init__(self, mode: str):
         self.mode = mode
         self.name = {"jobs": "roastq jobs", "plain": "roastq plain", "stock": "stock dramatiq-pg"}[mode]
-        self.url = fresh_database()
+        self.url = self.dsn = fresh_database()
         os.environ["DATABASE_URL"] = self.url
         os.environ.pop("LOG_LEVEL", None)  # the defaults a user runs
         self._tags = itertools.count()
