@@ -1,8 +1,9 @@
-"""Store each job's own log lines with the job (``jobs.logs``, a JSONB array).
+"""Store each job's own log lines with the job (``job_logs``, insert-only: a row of JSONB lines
+a job and attempt).
 
 The logging setup (``observability.logging``) keeps every line emitted while a job runs in a
 per-job buffer. After each attempt this middleware takes the attempt's lines and a background
-thread appends them to ``jobs.logs``, many jobs in one statement, so the job's own thread never
+thread inserts them into ``job_logs``, many jobs in one statement, so the job's own thread never
 waits for it; what is pending is written when the worker stops. ``roastq job ID`` shows them.
 
 Place it before ``JobState`` in the middleware list, so that its after hook runs after JobState's
@@ -24,7 +25,7 @@ logger = logging.getLogger("roastq.logs")
 
 
 class JobLogs(Middleware):
-    """Append each job attempt's log lines to ``jobs.logs``.
+    """Store each job attempt's log lines in ``job_logs``.
 
     Parameters:
       interval_s(float): how often pending lines are written (default 0.2 s).

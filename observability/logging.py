@@ -4,7 +4,7 @@ Stdlib logging (dramatiq, dramatiq-pg, anthropic, httpx, our own ``logging.getLo
 intercepted into the same stream. Every line emitted while a job runs carries the job's context
 (``job_id``, ``evaluation_id``, ``message_id``, ``actor``, ``queue``, ``attempt``), read from the
 context the job middleware publishes, and is also kept in a per-job buffer that the job-logs
-middleware stores with the job (``jobs.logs``). Messages and exceptions are scrubbed of secrets;
+middleware stores with the job (``job_logs``). Messages and exceptions are scrubbed of secrets;
 tracebacks carry source lines only, never variable values (they may hold document text).
 
 In a ``dramatiq`` worker process, dramatiq points ``sys.stderr`` at a pipe to its main process,
@@ -230,7 +230,7 @@ def flush_logs() -> None:
     _writer.drain()
 
 
-# -- the job's own lines, kept for jobs.logs ----------------------------------------------------
+# -- the job's own lines, kept for job_logs ----------------------------------------------------
 
 # One buffer a running job, written only by the job's own thread (its context is a contextvar)
 # and taken by it after the attempt: single dict operations, atomic under the GIL, and no lock.

@@ -266,7 +266,8 @@ def finish_attempt(cur, job_id, attempt: int, message_id) -> None:
 
 
 def append_logs(cur, job_ids: list, lines: list, *, durable: bool = True) -> None:
-    """Log lines of finished attempts, many jobs in one statement (a jsonb array a job); with
+    """Log lines of finished attempts, many jobs in one statement (a ``job_logs`` row and jsonb
+    array a job, insert-only); with
     ``cur`` None, one round trip of its own (``durable=False``: lines a crash may lose are in the
     process's log anyway)."""
     params = {"job_ids": job_ids, "lines": lines}

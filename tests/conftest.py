@@ -135,7 +135,7 @@ TABLES = (
     "worker_heartbeats, comments, highlights, tasks, job_attempts, evaluation_versions, jobs, evaluations, "
     "agent_versions, agents, document_versions, documents, dramatiq.queue, "
     "schedule_ticks, system_state, cost_daily, legacy_jobs, legacy_ids, "
-    "llm_cache, job_steps, llm_spend_daily, llm_rate_limits, outbox, llm_batch_requests, llm_batches"
+    "llm_cache, job_steps, llm_spend_daily, llm_rate_limits, outbox, llm_batch_requests, llm_batches, job_logs"
 )
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import one, wait_for_status, wait_until
+from helpers import one, rows, wait_for_status, wait_until
 from loguru import logger
 from sentry_receiver import SentryReceiver
 
@@ -23,7 +23,12 @@ def simple_agent(db):
 
 
 def stored_logs(db, job_id):
-    return one(db, "SELECT logs FROM jobs WHERE id = %s", job_id)
+    return one(
+        db,
+        "SELECT coalesce(jsonb_agg(x ORDER BY l.id, n), '[]') FROM job_logs l, jsonb_array_elements(l.lines)"
+        " WITH ORDINALITY AS e(x, n) WHERE l.job_id = %s",
+        job_id,
+    )
 
 
 @pytest.mark.unit
@@ -187,3 +192,35 @@ def test_every_line_of_a_worker_pool_is_json_with_job_context_and_no_secret(pool
     doc = pool_run["document"]
     windows = [doc[i : i + 40] for i in range(0, len(doc) - 40, 20)]
     assert not [w for w in windows if w in text], "document text in the logs"
+
+
+def test_storing_a_jobs_log_lines_never_writes_its_row_again(db, seeded, worker, sim):
+    """The lines go to the insert-only ``job_logs``: once the job is COMPLETED its row is not
+    updated again (it was: one more row version a job, the whole jsonb array rewritten)."""
+    with db.cursor() as cur:
+        cur.execute(
+            """CREATE TABLE test_job_row_writes (job_id uuid, old_status text, new_status text);
+            CREATE FUNCTION test_job_row_write() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN INSERT INTO test_job_row_writes VALUES (NEW.id, OLD.status, NEW.status); RETURN NEW; END $$;
+            CREATE TRIGGER test_job_row_write AFTER UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION test_job_row_write();"""
+        )
+    try:
+        job_id = enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(db))
+        assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+        wait_until(
+            lambda: any(line["message"] == "job completed" for line in stored_logs(db, job_id)),
+            timeout=5,
+            what="the job's last line stored",
+        )
+        writes = [
+            tuple(r)
+            for r in rows(db, "SELECT old_status, new_status FROM test_job_row_writes WHERE job_id = %s", job_id)
+        ]
+        assert ("PENDING", "RUNNING") in writes and ("RUNNING", "COMPLETED") in writes
+        assert [w for w in writes if w[0] == "COMPLETED"] == [], writes
+    finally:
+        with db.cursor() as cur:
+            cur.execute(
+                "DROP TRIGGER test_job_row_write ON jobs; DROP FUNCTION test_job_row_write();"
+                " DROP TABLE test_job_row_writes"
+            )

@@ -94,6 +94,8 @@ def job_detail(job_id: str, *, with_document: bool = False) -> dict | None:
         if job is None:
             return None
         data = dict(job)
+        cur.execute(Q.job_logs, {"job_id": job_id})
+        data["logs"] = cur.fetchone()["logs"]
         cur.execute(Q.job_attempts, {"job_id": job_id})
         data["attempt_log"] = [dict(r) for r in cur.fetchall()]
         cur.execute(Q.job_tasks, {"job_id": job_id})

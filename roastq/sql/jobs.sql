@@ -134,10 +134,10 @@ SET status = 'COMPLETED', evaluation_version_id = %(evaluation_version_id)s, wor
 WHERE id = %(job_id)s;
 
 -- name: append_logs
--- Log lines of finished attempts, many jobs in one statement (one jsonb array a job).
-UPDATE jobs j SET logs = j.logs || v.lines
-FROM unnest(%(job_ids)s::uuid[], %(lines)s::jsonb[]) AS v(id, lines)
-WHERE j.id = v.id;
+-- Log lines of finished attempts, many jobs in one statement: a row of `job_logs` a job (its
+-- lines, a jsonb array). Insert-only: the job row is not written again for its logs.
+INSERT INTO job_logs (job_id, lines)
+SELECT * FROM unnest(%(job_ids)s::uuid[], %(lines)s::jsonb[]);
 
 -- name: lose
 -- The job's worker died: it waits for its message again (or a new one).

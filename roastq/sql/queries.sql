@@ -51,6 +51,13 @@ SELECT j.*, e.document_id, e.agent_id
 FROM jobs j JOIN evaluations e ON e.id = j.evaluation_id
 WHERE j.id = %(job_id)s;
 
+-- name: job_logs
+-- A job's own log lines, every attempt's, in the order they were written (roastq/sql/jobs.sql,
+-- append_logs).
+SELECT coalesce(jsonb_agg(x.line ORDER BY l.id, x.n), '[]'::jsonb) AS logs
+FROM job_logs l CROSS JOIN LATERAL jsonb_array_elements(l.lines) WITH ORDINALITY AS x(line, n)
+WHERE l.job_id = %(job_id)s;
+
 -- name: job_inputs
 -- Everything the pipeline needs, from the versions pinned at enqueue.
 SELECT j.id AS job_id, j.evaluation_id, j.status,
