@@ -181,6 +181,71 @@ def transaction(conn=None) -> Iterator[psycopg2.extras.RealDictCursor]:
             p.discard_idle()
 
 
+class LeanCursor:
+    """The cursor of ``lean_transaction()``: its BEGIN goes out with its first statement, and the
+    writes it ``defer``s (statements whose answer nobody reads) go out with the next statement or
+    with the COMMIT. Otherwise a ``RealDictCursor`` (``fetchone``, ``rowcount``, ...)."""
+
+    def __init__(self, cur):
+        self._cur = cur
+        self._pending: list[bytes] = [b"BEGIN"]
+        self.begun = False
+
+    def __getattr__(self, name):
+        return getattr(self._cur, name)
+
+    def defer(self, sql: str, params=None) -> None:
+        """Send this write later, before the next statement or with the COMMIT: an error in it
+        fails the transaction there."""
+        self._pending.append(self._cur.mogrify(sql, params).rstrip().rstrip(b";"))
+
+    def execute(self, sql: str, params=None) -> None:
+        self._send(self._cur.mogrify(sql, params))
+
+    def _send(self, last: bytes) -> None:
+        text = b"; ".join([*self._pending, last])
+        self._pending = []
+        self.begun = True
+        self._cur.execute(text)
+
+    def commit(self) -> None:
+        if self.begun or len(self._pending) > 1:
+            self._send(b"COMMIT")
+
+
+@contextmanager
+def lean_transaction() -> Iterator[LeanCursor]:
+    """A transaction on a pooled connection in fewer round trips than ``transaction()``: BEGIN is
+    sent with the first statement and the deferred writes with the COMMIT (``LeanCursor``). A
+    job's result (lock, writes, COMMIT) is two round trips instead of five. Rolled back on error."""
+    p = pool()
+    conn = p.getconn()
+    broken = False
+    try:
+        conn.autocommit = True  # BEGIN and COMMIT are ours, in the query strings
+        with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as raw:
+            cur = LeanCursor(raw)
+            try:
+                yield cur
+                cur.commit()
+            except BaseException:
+                if cur.begun and conn.closed == 0:
+                    try:
+                        raw.execute("ROLLBACK")
+                    except psycopg2.Error:
+                        broken = True
+                raise
+    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        broken = broken or conn.closed != 0
+        raise
+    finally:
+        if conn.closed == 0 and not broken:
+            conn.autocommit = False
+        p.putconn(conn, close=broken or conn.closed != 0)
+        if broken:
+            p.discard_idle()
+
+
 @contextmanager
 def autocommit() -> Iterator[psycopg2.extras.RealDictCursor]:
     """A cursor on a pooled connection in autocommit: each statement is its own transaction and

@@ -255,14 +255,19 @@ def lock(cur, job_id) -> dict | None:
     return cur.fetchone()
 
 
+def _write(cur, sql: str, params: dict) -> None:
+    """A write whose answer nobody reads: sent with the COMMIT on a ``db.lean_transaction()``."""
+    (cur.defer if isinstance(cur, db.LeanCursor) else cur.execute)(sql, params)
+
+
 def complete(cur, job_id, *, evaluation_version_id, price_usd) -> None:
     """-> COMPLETED, with its evaluation version and price (in the result's transaction)."""
-    cur.execute(J.complete, {"job_id": job_id, "evaluation_version_id": evaluation_version_id, "price_usd": price_usd})
+    _write(cur, J.complete, {"job_id": job_id, "evaluation_version_id": evaluation_version_id, "price_usd": price_usd})
 
 
 def finish_attempt(cur, job_id, attempt: int, message_id) -> None:
     """With the result: the attempt ends as completed and the broker message is marked done."""
-    cur.execute(J.finish_attempt, {"job_id": job_id, "attempt": attempt, "message_id": message_id})
+    _write(cur, J.finish_attempt, {"job_id": job_id, "attempt": attempt, "message_id": message_id})
 
 
 def append_logs(cur, job_ids: list, lines: list, *, durable: bool = True) -> None:

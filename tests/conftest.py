@@ -238,3 +238,27 @@ def fast_backoff(request, monkeypatch, broker):
         yield
     monkeypatch.delenv("BACKOFF_SCALE")
     settings.reload_settings()
+
+
+@pytest.fixture
+def wire(database_url):
+    """roastq's connections (and the test's, through ``wire.url``) go through a proxy that counts
+    the queries sent to Postgres."""
+    import os
+
+    from wire import Wire
+
+    from roastq import db
+    from roastq.settings import reload_settings
+
+    proxy = Wire(database_url)
+    os.environ["DATABASE_URL"] = proxy.url
+    reload_settings()
+    db.reset()
+    try:
+        yield proxy
+    finally:
+        os.environ["DATABASE_URL"] = database_url
+        reload_settings()
+        db.reset()
+        proxy.close()

@@ -161,30 +161,6 @@ def test_batch_enqueued_jobs_run(db, seeded, worker):
 # -- one statement: what reaches Postgres (counted on the wire, BEGIN and COMMIT included) ------
 
 
-@pytest.fixture
-def wire(database_url):
-    """roastq's connections (and the test's, through ``wire.url``) go through a proxy that counts
-    the queries sent to Postgres."""
-    import os
-
-    from wire import Wire
-
-    from roastq import db
-    from roastq.settings import reload_settings
-
-    proxy = Wire(database_url)
-    os.environ["DATABASE_URL"] = proxy.url
-    reload_settings()
-    db.reset()
-    try:
-        yield proxy
-    finally:
-        os.environ["DATABASE_URL"] = database_url
-        reload_settings()
-        db.reset()
-        proxy.close()
-
-
 def _is_transaction_control(sql: str) -> bool:
     return sql.split(None, 1)[0].upper() in ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 

@@ -1,7 +1,7 @@
 """The job path's statements: one round trip where one statement does, the WAL flush skipped only
 where it is named, and the hot tables vacuumed early."""
 
-from helpers import one
+from helpers import one, rows
 
 
 def test_execute_one_is_its_own_transaction_and_leaves_the_pooled_connection_as_it_was(db):
@@ -46,3 +46,57 @@ def test_hot_tables_have_their_own_autovacuum_settings(db):
         options = one(db, "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", table)
         assert "autovacuum_vacuum_scale_factor=0.01" in options, (table, options)
         assert "autovacuum_vacuum_cost_delay=0" in options
+
+
+def test_a_lean_transaction_sends_begin_with_its_first_statement_and_deferred_writes_with_commit(db, wire):
+    from roastq import db as roastq_db
+
+    with db.cursor() as cur:
+        cur.execute("CREATE TABLE lean_probe (n int PRIMARY KEY, t bigint)")
+    try:
+        wire.clear()
+        with roastq_db.lean_transaction() as cur:
+            cur.execute("SELECT txid_current() AS t")
+            t = cur.fetchone()["t"]
+            cur.defer("INSERT INTO lean_probe VALUES (1, txid_current())")
+            cur.defer("INSERT INTO lean_probe VALUES (%(n)s, txid_current())", {"n": 2})
+        sent = [q for q in wire.taken() if "lean_probe" in q or "txid_current() AS t" in q]
+        assert len(sent) == 2, sent  # was five: BEGIN, SELECT, INSERT, INSERT, COMMIT
+        assert sent[0].startswith("BEGIN; SELECT txid_current()")
+        assert sent[1].endswith("; COMMIT") and sent[1].count("INSERT") == 2
+        assert [tuple(r) for r in rows(db, "SELECT n, t FROM lean_probe ORDER BY n")] == [
+            (1, t),
+            (2, t),
+        ]  # one transaction
+    finally:
+        with db.cursor() as cur:
+            cur.execute("DROP TABLE lean_probe")
+
+
+def test_a_lean_transaction_that_fails_in_a_deferred_write_or_its_block_leaves_nothing(db):
+    import psycopg2
+    import pytest
+
+    from roastq import db as roastq_db
+
+    with db.cursor() as cur:
+        cur.execute("CREATE TABLE lean_probe (n int PRIMARY KEY)")
+    try:
+        with pytest.raises(psycopg2.errors.UniqueViolation):  # raised at the COMMIT that carries it
+            with roastq_db.lean_transaction() as cur:
+                cur.execute("INSERT INTO lean_probe VALUES (1)")
+                cur.defer("INSERT INTO lean_probe VALUES (1)")
+        with pytest.raises(RuntimeError):
+            with roastq_db.lean_transaction() as cur:
+                cur.execute("INSERT INTO lean_probe VALUES (2)")
+                raise RuntimeError("the job's own failure")
+        assert one(db, "SELECT count(*) FROM lean_probe") == 0
+        for _ in range(roastq_db.pool().maxconn):  # every pooled connection is clean again
+            with roastq_db.transaction() as cur:
+                cur.execute("SELECT txid_current() AS t")
+                t = cur.fetchone()["t"]
+                cur.execute("SELECT txid_current() AS t")
+                assert cur.fetchone()["t"] == t  # in a transaction, not autocommit
+    finally:
+        with db.cursor() as cur:
+            cur.execute("DROP TABLE lean_probe")

@@ -256,13 +256,18 @@ def run(inputs: JobInputs, claude: Claude, *, cancelled: Callable[[], bool] = la
 def save(inputs: JobInputs, result: EvaluationResult) -> str | None:
     """Write the evaluation version, highlights, comments, tasks and the COMPLETED job in one
     transaction. Returns the evaluation version id, or None when the job was already finished
-    (a duplicate delivery): the first result stands and this one is discarded."""
-    with db.transaction() as cur:
+    (a duplicate delivery): the first result stands and this one is discarded.
+
+    Writes whose answer is not read are deferred (``db.lean_transaction``): they go out with the
+    next statement or with the COMMIT, so the transaction costs a round trip for each answer it
+    reads (the lock, the version number, the version's and each highlight's id, the ledger) and
+    one for the rest and the COMMIT."""
+    with db.lean_transaction() as cur:
         job = jobs.lock(cur, inputs.job_id)
         if job is None or jobs.is_finished(job["status"]):
             logger.warning("job already %s: result discarded", job and job["status"])
             return None
-        cur.execute(Q.lock_evaluation, {"evaluation_id": inputs.evaluation_id})
+        cur.defer(Q.lock_evaluation, {"evaluation_id": inputs.evaluation_id})
         cur.execute(Q.next_evaluation_version, {"evaluation_id": inputs.evaluation_id})
         version = cur.fetchone()["version"]
         cur.execute(
@@ -294,7 +299,7 @@ def save(inputs: JobInputs, result: EvaluationResult) -> str | None:
                     "error": match.error,
                 },
             )
-            cur.execute(
+            cur.defer(
                 Q.insert_comment,
                 {
                     "evaluation_version_id": ev_id,
@@ -308,7 +313,7 @@ def save(inputs: JobInputs, result: EvaluationResult) -> str | None:
             )
         tasks = _tasks(inputs.job_id, result, cur)
         for t in tasks:
-            cur.execute(Q.insert_task, {"job_id": inputs.job_id, "evaluation_version_id": ev_id, **t})
+            cur.defer(Q.insert_task, {"job_id": inputs.job_id, "evaluation_version_id": ev_id, **t})
         jobs.complete(
             cur, inputs.job_id, evaluation_version_id=ev_id, price_usd=sum((t["price_usd"] for t in tasks), Decimal(0))
         )
