@@ -70,6 +70,31 @@ def test_backoff_resets_as_soon_as_a_slot_frees(db, kind):
         consumer.close()
 
 
+@pytest.mark.parametrize("kind", ["ours", pytest.param("stock", marks=STOCK)])
+def test_notifications_that_arrive_while_the_consumer_is_busy_are_taken_at_once(db, kind):
+    """Defect: stock's poll reads the listening connection (its liveness check polls it, which
+    moves waiting notifications into psycopg2's list) and only then waits on its socket, which is
+    now empty: messages notified while the consumer was busy waited a whole consumer timeout
+    (1 s, dramatiq's worker_timeout) before anyone took them; a burst waited at each poll."""
+    consumer = make_consumer(kind, prefetch=8)  # timeout: 1 s
+    try:
+        drain(consumer, 0.3)  # listening, idle
+        for _ in range(2):
+            sent = {put_message(db, notify=True).message_id for _ in range(5)}
+            time.sleep(0.2)  # the consumer is busy elsewhere meanwhile
+            started, got = time.monotonic(), set()
+            while len(got) < 5 and time.monotonic() - started < 3:
+                message = next(consumer)
+                if message is not None:
+                    got.add(message.message_id)
+                    consumer.ack(message)
+            waited = time.monotonic() - started
+            assert got == sent
+            assert waited < 0.3, f"five waiting messages took {waited:.2f} s to be taken"
+    finally:
+        consumer.close()
+
+
 @pytest.mark.parametrize("pool_kind", ["ours", pytest.param("stock", marks=STOCK)])
 def test_pool_exhaustion_waits_instead_of_failing(database_url, pool_kind):
     """Defect 2: with every connection taken, an ack raised "connection pool exhausted" and was lost."""

@@ -1,6 +1,8 @@
 """The job path's statements: one round trip where one statement does, the WAL flush skipped only
 where it is named, and the hot tables vacuumed early."""
 
+import time
+
 from helpers import one, rows
 
 
@@ -100,3 +102,31 @@ def test_a_lean_transaction_that_fails_in_a_deferred_write_or_its_block_leaves_n
     finally:
         with db.cursor() as cur:
             cur.execute("DROP TABLE lean_probe")
+
+
+def test_a_consumed_batch_is_one_statement_and_its_lock_releases_one_more(db, wire):
+    """Five notified messages are taken in one round trip (the consume, its own commit: stock's
+    transaction added BEGIN and COMMIT), and their locks freed in one more."""
+    from test_broker import drain, make_consumer, put_message
+
+    consumer = make_consumer("ours", prefetch=8, recovery_interval_s=60)
+    try:
+        drain(consumer, 0.3)  # the consumer's LISTEN and first look are not counted
+        messages = [put_message(db, notify=True) for _ in range(5)]
+        time.sleep(0.3)  # all five notifications are in before the consumer looks
+        wire.clear()
+        taken = drain(consumer, 1.5)
+        assert sorted(m.message_id for m in taken) == sorted(m.message_id for m in messages), wire.taken()
+        sent = [q for q in wire.taken() if not q.upper().startswith("LISTEN")]
+        consumes = [q for q in sent if "pg_try_advisory_lock" in q]
+        assert len(consumes) == 1, sent
+        assert not any(q.upper() in ("BEGIN", "COMMIT") for q in sent), sent
+        for m in taken:
+            consumer.ack(m)
+        wire.clear()
+        drain(consumer, 0.3)
+        unlocks = [q for q in wire.taken() if "pg_advisory_unlock" in q]
+        assert len(unlocks) == 1 and not any(q.upper() in ("BEGIN", "COMMIT") for q in wire.taken()), wire.taken()
+        assert one(db, "SELECT count(*) FROM dramatiq.queue WHERE state = 'done'") == 5
+    finally:
+        consumer.close()

@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from collections import deque
+from contextlib import contextmanager
 from queue import Empty
 
 import dramatiq
@@ -33,7 +34,7 @@ from dramatiq.middleware import Middleware
 from dramatiq.results import Results
 from dramatiq_pg import PostgresBroker
 from dramatiq_pg.broker import QUERIES, PostgresConsumer, message_lock
-from dramatiq_pg.utils import raise_connection_error, tidy4json, transaction
+from dramatiq_pg.utils import raise_connection_error, tidy4json, transaction, wait_for_notifies
 from psycopg2.extras import Json
 
 from roastq import db
@@ -104,6 +105,36 @@ class RoastqConsumer(PostgresConsumer):
             self._consume_conn = None
         super().close()
 
+    def get_consume_conn(self):
+        """Stock's consuming connection, in autocommit: each of its statements (the batch's
+        consume, a lock release) is one round trip that is its own commit, where stock's
+        transaction sends BEGIN and COMMIT each on its own (two more). None of them needs
+        another's atomicity: the advisory locks are the session's, not the transaction's."""
+        conn = super().get_consume_conn()
+        if not conn.autocommit:
+            conn.autocommit = True  # closed, never pooled, when this consumer closes (close())
+        return conn
+
+    @raise_connection_error
+    def poll_for_notify(self):
+        """Wait for notifications, unless some are in already. Stock waits on the socket after
+        ``get_listen_conn`` has checked the connection, and that check (``conn.poll()``) reads
+        what has arrived into psycopg2's list: the socket is then empty, and messages notified
+        while this consumer was busy waited a whole timeout (dramatiq's 1 s) to be taken."""
+        conn = self.get_listen_conn()
+        if conn.notifies:
+            self.notifies += conn.notifies[:]
+            conn.notifies[:] = []
+            return
+        self.notifies += wait_for_notifies(conn, self.timeout)
+
+    @contextmanager
+    def _consume_cursor(self):
+        """A cursor on the consuming connection, each statement its own commit (not psycopg2's
+        ``with conn``, which sends BEGIN even in autocommit)."""
+        with self.get_consume_conn().cursor() as curs:
+            yield curs
+
     @raise_connection_error
     def __next__(self):
         if self.unlock_q.qsize() >= 64:
@@ -157,7 +188,7 @@ class RoastqConsumer(PostgresConsumer):
                 message_id = json.loads(notify.payload)["message_id"]
                 if message_id not in HELD and message_id not in found:
                     by_id.append(message_id)
-        with transaction(self.get_consume_conn()) as curs:
+        with self._consume_cursor() as curs:
             if by_id:
                 curs.execute(db.Q.broker_fetch_by_ids, {"ids": by_id})
                 for (payload,) in curs.fetchall():
@@ -189,7 +220,7 @@ class RoastqConsumer(PostgresConsumer):
 
     @raise_connection_error
     def fetch_by_id(self, message_id):
-        with transaction(self.get_consume_conn()) as curs:
+        with self._consume_cursor() as curs:
             curs.execute(QUERIES.FETCH_BY_ID, (message_id,))
             row = curs.fetchone()
             return row[0] if row else None
@@ -205,7 +236,7 @@ class RoastqConsumer(PostgresConsumer):
                 break
             self.unlock_q.task_done()
         if locks:
-            with transaction(self.get_consume_conn()) as curs:
+            with self._consume_cursor() as curs:
                 curs.execute("SELECT pg_advisory_unlock(l) FROM unnest(%s::bigint[]) AS l", (locks,))
 
     def ack(self, message):
@@ -254,10 +285,9 @@ class RoastqConsumer(PostgresConsumer):
         if not messages:
             return
         try:
-            conn = self.get_consume_conn()
-            with transaction(conn) as curs:
+            with self._consume_cursor() as curs:
                 curs.execute(REQUEUE_NOTIFY, (tuple(m.message_id for m in messages),))
-            with transaction(conn) as curs:  # committed: now the locks may go
+            with self._consume_cursor() as curs:  # committed: now the locks may go
                 curs.execute(
                     "SELECT pg_advisory_unlock(l) FROM unnest(%s::bigint[]) AS l",
                     ([message_lock(m) for m in messages],),
