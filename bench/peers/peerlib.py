@@ -3,7 +3,8 @@ in the project's venv and in the peers' venv alike).
 
 A job body reports to the harness with one UDP datagram on the loopback (``probe``): the job's
 tag, the wall-clock time and the worker's pid. That needs nothing from the system under test, so
-every system is timed the same way, by the same clock.
+every system is timed the same way, by the same clock. The Node peers' job bodies (pg-boss,
+graphile-worker: ``node/probe.mjs``) send the same datagram, the time from ``Date.now()`` (ms).
 
 * A: ``A_JOBS`` no-op jobs enqueued in one batch, then a worker started at concurrency 10 and timed
   from its launch (start-up counted) to the last job's end; ``a_steady`` is the rate from the first
@@ -200,7 +201,8 @@ def _psql(dsn: str, sql: str) -> str:
 
 
 DEAD_ROWS = """SELECT coalesce(string_agg(format('%s %s/%s', relname, n_dead_tup, n_live_tup), ', ' ORDER BY relname), '')
-FROM pg_stat_user_tables WHERE relname IN ('jobs', 'job_attempts', 'queue', 'pgqueuer', 'procrastinate_jobs')"""
+FROM pg_stat_user_tables
+WHERE relname IN ('jobs', 'job_attempts', 'queue', 'pgqueuer', 'procrastinate_jobs', 'job_common', '_private_jobs')"""
 
 
 def run_steady(system: System, probe: Probe, hold: bool) -> dict:

@@ -5,7 +5,11 @@ one system at a time, ``--reps`` rounds (systems interleaved within a round), me
     .venv/bin/python bench/peers/run.py --systems jobs,pgqueuer --workloads a,b
 
 The PyPI peers (pgqueuer, procrastinate) are installed at run time into a venv of their own,
-``bench/peers/.venv`` (pinned below), never into the project's. Workloads: ``peerlib.py``.
+``bench/peers/.venv`` (pinned below), never into the project's. The npm peers (pg-boss,
+graphile-worker) and Node 22 itself (the ``node`` package from the npm registry: the machine's own
+node may be older) are installed at run time into ``bench/peers/.node`` with the machine's npm,
+pinned below; without npm, or if that install or the Node 22 it gives fails, those two systems are
+skipped with the reason printed on one line. Workloads: ``peerlib.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +30,10 @@ from peerlib import median  # noqa: E402
 
 PEER_VENV = HERE / ".venv"
 PEER_PACKAGES = ["pgqueuer==1.6.0", "procrastinate==3.10.0", "psycopg[binary]==3.3.9", "asyncpg==0.32.0"]
+NODE_DIR = HERE / ".node"  # git-ignored; sys_pgboss.py and sys_graphile.py run bin/node from it
+NODE_PACKAGES = {"node": "22.23.3", "pg-boss": "12.38.0", "graphile-worker": "0.18.0", "pg": "8.23.1"}
+NODE_SYSTEMS = ("pgboss", "graphile")
+PEER_VENV_SYSTEMS = ("pgqueuer", "procrastinate", *NODE_SYSTEMS)  # the Node peers' Python side: psycopg
 
 SYSTEMS = {  # key: (label, command)
     "jobs": ("roastq jobs (full stack, default logs)", [sys.executable, str(HERE / "sys_dramatiq.py"), "jobs"]),
@@ -38,6 +47,8 @@ SYSTEMS = {  # key: (label, command)
         [str(PEER_VENV / "bin" / "python"), str(HERE / "sys_procrastinate.py")],
     ),
     "pgqueuer": ("pgqueuer 1.6 (PyPI)", [str(PEER_VENV / "bin" / "python"), str(HERE / "sys_pgqueuer.py")]),
+    "pgboss": ("pg-boss 12 (npm)", [str(PEER_VENV / "bin" / "python"), str(HERE / "sys_pgboss.py")]),
+    "graphile": ("graphile-worker 0.18 (npm)", [str(PEER_VENV / "bin" / "python"), str(HERE / "sys_graphile.py")]),
 }
 COLUMNS = [
     ("a_per_s", "A drain/s", "{:,.0f}"),
@@ -72,6 +83,43 @@ def ensure_peer_venv() -> None:
     stamp.write_text(" ".join(PEER_PACKAGES))
 
 
+def ensure_node() -> str | None:
+    """Install Node 22 and the npm peers into NODE_DIR (once a pin set); the reason if that fails."""
+    stamp, node = NODE_DIR / ".stamp", NODE_DIR / "node_modules" / ".bin" / "node"
+    pins = " ".join(f"{k}@{v}" for k, v in NODE_PACKAGES.items())
+    if stamp.exists() and stamp.read_text() == pins and node.exists():
+        return None
+    npm = shutil.which("npm")
+    if npm is None:
+        return "no npm on PATH to install Node 22 and the npm peers with"
+    print(f"# installing {pins} into {NODE_DIR}", flush=True)
+    NODE_DIR.mkdir(exist_ok=True)
+    stamp.unlink(missing_ok=True)
+    (NODE_DIR / "package.json").write_text(json.dumps({"private": True, "dependencies": NODE_PACKAGES}, indent=1))
+    try:
+        out = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=NODE_DIR,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=600,
+        )
+    except subprocess.TimeoutExpired:
+        return "npm install did not finish within 600 s"
+    if out.returncode != 0:
+        last = (out.stdout.strip().splitlines() or ["no output"])[-1]
+        return f"npm install failed (exit {out.returncode}): {last}"
+    try:
+        version = subprocess.run([str(node), "--version"], stdout=subprocess.PIPE, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"the installed node does not run: {exc}"
+    if not version.startswith("v22."):
+        return f"the installed node is {version.strip() or 'nothing'}, not Node 22"
+    stamp.write_text(pins)
+    return None
+
+
 def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -84,7 +132,12 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / ".roastq" / "bench" / "peers.json"))
     args = parser.parse_args()
     systems = args.systems.split(",")
-    if any(s in ("pgqueuer", "procrastinate") for s in systems):
+    if any(s in NODE_SYSTEMS for s in systems):
+        reason = ensure_node()
+        if reason is not None:
+            print(f"# skipping {', '.join(s for s in systems if s in NODE_SYSTEMS)}: {reason}", flush=True)
+            systems = [s for s in systems if s not in NODE_SYSTEMS]
+    if any(s in PEER_VENV_SYSTEMS for s in systems):
         ensure_peer_venv()
     (ROOT / ".roastq" / "bench").mkdir(parents=True, exist_ok=True)
     print(
