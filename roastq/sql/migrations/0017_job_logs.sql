@@ -14,4 +14,7 @@ CREATE INDEX job_logs_job_idx ON job_logs (job_id, id);
 INSERT INTO job_logs (job_id, written_at, lines)
 SELECT id, updated_at, logs FROM jobs WHERE logs <> '[]'::jsonb ORDER BY created_at;
 
-ALTER TABLE jobs DROP COLUMN logs;
+-- Additive, as every migration (docs/operations.md, "Upgrades"): `jobs.logs` stays, no longer read
+-- or written by this version; a worker older than this migration still appends there while the
+-- pools roll (those lines are in its process log). A later migration drops the column.
+COMMENT ON COLUMN jobs.logs IS 'unused since 0017_job_logs: a job''s lines are in job_logs';
