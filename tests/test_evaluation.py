@@ -8,6 +8,7 @@ from helpers import one, rows, wait_for_status
 from messages import wait_rejected
 
 from roastq.api import enqueue_evaluation
+from roastq.jobctx import worker_stale_after_s
 
 # Each test twice: with tidy answers and with the simulator's sloppiness at 0.3 (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("sloppiness")
@@ -94,7 +95,9 @@ def test_a_job_delivered_twice_yields_one_evaluation_version(db, seeded, worker,
     job_id = enqueue_evaluation(first_doc(seeded), agent_with(seeded, db, critique=False))
     evaluate_document.send(job_id)  # a second message for the same job
     wait_for_status(db, [job_id])
-    deadline = time.monotonic() + 10  # let both deliveries finish
+    # Let both deliveries finish. The second may arrive while the first runs: it backs off for
+    # the worker's stale time (x 1 to 1.25, issue 13) and is then skipped as COMPLETED.
+    deadline = time.monotonic() + worker_stale_after_s() * 1.25 + 10
     while (
         one(db, "SELECT count(*) FROM dramatiq.queue WHERE state IN ('queued', 'consumed')")
         and time.monotonic() < deadline
