@@ -122,7 +122,7 @@ class Metrics(Middleware):
     def __init__(self, policy: RetryPolicy, *, exporter: bool = True):
         self.policy = policy
         self.exporter = exporter
-        self._delayed: set[str] = set()
+        self._delayed: dict[str, tuple] = {}  # message id -> its labels, while this worker holds it
         self._booted = False
 
     @property
@@ -156,6 +156,11 @@ class Metrics(Middleware):
         # on, as in tests, keeps them: its gauges are still true.)
         if getattr(self, "_worker_process", False):
             m.mark_dead()
+            return
+        # Its delay queue went back to the broker with it: it holds none of those messages now.
+        for labels in self._delayed.values():
+            m.DELAYED.labels(*labels).dec()
+        self._delayed.clear()
 
     # -- enqueue and delay --------------------------------------------------------------------
 
@@ -164,15 +169,14 @@ class Metrics(Middleware):
             return  # a process that only sends (an app, the CLI): no metrics of ours there
         if not delay and message.message_id in self._delayed:
             # A worker moving a due message from the delay queue to its queue: not a new send.
-            self._delayed.discard(message.message_id)
-            m.DELAYED.labels(*_labels(message)).dec()
+            m.DELAYED.labels(*self._delayed.pop(message.message_id)).dec()
             return
         m.ENQUEUED.labels(*_labels(message), "true" if delay else "false").inc()
 
     def before_delay_message(self, broker, message):
         if not self._booted:
             return
-        self._delayed.add(message.message_id)
+        self._delayed[message.message_id] = _labels(message)
         m.DELAYED.labels(*_labels(message)).inc()
 
     # -- attempts ----------------------------------------------------------------------------

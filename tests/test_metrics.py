@@ -351,3 +351,19 @@ def test_a_job_failed_as_lost_when_its_message_comes_back_is_counted_as_worker_l
     q = {"queue": "interactive", "actor": "evaluate_document"}
     assert delta(before, after, "roastq_messages_failed_total", error_class="WORKER_LOST", **q) == 1
     assert delta(before, after, "roastq_messages_failed_total", error_class="INPUT") == 0
+
+
+def test_a_stopped_in_process_worker_holds_no_delayed_message(db, seeded, broker, sim):
+    """A worker embedded in a process that lives on (tests, benchmarks) hands its delay queue
+    back when it stops: the delayed gauge of that process goes back down (it stayed up, and the
+    next worker's tests read a message that no one held)."""
+    from helpers import running_worker
+
+    sim.configure(retry_after_s=30.0)
+    sim.script("rate_limit")
+    q = {"queue": "interactive", "actor": "evaluate_document"}
+    start = value(local(), "roastq_messages_delayed", **q)
+    with running_worker(broker, threads=2):
+        enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(db))
+        wait_until(lambda: value(local(), "roastq_messages_delayed", **q) == start + 1, timeout=10, what="delayed")
+    assert value(local(), "roastq_messages_delayed", **q) == start
