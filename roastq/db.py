@@ -7,13 +7,16 @@ fine, an ack that is lost reruns a job (dramatiq-pg 0.12 defect 2, docs/architec
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extras
 from psycopg2.pool import PoolError, ThreadedConnectionPool
 
@@ -282,6 +285,60 @@ def statement(conn=None) -> Iterator[psycopg2.extras.RealDictCursor]:
         return
     with autocommit() as cur:
         yield cur
+
+
+_PARAM = re.compile(r"%\((\w+)\)s")
+_CAST = re.compile(r"%\((\w+)\)s::(\w+(?:\[\])?)")
+#: (connection id, backend pid) -> names of the statements prepared in that session
+_prepared: dict[tuple[int, int], set[str]] = {}
+_prepared_lock = threading.Lock()
+
+
+def _as_prepared(sql: str) -> tuple[str, str, str]:
+    """A statement with psycopg2's named parameters as a server-side one: its name (from its
+    text), its text with ``$n`` for each distinct name, and the EXECUTE that runs it (a named
+    placeholder a parameter, cast as the statement casts it: psycopg2 sends a list as
+    ``ARRAY[...]``, a text[] that would not become a uuid[] on its own)."""
+    order: list[str] = []
+
+    def number(match):
+        if match.group(1) not in order:
+            order.append(match.group(1))
+        return f"${order.index(match.group(1)) + 1}"
+
+    text = _PARAM.sub(number, sql)
+    casts = dict(_CAST.findall(sql))
+    name = "roastq_" + hashlib.sha1(sql.encode()).hexdigest()[:16]
+    args = ", ".join(f"%({n})s" + (f"::{casts[n]}" if n in casts else "") for n in order)
+    return name, text, f"EXECUTE {name} ({args})" if order else f"EXECUTE {name}"
+
+
+def execute_prepared(cur, sql: str, params: dict) -> None:
+    """Run ``sql`` as a server-side prepared statement of this session: parsed and planned once
+    a session (its PREPARE rides in the same round trip as the first EXECUTE), then only
+    executed. For the hot statements of the pooled connections (the one-statement enqueue),
+    never on a caller's connection, whose session is the caller's."""
+    name, text, execute = _as_prepared(sql)
+    conn = cur.connection
+    key = (id(conn), conn.get_backend_pid())
+    with _prepared_lock:
+        known = name in _prepared.setdefault(key, set())
+    if not known:
+        # The PREPARE's own text goes as it is: psycopg2 interpolates the EXECUTE's parameters.
+        try:
+            cur.execute(f"PREPARE {name} AS {text.replace('%', '%%')}; {execute}", params)
+        except psycopg2.errors.DuplicatePreparedStatement:  # prepared by a call whose EXECUTE failed
+            cur.execute(execute, params)
+        finally:
+            with _prepared_lock:
+                _prepared[key].add(name)
+        return
+    try:
+        cur.execute(execute, params)
+    except psycopg2.errors.InvalidSqlStatementName:  # the session lost it (DISCARD ALL, say)
+        with _prepared_lock:
+            _prepared[key].discard(name)
+        execute_prepared(cur, sql, params)
 
 
 def execute_one(sql: str, params=None, *, durable: bool = True, fetch: str | None = "one"):

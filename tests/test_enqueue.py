@@ -2,7 +2,7 @@
 
 import psycopg2
 import pytest
-from helpers import one, wait_for_status
+from helpers import one, rows, wait_for_status
 from messages import MESSAGES  # dramatiq.queue, or the outbox with RabbitMQ
 
 from roastq.api import EnqueueError, enqueue_evaluation
@@ -176,6 +176,33 @@ def test_enqueue_is_one_statement_that_is_its_own_commit(db, seeded, wire):
     # committed by that one statement: visible to another session at once
     assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "PENDING"
     assert one(db, f"SELECT count(*) FROM jobs j JOIN {MESSAGES} m ON m.message_id = j.message_id") == 2
+
+
+def test_enqueue_is_prepared_once_a_session_and_then_only_executed(db, seeded, wire):
+    """The pooled session parses and plans the enqueue once (its PREPARE rides with the first
+    EXECUTE); after that each enqueue is one EXECUTE, and each job still pins its own document's
+    and agent's versions (past the five executions after which Postgres may plan generically)."""
+    docs, agents = list(seeded.documents.values()), list(seeded.agents.values())
+    pairs = [(docs[i % len(docs)], agents[i % len(agents)]) for i in range(8)]
+    wire.clear()
+    job_ids = [
+        enqueue_evaluation(d, a, priority=("batch" if i % 2 else "interactive")) for i, (d, a) in enumerate(pairs)
+    ]
+    sent = wire.taken()
+    assert len(sent) == 8, sent  # one round trip each, the first included
+    prepares = [q for q in sent if q.startswith("PREPARE ")]
+    assert 1 <= len(prepares) <= 2 and all(q.startswith("EXECUTE ") for q in sent if q not in prepares)
+    for job_id, (doc, agent), i in zip(job_ids, pairs, range(8)):
+        row = rows(
+            db,
+            """SELECT dv.document_id, av.agent_id, j.queue, m.queue_name FROM jobs j
+               JOIN document_versions dv ON dv.id = j.document_version_id
+               JOIN agent_versions av ON av.id = j.agent_version_id
+               JOIN dramatiq.queue m ON m.message_id = j.message_id WHERE j.id = %s""",
+            job_id,
+        )[0]
+        queue = "batch" if i % 2 else "interactive"
+        assert (str(row[0]), str(row[1]), row[2]) == (doc, agent, queue) and row[3].startswith(queue)
 
 
 def test_enqueue_on_the_callers_connection_adds_one_statement_and_commits_nothing(db, seeded, wire):
