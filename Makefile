@@ -70,7 +70,8 @@ bench-long: $(STAMP)
 	@for script in $(BENCH_LONG); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 # `make bench-peers`: workloads A, B, C, E against roastq, stock dramatiq-pg, pgqueuer and
-# procrastinate (installed at run time into bench/peers/.venv), 3 reps, medians (about 20 minutes).
+# procrastinate (installed at run time into bench/peers/.venv), pg-boss and graphile-worker (Node 22
+# and the packages from npm, into bench/peers/.node), 3 reps, medians (about 15 minutes).
 bench-peers: $(STAMP)
 	$(BIN)/python bench/peers/run.py
 

@@ -31,6 +31,18 @@ def stored_logs(db, job_id):
     )
 
 
+def run_job_and_wait_for_its_lines(db, seeded) -> str:
+    """Enqueue a job, wait for it to complete and for its last line to be stored; its id."""
+    job_id = enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(db))
+    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
+    wait_until(
+        lambda: any(line["message"] == "job completed" for line in stored_logs(db, job_id)),
+        timeout=5,
+        what="the job's last line stored",
+    )
+    return job_id
+
+
 @pytest.mark.unit
 def test_json_lines_carry_the_job_context_and_are_scrubbed(capsys):
     from observability.logging import _json_sink, setup_logging
@@ -83,13 +95,7 @@ def test_a_jobs_log_lines_are_stored_with_it_and_shown_by_roastq_job(db, seeded,
     from roastq.cli import main as cli_main
 
     sim.script("server_error")  # attempt 1 fails (UPSTREAM), attempt 2 completes
-    job_id = enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(db))
-    assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
-    wait_until(
-        lambda: any(line["message"] == "job completed" for line in stored_logs(db, job_id)),
-        timeout=5,
-        what="the job's last line stored",
-    )
+    job_id = run_job_and_wait_for_its_lines(db, seeded)
     lines = stored_logs(db, job_id)
     assert all({"time", "level", "logger", "message", "attempt"} <= set(line) for line in lines)
     by_attempt = {a: [line["message"] for line in lines if line["attempt"] == a] for a in (1, 2)}
@@ -205,13 +211,7 @@ def test_storing_a_jobs_log_lines_never_writes_its_row_again(db, seeded, worker,
             CREATE TRIGGER test_job_row_write AFTER UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION test_job_row_write();"""
         )
     try:
-        job_id = enqueue_evaluation(next(iter(seeded.documents.values())), simple_agent(db))
-        assert wait_for_status(db, [job_id])[job_id] == "COMPLETED"
-        wait_until(
-            lambda: any(line["message"] == "job completed" for line in stored_logs(db, job_id)),
-            timeout=5,
-            what="the job's last line stored",
-        )
+        job_id = run_job_and_wait_for_its_lines(db, seeded)
         writes = [
             tuple(r)
             for r in rows(db, "SELECT old_status, new_status FROM test_job_row_writes WHERE job_id = %s", job_id)
