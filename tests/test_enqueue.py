@@ -195,10 +195,10 @@ def test_enqueue_is_prepared_once_a_session_and_then_only_executed(db, seeded, w
     for job_id, (doc, agent), i in zip(job_ids, pairs, range(8)):
         row = rows(
             db,
-            """SELECT dv.document_id, av.agent_id, j.queue, m.queue_name FROM jobs j
+            f"""SELECT dv.document_id, av.agent_id, j.queue, m.queue_name FROM jobs j
                JOIN document_versions dv ON dv.id = j.document_version_id
                JOIN agent_versions av ON av.id = j.agent_version_id
-               JOIN dramatiq.queue m ON m.message_id = j.message_id WHERE j.id = %s""",
+               JOIN {MESSAGES} m ON m.message_id = j.message_id WHERE j.id = %s""",
             job_id,
         )[0]
         queue = "batch" if i % 2 else "interactive"
