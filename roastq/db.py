@@ -7,11 +7,13 @@ fine, an ack that is lost reruns a job (dramatiq-pg 0.12 defect 2, docs/architec
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -289,11 +291,12 @@ def statement(conn=None) -> Iterator[psycopg2.extras.RealDictCursor]:
 
 _PARAM = re.compile(r"%\((\w+)\)s")
 _CAST = re.compile(r"%\((\w+)\)s::(\w+(?:\[\])?)")
-#: (connection id, backend pid) -> names of the statements prepared in that session
-_prepared: dict[tuple[int, int], set[str]] = {}
+#: connection -> names of the statements prepared in its session (gone with the connection)
+_prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _prepared_lock = threading.Lock()
 
 
+@functools.lru_cache(maxsize=64)
 def _as_prepared(sql: str) -> tuple[str, str, str]:
     """A statement with psycopg2's named parameters as a server-side one: its name (from its
     text), its text with ``$n`` for each distinct name, and the EXECUTE that runs it (a named
@@ -319,8 +322,7 @@ def execute_prepared(cur, sql: str, params: dict) -> None:
     executed. For the hot statements of the pooled connections (the one-statement enqueue),
     never on a caller's connection, whose session is the caller's."""
     name, text, execute = _as_prepared(sql)
-    conn = cur.connection
-    key = (id(conn), conn.get_backend_pid())
+    key = cur.connection
     with _prepared_lock:
         known = name in _prepared.setdefault(key, set())
     if not known:
