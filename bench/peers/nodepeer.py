@@ -6,7 +6,6 @@ and stopped the way the Python peers' workers are (standard library and psycopg:
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -46,12 +45,3 @@ def start_node_worker(system: str, script: str, concurrency: int, wait_s: float,
     return subprocess.Popen(
         [str(NODE), str(SCRIPTS / script), "worker"], env=env, stdout=log, stderr=log, start_new_session=True
     )
-
-
-def stop(process) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()

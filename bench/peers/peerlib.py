@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -126,7 +127,14 @@ class System:
     def enqueue_batch(self, n: int) -> None: ...  # n no-op jobs (or C's waiting jobs) at once
     def enqueue_one(self) -> str: ...  # one job; return its tag
     def start_worker(self, concurrency: int, wait_s: float, probe_at: str, port: int): ...
-    def stop_worker(self, worker) -> None: ...
+    def stop_worker(self, worker) -> None:  # a worker process: SIGTERM, killed after 10 s
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
     def close(self) -> None: ...
 
 

@@ -67,9 +67,6 @@ class Graphile(peerlib.System):
     def start_worker(self, concurrency, wait_s, probe_at, port):
         return nodepeer.start_node_worker("graphile", "graphile.mjs", concurrency, wait_s, probe_at, port)
 
-    def stop_worker(self, worker):
-        nodepeer.stop(worker)
-
     def close(self):
         if self.conn is not None:
             self.conn.close()

@@ -89,9 +89,6 @@ class PgBoss(peerlib.System):
     def start_worker(self, concurrency, wait_s, probe_at, port):
         return nodepeer.start_node_worker("pgboss", "pgboss.mjs", concurrency, wait_s, probe_at, port)
 
-    def stop_worker(self, worker):
-        nodepeer.stop(worker)
-
     def close(self):
         self._stop_enqueuer()
 

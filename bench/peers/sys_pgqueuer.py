@@ -79,14 +79,6 @@ class PgQueuer(peerlib.System):
             [sys.executable, __file__, "--worker"], env=env, stdout=log, stderr=log, start_new_session=True
         )
 
-    def stop_worker(self, worker):
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-
     def close(self):
         if self.conn is not None:
             self.loop.run_until_complete(self.conn.close())

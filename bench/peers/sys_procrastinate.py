@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -89,14 +88,6 @@ class Procrastinate(peerlib.System):
         return subprocess.Popen(
             [sys.executable, __file__, "--worker"], env=env, stdout=log, stderr=log, start_new_session=True
         )
-
-    def stop_worker(self, worker):
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
 
     def close(self):
         if self.app is not None:
