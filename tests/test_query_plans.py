@@ -1,0 +1,177 @@
+"""The job path's statements read only the rows they touch, whatever the planner's statistics say.
+
+A burst of enqueues into a quiet queue outruns ANALYZE: the statistics still say the tables are
+empty while thousands of messages and jobs wait (autovacuum analyses a table a minute later at
+best, and never where it is off). A statement whose plan is chosen from those statistics may scan
+the whole backlog for every batch it takes: the drain then slows as the backlog grows. These tests
+make exactly that state (tables analysed empty, then filled) and count, in the executed plan, the
+rows each statement read from each table.
+"""
+
+from __future__ import annotations
+
+import psycopg2
+import pytest
+from psycopg2.extras import RealDictCursor
+
+BACKLOG = 1500
+
+
+def rows_read(plan: dict) -> dict[str, int]:
+    """Rows each table's scans read in an executed plan (``EXPLAIN (ANALYZE, FORMAT JSON)``):
+    the rows a scan returned and those its filter removed, times its loops."""
+    read: dict[str, int] = {}
+
+    def walk(node):
+        if "Relation Name" in node and "Actual Rows" in node:
+            n = (node["Actual Rows"] + node.get("Rows Removed by Filter", 0)) * node.get("Actual Loops", 1)
+            read[node["Relation Name"]] = read.get(node["Relation Name"], 0) + int(n)
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan["Plan"])
+    return read
+
+
+def executed_plan(database_url, sql: str, params, *, generic: bool = False) -> dict:
+    """Run ``sql`` under EXPLAIN ANALYZE and roll it back, on a session of its own (the consume
+    takes session advisory locks: they go with the session). ``generic``: as the prepared
+    statement the workers run (``db.execute_prepared``), with the generic plan Postgres switches
+    to after five executions."""
+    from roastq import db as roastq_db
+
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            if generic:
+                name, text, execute = roastq_db._as_prepared(sql)
+                cur.execute("SET plan_cache_mode = force_generic_plan")
+                cur.execute(f"PREPARE {name} AS {text}".replace("%", "%%"))
+                cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + execute, params)
+            else:
+                cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
+            (plan,) = cur.fetchone()[0]
+        conn.rollback()
+        return plan
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def burst(db, database_url):
+    """BACKLOG jobs of as many documents, with their messages, enqueued into tables analysed empty,
+    and the drain under way: each job has had an attempt, which has ended for all but the ten
+    jobs returned (their rows: id, message_id, queue_name, message)."""
+    from roastq.api import enqueue_evaluations
+
+    with db.cursor() as cur:
+        cur.execute(
+            "ANALYZE dramatiq.queue, jobs, job_attempts, evaluations, documents, document_versions, agent_versions"
+        )
+        cur.execute(
+            "INSERT INTO documents (slug) SELECT 'burst-' || g FROM generate_series(1, %s) g RETURNING id",
+            (BACKLOG,),
+        )
+        docs = [str(r[0]) for r in cur.fetchall()]
+        cur.execute(
+            "INSERT INTO document_versions (document_id, version, title, content)"
+            " SELECT id, 1, 'Burst', 'Some text.' FROM documents WHERE slug LIKE 'burst-%%'"
+        )
+        cur.execute("INSERT INTO agents (slug) VALUES ('burst') RETURNING id")
+        agent = str(cur.fetchone()[0])
+        cur.execute(
+            "INSERT INTO agent_versions (agent_id, version, name, primary_instructions)"
+            " VALUES (%s, 1, 'Burst', 'Evaluate.')",
+            (agent,),
+        )
+    job_ids = enqueue_evaluations([(d, agent) for d in docs])
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO job_attempts (job_id, attempt, message_id) SELECT id, 1, message_id FROM jobs")
+        cur.execute("UPDATE jobs SET attempts = 1")
+        cur.execute(
+            "UPDATE job_attempts SET ended_at = now(), outcome = 'completed' WHERE job_id <> ALL(%s::uuid[])",
+            (job_ids[:10],),
+        )
+    with db.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            "SELECT j.id, j.message_id, q.queue_name, q.message::text AS message"
+            " FROM jobs j JOIN dramatiq.queue q ON q.message_id = j.message_id WHERE j.id = ANY(%s::uuid[])",
+            (job_ids[:10],),
+        )
+        return cur.fetchall()
+
+
+GENERIC = pytest.mark.parametrize("generic", [False, True], ids=["custom-plan", "generic-plan"])
+
+
+@GENERIC
+def test_a_consumed_batch_reads_its_messages_only(burst, database_url, generic):
+    from dramatiq.message import Message
+    from dramatiq_pg.broker import message_lock
+
+    from roastq import db as roastq_db
+
+    messages = [Message.decode(r["message"].encode()) for r in burst]
+    plan = executed_plan(
+        database_url,
+        roastq_db.Q.broker_consume_many,
+        {
+            "ids": [m.message_id for m in messages],
+            "locks": [message_lock(m) for m in messages],
+            "queue": burst[0]["queue_name"],
+            "consumer_id": "plan-test",
+            "stale_after_s": 30.0,
+        },
+        generic=generic,
+    )
+    read = rows_read(plan)
+    assert read.get("queue", 0) <= 3 * len(messages), read  # the batch, not the backlog of BACKLOG
+
+
+@GENERIC
+def test_a_job_start_reads_its_own_rows_only(burst, database_url, generic):
+    from roastq import jobs
+
+    job = burst[0]
+    plan = executed_plan(
+        database_url,
+        jobs.J.start,
+        {
+            "job_id": job["id"],
+            "message_id": job["message_id"],
+            "worker_id": "plan-test",
+            "stale_after_s": 30.0,
+            "not_running_here": True,
+        },
+        generic=generic,
+    )
+    read = rows_read(plan)
+    for table in ("jobs", "evaluations", "agent_versions", "job_attempts"):
+        assert read.get(table, 0) <= 3, (table, read)
+
+
+@GENERIC
+@pytest.mark.parametrize("statement", ["lock", "complete", "finish_attempt", "cancel_requested"])
+def test_a_job_result_reads_its_own_rows_only(burst, database_url, statement, generic):
+    from roastq import jobs
+
+    job = burst[0]
+    params = {
+        "job_id": job["id"],
+        "message_id": job["message_id"],
+        "attempt": 1,
+        "evaluation_version_id": None,
+        "price_usd": 0,
+    }
+    sql = getattr(jobs.J, statement)
+    used = {k: v for k, v in params.items() if f"%({k})s" in sql}
+    read = rows_read(executed_plan(database_url, sql, used, generic=generic))
+    assert all(n <= 3 for n in read.values()), read
+
+
+def test_rows_read_counts_a_scan_of_the_whole_table(burst, database_url):
+    """The measure itself: a statement that does scan the backlog is seen to."""
+    read = rows_read(
+        executed_plan(database_url, "SELECT count(*) FROM dramatiq.queue WHERE message::text LIKE %s", ("%x%",))
+    )
+    assert read["queue"] >= BACKLOG
