@@ -189,29 +189,44 @@ def transaction(conn=None) -> Iterator[psycopg2.extras.RealDictCursor]:
 class LeanCursor:
     """The cursor of ``lean_transaction()``: its BEGIN goes out with its first statement, and the
     writes it ``defer``s (statements whose answer nobody reads) go out with the next statement or
-    with the COMMIT. Otherwise a ``RealDictCursor`` (``fetchone``, ``rowcount``, ...)."""
+    with the COMMIT. ``prepared=True`` sends a statement as this session's prepared statement
+    (``execute_prepared``). Otherwise a ``RealDictCursor`` (``fetchone``, ``rowcount``, ...)."""
 
     def __init__(self, cur):
         self._cur = cur
         self._pending: list[bytes] = [b"BEGIN"]
+        self._preparing: list[str] = []  # PREPAREs in the text not yet sent: known once it has run
         self.begun = False
 
     def __getattr__(self, name):
         return getattr(self._cur, name)
 
-    def defer(self, sql: str, params=None) -> None:
+    def defer(self, sql: str, params=None, *, prepared: bool = False) -> None:
         """Send this write later, before the next statement or with the COMMIT: an error in it
         fails the transaction there."""
-        self._pending.append(self._cur.mogrify(sql, params).rstrip().rstrip(b";"))
+        self._pending.append(self._text(sql, params, prepared).rstrip().rstrip(b";"))
 
-    def execute(self, sql: str, params=None) -> None:
-        self._send(self._cur.mogrify(sql, params))
+    def execute(self, sql: str, params=None, *, prepared: bool = False) -> None:
+        self._send(self._text(sql, params, prepared))
+
+    def _text(self, sql: str, params, prepared: bool) -> bytes:
+        if not prepared:
+            return self._cur.mogrify(sql, params)
+        name, prepare, execute = _prepared_parts(self._cur.connection, sql)
+        text = self._cur.mogrify(execute, params)
+        if prepare is None or name in self._preparing:
+            return text
+        self._preparing.append(name)
+        return prepare.encode() + b"; " + text
 
     def _send(self, last: bytes) -> None:
         text = b"; ".join([*self._pending, last])
         self._pending = []
         self.begun = True
         self._cur.execute(text)
+        if self._preparing:
+            _mark_prepared(self._cur.connection, self._preparing)
+            self._preparing = []
 
     def commit(self) -> None:
         if self.begun or len(self._pending) > 1:
@@ -235,8 +250,11 @@ def lean_transaction() -> Iterator[LeanCursor]:
                 cur.commit()
             except BaseException:
                 if cur.begun and conn.closed == 0:
+                    # A PREPARE that ran before the error outlives the ROLLBACK (it is not
+                    # transactional), one after it never ran: the session starts afresh.
+                    forget_prepared(conn)
                     try:
-                        raw.execute("ROLLBACK")
+                        raw.execute("ROLLBACK; DEALLOCATE ALL")
                     except psycopg2.Error:
                         broken = True
                 raise
@@ -316,43 +334,67 @@ def _as_prepared(sql: str) -> tuple[str, str, str]:
     return name, text, f"EXECUTE {name} ({args})" if order else f"EXECUTE {name}"
 
 
-def execute_prepared(cur, sql: str, params: dict) -> None:
+def _prepared_parts(conn, sql: str) -> tuple[str, str | None, str]:
+    """``sql``'s prepared statement on ``conn``'s session: its name, the PREPARE to send first
+    (None when the session has it already) and the EXECUTE (psycopg2's named parameters)."""
+    name, text, execute = _as_prepared(sql)
+    with _prepared_lock:
+        known = name in _prepared.setdefault(conn, set())
+    # The PREPARE's text goes as it is, never through psycopg2's interpolation (the EXECUTE does).
+    return name, None if known else f"PREPARE {name} AS {text}", execute
+
+
+def _mark_prepared(conn, names) -> None:
+    with _prepared_lock:
+        _prepared.setdefault(conn, set()).update(names)
+
+
+def forget_prepared(conn) -> None:
+    """The session's prepared statements are unknown again (after ``DEALLOCATE ALL``)."""
+    with _prepared_lock:
+        _prepared.pop(conn, None)
+
+
+def execute_prepared(cur, sql: str, params: dict, *, prefix: str = "") -> None:
     """Run ``sql`` as a server-side prepared statement of this session: parsed and planned once
     a session (its PREPARE rides in the same round trip as the first EXECUTE), then only
-    executed. For the hot statements of the pooled connections (the one-statement enqueue),
-    never on a caller's connection, whose session is the caller's."""
-    name, text, execute = _as_prepared(sql)
-    key = cur.connection
-    with _prepared_lock:
-        known = name in _prepared.setdefault(key, set())
-    if not known:
-        # The PREPARE's own text goes as it is: psycopg2 interpolates the EXECUTE's parameters.
+    executed. Parsing and planning were half of Postgres's time on the job path (a profile,
+    docs/benchmarks.md). For the hot statements of the pooled and consuming connections (the
+    one-statement enqueue, a job's start and result, a consume), never on a caller's
+    connection, whose session is the caller's. ``prefix``: statements sent before the EXECUTE in
+    the same query string (``SET LOCAL ...``)."""
+    name, prepare, execute = _prepared_parts(cur.connection, sql)
+    if prepare is not None:
         try:
-            cur.execute(f"PREPARE {name} AS {text.replace('%', '%%')}; {execute}", params)
+            cur.execute(f"{prepare.replace('%', '%%')}; {prefix}{execute}", params)
         except psycopg2.errors.DuplicatePreparedStatement:  # prepared by a call whose EXECUTE failed
-            cur.execute(execute, params)
+            cur.execute(prefix + execute, params)
         finally:
-            with _prepared_lock:
-                _prepared[key].add(name)
+            _mark_prepared(cur.connection, [name])
         return
     try:
-        cur.execute(execute, params)
+        cur.execute(prefix + execute, params)
     except psycopg2.errors.InvalidSqlStatementName:  # the session lost it (DISCARD ALL, say)
         with _prepared_lock:
-            _prepared[key].discard(name)
-        execute_prepared(cur, sql, params)
+            _prepared[cur.connection].discard(name)
+        execute_prepared(cur, sql, params, prefix=prefix)
 
 
-def execute_one(sql: str, params=None, *, durable: bool = True, fetch: str | None = "one"):
+def execute_one(sql: str, params=None, *, durable: bool = True, fetch: str | None = "one", prepared: bool = False):
     """One statement as its own transaction, in one round trip; return its row (``fetch="one"``),
-    its rows (``"all"``) or None.
+    its rows (``"all"``) or None. ``prepared``: as this pooled session's prepared statement
+    (``execute_prepared``; ``params`` a dict).
 
     ``durable=False`` sends ``SET LOCAL synchronous_commit = off`` in the same query string: the
     commit does not wait for the WAL flush, and a crash of Postgres may lose it (a later durable
     commit flushes it too). Only for writes that recovery repairs or that may be lost:
     docs/architecture.md lists them."""
+    prefix = "" if durable else "SET LOCAL synchronous_commit = off; "
     with autocommit() as cur:
-        cur.execute(sql if durable else "SET LOCAL synchronous_commit = off; " + sql, params)
+        if prepared:
+            execute_prepared(cur, sql, params, prefix=prefix)
+        else:
+            cur.execute(prefix + sql, params)
         if fetch == "one":
             return cur.fetchone()
         if fetch == "all":

@@ -149,7 +149,7 @@ def start(
         "not_running_here": not running_here,
     }
     if cur is None:
-        return db.execute_one(J.start, params, durable=durable)
+        return db.execute_one(J.start, params, durable=durable, prepared=True)
     cur.execute(J.start, params)
     return cur.fetchone()
 
@@ -251,13 +251,20 @@ def cancel_requested(cur, job_id) -> bool:
 
 def lock(cur, job_id) -> dict | None:
     """The job row, locked until the transaction ends (the result is saved under this lock)."""
-    cur.execute(J.lock, {"job_id": job_id})
+    if isinstance(cur, db.LeanCursor):  # a pooled session: prepared once, as the writes below
+        cur.execute(J.lock, {"job_id": job_id}, prepared=True)
+    else:
+        cur.execute(J.lock, {"job_id": job_id})
     return cur.fetchone()
 
 
 def _write(cur, sql: str, params: dict) -> None:
-    """A write whose answer nobody reads: sent with the COMMIT on a ``db.lean_transaction()``."""
-    (cur.defer if isinstance(cur, db.LeanCursor) else cur.execute)(sql, params)
+    """A write whose answer nobody reads: sent with the COMMIT on a ``db.lean_transaction()``, as
+    that pooled session's prepared statement."""
+    if isinstance(cur, db.LeanCursor):
+        cur.defer(sql, params, prepared=True)
+    else:
+        cur.execute(sql, params)
 
 
 def complete(cur, job_id, *, evaluation_version_id, price_usd) -> None:
@@ -277,6 +284,6 @@ def append_logs(cur, job_ids: list, lines: list, *, durable: bool = True) -> Non
     process's log anyway)."""
     params = {"job_ids": job_ids, "lines": lines}
     if cur is None:
-        db.execute_one(J.append_logs, params, durable=durable, fetch=None)
+        db.execute_one(J.append_logs, params, durable=durable, fetch=None, prepared=True)
         return
     cur.execute(J.append_logs, params)

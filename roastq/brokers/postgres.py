@@ -197,7 +197,8 @@ class RoastqConsumer(PostgresConsumer):
             if not found:
                 return
             ids = list(found)
-            curs.execute(
+            db.execute_prepared(  # the hottest statement of a busy worker: planned once a session
+                curs,
                 db.Q.broker_consume_many,
                 {
                     "ids": ids,
