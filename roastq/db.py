@@ -195,6 +195,7 @@ class LeanCursor:
     def __init__(self, cur):
         self._cur = cur
         self._pending: list[bytes] = [b"BEGIN"]
+        self._settings = False  # PREPARED_SETTINGS sent in this transaction
         self._preparing: list[str] = []  # PREPAREs in the text not yet sent: known once it has run
         self.begun = False
 
@@ -214,6 +215,9 @@ class LeanCursor:
             return self._cur.mogrify(sql, params)
         name, prepare, execute = _prepared_parts(self._cur.connection, sql)
         text = self._cur.mogrify(execute, params)
+        if not self._settings:
+            self._settings = True
+            text = PREPARED_SETTINGS.encode() + b"; " + text
         if prepare is None or name in self._preparing:
             return text
         self._preparing.append(name)
@@ -334,6 +338,16 @@ def _as_prepared(sql: str) -> tuple[str, str, str]:
     return name, text, f"EXECUTE {name} ({args})" if order else f"EXECUTE {name}"
 
 
+#: Sent before every prepared statement's EXECUTE (and at the start of a lean transaction): it is
+#: planned for its parameters and the tables as they are, at each execution. Postgres would
+#: otherwise switch a prepared statement to one generic plan at its sixth execution and keep it
+#: for the session's life: planned while the tables were tiny (a worker started on a quiet
+#: system), that plan reads whole tables by sequential scan or by an arbitrary index, and goes on
+#: doing so while they grow to millions of rows, until an ANALYZE happens to renew it
+#: (tests/test_query_plans.py). Parsing and analysis are still done once a session.
+PREPARED_SETTINGS = "SET LOCAL plan_cache_mode = force_custom_plan"
+
+
 def _prepared_parts(conn, sql: str) -> tuple[str, str | None, str]:
     """``sql``'s prepared statement on ``conn``'s session: its name, the PREPARE to send first
     (None when the session has it already) and the EXECUTE (psycopg2's named parameters)."""
@@ -364,16 +378,17 @@ def execute_prepared(cur, sql: str, params: dict, *, prefix: str = "") -> None:
     connection, whose session is the caller's. ``prefix``: statements sent before the EXECUTE in
     the same query string (``SET LOCAL ...``)."""
     name, prepare, execute = _prepared_parts(cur.connection, sql)
+    run = f"{PREPARED_SETTINGS}; {prefix}{execute}"
     if prepare is not None:
         try:
-            cur.execute(f"{prepare.replace('%', '%%')}; {prefix}{execute}", params)
+            cur.execute(f"{prepare.replace('%', '%%')}; {run}", params)
         except psycopg2.errors.DuplicatePreparedStatement:  # prepared by a call whose EXECUTE failed
-            cur.execute(prefix + execute, params)
+            cur.execute(run, params)
         finally:
             _mark_prepared(cur.connection, [name])
         return
     try:
-        cur.execute(prefix + execute, params)
+        cur.execute(run, params)
     except psycopg2.errors.InvalidSqlStatementName:  # the session lost it (DISCARD ALL, say)
         with _prepared_lock:
             _prepared[cur.connection].discard(name)

@@ -10,6 +10,8 @@ rows each statement read from each table.
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg2
 import pytest
 from psycopg2.extras import RealDictCursor
@@ -58,16 +60,24 @@ def executed_plan(database_url, sql: str, params, *, generic: bool = False) -> d
 
 
 @pytest.fixture
-def burst(db, database_url):
+def analysed_empty(db):
+    """The tables emptied and analysed so: the statistics of a quiet system."""
+    with db.cursor() as cur:
+        cur.execute(
+            "ANALYZE dramatiq.queue, jobs, job_attempts, evaluations, documents, document_versions, agent_versions"
+        )
+    return db
+
+
+@pytest.fixture
+def burst(analysed_empty, database_url):
     """BACKLOG jobs of as many documents, with their messages, enqueued into tables analysed empty,
     and the drain under way: each job has had an attempt, which has ended for all but the ten
     jobs returned (their rows: id, message_id, queue_name, message)."""
     from roastq.api import enqueue_evaluations
 
+    db = analysed_empty
     with db.cursor() as cur:
-        cur.execute(
-            "ANALYZE dramatiq.queue, jobs, job_attempts, evaluations, documents, document_versions, agent_versions"
-        )
         cur.execute(
             "INSERT INTO documents (slug) SELECT 'burst-' || g FROM generate_series(1, %s) g RETURNING id",
             (BACKLOG,),
@@ -175,3 +185,77 @@ def test_rows_read_counts_a_scan_of_the_whole_table(burst, database_url):
         executed_plan(database_url, "SELECT count(*) FROM dramatiq.queue WHERE message::text LIKE %s", ("%x%",))
     )
     assert read["queue"] >= BACKLOG
+
+
+@pytest.fixture
+def planned_early(analysed_empty, database_url):
+    """A pooled session of a worker that started on an empty database: each job-path statement
+    prepared and run, as ``db`` runs it, while the tables were tiny (Postgres caches a prepared
+    statement's generic plan from its sixth execution for the session's lifetime; ANALYZE would
+    renew it, and autovacuum may be late or off)."""
+    from roastq import db as roastq_db
+    from roastq import jobs
+
+    none = str(uuid.uuid4())
+    statements = {
+        "consume": (
+            roastq_db.Q.broker_consume_many,
+            {"ids": [none], "locks": [1], "queue": "batch", "consumer_id": "x", "stale_after_s": 30.0},
+        ),
+        "start": (
+            jobs.J.start,
+            {"job_id": none, "message_id": none, "worker_id": "x", "stale_after_s": 30.0, "not_running_here": True},
+        ),
+        "finish_attempt": (jobs.J.finish_attempt, {"job_id": none, "attempt": 1, "message_id": none}),
+        "lock": (jobs.J.lock, {"job_id": none}),
+    }
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for sql, params in statements.values():
+            for _ in range(8):  # past the five custom plans: the generic plan is cached now
+                roastq_db.execute_prepared(cur, sql, params)
+    yield conn, statements
+    conn.close()
+
+
+@pytest.mark.parametrize("statement", ["consume", "start", "finish_attempt", "lock"])
+def test_a_plan_cached_while_the_tables_were_tiny_still_reads_only_its_rows(planned_early, burst, statement):
+    from roastq import db as roastq_db
+
+    conn, statements = planned_early
+    job = burst[0]
+    sql, _ = statements[statement]
+    if statement == "consume":
+        from dramatiq.message import Message
+        from dramatiq_pg.broker import message_lock
+
+        messages = [Message.decode(r["message"].encode()) for r in burst]
+        params = {
+            "ids": [m.message_id for m in messages],
+            "locks": [message_lock(m) for m in messages],
+            "queue": job["queue_name"],
+            "consumer_id": "plan-test",
+            "stale_after_s": 30.0,
+        }
+    else:
+        params = {
+            "job_id": job["id"],
+            "message_id": job["message_id"],
+            "attempt": 1,
+            "worker_id": "plan-test",
+            "stale_after_s": 30.0,
+            "not_running_here": True,
+        }
+        params = {k: v for k, v in params.items() if f"%({k})s" in sql}
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            _, _, execute = roastq_db._as_prepared(sql)
+            cur.execute(roastq_db.PREPARED_SETTINGS + "; EXPLAIN (ANALYZE, FORMAT JSON) " + execute, params)
+            (plan,) = cur.fetchone()[0]
+    finally:
+        conn.rollback()
+    read = rows_read(plan)
+    limit = 3 * len(burst) if statement == "consume" else 3
+    assert all(n <= limit for n in read.values()), read

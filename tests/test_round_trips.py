@@ -104,6 +104,58 @@ def test_a_lean_transaction_that_fails_in_a_deferred_write_or_its_block_leaves_n
             cur.execute("DROP TABLE lean_probe")
 
 
+def test_a_jobs_result_is_prepared_once_a_session_and_stays_two_round_trips(seeded, wire):
+    """The result's statements (lock, complete, finish_attempt) are the session's prepared
+    statements: the first result on a session sends their PREPAREs with their first EXECUTEs,
+    the next only EXECUTEs, in the same two round trips."""
+    from roastq import db as roastq_db
+    from roastq import jobs
+    from roastq.api import enqueue_evaluations
+
+    doc, agent = next(iter(seeded.documents.values())), next(iter(seeded.agents.values()))
+    job_ids = enqueue_evaluations([(doc, agent)] * 2)
+    sent = []
+    for job_id in job_ids:
+        wire.clear()
+        with roastq_db.lean_transaction() as cur:
+            jobs.lock(cur, job_id)
+            jobs.complete(cur, job_id, evaluation_version_id=None, price_usd=0)
+            jobs.finish_attempt(cur, job_id, 1, job_id)
+        sent.append([q for q in wire.taken() if "roastq_" in q])
+    first, second = sent
+    assert len(first) == 2 and len(second) == 2, sent
+    assert sum(q.count("PREPARE roastq_") for q in first) == 3, first
+    assert not any("PREPARE" in q for q in second) and sum(q.count("EXECUTE roastq_") for q in second) == 3, second
+    with roastq_db.transaction() as cur:
+        cur.execute("SELECT count(*) AS n FROM jobs WHERE status = 'COMPLETED' AND id = ANY(%s::uuid[])", (job_ids,))
+        assert cur.fetchone()["n"] == 2
+
+
+def test_a_lean_transaction_whose_prepared_statement_failed_leaves_its_session_usable(db):
+    """A PREPARE that ran before its EXECUTE failed outlives the ROLLBACK (PREPARE is not
+    transactional): the session's prepared statements are dropped with it, or every later use
+    of the statement on that session would fail as a duplicate PREPARE."""
+    import psycopg2
+    import pytest
+
+    from roastq import db as roastq_db
+
+    sql = "SELECT 10 / %(n)s AS x, pg_backend_pid() AS pid"
+    with pytest.raises(psycopg2.errors.DivisionByZero):
+        with roastq_db.lean_transaction() as cur:
+            cur.execute(sql, {"n": 0}, prepared=True)
+    pids = set()
+    for n in (1, 2, 5):
+        with roastq_db.lean_transaction() as cur:
+            cur.execute(sql, {"n": n}, prepared=True)
+            row = cur.fetchone()
+            assert row["x"] == 10 // n
+            pids.add(row["pid"])
+    with roastq_db.autocommit() as cur:
+        cur.execute("SELECT pg_backend_pid() AS pid")
+        assert cur.fetchone()["pid"] in pids  # the same pooled session as the failed one
+
+
 def test_a_consumed_batch_is_one_statement_and_its_lock_releases_one_more(db, wire):
     """Five notified messages are taken in one round trip (the consume, its own commit: stock's
     transaction added BEGIN and COMMIT), and their locks freed in one more."""
