@@ -119,8 +119,8 @@ def _one_statement(template: str, params: dict, *, queues, deadlines: dict, not_
     send_sql, send_params = prepare_send(list(messages.values()), delay_ms=delay_ms)
     sql = template.replace("{job}", job_sql).replace("{send}", send_sql)
     with db.statement(conn) as cur:
-        if conn is None:  # a pooled session: parsed and planned once a session
-            db.execute_prepared(cur, sql, {**params, **job_params, **send_params})
+        if conn is None:  # a pooled session: parsed once a session
+            db.execute_prepared(cur, sql, {**params, **job_params, **send_params}, settings=db.CUSTOM_PLANS)
         else:
             cur.execute(sql, {**params, **job_params, **send_params})
         row = cur.fetchone()

@@ -338,14 +338,19 @@ def _as_prepared(sql: str) -> tuple[str, str, str]:
     return name, text, f"EXECUTE {name} ({args})" if order else f"EXECUTE {name}"
 
 
-#: Sent before every prepared statement's EXECUTE (and at the start of a lean transaction): it is
-#: planned for its parameters and the tables as they are, at each execution. Postgres would
-#: otherwise switch a prepared statement to one generic plan at its sixth execution and keep it
-#: for the session's life: planned while the tables were tiny (a worker started on a quiet
-#: system), that plan reads whole tables by sequential scan or by an arbitrary index, and goes on
-#: doing so while they grow to millions of rows, until an ANALYZE happens to renew it
-#: (tests/test_query_plans.py). Parsing and analysis are still done once a session.
-PREPARED_SETTINGS = "SET LOCAL plan_cache_mode = force_custom_plan"
+#: Sent before every prepared statement's EXECUTE (and with a lean transaction's first prepared
+#: one): no sequential scan where an index serves. Postgres plans a prepared statement once a
+#: session (its generic plan, from the sixth execution) and keeps that plan for the session's
+#: life: planned while the tables were tiny (a worker started on a quiet system), a sequential
+#: scan is the cheapest plan, and it stays one while the tables grow to millions of rows, until an
+#: ANALYZE renews it. The job path's statements touch a few rows each, by primary key, one table
+#: at a time (a join could walk another index in full): tests/test_query_plans.py caches their
+#: plans on tiny tables, fills the tables, and counts the rows each reads.
+PREPARED_SETTINGS = "SET LOCAL enable_seqscan = off"
+#: For a prepared statement whose plans are not checked so (the one-statement enqueue and rerun,
+#: which look up the latest versions in order): planned for its parameters and the tables as
+#: they are at each execution; only its parsing is saved.
+CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 
 def _prepared_parts(conn, sql: str) -> tuple[str, str | None, str]:
@@ -369,16 +374,17 @@ def forget_prepared(conn) -> None:
         _prepared.pop(conn, None)
 
 
-def execute_prepared(cur, sql: str, params: dict, *, prefix: str = "") -> None:
+def execute_prepared(cur, sql: str, params: dict, *, prefix: str = "", settings: str = PREPARED_SETTINGS) -> None:
     """Run ``sql`` as a server-side prepared statement of this session: parsed and planned once
     a session (its PREPARE rides in the same round trip as the first EXECUTE), then only
     executed. Parsing and planning were half of Postgres's time on the job path (a profile,
     docs/benchmarks.md). For the hot statements of the pooled and consuming connections (the
     one-statement enqueue, a job's start and result, a consume), never on a caller's
     connection, whose session is the caller's. ``prefix``: statements sent before the EXECUTE in
-    the same query string (``SET LOCAL ...``)."""
+    the same query string (``SET LOCAL ...``); ``settings``: how it is planned (``PREPARED_SETTINGS``
+    or ``CUSTOM_PLANS``)."""
     name, prepare, execute = _prepared_parts(cur.connection, sql)
-    run = f"{PREPARED_SETTINGS}; {prefix}{execute}"
+    run = f"{settings}; {prefix}{execute}"
     if prepare is not None:
         try:
             cur.execute(f"{prepare.replace('%', '%%')}; {run}", params)
@@ -392,7 +398,7 @@ def execute_prepared(cur, sql: str, params: dict, *, prefix: str = "") -> None:
     except psycopg2.errors.InvalidSqlStatementName:  # the session lost it (DISCARD ALL, say)
         with _prepared_lock:
             _prepared[cur.connection].discard(name)
-        execute_prepared(cur, sql, params, prefix=prefix)
+        execute_prepared(cur, sql, params, prefix=prefix, settings=settings)
 
 
 def execute_one(sql: str, params=None, *, durable: bool = True, fetch: str | None = "one", prepared: bool = False):

@@ -45,13 +45,16 @@ WITH started AS (
     UPDATE jobs j
     SET status = 'RUNNING', attempts = attempts + 1, started_at = now(), updated_at = now(),
         next_attempt_at = NULL, message_id = %(message_id)s, worker_id = %(worker_id)s
-    FROM agent_versions av, evaluations e
     WHERE j.id = %(job_id)s AND j.cancel_requested_at IS NULL
       AND (j.status = 'PENDING'
            OR (j.status = 'RUNNING' AND j.worker_id = %(worker_id)s AND %(not_running_here)s)
            OR (j.status = 'RUNNING' AND NOT roastq_worker_alive(j.worker_id, %(stale_after_s)s)))
-      AND av.id = j.agent_version_id AND e.id = j.evaluation_id
-    RETURNING j.id, j.attempts, j.evaluation_id, e.agent_id, av.time_limit_s, av.retry_on_timeout
+    -- Each table by its primary key, no join: a join's plan may walk another index of `jobs`
+    -- in full, the cached plan of a session that began on tiny tables (tests/test_query_plans.py).
+    RETURNING j.id, j.attempts, j.evaluation_id,
+              (SELECT e.agent_id FROM evaluations e WHERE e.id = j.evaluation_id) AS agent_id,
+              (SELECT av.time_limit_s FROM agent_versions av WHERE av.id = j.agent_version_id) AS time_limit_s,
+              (SELECT av.retry_on_timeout FROM agent_versions av WHERE av.id = j.agent_version_id) AS retry_on_timeout
 ), crashed AS (
     UPDATE job_attempts SET ended_at = now(), outcome = 'crashed'
     WHERE job_id = (SELECT id FROM started) AND ended_at IS NULL

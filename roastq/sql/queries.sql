@@ -280,26 +280,28 @@ SELECT message::text FROM dramatiq.queue WHERE message_id = ANY(%(ids)s::uuid[])
 -- messages locked, and whether each was taken; a lock won on a message finished in between
 -- must be released by the caller. Only messages still in the consumer's queue: a retry moves a
 -- message to its delay queue under the same id, where its lock is another key.
--- The rows are found by their ids alone (the primary key): the queue and state checks are
--- written `(...) IS TRUE` so that no index on (queue_name, state) can serve them. After a burst
--- the statistics may still say the queue is empty, and a plan that walks the queue's waiting
--- messages for each id reads the whole backlog for every batch (tests/test_query_plans.py).
+-- Each table is read in a statement of its own, by its primary key alone: the queue and state
+-- checks are written `(...) IS TRUE` so that no index on (queue_name, state) can serve them, and
+-- the ids are matched to their locks on the rows found, not on the table. After a burst the
+-- statistics may still say the queue is empty, and a plan that walks the queue's waiting messages
+-- for each id reads the whole backlog for every batch; the session's cached plan of this
+-- prepared statement may date from when the queue was empty (tests/test_query_plans.py).
 WITH candidates AS MATERIALIZED (
-    SELECT q.message_id, t.lock
-    FROM dramatiq.queue q JOIN unnest(%(ids)s::uuid[], %(locks)s::bigint[]) AS t(id, lock)
-      ON q.message_id = t.id
+    SELECT q.message_id FROM dramatiq.queue q
     WHERE q.message_id = ANY(%(ids)s::uuid[])
       AND (q.queue_name = %(queue)s
            AND (q.state = 'queued'
                 OR (q.state = 'consumed' AND (q.consumer_id IS NOT DISTINCT FROM %(consumer_id)s
                                                OR NOT roastq_worker_alive(q.consumer_id, %(stale_after_s)s))))) IS TRUE
+), paired AS MATERIALIZED (
+    SELECT c.message_id, t.lock
+    FROM candidates c JOIN unnest(%(ids)s::uuid[], %(locks)s::bigint[]) AS t(id, lock) ON t.id = c.message_id
 ), locked AS MATERIALIZED (
-    SELECT message_id, lock FROM candidates WHERE pg_try_advisory_lock(lock)
+    SELECT message_id, lock FROM paired WHERE pg_try_advisory_lock(lock)
 ), taken AS (
     UPDATE dramatiq.queue q SET state = 'consumed', mtime = (NOW() AT TIME ZONE 'UTC'),
         consumer_id = %(consumer_id)s
-    FROM locked
-    WHERE q.message_id = ANY(%(ids)s::uuid[]) AND q.message_id = locked.message_id
+    WHERE q.message_id = ANY(ARRAY(SELECT message_id FROM locked))
       AND (q.state IN ('queued', 'consumed') AND q.queue_name = %(queue)s) IS TRUE
     RETURNING q.message_id
 )
