@@ -104,11 +104,10 @@ def insert_and_send(
     return job_id
 
 
-def _one_statement(template: str, params: dict, *, queues, deadlines: dict, not_before, delay_ms, conn) -> dict:
-    """Run a one-statement enqueue (``template``: a query of ``sql/queries.sql`` with a CTE
-    ``source`` and the markers ``{job}`` and ``{send}``); return its one row (``job_id`` None
-    when nothing was written). ``queues``: the queues the job may go to (the source's picks one),
-    ``deadlines`` by queue."""
+def one_statement(template: str, params: dict, *, queues, deadlines: dict, not_before, delay_ms):
+    """A one-statement enqueue's SQL, its parameters and its messages by queue (``template``: a
+    query of ``sql/queries.sql`` with a CTE ``source`` and the markers ``{job}`` and ``{send}``;
+    ``queues``: the queues the job may go to, the source's picks one; ``deadlines`` by queue)."""
     job_id = str(uuid.uuid4())
     messages = job_messages(queues, job_id, delay_ms=delay_ms)
     job_sql, job_params = jobs.insert_piece(
@@ -118,11 +117,20 @@ def _one_statement(template: str, params: dict, *, queues, deadlines: dict, not_
     )
     send_sql, send_params = prepare_send(list(messages.values()), delay_ms=delay_ms)
     sql = template.replace("{job}", job_sql).replace("{send}", send_sql)
+    return sql, {**params, **job_params, **send_params}, messages
+
+
+def _one_statement(template: str, params: dict, *, queues, deadlines: dict, not_before, delay_ms, conn) -> dict:
+    """Run a one-statement enqueue (``one_statement``); return its one row (``job_id`` None when
+    nothing was written)."""
+    sql, params, messages = one_statement(
+        template, params, queues=queues, deadlines=deadlines, not_before=not_before, delay_ms=delay_ms
+    )
     with db.statement(conn) as cur:
-        if conn is None:  # a pooled session: parsed once a session
-            db.execute_prepared(cur, sql, {**params, **job_params, **send_params}, settings=db.CUSTOM_PLANS)
+        if conn is None:  # a pooled session: parsed and planned once a session
+            db.execute_prepared(cur, sql, params)
         else:
-            cur.execute(sql, {**params, **job_params, **send_params})
+            cur.execute(sql, params)
         row = cur.fetchone()
     if row["job_id"] is not None:
         announce_sent(messages[row["queue"]], delay_ms=delay_ms)

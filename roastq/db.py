@@ -347,10 +347,6 @@ def _as_prepared(sql: str) -> tuple[str, str, str]:
 #: at a time (a join could walk another index in full): tests/test_query_plans.py caches their
 #: plans on tiny tables, fills the tables, and counts the rows each reads.
 PREPARED_SETTINGS = "SET LOCAL enable_seqscan = off"
-#: For a prepared statement whose plans are not checked so (the one-statement enqueue and rerun,
-#: which look up the latest versions in order): planned for its parameters and the tables as
-#: they are at each execution; only its parsing is saved.
-CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 
 def _prepared_parts(conn, sql: str) -> tuple[str, str | None, str]:
@@ -374,17 +370,16 @@ def forget_prepared(conn) -> None:
         _prepared.pop(conn, None)
 
 
-def execute_prepared(cur, sql: str, params: dict, *, prefix: str = "", settings: str = PREPARED_SETTINGS) -> None:
+def execute_prepared(cur, sql: str, params: dict, *, prefix: str = "") -> None:
     """Run ``sql`` as a server-side prepared statement of this session: parsed and planned once
     a session (its PREPARE rides in the same round trip as the first EXECUTE), then only
     executed. Parsing and planning were half of Postgres's time on the job path (a profile,
     docs/benchmarks.md). For the hot statements of the pooled and consuming connections (the
     one-statement enqueue, a job's start and result, a consume), never on a caller's
     connection, whose session is the caller's. ``prefix``: statements sent before the EXECUTE in
-    the same query string (``SET LOCAL ...``); ``settings``: how it is planned (``PREPARED_SETTINGS``
-    or ``CUSTOM_PLANS``)."""
+    the same query string (``SET LOCAL ...``). Its plan: ``PREPARED_SETTINGS``."""
     name, prepare, execute = _prepared_parts(cur.connection, sql)
-    run = f"{settings}; {prefix}{execute}"
+    run = f"{PREPARED_SETTINGS}; {prefix}{execute}"
     if prepare is not None:
         try:
             cur.execute(f"{prepare.replace('%', '%%')}; {run}", params)
@@ -398,7 +393,7 @@ def execute_prepared(cur, sql: str, params: dict, *, prefix: str = "", settings:
     except psycopg2.errors.InvalidSqlStatementName:  # the session lost it (DISCARD ALL, say)
         with _prepared_lock:
             _prepared[cur.connection].discard(name)
-        execute_prepared(cur, sql, params, prefix=prefix, settings=settings)
+        execute_prepared(cur, sql, params, prefix=prefix)
 
 
 def execute_one(sql: str, params=None, *, durable: bool = True, fetch: str | None = "one", prepared: bool = False):

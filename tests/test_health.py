@@ -47,7 +47,9 @@ def test_ready_with_a_live_worker(db, broker, sim):
 def test_without_a_worker_it_is_live_but_not_ready(db):
     report = health.check("ready")
     assert not report.ok
-    assert checks(report) == {"database": True, "schema": True, "workers": False, "scheduler": False, "pause": True}
+    got = checks(report)
+    assert got.pop("vacuum") is one(db, "SELECT current_setting('autovacuum')::boolean")  # reported only
+    assert got == {"database": True, "schema": True, "workers": False, "scheduler": False, "pause": True}
     assert health.check("live").ok
     result = run_health("--json")
     assert result.returncode == 1
@@ -185,3 +187,35 @@ def test_healthz_and_readyz_on_the_metrics_exporter(db, broker, sim):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_vacuum_held_back_is_reported_but_never_fails_health(db, database_url, monkeypatch):
+    """autovacuum off on the server, or a session holding its snapshot (idle in transaction):
+    the queue tables' dead rows pile up. Reported as the vacuum check, never critical."""
+    monkeypatch.setattr(health, "VACUUM_HELD_S", 0.5)
+    autovacuum = one(db, "SELECT current_setting('autovacuum')::boolean")
+    report = health.check("live")
+    assert "vacuum" not in checks(report)  # a ready-level check
+    report = health.check("ready")
+    vacuum = next(c for c in report.checks if c.name == "vacuum")
+    assert vacuum.ok is autovacuum and not vacuum.critical
+    assert ("autovacuum is off on this server" in vacuum.detail) is (not autovacuum)
+    holder = psycopg2.connect(database_url)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT txid_current(), pg_backend_pid()")  # psycopg2 began a transaction
+            pid = cur.fetchone()[1]
+        time.sleep(1.0)
+        vacuum = next(c for c in health.check("ready").checks if c.name == "vacuum")
+        assert not vacuum.ok and f"session {pid} (idle in transaction) has held a snapshot" in vacuum.detail
+        with db.cursor() as cur:
+            cur.execute("ALTER TABLE jobs SET (autovacuum_enabled = false)")
+        try:
+            vacuum = next(c for c in health.check("ready").checks if c.name == "vacuum")
+            assert "autovacuum is disabled on jobs" in vacuum.detail
+        finally:
+            with db.cursor() as cur:
+                cur.execute("ALTER TABLE jobs RESET (autovacuum_enabled)")
+    finally:
+        holder.close()
+    assert f"session {pid}" not in next(c for c in health.check("ready").checks if c.name == "vacuum").detail

@@ -187,6 +187,37 @@ def test_rows_read_counts_a_scan_of_the_whole_table(burst, database_url):
     assert read["queue"] >= BACKLOG
 
 
+def enqueue_statement(document_id, agent_id):
+    """``enqueue_evaluation``'s one statement and its parameters, as ``roastq.api`` runs it."""
+    from roastq import api
+
+    sql, params, _ = api.one_statement(
+        api.Q.enqueue_evaluation,
+        {"document_id": document_id, "agent_id": agent_id, "queue": "interactive"},
+        queues=["interactive"],
+        deadlines={"interactive": None},
+        not_before=None,
+        delay_ms=None,
+    )
+    return sql, params
+
+
+def rerun_statement(job_id):
+    """``rerun_job``'s one statement and its parameters, as ``roastq.api`` runs it."""
+    from roastq import api, jobs
+    from roastq.queues import JOB_QUEUES
+
+    sql, params, _ = api.one_statement(
+        api.Q.rerun_job,
+        {"original_job_id": job_id, "finished": sorted(str(s) for s in jobs.FINISHED)},
+        queues=list(JOB_QUEUES),
+        deadlines={q: None for q in JOB_QUEUES},
+        not_before=None,
+        delay_ms=None,
+    )
+    return sql, params
+
+
 @pytest.fixture
 def planned_early(analysed_empty, database_url):
     """A pooled session of a worker that started on an empty database: each job-path statement
@@ -208,6 +239,8 @@ def planned_early(analysed_empty, database_url):
         ),
         "finish_attempt": (jobs.J.finish_attempt, {"job_id": none, "attempt": 1, "message_id": none}),
         "lock": (jobs.J.lock, {"job_id": none}),
+        "enqueue": enqueue_statement(none, none),
+        "rerun": rerun_statement(none),
     }
     conn = psycopg2.connect(database_url)
     conn.autocommit = True
@@ -219,7 +252,7 @@ def planned_early(analysed_empty, database_url):
     conn.close()
 
 
-@pytest.mark.parametrize("statement", ["consume", "start", "finish_attempt", "lock"])
+@pytest.mark.parametrize("statement", ["consume", "start", "finish_attempt", "lock", "enqueue", "rerun"])
 def test_a_plan_cached_while_the_tables_were_tiny_still_reads_only_its_rows(planned_early, burst, statement):
     from roastq import db as roastq_db
 
@@ -238,6 +271,18 @@ def test_a_plan_cached_while_the_tables_were_tiny_still_reads_only_its_rows(plan
             "consumer_id": "plan-test",
             "stale_after_s": 30.0,
         }
+    elif statement == "enqueue":
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT e.document_id, e.agent_id FROM jobs j JOIN evaluations e ON e.id = j.evaluation_id WHERE j.id = %s",
+                (job["id"],),
+            )
+            document_id, agent_id = (str(v) for v in cur.fetchone())
+        sql, params = enqueue_statement(document_id, agent_id)
+    elif statement == "rerun":
+        with conn.cursor() as cur:
+            cur.execute("UPDATE jobs SET status = 'COMPLETED' WHERE id = %s", (job["id"],))
+        sql, params = rerun_statement(str(job["id"]))
     else:
         params = {
             "job_id": job["id"],
@@ -254,6 +299,8 @@ def test_a_plan_cached_while_the_tables_were_tiny_still_reads_only_its_rows(plan
             _, _, execute = roastq_db._as_prepared(sql)
             cur.execute(roastq_db.PREPARED_SETTINGS + "; EXPLAIN (ANALYZE, FORMAT JSON) " + execute, params)
             (plan,) = cur.fetchone()[0]
+            if statement in ("enqueue", "rerun"):  # it wrote its job and message: the plan was run
+                assert plan["Plan"]["Plans"], plan
     finally:
         conn.rollback()
     read = rows_read(plan)

@@ -8,8 +8,10 @@ Two levels:
 * **ready** (``/readyz``, and ``roastq health`` by default): live, and at least one worker has
   beaten within ``3 x HEARTBEAT_INTERVAL_S``: jobs enqueued now will run.
 
-Two more checks are reported but never make the system unhealthy: the scheduler's last tick
-(housekeeping runs) and the system pause (jobs wait on purpose).
+Three more checks are reported but never make the system unhealthy: the scheduler's last tick
+(housekeeping runs), the system pause (jobs wait on purpose) and vacuum (autovacuum on, and no
+session holding a snapshot for long: otherwise the queue tables' dead row versions pile up and
+every scan of them slows; docs/operations.md).
 
 Each check gets its own short-lived connection with a connect timeout and a statement timeout:
 a health check must answer quickly, never wait on a pool that is busy with jobs.
@@ -35,6 +37,8 @@ CONNECT_TIMEOUT_S = 3
 STATEMENT_TIMEOUT_MS = 3000
 #: The every-minute housekeeping should have ticked within this (periodiq fires each minute).
 SCHEDULER_STALE_S = 180.0
+#: A snapshot held longer than this keeps vacuum from removing the queue's dead row versions.
+VACUUM_HELD_S = 300.0
 
 
 @dataclass
@@ -94,6 +98,7 @@ def check(level: str = "ready", *, url: str | None = None) -> HealthReport:
                     _check_workers(cur, report)
                     _check_scheduler(cur, report)
                     _check_pause(cur, report)
+                    _check_vacuum(cur, report)
                 else:
                     report.checks.append(Check("workers", False, "not checked: schema missing"))
     except Exception as exc:  # a statement timed out, the connection dropped midway
@@ -184,6 +189,24 @@ def _check_pause(cur, report: HealthReport) -> None:
         report.checks.append(
             Check("pause", False, f"paused since {row['updated_at']:%Y-%m-%d %H:%M:%S %Z}: {reason}", critical=False)
         )
+
+
+def _check_vacuum(cur, report: HealthReport) -> None:
+    cur.execute(OPS.vacuum_state)
+    row = cur.fetchone()
+    problems = []
+    if not row["autovacuum"]:
+        problems.append("autovacuum is off on this server")
+    if row["disabled_on"]:
+        problems.append(f"autovacuum is disabled on {', '.join(row['disabled_on'])}")
+    held = row["oldest_snapshot_s"]
+    if held is not None and held > VACUUM_HELD_S:
+        problems.append(
+            f"session {row['oldest_snapshot_pid']} ({row['oldest_snapshot_state']}) has held a snapshot"
+            f" for {held:.0f} s: no dead row version newer than that can be removed"
+        )
+    detail = "; ".join(problems) + " (docs/operations.md)" if problems else "autovacuum on, no snapshot held long"
+    report.checks.append(Check("vacuum", not problems, detail, critical=False))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -323,3 +323,26 @@ SELECT count(*) AS live,
        min(EXTRACT(EPOCH FROM now() - last_seen_at)) AS freshest_s
 FROM worker_heartbeats
 WHERE last_seen_at > now() - make_interval(secs => %(stale_after_s)s);
+
+-- name: vacuum_state
+-- What keeps dead row versions of the queue tables from being removed: autovacuum off on the
+-- server (or on one of the hot tables), or the oldest snapshot or transaction id held by another session (an idle
+-- transaction, a long report) since when, in this database (a snapshot in another database
+-- does not hold back this one's tables); roastq health reports both (docs/operations.md).
+SELECT current_setting('autovacuum')::boolean AS autovacuum,
+       (SELECT array_agg(c.oid::regclass::text ORDER BY c.oid::regclass::text)
+        FROM pg_class c
+        WHERE c.oid IN ('dramatiq.queue'::regclass, 'jobs'::regclass, 'job_attempts'::regclass)
+          AND 'autovacuum_enabled=false' = ANY(coalesce(c.reloptions, '{}'))) AS disabled_on,
+       (SELECT EXTRACT(EPOCH FROM now() - min(a.xact_start))
+        FROM pg_stat_activity a
+        WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL) AND a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL
+          AND a.backend_type = 'client backend' AND a.datname = current_database()) AS oldest_snapshot_s,
+       (SELECT a.pid FROM pg_stat_activity a
+        WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL) AND a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL
+          AND a.backend_type = 'client backend' AND a.datname = current_database()
+        ORDER BY a.xact_start LIMIT 1) AS oldest_snapshot_pid,
+       (SELECT a.state FROM pg_stat_activity a
+        WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL) AND a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL
+          AND a.backend_type = 'client backend' AND a.datname = current_database()
+        ORDER BY a.xact_start LIMIT 1) AS oldest_snapshot_state;
