@@ -155,15 +155,20 @@ def enqueue_evaluation(
     document_id = parse_id(document_id, "document id")
     agent_id = parse_id(agent_id, "agent id")
     due, start, delay_ms = _schedule(priority, deadline, not_before)
-    row = _one_statement(
-        Q.enqueue_evaluation,
-        {"document_id": document_id, "agent_id": agent_id, "queue": priority},
-        queues=[priority],
-        deadlines={priority: due},
-        not_before=start,
-        delay_ms=delay_ms,
-        conn=conn,
-    )
+    for _ in range(3):
+        row = _one_statement(
+            Q.enqueue_evaluation,
+            {"document_id": document_id, "agent_id": agent_id, "queue": priority},
+            queues=[priority],
+            deadlines={priority: due},
+            not_before=start,
+            delay_ms=delay_ms,
+            conn=conn,
+        )
+        if row["job_id"] is not None or not (row["documents"] and row["agents"]):
+            break
+        # The evaluation was inserted by a concurrent first enqueue after this statement's
+        # snapshot: nothing was written; the next statement's snapshot sees it.
     if row["documents"] == 0:
         raise EnqueueError(f"unknown document {document_id}")
     if row["agents"] == 0:
@@ -195,10 +200,18 @@ def enqueue_evaluations(pairs, *, priority: str = BATCH, deadline=None, not_befo
             if a not in agent_versions:
                 raise EnqueueError(f"unknown agent {a}")
         distinct = sorted(set(pairs))
-        cur.execute(
-            Q.upsert_evaluations, {"document_ids": [d for d, _ in distinct], "agent_ids": [a for _, a in distinct]}
-        )
-        evaluations = {(str(r["document_id"]), str(r["agent_id"])): r["id"] for r in cur.fetchall()}
+        evaluations: dict = {}
+        for _ in range(3):  # pairs inserted concurrently after a statement's snapshot: again
+            missing = [p for p in distinct if p not in evaluations]
+            if not missing:
+                break
+            cur.execute(
+                Q.upsert_evaluations, {"document_ids": [d for d, _ in missing], "agent_ids": [a for _, a in missing]}
+            )
+            evaluations.update({(str(r["document_id"]), str(r["agent_id"])): r["id"] for r in cur.fetchall()})
+        else:
+            if any(p not in evaluations for p in distinct):
+                raise EnqueueError("the evaluations were being created concurrently: nothing enqueued, try again")
         job_ids = [str(uuid.uuid4()) for _ in pairs]
         due, start, delay_ms = _schedule(priority, deadline, not_before)
         messages = send_jobs(cur, priority, job_ids, delay_ms=delay_ms)

@@ -350,3 +350,56 @@ def test_the_enqueue_notifies_the_brokers_channel_with_the_message(db, seeded):
     stored = one(db, "SELECT m.message::text FROM dramatiq.queue m JOIN jobs j ON j.message_id = m.message_id")
     assert [(n.channel, n.payload) for n in db.notifies] == [("dramatiq.batch.enqueue", stored)]
     assert job_id in stored
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one", "batch"])
+def test_an_enqueue_of_an_existing_evaluation_reads_its_row_and_never_writes_it(db, seeded, batch):
+    """An upsert's DO UPDATE leaves a dead version of the evaluation's row at every enqueue: where
+    vacuum is held back, each later read of it (every enqueue, every start) walks them all."""
+    from roastq.api import enqueue_evaluations
+
+    doc, agent = _pair(seeded)
+    first = enqueue_evaluation(doc, agent)
+    version = one(db, "SELECT xmin::text FROM evaluations WHERE document_id = %s AND agent_id = %s", doc, agent)
+    again = enqueue_evaluations([(doc, agent)] * 3) if batch else [enqueue_evaluation(doc, agent)]
+    assert one(db, "SELECT xmin::text FROM evaluations WHERE document_id = %s AND agent_id = %s", doc, agent) == version
+    assert one(db, "SELECT count(*) FROM evaluations") == 1
+    assert len({one(db, "SELECT evaluation_id FROM jobs WHERE id = %s", j) for j in [first, *again]}) == 1
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one", "batch"])
+def test_an_enqueue_racing_the_first_enqueue_of_its_evaluation_uses_that_evaluation(db, seeded, database_url, batch):
+    """The evaluation is inserted by another transaction after the enqueue's statement began:
+    the enqueue waits for it, finds nothing it may insert or read in that statement, and runs it
+    again (a new snapshot): one job, on that evaluation."""
+    import threading
+    import time
+
+    from roastq.api import enqueue_evaluations
+
+    doc, agent = _pair(seeded)
+    other = psycopg2.connect(database_url)
+    try:
+        with other.cursor() as cur:
+            cur.execute("INSERT INTO evaluations (document_id, agent_id) VALUES (%s, %s) RETURNING id", (doc, agent))
+            theirs = cur.fetchone()[0]
+        result = {}
+
+        def enqueue():
+            try:
+                result["jobs"] = enqueue_evaluations([(doc, agent)]) if batch else [enqueue_evaluation(doc, agent)]
+            except Exception as exc:  # reported below
+                result["error"] = exc
+
+        thread = threading.Thread(target=enqueue)
+        thread.start()
+        time.sleep(0.5)  # the enqueue now waits on the uncommitted evaluation
+        assert thread.is_alive() and not result
+        other.commit()
+        thread.join(10)
+    finally:
+        other.close()
+    assert "error" not in result, result
+    (job_id,) = result["jobs"]
+    assert str(one(db, "SELECT evaluation_id FROM jobs WHERE id = %s", job_id)) == str(theirs)
+    assert one(db, "SELECT count(*) FROM evaluations") == 1

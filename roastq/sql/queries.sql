@@ -2,18 +2,27 @@
 
 -- name: enqueue_evaluation
 -- roastq.api.enqueue_evaluation in one statement: the latest document and agent versions, the
--- evaluation upserted, then the job row (the piece of roastq.jobs, in place of the job marker
+-- evaluation found or inserted, then the job row (the piece of roastq.jobs, in place of the job marker
 -- below) and the message with its NOTIFY (the broker's piece, roastq.brokers, for the send marker). An unknown document or agent finds no row: nothing is written, and
 -- the counts say which was missing.
+-- An existing evaluation is read, never written: an upsert's DO UPDATE would leave a dead version
+-- of that one row at every enqueue, and where vacuum is held back every later read of the row
+-- (each enqueue, each start) walks all of them. The evaluation inserted by a concurrent first
+-- enqueue after this statement's snapshot is neither inserted (DO NOTHING) nor seen: no source
+-- row, nothing written, and the caller runs the statement again (roastq.api).
 WITH document AS (
     SELECT id FROM document_versions WHERE document_id = %(document_id)s ORDER BY version DESC LIMIT 1
 ), agent AS (
     SELECT id FROM agent_versions WHERE agent_id = %(agent_id)s ORDER BY version DESC LIMIT 1
-), evaluation AS (
+), inserted AS (
     INSERT INTO evaluations (document_id, agent_id)
     SELECT %(document_id)s::uuid, %(agent_id)s::uuid FROM document, agent
-    ON CONFLICT (document_id, agent_id) DO UPDATE SET document_id = EXCLUDED.document_id
+    ON CONFLICT (document_id, agent_id) DO NOTHING
     RETURNING id
+), evaluation AS (
+    SELECT id FROM inserted
+    UNION ALL
+    SELECT id FROM evaluations WHERE document_id = %(document_id)s::uuid AND agent_id = %(agent_id)s::uuid
 ), source AS (
     SELECT e.id AS evaluation_id, d.id AS document_version_id, a.id AS agent_version_id,
            %(queue)s::text AS queue, NULL::uuid AS original_job_id
@@ -230,10 +239,20 @@ SELECT DISTINCT ON (agent_id) agent_id, id FROM agent_versions
 WHERE agent_id = ANY(%(ids)s::uuid[]) ORDER BY agent_id, version DESC;
 
 -- name: upsert_evaluations
-INSERT INTO evaluations (document_id, agent_id)
-SELECT * FROM unnest(%(document_ids)s::uuid[], %(agent_ids)s::uuid[])
-ON CONFLICT (document_id, agent_id) DO UPDATE SET document_id = EXCLUDED.document_id
-RETURNING id, document_id, agent_id;
+-- The evaluations of many (document, agent) pairs, the missing ones inserted; existing ones are
+-- read, never written (see enqueue_evaluation). A pair inserted by a concurrent transaction
+-- after this statement's snapshot is missing from the answer: the caller runs it again.
+WITH wanted AS (
+    SELECT * FROM unnest(%(document_ids)s::uuid[], %(agent_ids)s::uuid[]) AS w(document_id, agent_id)
+), inserted AS (
+    INSERT INTO evaluations (document_id, agent_id)
+    SELECT document_id, agent_id FROM wanted
+    ON CONFLICT (document_id, agent_id) DO NOTHING
+    RETURNING id, document_id, agent_id
+)
+SELECT id, document_id, agent_id FROM inserted
+UNION ALL
+SELECT e.id, e.document_id, e.agent_id FROM evaluations e JOIN wanted w USING (document_id, agent_id);
 
 -- name: enqueue_messages
 -- dramatiq-pg's ENQUEUE for many messages in one statement, with one NOTIFY each.
