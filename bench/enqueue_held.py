@@ -19,21 +19,7 @@ import os
 import sys
 import time
 
-SERVER = os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 BLOCK = 500
-
-
-def fresh_database(name: str) -> str:
-    import psycopg2
-
-    admin = psycopg2.connect(SERVER)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    admin.close()
-    return SERVER.rsplit("/", 1)[0] + "/" + name
 
 
 def main() -> int:
@@ -46,11 +32,11 @@ def main() -> int:
     sys.path.insert(0, root)
     sys.path.insert(0, os.path.join(root, "bench"))
     import psycopg2
+    from _common import recreate_database, seed_minimal  # the checkout's bench helpers
 
-    url = fresh_database(args.database)
+    url = recreate_database(args.database)
     os.environ["DATABASE_URL"] = url
     os.environ.pop("LOG_LEVEL", None)  # the defaults a user runs
-    from _common import seed_minimal
 
     import roastq
     from roastq import db
