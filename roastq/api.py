@@ -209,9 +209,8 @@ def enqueue_evaluations(pairs, *, priority: str = BATCH, deadline=None, not_befo
                 Q.upsert_evaluations, {"document_ids": [d for d, _ in missing], "agent_ids": [a for _, a in missing]}
             )
             evaluations.update({(str(r["document_id"]), str(r["agent_id"])): r["id"] for r in cur.fetchall()})
-        else:
-            if any(p not in evaluations for p in distinct):
-                raise EnqueueError("the evaluations were being created concurrently: nothing enqueued, try again")
+        if any(p not in evaluations for p in distinct):
+            raise EnqueueError("the evaluations were being created concurrently: nothing enqueued, try again")
         job_ids = [str(uuid.uuid4()) for _ in pairs]
         due, start, delay_ms = _schedule(priority, deadline, not_before)
         messages = send_jobs(cur, priority, job_ids, delay_ms=delay_ms)
