@@ -19,13 +19,12 @@ from __future__ import annotations
 import enum
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
-import anthropic
-import httpx2
 import psycopg2
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
@@ -55,35 +54,39 @@ class ErrorClass(str, enum.Enum):
         return self.value
 
 
-def spend_limit_types() -> tuple[type, ...]:
-    # Every SDK error for spend limits, contract limits and billing: no retry can fix them.
-    names = [
-        "EnforcedSpendLimitReachedError",
-        "ContractSpendLimitReachedError",
-        "LinkedOrganizationSpendLimitReachedError",
-        "LinkedOrganizationBillingUnavailableError",
-        "PaymentRequiredError",
-    ]
-    return tuple(getattr(anthropic, n) for n in names if hasattr(anthropic, n))
+#: The SDKs' exception types, by module and name: entered into ``POLICY`` once their module is
+#: imported. An exception of a type cannot exist before its module is loaded, so classifying by
+#: them needs no import of ours: importing the policy does not import the anthropic SDK (2 s and
+#: 50 MiB), which an app that only enqueues, the CLI and the scheduler never use.
+SDK_POLICY: dict[str, dict[str, ErrorClass]] = {
+    "anthropic": {
+        "RateLimitError": ErrorClass.RATE_LIMITED,
+        # Every SDK error for spend limits, contract limits and billing: no retry can fix them
+        # (names this SDK version lacks are skipped).
+        "EnforcedSpendLimitReachedError": ErrorClass.SPEND_LIMIT,
+        "ContractSpendLimitReachedError": ErrorClass.SPEND_LIMIT,
+        "LinkedOrganizationSpendLimitReachedError": ErrorClass.SPEND_LIMIT,
+        "LinkedOrganizationBillingUnavailableError": ErrorClass.SPEND_LIMIT,
+        "PaymentRequiredError": ErrorClass.SPEND_LIMIT,
+        "OverloadedError": ErrorClass.OVERLOADED,
+        "InternalServerError": ErrorClass.UPSTREAM,
+        "APIResponseValidationError": ErrorClass.UPSTREAM,  # a body that is not the API's
+        "APIConnectionError": ErrorClass.NETWORK,  # includes APITimeoutError
+        "AuthenticationError": ErrorClass.AUTH,
+        "PermissionDeniedError": ErrorClass.AUTH,
+        "BadRequestError": ErrorClass.INVALID_REQUEST,
+        "NotFoundError": ErrorClass.INVALID_REQUEST,
+        "UnprocessableEntityError": ErrorClass.INVALID_REQUEST,
+        "ContentTooLargeError": ErrorClass.INVALID_REQUEST,
+        "RequestHeaderFieldsTooLargeError": ErrorClass.INVALID_REQUEST,
+    },
+    "httpx2": {"TransportError": ErrorClass.NETWORK},
+}
 
-
-#: Exception type -> class. Order does not matter: the exception's MRO decides.
+#: Exception type -> class. Order does not matter: the exception's MRO decides. The SDKs' types
+#: join it when their module has been imported (``sdk_types_loaded``).
 POLICY: dict[type, ErrorClass] = {
-    anthropic.RateLimitError: ErrorClass.RATE_LIMITED,
-    **{t: ErrorClass.SPEND_LIMIT for t in spend_limit_types()},
-    anthropic.OverloadedError: ErrorClass.OVERLOADED,
-    anthropic.InternalServerError: ErrorClass.UPSTREAM,
-    anthropic.APIResponseValidationError: ErrorClass.UPSTREAM,  # a body that is not the API's
     json.JSONDecodeError: ErrorClass.UPSTREAM,
-    anthropic.APIConnectionError: ErrorClass.NETWORK,  # includes APITimeoutError
-    httpx2.TransportError: ErrorClass.NETWORK,
-    anthropic.AuthenticationError: ErrorClass.AUTH,
-    anthropic.PermissionDeniedError: ErrorClass.AUTH,
-    anthropic.BadRequestError: ErrorClass.INVALID_REQUEST,
-    anthropic.NotFoundError: ErrorClass.INVALID_REQUEST,
-    anthropic.UnprocessableEntityError: ErrorClass.INVALID_REQUEST,
-    anthropic.ContentTooLargeError: ErrorClass.INVALID_REQUEST,
-    anthropic.RequestHeaderFieldsTooLargeError: ErrorClass.INVALID_REQUEST,
     BadLLMOutput: ErrorClass.BAD_LLM_OUTPUT,
     LLMRefusal: ErrorClass.REFUSAL,
     psycopg2.OperationalError: ErrorClass.DATABASE,
@@ -95,9 +98,28 @@ POLICY: dict[type, ErrorClass] = {
     Snooze: ErrorClass.SNOOZED,
 }
 
+_sdk_pending = set(SDK_POLICY)
+
+
+def sdk_types_loaded() -> frozenset[str]:
+    """Enter the types of every SDK module imported by now into ``POLICY``; the modules whose
+    types are in. A module still being imported (by another thread) is left for a later call."""
+    for name in list(_sdk_pending):
+        module = sys.modules.get(name)
+        if module is None or getattr(getattr(module, "__spec__", None), "_initializing", False):
+            continue
+        for type_name, error_class in SDK_POLICY[name].items():
+            klass = getattr(module, type_name, None)
+            if klass is not None:
+                POLICY[klass] = error_class
+        _sdk_pending.discard(name)
+    return frozenset(SDK_POLICY) - _sdk_pending
+
 
 def classify(exc: BaseException) -> ErrorClass:
     """The class of the most specific type in the exception's MRO that POLICY names."""
+    if _sdk_pending:
+        sdk_types_loaded()
     for klass in type(exc).__mro__:
         found = POLICY.get(klass)
         if found is not None:

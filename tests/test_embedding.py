@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 from helpers import one, wait_for_status
 
@@ -93,7 +94,8 @@ def test_an_app_that_enqueues_keeps_its_logging_metrics_sentry_and_files(db, see
 
 def test_importing_the_api_and_the_actors_configures_nothing(tmp_path):
     """Without a database: importing roastq's sending side creates no folder, no environment
-    variable, no handler, no thread."""
+    variable, no handler, no thread, and loads neither prometheus_client nor the anthropic SDK
+    (2 s and 50 MiB that a process that only sends never uses)."""
     code = textwrap.dedent("""
         import logging, os, sys, threading
         before = (list(logging.getLogger().handlers), {t.name for t in threading.enumerate()})
@@ -104,6 +106,7 @@ def test_importing_the_api_and_the_actors_configures_nothing(tmp_path):
         assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
         assert not sentry_sdk.get_client().is_active()
         assert "prometheus_client" not in sys.modules, "importing the actors imported prometheus_client"
+        assert "anthropic" not in sys.modules, "importing the actors imported the anthropic SDK"
         print(sorted(os.listdir(".")))
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "ROASTQ_HOME", "DATABASE_URL")}
@@ -114,3 +117,31 @@ def test_importing_the_api_and_the_actors_configures_nothing(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_booting_worker_imports_the_warm_up_modules_on_a_thread_of_its_own(tmp_path, monkeypatch, caplog):
+    """The LLM client is imported at the first LLM step; a worker imports it (``WARM_UP``) in the
+    background as it boots, without holding up its boot, and a module that fails to import is
+    logged, not raised (the job that needs it reports the same error)."""
+    from middleware.process import ProcessSetup
+    from middleware.stack import WARM_UP
+
+    assert WARM_UP == ("roastq.llm.client",)
+    (tmp_path / "warm_probe_slow.py").write_text(
+        "import threading, time\ntime.sleep(0.5)\nTHREAD = threading.current_thread().name\n"
+    )
+    (tmp_path / "warm_probe_broken.py").write_text("raise ImportError('no such SDK here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("warm_probe_slow", "warm_probe_broken"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+    setup = ProcessSetup(warm_up=("warm_probe_broken", "warm_probe_slow"))
+    started = time.monotonic()
+    setup.after_worker_boot(None, None)
+    assert time.monotonic() - started < 0.3  # the boot does not wait for the import
+    deadline = time.monotonic() + 10
+    while "warm_probe_slow" not in sys.modules or not hasattr(sys.modules["warm_probe_slow"], "THREAD"):
+        assert time.monotonic() < deadline, "the warm-up never imported its module"
+        time.sleep(0.05)
+    assert sys.modules["warm_probe_slow"].THREAD == "roastq-warm-up"
+    assert any("could not import warm_probe_broken" in r.getMessage() for r in caplog.records)

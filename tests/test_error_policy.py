@@ -1,6 +1,9 @@
 """The error classes and the retry decision, from exception types alone."""
 
 import random
+import subprocess
+import sys
+import textwrap
 import time
 from email.utils import formatdate
 
@@ -57,6 +60,29 @@ def status_error(cls, status, headers=None, body=None):
 )
 def test_classified_by_type(exc, expected):
     assert classify(exc) is expected
+
+
+def test_sdk_types_are_classified_when_the_sdk_is_imported_after_the_policy():
+    """The policy does not import the anthropic SDK (an app that only enqueues never needs it):
+    its types are picked up once the SDK is imported, whenever that is."""
+    code = textwrap.dedent("""
+        import sys
+        from roastq.failures import ErrorClass, classify
+        assert "anthropic" not in sys.modules, "importing the policy imported the SDK"
+        assert classify(ValueError("x")) is ErrorClass.UNKNOWN
+        import anthropic, httpx2
+        request = httpx2.Request("POST", "http://sim/v1/messages")
+        def error(cls, status):
+            return cls("boom", response=httpx2.Response(status, request=request), body=None)
+        assert classify(error(anthropic.RateLimitError, 429)) is ErrorClass.RATE_LIMITED
+        assert classify(error(anthropic.EnforcedSpendLimitReachedError, 429)) is ErrorClass.SPEND_LIMIT
+        assert classify(anthropic.APITimeoutError(request=request)) is ErrorClass.NETWORK
+        assert classify(error(anthropic.BadRequestError, 400)) is ErrorClass.INVALID_REQUEST
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
 
 
 def test_a_subclass_can_differ_from_its_parent():

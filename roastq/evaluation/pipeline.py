@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import psycopg2.extras
 
@@ -39,8 +40,10 @@ from roastq.evaluation.highlights import HighlightMatch, locate_highlight, numbe
 from roastq.exceptions import InputError, JobCancelled
 from roastq.jobctx import current_job, start_error
 from roastq.llm import ledger
-from roastq.llm.client import Claude, ToolCall, default_claude
 from roastq.llm.memo import StepMemo
+
+if TYPE_CHECKING:  # the client (and the anthropic SDK under it) is imported at the first LLM step
+    from roastq.llm.client import Claude, ToolCall
 
 logger = logging.getLogger("roastq.evaluation.pipeline")
 
@@ -116,6 +119,8 @@ def analysis_prompt(inputs: JobInputs) -> str:
 
 def _memoised(memo: StepMemo, step: str, call: Callable[[], ToolCall]) -> ToolCall:
     """The step's output from an earlier attempt of this job, or a new call, stored at once."""
+    from roastq.llm.client import ToolCall
+
     done = memo.get(step)
     if done is not None:
         return ToolCall(
@@ -395,5 +400,9 @@ def evaluate(job_id: str, claude: Claude | None = None) -> str | None:
     if job is None or job.job_id != job_id:
         raise start_error.get() or RuntimeError("the job middleware did not start this job")
     inputs = load_inputs(job_id)
-    result = run(inputs, claude or default_claude(), cancelled=lambda: cancel_requested(job_id))
+    if claude is None:
+        from roastq.llm.client import default_claude
+
+        claude = default_claude()
+    result = run(inputs, claude, cancelled=lambda: cancel_requested(job_id))
     return save(inputs, result)

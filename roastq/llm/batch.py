@@ -26,8 +26,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
-import anthropic
 import httpx2 as httpx
 import psycopg2.extras
 
@@ -38,6 +38,9 @@ from roastq.llm.pricing import Usage
 from roastq.queues import LANE_SUFFIX
 from roastq.settings import Settings
 from roastq.sql import load_queries
+
+if TYPE_CHECKING:
+    import anthropic
 
 logger = logging.getLogger("roastq.llm.batch")
 
