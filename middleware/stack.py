@@ -41,16 +41,13 @@ from .process import ProcessSetup
 from .retries import Retries
 from .sentry import Sentry
 
-#: What the job actors import at their first LLM step, loaded in the background as a worker boots.
-WARM_UP = ("roastq.llm.client",)
-
 
 def build_stack(settings: Settings | None = None, *, exporter: bool = True) -> list[Middleware]:
     """roastq's worker middleware, in order (see the module's docstring for why)."""
     settings = settings or get_settings()
     policy = RetryPolicy(backoff_scale=settings.backoff_scale)
     return [
-        ProcessSetup(warm_up=WARM_UP),
+        ProcessSetup(),
         Retries(policy),
         Sentry(policy),
         JobLogs(),

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 from helpers import one, wait_for_status
 
@@ -118,30 +117,3 @@ def test_importing_the_api_and_the_actors_configures_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
-
-def test_a_booting_worker_imports_the_warm_up_modules_on_a_thread_of_its_own(tmp_path, monkeypatch, caplog):
-    """The LLM client is imported at the first LLM step; a worker imports it (``WARM_UP``) in the
-    background as it boots, without holding up its boot, and a module that fails to import is
-    logged, not raised (the job that needs it reports the same error)."""
-    from middleware.process import ProcessSetup
-    from middleware.stack import WARM_UP
-
-    assert WARM_UP == ("roastq.llm.client",)
-    (tmp_path / "warm_probe_slow.py").write_text(
-        "import threading, time\ntime.sleep(0.5)\nTHREAD = threading.current_thread().name\n"
-    )
-    (tmp_path / "warm_probe_broken.py").write_text("raise ImportError('no such SDK here')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("warm_probe_slow", "warm_probe_broken"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-
-    setup = ProcessSetup(warm_up=("warm_probe_broken", "warm_probe_slow"))
-    started = time.monotonic()
-    setup.after_worker_boot(None, None)
-    assert time.monotonic() - started < 0.3  # the boot does not wait for the import
-    deadline = time.monotonic() + 10
-    while "warm_probe_slow" not in sys.modules or not hasattr(sys.modules["warm_probe_slow"], "THREAD"):
-        assert time.monotonic() < deadline, "the warm-up never imported its module"
-        time.sleep(0.05)
-    assert sys.modules["warm_probe_slow"].THREAD == "roastq-warm-up"
-    assert any("could not import warm_probe_broken" in r.getMessage() for r in caplog.records)
