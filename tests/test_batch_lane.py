@@ -4,6 +4,11 @@ Message Batches API, in-process workers (their driver thread drives the lane).""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 from datetime import timedelta
 from decimal import Decimal
 
@@ -450,3 +455,21 @@ def test_a_woken_job_runs_even_while_its_old_message_lock_is_held(db, seeded, la
         holder.close()
     assert one(db, "SELECT message_id FROM jobs WHERE id = %s", job_id) != parked_id
     assert one(db, "SELECT state FROM dramatiq.queue WHERE message_id = %s", parked_id) == "done"
+
+
+def test_a_lane_with_nothing_to_do_does_not_load_the_sdk(db, database_url):
+    """Every worker drives the lane; a tick that finds nothing to send or poll must not import
+    the LLM client and the anthropic SDK (2 s of a worker's CPU and 50 MiB, paid during its first
+    jobs: the first tick came 0.1 s after boot)."""
+    code = textwrap.dedent("""
+        import json, sys
+        from roastq.llm import batch_driver
+        out = batch_driver.drive()
+        print(json.dumps({"out": out, "sdk": "anthropic" in sys.modules, "client": "roastq.llm.client" in sys.modules}))
+    """)
+    env = dict(os.environ, DATABASE_URL=database_url, LLM_BATCH_LANE="auto")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["out"]["submitted"] == 0 and report["out"]["polled"] == 0, report
+    assert not report["sdk"] and not report["client"], report

@@ -30,6 +30,7 @@ point is caught up by the next run:
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ from roastq import db, events
 from roastq.llm import batch
 from roastq.llm.batch import Q, custom_id, request_id_of
 from roastq.llm.pricing import Usage, cost_usd
+from roastq.settings import get_settings
 from roastq.sql import load_queries
 
 logger = logging.getLogger("roastq.llm.batch_driver")
@@ -65,10 +67,12 @@ def _client():
 
 
 def _settings():
-    """The process's Claude client's settings: the lane sees what the jobs' calls see."""
-    from roastq.llm.client import default_claude
-
-    return default_claude().settings
+    """The process's Claude client's settings: the lane sees what the jobs' calls see. Before the
+    process has made its client, the settings it would be made with: a lane with nothing to send
+    or poll never imports the client and the SDK under it (2 s and 50 MiB on a worker's boot)."""
+    client = sys.modules.get("roastq.llm.client")
+    made = client.made_default_claude() if client is not None else None
+    return made.settings if made is not None else get_settings()
 
 
 def drive() -> dict:
@@ -240,6 +244,8 @@ def poll(settings) -> dict:
         cur.execute(Q.due_batches, {"limit": 50})
         due = [dict(r) for r in cur.fetchall()]
     out = {"polled": 0, "collected": 0, "results": 0}
+    if not due:
+        return out
     client = _client()
     for b in due:
         next_s = min(settings.llm_batch_poll_max_s, settings.llm_batch_poll_s * 2 ** min(b["polls"], 20))

@@ -513,3 +513,9 @@ def default_claude() -> Claude:
         if _default is None or _default[0] != os.getpid():
             _default = (os.getpid(), Claude())
         return _default[1]
+
+
+def made_default_claude() -> Claude | None:
+    """The process's client if this process has made it, else None (nothing is made)."""
+    with _default_lock:
+        return _default[1] if _default is not None and _default[0] == os.getpid() else None
