@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 import uuid
+from collections import Counter
 
 import psycopg2
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
@@ -28,6 +30,7 @@ from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 from roastq import db, jobs
 from roastq.exceptions import Snooze
 from roastq.failures import Action, ErrorClass, RetryPolicy
+from roastq.grouping import Grouped
 from roastq.jobctx import JobContext, current_job, start_error, worker_id, worker_stale_after_s
 from roastq.jobs import JobStatus
 
@@ -87,10 +90,16 @@ class JobState(Middleware):
     def __init__(self, policy: RetryPolicy, *, crash_limit: int = 3):
         self.policy = policy
         self.crash_limit = crash_limit
-        #: jobs whose attempt runs in this process now: a delivery of one of them must back off,
-        #: and one of a job this worker's row names but that no longer runs here may take over
-        #: (its attempt ended, though writing the job row failed).
-        self._running: set[str] = set()
+        #: deliveries in this process, by job, from their start to their end: a delivery of a job
+        #: that has another here must back off, and one of a job this worker's row names but that
+        #: no longer runs here may take over (its attempt ended, though writing the job row
+        #: failed). Counted before the start is sent: two deliveries of one job starting at once
+        #: see each other.
+        self._here: Counter[str] = Counter()
+        self._here_lock = threading.Lock()
+        #: the starts of concurrent deliveries, sent together (one statement for those that came
+        #: in while the one before was in flight)
+        self.starts = Grouped(self._start_group)
 
     @property
     def actor_options(self):
@@ -108,8 +117,12 @@ class JobState(Middleware):
             self._reject(
                 message, f"payload is not a job id: args={list(message.args)!r:.200} kwargs={sorted(message.kwargs)!r}"
             )
+        with self._here_lock:
+            running_here = self._here[job_id] > 0
+            self._here[job_id] += 1
+        message.roastq_here = job_id  # uncounted at the delivery's end, whatever it is
         try:
-            started = self._start(message, job_id)
+            started = self._start(message, job_id, running_here)
         except (SkipMessage, AttemptAlive):
             raise
         except Exception as exc:  # the database is down, say: the actor raises it, and it is retried
@@ -121,18 +134,28 @@ class JobState(Middleware):
         if row["crashes"] >= self.crash_limit:
             self._lost(message, ctx, row["crashes"])
         message.roastq_job = ctx
-        self._running.add(job_id)
         message.options["time_limit"] = int(row["time_limit_s"] * 1000)
         current_job.set(ctx)
         logger.info("job started: attempt %d, time limit %d s", ctx.attempt, row["time_limit_s"])
 
-    def _start(self, message, job_id):
+    def _start_group(self, starts: list[tuple[str, str, bool]]) -> list[dict | None]:
+        """One statement for the starts of many deliveries, committed without waiting for the WAL
+        flush: if Postgres crashes before a later commit flushes it, the jobs are PENDING again
+        and their messages are delivered again, as if these attempts had not begun
+        (docs/architecture.md, "synchronous_commit"). A second delivery of a job in the group is
+        not sent: it gets None, and tries again under the job row's lock (``_start``)."""
+        first: dict[str, int] = {}
+        for i, (job_id, _, _) in enumerate(starts):
+            first.setdefault(job_id, i)
+        unique = [starts[i] for i in first.values()]
+        rows = jobs.start_many(unique, worker_id=worker_id(), stale_after_s=worker_stale_after_s())
+        by_index = dict(zip(first.values(), rows))
+        return [by_index.get(i) for i in range(len(starts))]
+
+    def _start(self, message, job_id, running_here: bool):
         stale = worker_stale_after_s()
-        # One round trip, committed without waiting for the WAL flush: if Postgres crashes before
-        # a later commit flushes it, the job is PENDING again and its message is delivered again,
-        # as if this attempt had not begun (docs/architecture.md, "synchronous_commit").
         who = {"message_id": message.message_id, "worker_id": worker_id(), "stale_after_s": stale}
-        row = jobs.start(None, job_id, running_here=job_id in self._running, durable=False, **who)
+        row = self.starts.call((job_id, message.message_id, running_here))
         if row is None:
             with db.transaction() as cur:
                 job = jobs.lock(cur, job_id)
@@ -141,7 +164,7 @@ class JobState(Middleware):
                 # The job may have changed since the start was refused: a retry's message can
                 # arrive before the attempt that sent it has recorded its end. Under the row lock
                 # the start is tried once more, and what it decides is final.
-                row = jobs.start(cur, job_id, running_here=job_id in self._running, **who)
+                row = jobs.start(cur, job_id, running_here=self._running_elsewhere_here(job_id), **who)
                 if row is None:
                     self._refused(cur, message, job, stale)
                     return None
@@ -206,7 +229,28 @@ class JobState(Middleware):
         message.fail()
         raise SkipMessage(why)
 
+    def _running_elsewhere_here(self, job_id: str) -> bool:
+        """Another delivery of the job is under way in this process (this one is counted too)."""
+        with self._here_lock:
+            return self._here[job_id] > 1
+
+    def _uncount(self, message) -> None:
+        job_id = getattr(message, "roastq_here", None)
+        if job_id is None:
+            return
+        del message.roastq_here
+        with self._here_lock:
+            self._here[job_id] -= 1
+            if self._here[job_id] <= 0:
+                del self._here[job_id]
+
     def after_process_message(self, broker, message, *, result=None, exception=None):
+        try:
+            self._after(message, exception)
+        finally:
+            self._uncount(message)
+
+    def _after(self, message, exception):
         if message.options.get("throws") is Snooze and isinstance(exception, AttemptAlive):
             del message.options["throws"]  # not to be serialised with the re-enqueued message
         ctx = getattr(message, "roastq_job", None)
@@ -237,7 +281,6 @@ class JobState(Middleware):
             else:
                 logger.error("job failed (%s): %s", decision.error_class, decision.error)
         finally:
-            self._running.discard(ctx.job_id)
             current_job.set(None)
 
     @staticmethod
@@ -253,3 +296,4 @@ class JobState(Middleware):
 
     def after_skip_message(self, broker, message):
         current_job.set(None)
+        self._uncount(message)

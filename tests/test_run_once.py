@@ -395,7 +395,7 @@ def test_a_delivery_that_meets_the_attempt_before_just_ending_starts_the_job(db,
 
     monkeypatch.setattr(jobs, "lock", attempt_ends_first)
     message = Message(queue_name="interactive", actor_name="evaluate_document", args=(job_id,), kwargs={}, options={})
-    started = JobState(RetryPolicy())._start(message, job_id)
+    started = JobState(RetryPolicy())._start(message, job_id, running_here=False)
     assert started is not None, "the delivery dropped the message of a PENDING job"
     assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "RUNNING"
     assert one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 2
@@ -422,3 +422,100 @@ def test_a_consumer_restarted_after_an_error_lets_go_of_what_it_had_not_handed_o
         a.close()
         if b is not None:
             b.close()
+
+
+def _deliver_at_once(broker, state, deliveries):
+    """Each (job_id, message) delivered on a thread of its own, all released together; the
+    outcome of each JobState.before_process_message, in order."""
+    from dramatiq.middleware import SkipMessage
+
+    from middleware.jobs import AttemptAlive
+    from roastq.jobctx import current_job
+
+    barrier = threading.Barrier(len(deliveries))
+    outcomes = [None] * len(deliveries)
+
+    def deliver(i, message):
+        barrier.wait()
+        try:
+            state.before_process_message(broker, message)
+            ctx = current_job.get()
+            outcomes[i] = ("started", ctx.job_id, ctx.attempt)
+        except AttemptAlive:
+            outcomes[i] = ("backed off",)
+        except SkipMessage:
+            outcomes[i] = ("skipped",)
+
+    threads = [threading.Thread(target=deliver, args=(i, m)) for i, (_, m) in enumerate(deliveries)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return outcomes
+
+
+def test_two_deliveries_of_one_job_starting_at_once_run_it_once(db, seeded, broker, database_url):
+    """Two messages of one job (a reconciler's resend beside the first, say) handed to two
+    threads of one worker at the same moment: one starts the job, the other backs off. Each
+    delivery is counted before its start is sent, so neither can take the other's RUNNING row
+    for an attempt of this worker that has ended (before, a delivery counted itself only once
+    started, and two at once could both start the job)."""
+    from dramatiq import Message, MessageProxy
+
+    from middleware.jobs import JobState
+    from roastq.failures import RetryPolicy
+    from roastq.jobctx import worker_id
+
+    here = LiveWorker(db, database_url, worker_id=worker_id())  # this worker is alive
+    try:
+        for _ in range(5):
+            job_id = a_job(seeded, db)
+            state = JobState(RetryPolicy())
+            messages = [
+                MessageProxy(
+                    Message(
+                        queue_name="interactive", actor_name="evaluate_document", args=(job_id,), kwargs={}, options={}
+                    )
+                )
+                for _ in range(2)
+            ]
+            outcomes = _deliver_at_once(broker, state, [(job_id, m) for m in messages])
+            assert sorted(o[0] for o in outcomes) == ["backed off", "started"], outcomes
+            assert one(db, "SELECT attempts FROM jobs WHERE id = %s", job_id) == 1
+            assert one(db, "SELECT count(*) FROM job_attempts WHERE job_id = %s", job_id) == 1
+            assert state._here == {job_id: 2}  # both still under way until their ends
+            for m in messages:
+                state.after_process_message(broker, m, exception=None if hasattr(m, "roastq_job") else RuntimeError())
+            assert not state._here
+    finally:
+        here.dies()
+
+
+def test_the_starts_of_concurrent_deliveries_go_in_few_statements(db, seeded, broker):
+    """Twenty deliveries of twenty jobs at once: every job starts once, on its own delivery, with
+    its own attempt, and their starts took fewer statements than jobs (``JobState.starts``)."""
+    from dramatiq import Message, MessageProxy
+
+    from middleware.jobs import JobState
+    from roastq.api import enqueue_evaluations
+    from roastq.failures import RetryPolicy
+
+    agent = one(
+        db, "SELECT agent_id FROM agent_versions WHERE self_critique_instructions IS NULL ORDER BY name LIMIT 1"
+    )
+    job_ids = enqueue_evaluations([(next(iter(seeded.documents.values())), agent)] * 20)
+    state = JobState(RetryPolicy())
+    deliveries = [
+        (
+            j,
+            MessageProxy(
+                Message(queue_name="interactive", actor_name="evaluate_document", args=(j,), kwargs={}, options={})
+            ),
+        )
+        for j in job_ids
+    ]
+    outcomes = _deliver_at_once(broker, state, deliveries)
+    assert outcomes == [("started", j, 1) for j in job_ids]
+    assert rows(db, "SELECT status, attempts, worker_id IS NOT NULL FROM jobs") == [("RUNNING", 1, True)] * 20
+    assert one(db, "SELECT count(*) FROM job_attempts WHERE ended_at IS NULL") == 20
+    assert state.starts.items == 20 and state.starts.calls < 20, (state.starts.calls, state.starts.items)
