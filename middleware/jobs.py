@@ -22,7 +22,6 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter
 
 import psycopg2
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
@@ -30,7 +29,6 @@ from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 from roastq import db, jobs
 from roastq.exceptions import Snooze
 from roastq.failures import Action, ErrorClass, RetryPolicy
-from roastq.grouping import Grouped
 from roastq.jobctx import JobContext, current_job, start_error, worker_id, worker_stale_after_s
 from roastq.jobs import JobStatus
 
@@ -75,6 +73,18 @@ class AttemptAlive(Snooze, MiddlewareError):
     re-enqueued by Retries). A ``MiddlewareError``, so that dramatiq lets it stop the message."""
 
 
+class _Deliveries:
+    """The deliveries of one job under way in this process: how many, whether one of them runs
+    the job, and the lock under which they start one at a time."""
+
+    __slots__ = ("count", "running", "starting")
+
+    def __init__(self):
+        self.count = 0
+        self.running = False
+        self.starting = threading.Lock()
+
+
 class JobState(Middleware):
     """Maintain ``jobs`` and ``job_attempts`` for job actors (through ``roastq.jobs``).
 
@@ -90,16 +100,13 @@ class JobState(Middleware):
     def __init__(self, policy: RetryPolicy, *, crash_limit: int = 3):
         self.policy = policy
         self.crash_limit = crash_limit
-        #: deliveries in this process, by job, from their start to their end: a delivery of a job
-        #: that has another here must back off, and one of a job this worker's row names but that
-        #: no longer runs here may take over (its attempt ended, though writing the job row
-        #: failed). Counted before the start is sent: two deliveries of one job starting at once
-        #: see each other.
-        self._here: Counter[str] = Counter()
+        #: deliveries under way in this process, by job (``_Deliveries``): a delivery of a job
+        #: that runs here must back off, and one of a job this worker's row names but that no
+        #: longer runs here may take over (its attempt ended, though writing the job row failed).
+        #: The deliveries of one job start one at a time, so that each sees whether another has
+        #: just started it: two at once had both started it (tests/test_run_once.py).
+        self._here: dict[str, _Deliveries] = {}
         self._here_lock = threading.Lock()
-        #: the starts of concurrent deliveries, sent together (one statement for those that came
-        #: in while the one before was in flight)
-        self.starts = Grouped(self._start_group)
 
     @property
     def actor_options(self):
@@ -118,11 +125,16 @@ class JobState(Middleware):
                 message, f"payload is not a job id: args={list(message.args)!r:.200} kwargs={sorted(message.kwargs)!r}"
             )
         with self._here_lock:
-            running_here = self._here[job_id] > 0
-            self._here[job_id] += 1
+            here = self._here.get(job_id)
+            if here is None:
+                here = self._here[job_id] = _Deliveries()
+            here.count += 1
         message.roastq_here = job_id  # uncounted at the delivery's end, whatever it is
         try:
-            started = self._start(message, job_id, running_here)
+            with here.starting:
+                started = self._start(message, job_id, here)
+                if started is not None:
+                    here.running = message.roastq_runs = True
         except (SkipMessage, AttemptAlive):
             raise
         except Exception as exc:  # the database is down, say: the actor raises it, and it is retried
@@ -138,24 +150,14 @@ class JobState(Middleware):
         current_job.set(ctx)
         logger.info("job started: attempt %d, time limit %d s", ctx.attempt, row["time_limit_s"])
 
-    def _start_group(self, starts: list[tuple[str, str, bool]]) -> list[dict | None]:
-        """One statement for the starts of many deliveries, committed without waiting for the WAL
-        flush: if Postgres crashes before a later commit flushes it, the jobs are PENDING again
-        and their messages are delivered again, as if these attempts had not begun
-        (docs/architecture.md, "synchronous_commit"). A second delivery of a job in the group is
-        not sent: it gets None, and tries again under the job row's lock (``_start``)."""
-        first: dict[str, int] = {}
-        for i, (job_id, _, _) in enumerate(starts):
-            first.setdefault(job_id, i)
-        unique = [starts[i] for i in first.values()]
-        rows = jobs.start_many(unique, worker_id=worker_id(), stale_after_s=worker_stale_after_s())
-        by_index = dict(zip(first.values(), rows))
-        return [by_index.get(i) for i in range(len(starts))]
-
-    def _start(self, message, job_id, running_here: bool):
+    def _start(self, message, job_id, here: _Deliveries):
+        """Under ``here.starting``: no other delivery of the job starts meanwhile in this process."""
         stale = worker_stale_after_s()
         who = {"message_id": message.message_id, "worker_id": worker_id(), "stale_after_s": stale}
-        row = self.starts.call((job_id, message.message_id, running_here))
+        # One round trip, committed without waiting for the WAL flush: if Postgres crashes before
+        # a later commit flushes it, the job is PENDING again and its message is delivered again,
+        # as if this attempt had not begun (docs/architecture.md, "synchronous_commit").
+        row = jobs.start(None, job_id, running_here=here.running, durable=False, **who)
         if row is None:
             with db.transaction() as cur:
                 job = jobs.lock(cur, job_id)
@@ -164,7 +166,7 @@ class JobState(Middleware):
                 # The job may have changed since the start was refused: a retry's message can
                 # arrive before the attempt that sent it has recorded its end. Under the row lock
                 # the start is tried once more, and what it decides is final.
-                row = jobs.start(cur, job_id, running_here=self._running_elsewhere_here(job_id), **who)
+                row = jobs.start(cur, job_id, running_here=here.running, **who)
                 if row is None:
                     self._refused(cur, message, job, stale)
                     return None
@@ -229,19 +231,19 @@ class JobState(Middleware):
         message.fail()
         raise SkipMessage(why)
 
-    def _running_elsewhere_here(self, job_id: str) -> bool:
-        """Another delivery of the job is under way in this process (this one is counted too)."""
-        with self._here_lock:
-            return self._here[job_id] > 1
-
     def _uncount(self, message) -> None:
         job_id = getattr(message, "roastq_here", None)
         if job_id is None:
             return
         del message.roastq_here
+        runs = getattr(message, "roastq_runs", False)
         with self._here_lock:
-            self._here[job_id] -= 1
-            if self._here[job_id] <= 0:
+            here = self._here[job_id]
+            if runs:
+                del message.roastq_runs
+                here.running = False
+            here.count -= 1
+            if here.count <= 0:
                 del self._here[job_id]
 
     def after_process_message(self, broker, message, *, result=None, exception=None):

@@ -131,45 +131,27 @@ def set_message(cur, job_id, message_id) -> None:
 # -- an attempt ----------------------------------------------------------------------------------
 
 
-def start(cur, job_id, *, message_id, worker_id, stale_after_s: float, running_here: bool) -> dict | None:
+def start(
+    cur, job_id, *, message_id, worker_id, stale_after_s: float, running_here: bool, durable: bool = True
+) -> dict | None:
     """PENDING -> RUNNING, with a new attempt row; a RUNNING job only when its attempt is over
     (its worker is gone, or it is this worker and the job no longer runs here: ``running_here``
     False), never beside a live attempt. Returns the row (attempts, evaluation_id, agent_id,
     time_limit_s, retry_on_timeout, crashes), or None when the job cannot start (finished,
-    cancelled, unknown, or running on a live worker: see ``attempt_alive``). A delivery's first
-    try is ``start_many``, in a statement of its own; this one runs in the caller's transaction."""
-    cur.execute(
-        J.start,
-        {
-            "job_id": job_id,
-            "message_id": message_id,
-            "worker_id": worker_id,
-            "stale_after_s": stale_after_s,
-            "not_running_here": not running_here,
-        },
-    )
+    cancelled, unknown, or running on a live worker: see ``attempt_alive``). With ``cur`` None
+    it is one statement in one round trip of its own (``durable=False``: its commit does not wait
+    for the WAL flush, see ``db.execute_one``)."""
+    params = {
+        "job_id": job_id,
+        "message_id": message_id,
+        "worker_id": worker_id,
+        "stale_after_s": stale_after_s,
+        "not_running_here": not running_here,
+    }
+    if cur is None:
+        return db.execute_one(J.start, params, durable=durable, prepared=True)
+    cur.execute(J.start, params)
     return cur.fetchone()
-
-
-def start_many(starts: list[tuple[str, str, bool]], *, worker_id, stale_after_s: float) -> list[dict | None]:
-    """``start`` for several jobs in one statement of its own (``durable=False``), each as
-    ``(job_id, message_id, running_here)`` with distinct job ids: the row of each job that
-    started, or None, in order (``roastq.grouping``: the starts of concurrent deliveries)."""
-    rows = db.execute_one(
-        J.start_many,
-        {
-            "job_ids": [job_id for job_id, _, _ in starts],
-            "message_ids": [message_id for _, message_id, _ in starts],
-            "not_running_here": [job_id for job_id, _, running_here in starts if not running_here],
-            "worker_id": worker_id,
-            "stale_after_s": stale_after_s,
-        },
-        durable=False,
-        fetch="all",
-        prepared=True,
-    )
-    by_id = {str(row["id"]): row for row in rows}
-    return [by_id.get(str(job_id)) for job_id, _, _ in starts]
 
 
 def attempt_alive(cur, job_id, *, stale_after_s: float) -> bool:

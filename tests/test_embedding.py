@@ -116,4 +116,3 @@ def test_importing_the_api_and_the_actors_configures_nothing(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
-

@@ -68,42 +68,6 @@ SELECT s.*,
        + (SELECT count(*) FROM crashed) AS crashes
 FROM started s;
 
--- name: start_many
--- `start` for the deliveries of many jobs at once (``jobs.StartGroup``: the starts that arrived
--- while the one before was in flight), one row for each job that started. A job appears at most
--- once (the caller sends a second delivery of a job on its own). The jobs are found by id alone
--- (`= ANY`, which also locks them in id order: two workers starting overlapping groups cannot
--- deadlock; the other checks are written `(...) IS TRUE` so that no index on status serves them),
--- and each one's message id is taken from its place in the arrays: no join for a cached plan to
--- get wrong (tests/test_query_plans.py).
-WITH started AS (
-    UPDATE jobs j
-    SET status = 'RUNNING', attempts = attempts + 1, started_at = now(), updated_at = now(),
-        next_attempt_at = NULL, worker_id = %(worker_id)s,
-        message_id = (%(message_ids)s::uuid[])[array_position(%(job_ids)s::uuid[], j.id)]
-    WHERE j.id = ANY(%(job_ids)s::uuid[])
-      AND (j.cancel_requested_at IS NULL
-           AND (j.status = 'PENDING'
-                OR (j.status = 'RUNNING' AND j.worker_id = %(worker_id)s AND j.id = ANY(%(not_running_here)s::uuid[]))
-                OR (j.status = 'RUNNING' AND NOT roastq_worker_alive(j.worker_id, %(stale_after_s)s)))) IS TRUE
-    RETURNING j.id, j.attempts, j.evaluation_id, j.message_id,
-              (SELECT e.agent_id FROM evaluations e WHERE e.id = j.evaluation_id) AS agent_id,
-              (SELECT av.time_limit_s FROM agent_versions av WHERE av.id = j.agent_version_id) AS time_limit_s,
-              (SELECT av.retry_on_timeout FROM agent_versions av WHERE av.id = j.agent_version_id) AS retry_on_timeout
-), crashed AS (
-    UPDATE job_attempts SET ended_at = now(), outcome = 'crashed'
-    WHERE job_id = ANY(%(job_ids)s::uuid[])
-      AND (ended_at IS NULL AND job_id = ANY(ARRAY(SELECT id FROM started))) IS TRUE
-    RETURNING job_id
-), opened AS (
-    INSERT INTO job_attempts (job_id, attempt, message_id)
-    SELECT id, attempts, message_id FROM started
-)
-SELECT s.id, s.attempts, s.evaluation_id, s.agent_id, s.time_limit_s, s.retry_on_timeout,
-       (SELECT count(*) FROM job_attempts a WHERE a.job_id = s.id AND a.outcome = 'crashed')
-       + (SELECT count(*) FROM crashed c WHERE c.job_id = s.id) AS crashes
-FROM started s;
-
 -- name: attempt_alive
 -- A RUNNING job whose attempt runs on a live worker (roastq_worker_alive).
 SELECT j.status = 'RUNNING' AND roastq_worker_alive(j.worker_id, %(stale_after_s)s) AS alive
