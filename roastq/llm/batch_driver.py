@@ -70,8 +70,9 @@ def _settings():
     """The process's Claude client's settings: the lane sees what the jobs' calls see. Before the
     process has made its client, the settings it would be made with: a lane with nothing to send
     or poll never imports the client and the SDK under it (2 s and 50 MiB on a worker's boot)."""
-    client = sys.modules.get("roastq.llm.client")
-    made = client.made_default_claude() if client is not None else None
+    # The module may be half imported by a job's thread right now: no client made yet, then.
+    made_default_claude = getattr(sys.modules.get("roastq.llm.client"), "made_default_claude", None)
+    made = made_default_claude() if made_default_claude is not None else None
     return made.settings if made is not None else get_settings()
 
 
