@@ -84,7 +84,7 @@ SDK_POLICY: dict[str, dict[str, ErrorClass]] = {
 }
 
 #: Exception type -> class. Order does not matter: the exception's MRO decides. The SDKs' types
-#: join it when their module has been imported (``sdk_types_loaded``).
+#: join it when their module has been imported (``_enter_sdk_types``).
 POLICY: dict[type, ErrorClass] = {
     json.JSONDecodeError: ErrorClass.UPSTREAM,
     BadLLMOutput: ErrorClass.BAD_LLM_OUTPUT,
@@ -101,9 +101,9 @@ POLICY: dict[type, ErrorClass] = {
 _sdk_pending = set(SDK_POLICY)
 
 
-def sdk_types_loaded() -> frozenset[str]:
-    """Enter the types of every SDK module imported by now into ``POLICY``; the modules whose
-    types are in. A module still being imported (by another thread) is left for a later call."""
+def _enter_sdk_types() -> None:
+    """Enter the types of every SDK module imported by now into ``POLICY``. A module still being
+    imported (by another thread) is left for a later call."""
     for name in list(_sdk_pending):
         module = sys.modules.get(name)
         if module is None or getattr(getattr(module, "__spec__", None), "_initializing", False):
@@ -113,13 +113,12 @@ def sdk_types_loaded() -> frozenset[str]:
             if klass is not None:
                 POLICY[klass] = error_class
         _sdk_pending.discard(name)
-    return frozenset(SDK_POLICY) - _sdk_pending
 
 
 def classify(exc: BaseException) -> ErrorClass:
     """The class of the most specific type in the exception's MRO that POLICY names."""
     if _sdk_pending:
-        sdk_types_loaded()
+        _enter_sdk_types()
     for klass in type(exc).__mro__:
         found = POLICY.get(klass)
         if found is not None:
