@@ -17,7 +17,6 @@ hook runs first and the job row says what happens before the retry is enqueued).
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import time
@@ -26,6 +25,7 @@ import uuid
 import psycopg2
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 
+from observability.logging import HotLogger
 from roastq import db, jobs
 from roastq.exceptions import Snooze
 from roastq.failures import Action, ErrorClass, RetryPolicy
@@ -34,7 +34,8 @@ from roastq.jobs import JobStatus
 
 from .retries import decision_for
 
-logger = logging.getLogger("roastq.jobs")
+#: Two lines every job: loguru directly in a worker, the stdlib logger elsewhere (HotLogger).
+logger = HotLogger("roastq.jobs")
 
 
 def job_id_of(message) -> str | None:

@@ -45,7 +45,7 @@ _configured = threading.Lock()
 _done = False
 #: Set by setup_logging: the level's number (records below it are not serialised) and whether
 #: the JSON sink is the one in use.
-_state = {"min_level": 0, "json": True}
+_state = {"min_level": 0, "json": True, "sink": None}
 #: Where the patcher leaves a record's JSON line for the sink.
 _LINE = "_roastq_json_line"
 
@@ -104,6 +104,81 @@ class InterceptHandler(logging.Handler):
             (bound.opt(exception=record.exc_info) if record.exc_info else bound).log(level, record.getMessage())
         finally:
             self._local.busy = False
+
+
+class HotLogger:
+    """The stdlib logger ``name``'s calls (``%``-style arguments), for the lines a worker logs
+    for every job (JobState's "job started" and "job completed").
+
+    In a process that ``setup_logging`` configured (a worker), a line skips stdlib logging, and
+    while our JSON sink is loguru's only one, loguru's record too: the line, the same JSON object
+    as loguru's path builds, is built here once and queued for the writer thread, and kept with
+    the job. loguru's record building was half a line's cost, stdlib's record a third of the rest
+    (``bench/bench_logging.py``); the two lines cost a drain 17% at INFO. A line with an exception,
+    or with another loguru sink added (``LOG_FORMAT=pretty``, a test's sink), goes through loguru.
+    In a process whose logging is its own (an app running a worker in-process), the lines go to
+    the stdlib logger, to that app's handlers, as any other.
+    """
+
+    __slots__ = ("name", "std", "_bound")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.std = logging.getLogger(name)
+        self._bound = None
+
+    def _log(self, level: str, levelno: int, msg: str, args: tuple, exc_info) -> None:
+        if not _done:
+            self.std.log(levelno, msg, *args, exc_info=exc_info)
+            return
+        if levelno < _state["min_level"]:
+            return
+        message = msg % args if args else msg
+        if not exc_info and _only_our_sink():
+            _direct_line(self.name, level, message)
+            return
+        bound = self._bound
+        if bound is None:
+            bound = self._bound = logger.bind(logger_name=self.name)
+        (bound.opt(exception=exc_info) if exc_info else bound).log(level, message)
+
+    def info(self, msg: str, *args) -> None:
+        self._log("INFO", logging.INFO, msg, args, None)
+
+    def warning(self, msg: str, *args, exc_info=None) -> None:
+        self._log("WARNING", logging.WARNING, msg, args, exc_info)
+
+    def error(self, msg: str, *args, exc_info=None) -> None:
+        self._log("ERROR", logging.ERROR, msg, args, exc_info)
+
+
+def _only_our_sink() -> bool:
+    """Whether loguru's one sink is the JSON writer that setup_logging added (its handler table
+    is loguru's own attribute: if a loguru release renames it, every line takes loguru's path)."""
+    handlers = getattr(getattr(logger, "_core", None), "handlers", None)
+    return _state["sink"] is not None and handlers is not None and len(handlers) == 1 and _state["sink"] in handlers
+
+
+def _direct_line(name: str, level: str, message: str) -> None:
+    """The JSON line and the job's own line of one record, as ``_patch`` and ``_entry`` build
+    them for a record that loguru made (tests/test_logging.py compares the two)."""
+    message = redact(message)
+    time_iso = datetime.now().astimezone().isoformat()  # loguru's: local time, with its offset
+    entry = {
+        "time": time_iso,
+        "level": level,
+        "logger": name,
+        "message": message,
+        "process": os.getpid(),
+        "thread": threading.current_thread().name,
+    }
+    job = current_job.get()
+    if job is not None:
+        for field in JOB_FIELDS:
+            entry[field] = getattr(job, field)
+    _writer.put(_dumps(entry))
+    if job is not None:
+        _keep_line(job, time_iso, level, name, message, None)
 
 
 def _patch(record) -> None:
@@ -175,14 +250,17 @@ class _LineWriter:
         atexit.register(self.drain)
 
     def _reset(self):
-        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # lines (str), and drain markers
         self._write_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
 
     def __call__(self, message) -> None:
         line = message.record["extra"].get(_LINE)
-        self._queue.put(line if line is not None else _dumps(_entry(message.record)))
+        self.put(line if line is not None else _dumps(_entry(message.record)))
+
+    def put(self, line: str) -> None:
+        self._queue.put(line)
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="roastq-log-writer", daemon=True)
             self._thread.start()
@@ -193,18 +271,32 @@ class _LineWriter:
             # Let a few milliseconds of lines gather: one wake-up and one write for all of them,
             # rather than a thread switch a line.
             time.sleep(self.GATHER_S)
-            self._write(first)
-            self.drain()
+            self._write_queued(first)
 
-    def _write(self, first: str) -> None:
-        batch, size = [first], len(first)
-        while size < self.MAX_BATCH:
+    def _write_queued(self, first) -> None:
+        """Write ``first`` and what is queued behind it, many lines a write; a drain's marker (an
+        Event) is set once every line queued before it is written."""
+        batch, size, item = [], 0, first
+        while True:
+            if isinstance(item, threading.Event):
+                self._write(batch)
+                batch, size = [], 0
+                item.set()
+            else:
+                batch.append(item)
+                size += len(item)
+                if size >= self.MAX_BATCH:
+                    self._write(batch)
+                    batch, size = [], 0
             try:
-                line = self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            batch.append(line)
-            size += len(line)
+        self._write(batch)
+
+    def _write(self, batch: list[str]) -> None:
+        if not batch:
+            return
         with self._write_lock:
             try:
                 sys.stderr.write("".join(batch))
@@ -212,14 +304,22 @@ class _LineWriter:
             except (OSError, ValueError):  # stderr closed under us (shutdown): nothing to do
                 pass
 
-    def drain(self) -> None:
-        """Write every line queued so far, from the calling thread (at exit, or for a test)."""
-        while True:
-            try:
-                line = self._queue.get_nowait()
-            except queue.Empty:
+    def drain(self, timeout_s: float = 2.0) -> None:
+        """Write every line queued so far (at exit, or for a test). The writer thread may hold a
+        line it took while it waits for more: a marker queued behind the lines is set when it has
+        written them all. With no writer thread, or one that does not answer, the lines still
+        queued are written from the calling thread."""
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            marker = threading.Event()
+            self._queue.put(marker)
+            if marker.wait(timeout_s):
                 return
-            self._write(line)
+        try:
+            first = self._queue.get_nowait()
+        except queue.Empty:
+            return
+        self._write_queued(first)
 
 
 _writer = _LineWriter()
@@ -238,6 +338,20 @@ _job_lines: dict[str, dict] = {}
 
 
 def _keep_job_line(job, record) -> None:
+    exc, exc_line = record["exception"], None
+    if exc is not None and exc.type is not None:
+        exc_line = f"{exc.type.__name__}: {redact(str(exc.value))}"
+    _keep_line(
+        job,
+        record["time"].isoformat(),
+        record["level"].name,
+        record["extra"].get("logger_name", record["name"]),
+        record["message"],
+        exc_line,
+    )
+
+
+def _keep_line(job, time_iso: str, level: str, name: str, message: str, exc_line: str | None) -> None:
     buf = _job_lines.get(job.job_id)
     if buf is None:
         if len(_job_lines) >= MAX_BUFFERED_JOBS:  # only if attempts were never taken: forget the oldest
@@ -250,15 +364,14 @@ def _keep_job_line(job, record) -> None:
         buf["dropped"] += 1
         return
     line = {
-        "time": record["time"].isoformat(),
-        "level": record["level"].name,
-        "logger": record["extra"].get("logger_name", record["name"]),
-        "message": record["message"][:MAX_JOB_LINE_CHARS],
+        "time": time_iso,
+        "level": level,
+        "logger": name,
+        "message": message[:MAX_JOB_LINE_CHARS],
         "attempt": job.attempt,
     }
-    exc = record["exception"]
-    if exc is not None and exc.type is not None:
-        line["exception"] = f"{exc.type.__name__}: {redact(str(exc.value))}"[:MAX_JOB_LINE_CHARS]
+    if exc_line is not None:
+        line["exception"] = exc_line[:MAX_JOB_LINE_CHARS]
     buf["lines"].append(line)
 
 
@@ -291,6 +404,7 @@ def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
         level = level or settings.log_level
         fmt = fmt or settings.log_format
         logger.remove()
+        _state["sink"] = None
         _state["min_level"] = logger.level(level).no
         _state["json"] = fmt != "pretty"
         logger.configure(patcher=_patch)
@@ -306,7 +420,7 @@ def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
                 diagnose=False,  # loguru's diagnose prints variable values: documents, keys
             )
         else:
-            logger.add(_writer, level=level, format="{message}")
+            _state["sink"] = logger.add(_writer, level=level, format="{message}")
         # The job's own lines are kept by the patcher: no second sink (and lock) a line.
         # The stdlib level matches ours: records below it are never built (dramatiq logs a lot at DEBUG).
         logging.basicConfig(handlers=[InterceptHandler()], level=logging.getLevelName(level), force=True)

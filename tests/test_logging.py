@@ -224,3 +224,81 @@ def test_storing_a_jobs_log_lines_never_writes_its_row_again(db, seeded, worker,
                 "DROP TRIGGER test_job_row_write ON jobs; DROP FUNCTION test_job_row_write();"
                 " DROP TABLE test_job_row_writes"
             )
+
+
+LAST_LINES = """
+import logging, sys
+sys.path.insert(0, {root!r})
+from observability.logging import setup_logging
+from middleware.jobs import logger as jobstate_logger
+from roastq.jobctx import JobContext, current_job
+
+setup_logging(level="INFO", fmt="json")
+current_job.set(JobContext(job_id="j-1", message_id="m-1", actor="evaluate_document", queue="batch",
+                           attempt=1, evaluation_id="e-1", agent_id="a-1"))
+for n in range({n}):
+    jobstate_logger.info("line %d of JobState", n)
+    logging.getLogger("some.library").info("line %d of a library", n)
+"""
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("n", [1, 300])
+def test_lines_logged_just_before_a_normal_exit_are_all_written(n):
+    """The writer thread takes a line off its queue and waits a few milliseconds for more; a
+    process that exited then lost that line (the queue was empty to the exit's drain)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", LAST_LINES.format(root=root, n=n)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+        assert sorted(line["message"] for line in lines) == sorted(
+            [f"line {i} of JobState" for i in range(n)] + [f"line {i} of a library" for i in range(n)]
+        )
+
+
+@pytest.mark.unit
+def test_jobstates_lines_are_the_json_that_loguru_builds_for_the_same_line(capsys):
+    """JobState's lines skip stdlib's and loguru's records (HotLogger): each is the same JSON
+    object, and the same stored job line, as the same line logged through stdlib and loguru."""
+    import logging
+
+    import observability.logging as olog
+    from middleware.jobs import logger as jobstate_logger
+    from roastq.jobctx import JobContext, current_job
+
+    olog.setup_logging()
+    assert olog._only_our_sink()  # else this test compares loguru with itself
+    ctx = JobContext(
+        job_id="j-cmp",
+        message_id="m-1",
+        actor="evaluate_document",
+        queue="batch",
+        attempt=2,
+        evaluation_id="e-1",
+        agent_id="a-1",
+    )
+    token = current_job.set(ctx)
+    try:
+        message = "job started: attempt %d, key sk-ant-api03-abcdefghijkl"
+        jobstate_logger.info(message, 2)
+        logging.getLogger("roastq.jobs").info(message, 2)
+        stored = olog.take_job_lines("j-cmp")
+    finally:
+        current_job.reset(token)
+    olog.flush_logs()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"j-cmp"' in line]
+    assert len(lines) == 2 and len(stored) == 2
+    direct, via_loguru = lines
+    assert list(direct) == list(via_loguru)  # the same fields, in the same order
+    assert {k: v for k, v in direct.items() if k != "time"} == {k: v for k, v in via_loguru.items() if k != "time"}
+    assert "sk-ant-api03-abcdefghijkl" not in direct["message"]
+    assert direct["time"][-6:] == via_loguru["time"][-6:]  # the same offset
+    assert [{k: v for k, v in s.items() if k != "time"} for s in stored] == [
+        {"level": "INFO", "logger": "roastq.jobs", "message": direct["message"], "attempt": 2}
+    ] * 2

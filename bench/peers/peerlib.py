@@ -110,6 +110,28 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a live process has used; 0 if it is gone."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_s() -> float:
+    """CPU seconds used so far by the live processes named postgres (the server and backends)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if open(f"/proc/{entry}/comm").read().strip() == "postgres":
+                    total += cpu_s(int(entry))
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    return total
+
+
 def percentile(values, q: float) -> float:
     values = sorted(values)
     k = (len(values) - 1) * q
@@ -149,10 +171,17 @@ def run_a(system: System, probe: Probe) -> dict:
     system.setup()
     system.enqueue_batch(A_JOBS)
     probe.reset()
+    probe.pids.clear()
+    pg_cpu = postgres_cpu_s()
     launched = time.time()
     worker = system.start_worker(10, 0.0, "end", probe.port)
     try:
         probe.wait_count(A_JOBS, TIMEOUT_S)
+        # CPU a job, read before the worker stops: the figure a busy shared host disturbs least.
+        # The worker's: its job-running processes from their start (boot included); Postgres's:
+        # the live server processes' (a backend that ended during the drain is not counted).
+        worker_cpu = sum(cpu_s(pid) for pid in probe.pids)
+        pg_cpu = postgres_cpu_s() - pg_cpu
     finally:
         system.stop_worker(worker)
     times = sorted(probe.seen.values())
@@ -160,6 +189,8 @@ def run_a(system: System, probe: Probe) -> dict:
         "a_per_s": A_JOBS / (times[-1] - launched),
         "a_steady_per_s": (A_JOBS - 1) / (times[-1] - times[0]),
         "a_first_s": times[0] - launched,  # the worker's start-up: launch to the first job's end
+        "a_worker_cpu_ms": worker_cpu / A_JOBS * 1000,
+        "a_pg_cpu_ms": pg_cpu / A_JOBS * 1000,
     }
 
 

@@ -53,6 +53,8 @@ SYSTEMS = {  # key: (label, command)
 COLUMNS = [
     ("a_per_s", "A drain/s", "{:,.0f}"),
     ("a_steady_per_s", "A steady/s", "{:,.0f}"),
+    ("a_worker_cpu_ms", "A worker CPU ms/job", "{:.2f}"),
+    ("a_pg_cpu_ms", "A Postgres CPU ms/job", "{:.2f}"),
     ("e_per_s", "E 1-by-1/s", "{:,.0f}"),
     ("b_p50_ms", "B p50 ms", "{:.1f}"),
     ("b_p99_ms", "B p99 ms", "{:.1f}"),
