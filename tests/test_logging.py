@@ -302,3 +302,54 @@ def test_jobstates_lines_are_the_json_that_loguru_builds_for_the_same_line(capsy
     assert [{k: v for k, v in s.items() if k != "time"} for s in stored] == [
         {"level": "INFO", "logger": "roastq.jobs", "message": direct["message"], "attempt": 2}
     ] * 2
+
+
+APP_OWN_LOGGING = """
+import logging, sys
+sys.path.insert(0, {root!r})
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="APP %(name)s %(levelname)s %(message)s")
+import actors  # noqa: F401  an app that sends: its logging stays its own
+from middleware.jobs import logger as jobstate_logger
+jobstate_logger.info("job started: attempt %d, time limit %d s", 1, 240)
+jobstate_logger.warning("job attempt failed (%s): retry in %.1f s", "UPSTREAM", 2.0)
+"""
+
+
+@pytest.mark.unit
+def test_jobstates_lines_go_to_the_apps_own_handlers_where_logging_is_the_apps():
+    """In a process that did not set up our logging (an app running a worker in-process),
+    JobState's lines are stdlib records, handled as the app's handlers say."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-c", APP_OWN_LOGGING.format(root=root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.splitlines() == [
+        "APP roastq.jobs INFO job started: attempt 1, time limit 240 s",
+        "APP roastq.jobs WARNING job attempt failed (UPSTREAM): retry in 2.0 s",
+    ]
+    assert "{" not in done.stderr  # and no JSON line of ours
+
+
+@pytest.mark.unit
+def test_a_loguru_sink_added_in_a_worker_sees_jobstates_lines_too():
+    import observability.logging as olog
+    from middleware.jobs import logger as jobstate_logger
+
+    olog.setup_logging()
+    seen = []
+    sink = logger.add(lambda m: seen.append(m.record), format="{message}")
+    try:
+        assert not olog._only_our_sink()
+        jobstate_logger.info("job completed")
+        jobstate_logger.info("job snoozed: runs again in %.1f s (%s)", 1.5, "rate limit")
+    finally:
+        logger.remove(sink)
+    assert [(r["level"].name, r["extra"]["logger_name"], r["message"]) for r in seen] == [
+        ("INFO", "roastq.jobs", "job completed"),
+        ("INFO", "roastq.jobs", "job snoozed: runs again in 1.5 s (rate limit)"),
+    ]
+    assert olog._only_our_sink()  # the sink gone: the direct path again
