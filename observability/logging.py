@@ -133,7 +133,10 @@ class HotLogger:
             return
         if levelno < _state["min_level"]:
             return
-        message = msg % args if args else msg
+        try:
+            message = msg % args if args else msg
+        except (TypeError, ValueError):  # stdlib logs a line whose arguments do not fit, too
+            message = f"{msg} {args!r}"
         if not exc_info and _only_our_sink():
             _direct_line(self.name, level, message)
             return

@@ -243,3 +243,35 @@ def test_large_messages_travel_by_id(db, database_url):
     finally:
         consumer.close()
         listener.close()
+
+
+def test_delayed_messages_forgotten_by_a_failed_consumer_are_taken_by_the_next(db):
+    """dramatiq's consumer thread, on a ConnectionError (a terminated backend), throws away its
+    in-memory delay queue without requeueing it and closes the consumer. The delayed messages
+    it had taken stayed held by this process: no consumer of the same worker took them again
+    until the worker restarted (the stress test: "message never succeeded")."""
+    queue = "interactive.DQ"
+    message = dramatiq.Message(
+        queue_name=queue,
+        actor_name="evaluate_document",
+        args=("x",),
+        kwargs={},
+        options={"eta": int(time.time() * 1000) + 200},
+    )
+    with db.cursor() as cur:
+        cur.execute(
+            "INSERT INTO dramatiq.queue (queue_name, message_id, state, message) VALUES (%s, %s, 'queued', %s)",
+            (queue, message.message_id, message.encode().decode()),
+        )
+        cur.execute("SELECT pg_notify(%s, %s)", (f"dramatiq.{queue}.enqueue", message.encode().decode()))
+    a = make_consumer("ours", queue=queue, prefetch=8, recovery_interval_s=60)
+    b = None
+    try:
+        assert [m.message_id for m in drain(a, 0.5)] == [message.message_id]  # into the delay queue
+        a.close()  # what dramatiq does after a ConnectionError, the delay queue already dropped
+        b = make_consumer("ours", queue=queue, prefetch=8, recovery_interval_s=0.1)
+        assert [m.message_id for m in drain(b, 1.0)] == [message.message_id]
+    finally:
+        a.close()
+        if b is not None:
+            b.close()

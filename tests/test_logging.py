@@ -43,23 +43,29 @@ def run_job_and_wait_for_its_lines(db, seeded) -> str:
     return job_id
 
 
-@pytest.mark.unit
-def test_json_lines_carry_the_job_context_and_are_scrubbed(capsys):
-    from observability.logging import _json_sink, setup_logging
-    from roastq.jobctx import JobContext, current_job
+def fake_job(job_id: str, *, queue: str = "interactive"):
+    """The context of a job attempt (attempt 2), as JobState publishes it."""
+    from roastq.jobctx import JobContext
 
-    setup_logging()
-    sink = logger.add(_json_sink, format="{message}")
-    ctx = JobContext(
-        job_id="j-1",
+    return JobContext(
+        job_id=job_id,
         message_id="m-1",
         actor="evaluate_document",
-        queue="interactive",
+        queue=queue,
         attempt=2,
         evaluation_id="e-1",
         agent_id="a-1",
     )
-    token = current_job.set(ctx)
+
+
+@pytest.mark.unit
+def test_json_lines_carry_the_job_context_and_are_scrubbed(capsys):
+    from observability.logging import _json_sink, setup_logging
+    from roastq.jobctx import current_job
+
+    setup_logging()
+    sink = logger.add(_json_sink, format="{message}")
+    token = current_job.set(fake_job("j-1"))
     try:
         import logging
 
@@ -262,28 +268,32 @@ def test_lines_logged_just_before_a_normal_exit_are_all_written(n):
         )
 
 
+@pytest.fixture
+def json_logging():
+    """This process's logging set up as a worker's is by default (JSON lines; the suite's is
+    LOG_FORMAT=pretty), and set up again as the suite's afterwards."""
+    import observability.logging as olog
+
+    olog._done = False
+    olog.setup_logging(fmt="json")
+    yield olog
+    olog.flush_logs()
+    olog._done = False
+    olog.setup_logging()
+
+
 @pytest.mark.unit
-def test_jobstates_lines_are_the_json_that_loguru_builds_for_the_same_line(capsys):
+def test_jobstates_lines_are_the_json_that_loguru_builds_for_the_same_line(json_logging, capsys):
     """JobState's lines skip stdlib's and loguru's records (HotLogger): each is the same JSON
     object, and the same stored job line, as the same line logged through stdlib and loguru."""
     import logging
 
-    import observability.logging as olog
     from middleware.jobs import logger as jobstate_logger
-    from roastq.jobctx import JobContext, current_job
+    from roastq.jobctx import current_job
 
-    olog.setup_logging()
+    olog = json_logging
     assert olog._only_our_sink()  # else this test compares loguru with itself
-    ctx = JobContext(
-        job_id="j-cmp",
-        message_id="m-1",
-        actor="evaluate_document",
-        queue="batch",
-        attempt=2,
-        evaluation_id="e-1",
-        agent_id="a-1",
-    )
-    token = current_job.set(ctx)
+    token = current_job.set(fake_job("j-cmp", queue="batch"))
     try:
         message = "job started: attempt %d, key sk-ant-api03-abcdefghijkl"
         jobstate_logger.info(message, 2)
@@ -335,11 +345,11 @@ def test_jobstates_lines_go_to_the_apps_own_handlers_where_logging_is_the_apps()
 
 
 @pytest.mark.unit
-def test_a_loguru_sink_added_in_a_worker_sees_jobstates_lines_too():
-    import observability.logging as olog
+def test_a_loguru_sink_added_in_a_worker_sees_jobstates_lines_too(json_logging):
     from middleware.jobs import logger as jobstate_logger
 
-    olog.setup_logging()
+    olog = json_logging
+    assert olog._only_our_sink()
     seen = []
     sink = logger.add(lambda m: seen.append(m.record), format="{message}")
     try:
@@ -353,3 +363,13 @@ def test_a_loguru_sink_added_in_a_worker_sees_jobstates_lines_too():
         ("INFO", "roastq.jobs", "job snoozed: runs again in 1.5 s (rate limit)"),
     ]
     assert olog._only_our_sink()  # the sink gone: the direct path again
+
+
+@pytest.mark.unit
+def test_a_jobstate_line_whose_arguments_do_not_fit_is_logged_not_raised(json_logging, capsys):
+    from middleware.jobs import logger as jobstate_logger
+
+    jobstate_logger.info("job started: attempt %d", "not a number")  # stdlib would print, not raise
+    json_logging.flush_logs()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert [line["message"] for line in lines] == ["job started: attempt %d ('not a number',)"]

@@ -84,6 +84,9 @@ class RoastqConsumer(PostgresConsumer):
         self._next_rescan = time.monotonic() + recovery_interval_s
         self.channel = f"dramatiq.{self.queue_name}.enqueue"
         self._ready: deque[dramatiq.MessageProxy] = deque()  # consumed, not yet handed out
+        # Handed out with an eta (a delay queue's messages): they wait in dramatiq's in-memory
+        # delay queue until their eta, and only there.
+        self._delayed: set[str] = set()
 
     def close(self):
         # Taken but never handed out: this process lets go of them (a rescan takes them again).
@@ -91,6 +94,16 @@ class RoastqConsumer(PostgresConsumer):
             HELD.discard(proxy.message_id)
             self.in_processing.discard(proxy.message_id)
         self._ready.clear()
+        # Handed out to wait for their eta and not finished: dramatiq forgets its delay queue when
+        # a consumer raises a ConnectionError (a terminated backend), without requeueing it, and
+        # then closes the consumer. Held, they could be taken by no consumer until the worker
+        # restarts (the stress test's "message never succeeded"); let go, the next consumer's
+        # scan takes them again (they are 'consumed' by this worker, and their locks go with the
+        # consuming connection below). After a normal close they were requeued already.
+        for message_id in self._delayed:
+            HELD.discard(message_id)
+            self.in_processing.discard(message_id)
+        self._delayed.clear()
         # The listening connection is closed, not pooled: its LISTEN would outlive this consumer
         # and hand another consumer notifications for a queue it does not serve.
         if self._listen_conn is not None:
@@ -142,7 +155,7 @@ class RoastqConsumer(PostgresConsumer):
             # thousands of them and exhaust Postgres's shared lock table.
             self.purge_locks()
         if self._ready:
-            return self._ready.popleft()
+            return self._hand_out()
         if self._listen_conn is None:
             self.notifies = self.fetch_pending_notifies()
 
@@ -166,10 +179,16 @@ class RoastqConsumer(PostgresConsumer):
         if self.notifies:
             self._consume_batch(free)
             if self._ready:
-                return self._ready.popleft()
+                return self._hand_out()
 
         self.purge_locks()
         return None
+
+    def _hand_out(self) -> dramatiq.MessageProxy:
+        proxy = self._ready.popleft()
+        if "eta" in proxy.options:
+            self._delayed.add(proxy.message_id)
+        return proxy
 
     def _consume_batch(self, limit: int) -> None:
         """Take up to ``limit`` notified messages in one round trip (stock: one a message, from
@@ -274,6 +293,7 @@ class RoastqConsumer(PostgresConsumer):
                 time.sleep(0.05 * 2**attempt)
 
     def _release_after_commit(self, message):
+        self._delayed.discard(message.message_id)
         self.unlock_q.put_nowait(message)
         self.in_processing.discard(message.message_id)
         HELD.discard(message.message_id)
@@ -297,6 +317,7 @@ class RoastqConsumer(PostgresConsumer):
             for message in messages:
                 self.in_processing.discard(message.message_id)
                 HELD.discard(message.message_id)
+                self._delayed.discard(message.message_id)
 
 
 class RoastqBroker(PostgresBroker):
