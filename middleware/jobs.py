@@ -34,7 +34,7 @@ from roastq.jobs import JobStatus
 
 from .retries import decision_for
 
-#: Two lines every job: loguru directly in a worker, the stdlib logger elsewhere (HotLogger).
+#: Two lines every job: built as JSON directly in a worker, stdlib records elsewhere (HotLogger).
 logger = HotLogger("roastq.jobs")
 
 
