@@ -2,10 +2,10 @@
 
 Each of ``--threads`` threads runs ``--jobs`` fake jobs: a JobContext is published, the two INFO
 lines every job logs ("job started ...", "job completed") go through JobState's own logger
-(``middleware.jobs.logger``, a HotLogger: loguru directly) into loguru's JSON sink and the per-job
-buffer, and the buffer is taken as JobLogs does. Beside it, in turn, the same lines through a
-stdlib logger intercepted into loguru (how JobState logged before, and how every other library's
-lines arrive). stderr is a pipe drained by a thread, as in a dramatiq worker. The same run at
+(``middleware.jobs.logger``, a HotLogger: each line built as its JSON object directly) into the
+JSON writer and the per-job buffer, and the buffer is taken as JobLogs does. Beside it, in turn,
+the same lines through a stdlib logger intercepted into loguru (how JobState logged before, and
+how every other library's lines arrive). stderr is a pipe drained by a thread, as in a dramatiq worker. The same run at
 WARNING (the lines are not built at all) gives the floor; the difference is what the lines cost.
 
     .venv/bin/python bench/bench_logging.py [--threads 10] [--jobs 5000]

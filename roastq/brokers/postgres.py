@@ -91,8 +91,7 @@ class RoastqConsumer(PostgresConsumer):
     def close(self):
         # Taken but never handed out: this process lets go of them (a rescan takes them again).
         for proxy in self._ready:
-            HELD.discard(proxy.message_id)
-            self.in_processing.discard(proxy.message_id)
+            self._let_go(proxy.message_id)
         self._ready.clear()
         # Handed out to wait for their eta and not finished: dramatiq forgets its delay queue when
         # a consumer raises a ConnectionError (a terminated backend), without requeueing it, and
@@ -100,10 +99,8 @@ class RoastqConsumer(PostgresConsumer):
         # restarts (the stress test's "message never succeeded"); let go, the next consumer's
         # scan takes them again (they are 'consumed' by this worker, and their locks go with the
         # consuming connection below). After a normal close they were requeued already.
-        for message_id in self._delayed:
-            HELD.discard(message_id)
-            self.in_processing.discard(message_id)
-        self._delayed.clear()
+        for message_id in list(self._delayed):
+            self._let_go(message_id)
         # The listening connection is closed, not pooled: its LISTEN would outlive this consumer
         # and hand another consumer notifications for a queue it does not serve.
         if self._listen_conn is not None:
@@ -183,6 +180,12 @@ class RoastqConsumer(PostgresConsumer):
 
         self.purge_locks()
         return None
+
+    def _let_go(self, message_id: str) -> None:
+        """This process no longer holds the message (finished, requeued, or forgotten)."""
+        self.in_processing.discard(message_id)
+        HELD.discard(message_id)
+        self._delayed.discard(message_id)
 
     def _hand_out(self) -> dramatiq.MessageProxy:
         proxy = self._ready.popleft()
@@ -293,10 +296,8 @@ class RoastqConsumer(PostgresConsumer):
                 time.sleep(0.05 * 2**attempt)
 
     def _release_after_commit(self, message):
-        self._delayed.discard(message.message_id)
         self.unlock_q.put_nowait(message)
-        self.in_processing.discard(message.message_id)
-        HELD.discard(message.message_id)
+        self._let_go(message.message_id)
 
     @raise_connection_error
     def requeue(self, messages):
@@ -315,9 +316,7 @@ class RoastqConsumer(PostgresConsumer):
                 )
         finally:  # requeued, or lost from memory if that failed: a rescan takes them again
             for message in messages:
-                self.in_processing.discard(message.message_id)
-                HELD.discard(message.message_id)
-                self._delayed.discard(message.message_id)
+                self._let_go(message.message_id)
 
 
 class RoastqBroker(PostgresBroker):
