@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import pytest
 from helpers import one, rows, running_worker, wait_until
-from test_batch_lane import _pair, lane  # noqa: F401  (the fixture)
+from test_batch_lane import LANE_ENV, _pair, lane  # noqa: F401  (the fixture)
 
 from roastq.api import enqueue_evaluations
 
@@ -24,8 +24,8 @@ DRIVE = "from roastq.llm import batch_driver; print(batch_driver.drive(), flush=
 
 @pytest.fixture
 def parked(lane, broker, sim, monkeypatch, db, seeded):  # noqa: F811
-    """Four batch jobs parked in the lane, their requests waiting; no worker drives the lane (the
-    test does, in this process or in a driver process it kills)."""
+    """Four batch jobs parked in the lane, their requests waiting and due; no worker drives the
+    lane (the test does, in this process or in a driver process it kills)."""
     from middleware.batchlane import BatchLane
     from roastq.llm import client
     from roastq.settings import reload_settings
@@ -44,6 +44,17 @@ def parked(lane, broker, sim, monkeypatch, db, seeded):  # noqa: F811
             lambda: one(db, "SELECT count(*) FROM dramatiq.queue WHERE queue_name = 'batch.lane'") == 4,
             timeout=20,
             what="four parked jobs",
+        )
+        # and due: a driver submits once the oldest request has waited LLM_BATCH_MAX_WAIT_S (a
+        # driver process that looked sooner drove once, found nothing due, and ended)
+        wait_until(
+            lambda: one(
+                db,
+                "SELECT EXTRACT(EPOCH FROM now() - min(created_at)) > %s FROM llm_batch_requests WHERE state = 'waiting'",
+                float(LANE_ENV["LLM_BATCH_MAX_WAIT_S"]),
+            ),
+            timeout=5,
+            what="the requests due",
         )
         yield job_ids, w
 
