@@ -20,7 +20,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 
 import psycopg2
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
@@ -29,8 +28,10 @@ from observability.logging import HotLogger
 from roastq import db, jobs
 from roastq.exceptions import Snooze
 from roastq.failures import Action, ErrorClass, RetryPolicy
-from roastq.jobctx import JobContext, current_job, start_error, worker_id, worker_stale_after_s
-from roastq.jobs import JobStatus
+from roastq.jobctx import JobContext, current_job, start_error, started_with_consume, worker_id, worker_stale_after_s
+from roastq.jobs import JobStatus, job_id_of
+
+__all__ = ["JobState", "job_id_of", "undo_start"]
 
 from .retries import decision_for
 
@@ -38,21 +39,20 @@ from .retries import decision_for
 logger = HotLogger("roastq.jobs")
 
 
-def job_id_of(message) -> str | None:
-    """The job id a message carries, or None if its payload is not (job_id,)."""
-    args, kwargs = tuple(message.args), dict(message.kwargs)
-    if len(args) == 1 and not kwargs:
-        raw = args[0]
-    elif not args and set(kwargs) == {"job_id"}:
-        raw = kwargs["job_id"]
-    else:
-        return None
-    if not isinstance(raw, str):
-        return None
+def undo_start(cur, message) -> bool:
+    """A delivery whose job started with its message's consume (the broker's ``roastq_started``)
+    ends before its attempt began (a middleware before JobState stopped it, or another delivery
+    runs the job here): the job is PENDING again, as before the consume, on ``cur`` (None: a
+    round trip of its own). Returns whether there was a start to undo."""
+    started = getattr(message, "roastq_started", None)
+    if started is None:
+        return False
+    del message.roastq_started
     try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        return None
+        jobs.unstart(cur, [(started["job_id"], started["attempts"])], worker_id=worker_id())
+    finally:
+        started_with_consume.discard(started["job_id"])
+    return True
 
 
 def _with_retries(write, tries: int = 5) -> None:
@@ -153,24 +153,11 @@ class JobState(Middleware):
 
     def _start(self, message, job_id, here: _Deliveries):
         """Under ``here.starting``: no other delivery of the job starts meanwhile in this process."""
-        stale = worker_stale_after_s()
-        who = {"message_id": message.message_id, "worker_id": worker_id(), "stale_after_s": stale}
-        # One round trip, committed without waiting for the WAL flush: if Postgres crashes before
-        # a later commit flushes it, the job is PENDING again and its message is delivered again,
-        # as if this attempt had not begun (docs/architecture.md, "synchronous_commit").
-        row = jobs.start(None, job_id, running_here=here.running, durable=False, **who)
+        row = self._started_with_consume(message, job_id, here)
         if row is None:
-            with db.transaction() as cur:
-                job = jobs.lock(cur, job_id)
-                if job is None:
-                    self._reject(message, f"unknown job {job_id}")
-                # The job may have changed since the start was refused: a retry's message can
-                # arrive before the attempt that sent it has recorded its end. Under the row lock
-                # the start is tried once more, and what it decides is final.
-                row = jobs.start(cur, job_id, running_here=here.running, **who)
-                if row is None:
-                    self._refused(cur, message, job, stale)
-                    return None
+            row = self._start_now(message, job_id, here)
+            if row is None:
+                return None
         ctx = JobContext(
             job_id=job_id,
             message_id=message.message_id,
@@ -184,6 +171,45 @@ class JobState(Middleware):
             retry_on_timeout=row["retry_on_timeout"],
         )
         return row, ctx
+
+    @staticmethod
+    def _started_with_consume(message, job_id, here: _Deliveries) -> dict | None:
+        """The row of the start made with the message's consume (``jobs.start_piece``), or None.
+        Such a start is undone when a delivery of the job runs here (it cannot have been
+        PENDING then, unless written so by hand): this delivery then starts as any other."""
+        started = getattr(message, "roastq_started", None)
+        if started is None:
+            return None
+        if here.running:
+            undo_start(None, message)
+            return None
+        del message.roastq_started
+        started_with_consume.discard(job_id)
+        return started
+
+    def _start_now(self, message, job_id, here: _Deliveries) -> dict | None:
+        """The delivery's own start; None when the job cannot start (``_refused``). A job started
+        with another message's consume and not yet taken by its delivery runs here too."""
+        stale = worker_stale_after_s()
+        who = {"message_id": message.message_id, "worker_id": worker_id(), "stale_after_s": stale}
+        running_here = here.running or job_id in started_with_consume
+        # One round trip, committed without waiting for the WAL flush: if Postgres crashes before
+        # a later commit flushes it, the job is PENDING again and its message is delivered again,
+        # as if this attempt had not begun (docs/architecture.md, "synchronous_commit").
+        row = jobs.start(None, job_id, running_here=running_here, durable=False, **who)
+        if row is not None:
+            return row
+        with db.transaction() as cur:
+            job = jobs.lock(cur, job_id)
+            if job is None:
+                self._reject(message, f"unknown job {job_id}")
+            # The job may have changed since the start was refused: a retry's message can
+            # arrive before the attempt that sent it has recorded its end. Under the row lock
+            # the start is tried once more, and what it decides is final.
+            row = jobs.start(cur, job_id, running_here=running_here, **who)
+            if row is None:
+                self._refused(cur, message, job, stale)
+        return row
 
     def _refused(self, cur, message, job, stale) -> None:
         """The start was refused under the job row's lock (``cur``'s transaction): back off from
@@ -249,9 +275,19 @@ class JobState(Middleware):
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         try:
+            self._unclaimed(message)
             self._after(message, exception)
         finally:
             self._uncount(message)
+
+    @staticmethod
+    def _unclaimed(message) -> None:
+        """A start made with the consume that no delivery took (a middleware before this one
+        stopped the message: an age limit, say) is undone, and the job is PENDING again."""
+        try:
+            undo_start(None, message)
+        except Exception as exc:  # its next delivery here takes the job over (counted as crashed)
+            logger.warning("could not undo the start of a job whose delivery stopped before it began: %s", exc)
 
     def _after(self, message, exception):
         if message.options.get("throws") is Snooze and isinstance(exception, AttemptAlive):
@@ -299,4 +335,7 @@ class JobState(Middleware):
 
     def after_skip_message(self, broker, message):
         current_job.set(None)
-        self._uncount(message)
+        try:
+            self._unclaimed(message)
+        finally:
+            self._uncount(message)

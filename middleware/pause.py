@@ -20,7 +20,7 @@ from roastq import db, jobs
 from roastq.exceptions import Snooze
 from roastq.ops import pause
 
-from .jobs import job_id_of
+from .jobs import job_id_of, undo_start
 
 logger = logging.getLogger("roastq.pause")
 
@@ -60,6 +60,7 @@ class SystemPause(Middleware):
         if job_id is not None:
             try:
                 with db.transaction() as cur:
+                    undo_start(cur, message)  # started with its consume: PENDING again, then held
                     jobs.hold(
                         cur,
                         job_id,

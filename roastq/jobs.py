@@ -15,6 +15,7 @@ module writes ``jobs`` or ``job_attempts``, or spells a status.
 from __future__ import annotations
 
 import enum
+import uuid
 
 from roastq import db
 from roastq.failures import Decision
@@ -152,6 +153,53 @@ def start(
         return db.execute_one(J.start, params, durable=durable, prepared=True)
     cur.execute(J.start, params)
     return cur.fetchone()
+
+
+def job_id_of(message) -> str | None:
+    """The job id a message carries, or None if its payload is not (job_id,)."""
+    args, kwargs = tuple(message.args), dict(message.kwargs)
+    if len(args) == 1 and not kwargs:
+        raw = args[0]
+    elif not args and set(kwargs) == {"job_id"}:
+        raw = kwargs["job_id"]
+    else:
+        return None
+    if not isinstance(raw, str):
+        return None
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        return None
+
+
+#: The start of a consumed batch's jobs, CTEs of the broker's consume statement (``start_piece``).
+START_PIECE = J.start_piece
+
+
+def start_piece(candidates: list[tuple[str, str]]) -> dict:
+    """The parameters of ``START_PIECE`` for ``candidates``, ``(message_id, job_id)`` pairs: the
+    messages of the batch whose jobs may start with their consume (PENDING jobs only, by their
+    live message; the statement's row of each started one is what ``start`` returns). The
+    consume's ``consumer_id`` is the worker the jobs run on."""
+    return {
+        "start_message_ids": [m for m, _ in candidates],
+        "start_job_ids": [j for _, j in candidates],
+    }
+
+
+def unstart(cur, started: list[tuple[str, int]], *, worker_id: str) -> list[str]:
+    """Undo starts made with a consume, ``(job_id, attempt)`` pairs whose attempts never ran: the
+    jobs are PENDING again as before. With ``cur`` None, one round trip of its own. Returns the
+    ids of the jobs undone (not one started again since, or by another worker)."""
+    if not started:
+        return []
+    params = {"job_ids": [j for j, _ in started], "attempts": [a for _, a in started], "worker_id": worker_id}
+    if cur is None:
+        rows = db.execute_one(J.unstart, params, fetch="all")
+    else:
+        cur.execute(J.unstart, params)
+        rows = cur.fetchall()
+    return [str(r["id"] if isinstance(r, dict) else r[0]) for r in rows]
 
 
 def attempt_alive(cur, job_id, *, stale_after_s: float) -> bool:

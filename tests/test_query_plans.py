@@ -115,27 +115,31 @@ GENERIC = pytest.mark.parametrize("generic", [False, True], ids=["custom-plan", 
 
 
 @GENERIC
-def test_a_consumed_batch_reads_its_messages_only(burst, database_url, generic):
+def test_a_consumed_batch_reads_its_messages_and_jobs_only(burst, database_url, generic):
     from dramatiq.message import Message
     from dramatiq_pg.broker import message_lock
 
-    from roastq import db as roastq_db
+    from roastq import jobs
+    from roastq.brokers.postgres import CONSUME
 
     messages = [Message.decode(r["message"].encode()) for r in burst]
     plan = executed_plan(
         database_url,
-        roastq_db.Q.broker_consume_many,
+        CONSUME,
         {
             "ids": [m.message_id for m in messages],
             "locks": [message_lock(m) for m in messages],
             "queue": burst[0]["queue_name"],
             "consumer_id": "plan-test",
             "stale_after_s": 30.0,
+            **jobs.start_piece([(r["message_id"], r["id"]) for r in burst]),  # their jobs start with it
         },
         generic=generic,
     )
     read = rows_read(plan)
     assert read.get("queue", 0) <= 3 * len(messages), read  # the batch, not the backlog of BACKLOG
+    assert read.get("jobs", 0) <= 3 * len(messages), read
+    assert read.get("job_attempts", 0) <= 3 * len(messages), read
 
 
 @GENERIC
@@ -226,12 +230,20 @@ def planned_early(analysed_empty, database_url):
     renew it, and autovacuum may be late or off)."""
     from roastq import db as roastq_db
     from roastq import jobs
+    from roastq.brokers.postgres import CONSUME
 
     none = str(uuid.uuid4())
     statements = {
         "consume": (
-            roastq_db.Q.broker_consume_many,
-            {"ids": [none], "locks": [1], "queue": "batch", "consumer_id": "x", "stale_after_s": 30.0},
+            CONSUME,
+            {
+                "ids": [none],
+                "locks": [1],
+                "queue": "batch",
+                "consumer_id": "x",
+                "stale_after_s": 30.0,
+                **jobs.start_piece([(none, none)]),
+            },
         ),
         "start": (
             jobs.J.start,
@@ -255,6 +267,7 @@ def planned_early(analysed_empty, database_url):
 @pytest.mark.parametrize("statement", ["consume", "start", "finish_attempt", "lock", "enqueue", "rerun"])
 def test_a_plan_cached_while_the_tables_were_tiny_still_reads_only_its_rows(planned_early, burst, statement):
     from roastq import db as roastq_db
+    from roastq import jobs
 
     conn, statements = planned_early
     job = burst[0]
@@ -270,6 +283,7 @@ def test_a_plan_cached_while_the_tables_were_tiny_still_reads_only_its_rows(plan
             "queue": job["queue_name"],
             "consumer_id": "plan-test",
             "stale_after_s": 30.0,
+            **jobs.start_piece([(r["message_id"], r["id"]) for r in burst]),
         }
     elif statement == "enqueue":
         with conn.cursor() as cur:

@@ -13,6 +13,8 @@ What differs from stock dramatiq-pg 0.12 (docs/architecture.md, "The broker", li
 * a delivery's lock is freed only after the transaction that ends it (ack, nack, requeue) has
   committed; stock queues the release first, and a rescan in between runs the message twice;
 * enqueue can run on the caller's cursor, so a job row and its message commit together;
+* a consumed batch's jobs start in the statement that consumes their messages (``CONSUME``), as
+  many as the worker has idle threads for: a delivery then needs no round trip of its own to begin;
 * results of ``store_results=True`` actors work (roastq/brokers/results.py; stock builds them
   on a pool of its own and returns a failure as a dict).
 """
@@ -37,9 +39,9 @@ from dramatiq_pg.broker import QUERIES, PostgresConsumer, message_lock
 from dramatiq_pg.utils import raise_connection_error, tidy4json, transaction, wait_for_notifies
 from psycopg2.extras import Json
 
-from roastq import db
+from roastq import db, jobs
 from roastq.brokers.results import PostgresResults
-from roastq.jobctx import worker_id, worker_stale_after_s
+from roastq.jobctx import started_with_consume, worker_id, worker_stale_after_s
 from roastq.queues import JOB_QUEUES, LANE_SUFFIX
 from roastq.settings import get_settings
 from roastq.sql import load_queries
@@ -48,10 +50,15 @@ from roastq.sql import load_queries
 PARK_SUFFIX = ".lane"
 #: tries of a delivery's end (ack, nack) when its pooled session is lost
 FINISH_TRIES = 4
+#: What a job started with its consume carries to the job middleware (``proxy.roastq_started``):
+#: the fields of ``jobs.start``'s row, and the job's id.
+START_FIELDS = ("job_id", "attempts", "evaluation_id", "agent_id", "time_limit_s", "retry_on_timeout", "crashes")
 
 logger = logging.getLogger("roastq.brokers.postgres")
 
 PQ = load_queries("postgres.sql", __package__)
+#: A batch's consume, and the start of its messages' jobs, in one statement.
+CONSUME = f"{PQ.consume},\n{jobs.START_PIECE}\n{PQ.consume_rows}"
 
 
 # Requeue (on worker shutdown) as dramatiq-pg does, but NOTIFY listeners so that a running worker
@@ -74,11 +81,21 @@ FROM requeued;
 #: consumer took them: a consumer that dramatiq restarts (after a lost connection) starts with an
 #: empty ``in_processing`` while the worker threads still run what the old one handed out.
 HELD: set[str] = set()
+#: Of those, the ones waiting for their eta in dramatiq's delay queue (they use no thread).
+DELAYED: set[str] = set()
+#: When this process's last deliveries ended (monotonic): the rate at which its threads free up.
+ENDED: deque[float] = deque(maxlen=64)
+#: A job may start with its consume if a thread should take it within this many seconds: at once
+#: when a thread is idle, else once the deliveries ahead of it have ended at the recent rate.
+START_AHEAD_S = 0.1
 
 
 class RoastqConsumer(PostgresConsumer):
-    def __init__(self, *, recovery_interval_s: float, **kw):
+    def __init__(self, *, recovery_interval_s: float, starts=None, **kw):
         super().__init__(**kw)
+        #: which of a batch's messages may start their jobs with the consume (``(message_id,
+        #: job_id)`` pairs); None: none
+        self.starts = starts
         self.timeout = kw["timeout"] / 1000  # seconds, as a float: stock floors 100 ms to a busy 0
         self.recovery_interval_s = recovery_interval_s
         self._next_rescan = time.monotonic() + recovery_interval_s
@@ -90,6 +107,7 @@ class RoastqConsumer(PostgresConsumer):
 
     def close(self):
         # Taken but never handed out: this process lets go of them (a rescan takes them again).
+        self._unstart(self._ready, best_effort=True)
         for proxy in self._ready:
             self._let_go(proxy.message_id)
         self._ready.clear()
@@ -185,13 +203,34 @@ class RoastqConsumer(PostgresConsumer):
         """This process no longer holds the message (finished, requeued, or forgotten)."""
         self.in_processing.discard(message_id)
         HELD.discard(message_id)
+        DELAYED.discard(message_id)
         self._delayed.discard(message_id)
 
     def _hand_out(self) -> dramatiq.MessageProxy:
         proxy = self._ready.popleft()
         if "eta" in proxy.options:
             self._delayed.add(proxy.message_id)
+            DELAYED.add(proxy.message_id)
         return proxy
+
+    def _unstart(self, proxies, *, best_effort: bool = False) -> None:
+        """Undo the starts made with the consume of ``proxies`` that never began (requeued, or
+        never handed out): their jobs are PENDING again. ``best_effort``: a failure (the database
+        is gone) is logged, not raised; the job's next delivery then takes it over as from a
+        worker that no longer runs it, its attempt counted as crashed."""
+        started = [(p, p.roastq_started) for p in proxies if getattr(p, "roastq_started", None) is not None]
+        if not started:
+            return
+        try:
+            jobs.unstart(None, [(s["job_id"], s["attempts"]) for _, s in started], worker_id=worker_id())
+        except psycopg2.Error as exc:
+            if not best_effort:
+                raise
+            logger.warning("could not undo the start of %d jobs whose messages were let go: %s", len(started), exc)
+        finally:
+            for proxy, s in started:
+                del proxy.roastq_started
+                started_with_consume.discard(s["job_id"])
 
     def _consume_batch(self, limit: int) -> None:
         """Take up to ``limit`` notified messages in one round trip (stock: one a message, from
@@ -218,25 +257,31 @@ class RoastqConsumer(PostgresConsumer):
                     found.setdefault(message.message_id, message)
             if not found:
                 return
+            starts = self.starts(list(found.values())) if self.starts is not None else []
             ids = list(found)
             db.execute_prepared(  # the hottest statement of a busy worker: planned once a session
                 curs,
-                db.Q.broker_consume_many,
+                CONSUME,
                 {
                     "ids": ids,
                     "locks": [message_lock(found[i]) for i in ids],
                     "queue": self.queue_name,
                     "consumer_id": worker_id(),
                     "stale_after_s": worker_stale_after_s(),
+                    **jobs.start_piece(starts),
                 },
             )
-            outcome = {str(row[0]): (row[1], row[2]) for row in curs.fetchall()}
+            outcome = {str(row[0]): row for row in curs.fetchall()}
             for message_id in ids:  # keep the order the notifications came in
-                lock, consumed = outcome.get(message_id, (None, False))
+                _, lock, consumed, job_id, *start = outcome.get(message_id, (None, None, False, None))
                 if consumed:
                     self.in_processing.add(message_id)
                     HELD.add(message_id)
-                    self._ready.append(dramatiq.MessageProxy(found[message_id]))
+                    proxy = dramatiq.MessageProxy(found[message_id])
+                    if job_id is not None:  # its job started with the consume (JobState takes it)
+                        proxy.roastq_started = dict(zip(START_FIELDS, (str(job_id), *start), strict=True))
+                        started_with_consume.add(str(job_id))
+                    self._ready.append(proxy)
                 elif lock is not None:
                     # Locked, but finished by another worker in between: let go at once.
                     curs.execute("SELECT pg_advisory_unlock(%s)", (lock,))
@@ -296,6 +341,7 @@ class RoastqConsumer(PostgresConsumer):
                 time.sleep(0.05 * 2**attempt)
 
     def _release_after_commit(self, message):
+        ENDED.append(time.monotonic())
         self.unlock_q.put_nowait(message)
         self._let_go(message.message_id)
 
@@ -307,6 +353,7 @@ class RoastqConsumer(PostgresConsumer):
         if not messages:
             return
         try:
+            self._unstart(messages, best_effort=True)  # jobs started with their consume: PENDING again
             with self._consume_cursor() as curs:
                 curs.execute(REQUEUE_NOTIFY, (tuple(m.message_id for m in messages),))
             with self._consume_cursor() as curs:  # committed: now the locks may go
@@ -325,6 +372,7 @@ class RoastqBroker(PostgresBroker):
     def __init__(self, *, middleware=None):
         super().__init__(pool=LazyPool(), results=False, middleware=middleware)
         self.recovery_interval_s = get_settings().recovery_interval_s
+        self.worker_threads = 0  # known at worker boot (SizePool); none: no job starts with a consume
         self.add_middleware(SizePool())
         # Results of store_results=True actors, in Postgres (roastq/brokers/results.py).
         self.backend = PostgresResults(self.pool)
@@ -337,7 +385,40 @@ class RoastqBroker(PostgresBroker):
             prefetch=prefetch,
             timeout=min(timeout, 1000),
             recovery_interval_s=self.recovery_interval_s,
+            starts=None if queue_name.endswith(".DQ") else self.starts_with_consume,
         )
+
+    def starts_with_consume(self, messages: list[Message]) -> list[tuple[str, str]]:
+        """Of a batch about to be consumed, the messages whose jobs may start with the consume,
+        ``(message_id, job_id)``: messages of job actors (``roastq_job``) that are due, as many as
+        a thread of this worker should take within ``START_AHEAD_S`` (``room``), so that a job is
+        RUNNING only once it runs, or about to. A message beyond them waits in the worker's
+        queue (the jobs ahead of it are long), and its delivery starts it."""
+        room = self.start_room()
+        now_ms = time.time() * 1000
+        starts = []
+        for message in messages:
+            if len(starts) >= room:
+                break
+            actor = self.actors.get(message.actor_name)
+            if actor is None or not actor.options.get("roastq_job") or message.options.get("eta", 0) > now_ms:
+                continue
+            job_id = jobs.job_id_of(message)
+            if job_id is not None:
+                starts.append((message.message_id, job_id))
+        return starts
+
+    def start_room(self) -> int:
+        """How many more deliveries a thread of this worker should begin within ``START_AHEAD_S``:
+        its idle threads, and those that the deliveries ending at the recent rate free by then
+        (none once no delivery has ended for a second: the jobs are long, or there were none)."""
+        busy = len(HELD) - len(DELAYED)
+        now = time.monotonic()
+        soon = 0
+        if len(ENDED) >= 8 and now - ENDED[-1] < 1.0:
+            rate = (len(ENDED) - 1) / max(ENDED[-1] - ENDED[0], 1e-6)
+            soon = int(rate * START_AHEAD_S)
+        return self.worker_threads + soon - busy
 
     def size_pool(self, threads: int) -> None:
         """One connection a thread plus two a consumed queue (and delay queue), within DB_POOL_MAX.
@@ -412,6 +493,7 @@ class SizePool(Middleware):
     """Size the pool once the worker's thread count is known, before its consumers start."""
 
     def before_worker_boot(self, broker, worker):
+        broker.worker_threads = worker.worker_threads
         broker.size_pool(worker.worker_threads)
 
 

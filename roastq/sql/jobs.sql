@@ -68,6 +68,61 @@ SELECT s.*,
        + (SELECT count(*) FROM crashed) AS crashes
 FROM started s;
 
+-- name: start_piece
+-- Jobs started by the statement that consumes their messages (the broker's consume,
+-- roastq/brokers/postgres.py): CTEs after the consume's `taken` (the ids of the messages it took).
+-- `start` for the jobs of a consumed batch, in the consume's round trip and commit, but only a job
+-- that is PENDING and not cancelled, and only by its live message (jobs.message_id): anything else
+-- (a job RUNNING, finished, or a second message of it) is left to its delivery's own `start`. The
+-- caller names the candidates (start_job_ids, start_message_ids: messages of job actors, no more
+-- than it has idle threads for, so that a job is RUNNING only once a thread runs it).
+picks AS MATERIALIZED (
+    SELECT c.job_id, c.message_id
+    FROM unnest(%(start_job_ids)s::uuid[], %(start_message_ids)s::uuid[]) AS c(job_id, message_id)
+    WHERE c.message_id IN (SELECT message_id FROM taken)
+), started AS (
+    UPDATE jobs j
+    SET status = 'RUNNING', attempts = attempts + 1, started_at = now(), updated_at = now(),
+        next_attempt_at = NULL, worker_id = %(consumer_id)s
+    WHERE j.id = ANY(ARRAY(SELECT job_id FROM picks))
+      AND (j.status = 'PENDING' AND j.cancel_requested_at IS NULL
+           AND EXISTS (SELECT 1 FROM picks p WHERE p.job_id = j.id AND p.message_id = j.message_id)) IS TRUE
+    RETURNING j.id, j.message_id, j.attempts, j.evaluation_id,
+              (SELECT e.agent_id FROM evaluations e WHERE e.id = j.evaluation_id) AS agent_id,
+              (SELECT av.time_limit_s FROM agent_versions av WHERE av.id = j.agent_version_id) AS time_limit_s,
+              (SELECT av.retry_on_timeout FROM agent_versions av WHERE av.id = j.agent_version_id) AS retry_on_timeout
+), crashed AS (
+    -- An attempt left open (its worker died) is the job's last one before this start: each start
+    -- closes all of them. Named by both key columns, so that no plan reads the whole table.
+    UPDATE job_attempts a SET ended_at = now(), outcome = 'crashed'
+    WHERE a.job_id = ANY(ARRAY(SELECT id FROM started))
+      AND a.attempt = ANY(ARRAY(SELECT attempts - 1 FROM started)) AND a.ended_at IS NULL
+    RETURNING a.job_id
+), opened AS (
+    INSERT INTO job_attempts (job_id, attempt, message_id)
+    SELECT id, attempts, message_id FROM started
+)
+
+-- name: unstart
+-- Undo starts made with a consume whose attempts never ran (their delivery was requeued, paused or
+-- skipped before it began): the attempt row goes, and the job is PENDING again as before, its
+-- attempts and started_at those of the attempt before. Only this worker's, and only the attempt
+-- named (a job started again since is left alone).
+WITH undone AS (
+    DELETE FROM job_attempts a
+    USING unnest(%(job_ids)s::uuid[], %(attempts)s::int[]) AS u(job_id, attempt)
+    WHERE a.job_id = u.job_id AND a.attempt = u.attempt AND a.ended_at IS NULL
+      AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.job_id AND j.status = 'RUNNING'
+                  AND j.attempts = u.attempt AND j.worker_id = %(worker_id)s)
+    RETURNING a.job_id, a.attempt
+)
+UPDATE jobs j
+SET status = 'PENDING', attempts = u.attempt - 1, worker_id = NULL, updated_at = now(),
+    started_at = (SELECT max(p.started_at) FROM job_attempts p WHERE p.job_id = j.id AND p.attempt < u.attempt)
+FROM undone u
+WHERE j.id = u.job_id AND j.status = 'RUNNING' AND j.attempts = u.attempt AND j.worker_id = %(worker_id)s
+RETURNING j.id;
+
 -- name: attempt_alive
 -- A RUNNING job whose attempt runs on a live worker (roastq_worker_alive).
 SELECT j.status = 'RUNNING' AND roastq_worker_alive(j.worker_id, %(stale_after_s)s) AS alive
