@@ -297,9 +297,14 @@ def cancel_requested(cur, job_id) -> bool:
 # -- the result ------------------------------------------------------------------------------------
 
 
-def lock(cur, job_id) -> dict | None:
-    """The job row, locked until the transaction ends (the result is saved under this lock)."""
+def lock(cur, job_id, *, answer: bool = True) -> dict | None:
+    """The job row, locked until the transaction ends (the result is saved under this lock).
+    ``answer=False`` on a ``db.lean_transaction()``: the lock goes out with the next statement,
+    which reads what it needs of the row (no round trip of its own); returns None."""
     if isinstance(cur, db.LeanCursor):  # a pooled session: prepared once, as the writes below
+        if not answer:
+            cur.defer(J.lock, {"job_id": job_id}, prepared=True)
+            return None
         cur.execute(J.lock, {"job_id": job_id}, prepared=True)
     else:
         cur.execute(J.lock, {"job_id": job_id})
@@ -315,8 +320,19 @@ def _write(cur, sql: str, params: dict) -> None:
         cur.execute(sql, params)
 
 
+#: SQLSTATE of a result for a job that is already finished (``complete``, migration 0018).
+ALREADY_FINISHED = "RQ001"
+
+
+def already_finished(exc: BaseException) -> bool:
+    """``exc`` is the error of a result's transaction whose job was already finished."""
+    return getattr(exc, "pgcode", None) == ALREADY_FINISHED
+
+
 def complete(cur, job_id, *, evaluation_version_id, price_usd) -> None:
-    """-> COMPLETED, with its evaluation version and price (in the result's transaction)."""
+    """-> COMPLETED, with its evaluation version and price (in the result's transaction). A job
+    already finished (a duplicate delivery's result came first) fails the transaction with
+    ``ALREADY_FINISHED`` (``already_finished(exc)``): no lock and read of the job row first."""
     _write(cur, J.complete, {"job_id": job_id, "evaluation_version_id": evaluation_version_id, "price_usd": price_usd})
 
 

@@ -272,3 +272,59 @@ def test_a_long_document_that_fits_is_counted_then_evaluated(db, seeded, worker,
     short = enqueue_evaluation(other, agent_with(seeded, db, critique=False))
     wait_for_status(db, [short])
     assert sim.stats()["count_tokens"] == 1  # a prompt that certainly fits is not counted
+
+
+def _result(summary):
+    from roastq.evaluation import pipeline
+
+    return pipeline.EvaluationResult(summary=summary, analysis="a", grade=50, highlights=[], self_critique=None)
+
+
+def test_a_result_for_a_job_already_finished_is_discarded_and_the_first_stands(db, seeded):
+    """The result's transaction learns at its end (the guarded ``complete``) that a duplicate
+    delivery's result came first: everything it wrote is rolled back, and its session is usable."""
+    from roastq import db as roastq_db
+    from roastq.evaluation import pipeline
+
+    job_id = enqueue_evaluation(first_doc(seeded), agent_with(seeded, db, critique=False))
+    inputs = pipeline.load_inputs(job_id)
+    assert pipeline.save(inputs, _result("first")) is not None
+    assert pipeline.save(inputs, _result("second")) is None
+    assert rows(db, "SELECT summary, version FROM evaluation_versions WHERE job_id = %s", job_id) == [("first", 1)]
+    assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "COMPLETED"
+    for _ in range(roastq_db.pool().maxconn + 1):  # every pooled session still works
+        assert roastq_db.execute_one("SELECT 1 AS n")["n"] == 1
+
+
+def test_two_results_of_one_job_at_once_land_one_after_the_other(db, seeded, database_url):
+    """Two deliveries' results of one job reach their commit together: the job row's lock, taken
+    by the guarded ``complete``, orders them, and the second finds the job finished and is
+    discarded (one evaluation version, one None)."""
+    import threading
+
+    import psycopg2
+
+    from roastq.evaluation import pipeline
+
+    job_id = enqueue_evaluation(first_doc(seeded), agent_with(seeded, db, critique=False))
+    inputs = pipeline.load_inputs(job_id)
+    holder = psycopg2.connect(database_url)
+    with holder.cursor() as cur:  # hold the job row: both results wait at their complete
+        cur.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
+    outcomes = []
+    threads = [
+        threading.Thread(target=lambda s=s: outcomes.append(pipeline.save(inputs, _result(s)))) for s in ("a", "b")
+    ]
+    for t in threads:
+        t.start()
+    wait_until_waiting = time.monotonic() + 10
+    while one(db, "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype IN ('transactionid', 'tuple')") < 2:
+        assert time.monotonic() < wait_until_waiting, "the two results never waited on the job row"
+        time.sleep(0.02)
+    holder.commit()
+    for t in threads:
+        t.join(10)
+    holder.close()
+    assert sorted(o is None for o in outcomes) == [False, True], outcomes
+    assert one(db, "SELECT count(*) FROM evaluation_versions WHERE job_id = %s", job_id) == 1
+    assert one(db, "SELECT evaluation_version_id IS NOT NULL FROM jobs WHERE id = %s", job_id)

@@ -107,7 +107,7 @@ def test_a_lean_transaction_that_fails_in_a_deferred_write_or_its_block_leaves_n
 def test_a_jobs_result_is_prepared_once_a_session_and_stays_two_round_trips(seeded, wire):
     """The result's statements (lock, complete, finish_attempt) are the session's prepared
     statements: the first result on a session sends their PREPAREs with their first EXECUTEs,
-    the next only EXECUTEs, in the same two round trips."""
+    the next only EXECUTEs, in the same two round trips (the lock's answer read)."""
     from roastq import db as roastq_db
     from roastq import jobs
     from roastq.api import enqueue_evaluations
@@ -182,3 +182,50 @@ def test_a_consumed_batch_is_one_statement_and_its_lock_releases_one_more(db, wi
         assert one(db, "SELECT count(*) FROM dramatiq.queue WHERE state = 'done'") == 5
     finally:
         consumer.close()
+
+
+def test_a_jobs_bookkeeping_without_a_lock_is_one_round_trip_and_lands_only_on_a_live_job(seeded, wire, db):
+    """complete + finish_attempt, all deferred: BEGIN, both and COMMIT in one round trip. The
+    guarded complete refuses a finished job (SQLSTATE RQ001): nothing of that transaction stays."""
+    import psycopg2
+    import pytest
+
+    from roastq import db as roastq_db
+    from roastq import jobs
+    from roastq.api import enqueue_evaluations
+
+    doc, agent = next(iter(seeded.documents.values())), next(iter(seeded.agents.values()))
+    (job_id,) = enqueue_evaluations([(doc, agent)])
+    wire.clear()
+    with roastq_db.lean_transaction() as cur:
+        jobs.complete(cur, job_id, evaluation_version_id=None, price_usd=0)
+        jobs.finish_attempt(cur, job_id, 1, job_id)
+    sent = [q for q in wire.taken() if "roastq_" in q]
+    assert len(sent) == 1 and sent[0].startswith("BEGIN") and sent[0].endswith("COMMIT"), sent
+    assert one(db, "SELECT status FROM jobs WHERE id = %s", job_id) == "COMPLETED"
+    with db.cursor() as cur:
+        cur.execute("UPDATE jobs SET status = 'CANCELLED', price_usd = 7 WHERE id = %s", (job_id,))
+    with pytest.raises(psycopg2.Error) as raised:
+        with roastq_db.lean_transaction() as cur:
+            jobs.complete(cur, job_id, evaluation_version_id=None, price_usd=0)
+    assert jobs.already_finished(raised.value)
+    assert one(db, "SELECT status, price_usd FROM jobs WHERE id = %s", job_id) == ("CANCELLED", 7)
+    assert roastq_db.execute_one("SELECT 1 AS n")["n"] == 1  # the pool's sessions are usable
+
+
+def test_a_result_sends_the_job_lock_with_its_first_read(seeded, wire, db):
+    """pipeline.save locks the job row in the round trip that reads the evaluation's next version
+    number (and the job's status): the lock has no round trip of its own."""
+    from roastq.api import enqueue_evaluations
+    from roastq.evaluation import pipeline
+
+    doc, agent = next(iter(seeded.documents.values())), next(iter(seeded.agents.values()))
+    (job_id,) = enqueue_evaluations([(doc, agent)])
+    inputs = pipeline.load_inputs(job_id)
+    wire.clear()
+    result = pipeline.EvaluationResult(summary="s", analysis="a", grade=50, highlights=[], self_critique=None)
+    assert pipeline.save(inputs, result) is not None
+    sent = wire.taken()
+    (first,) = [q for q in sent if "coalesce(max(ev.version)" in q]
+    assert first.startswith("BEGIN") and "FOR UPDATE" in first and "EXECUTE roastq_" in first, first
+    assert sent.index(first) == 0, sent  # nothing before it: no round trip for the lock alone

@@ -2,7 +2,7 @@
 
 Imports ``actors`` (our broker, the full middleware stack, the default logging) and gives the two
 evaluation actors a no-op body that still does a job's bookkeeping: JobState starts the job, the
-body locks the job row, writes COMPLETED and closes the attempt with the ack in one transaction,
+body writes COMPLETED (on a live job only) and closes the attempt with the ack in one transaction,
 through ``roastq.jobs`` (what ``pipeline.save`` does, less the evaluation rows). So ``enqueue_evaluation`` and
 ``enqueue_evaluations`` are timed on their real path. ``peer_plain`` is the same broker and
 middleware with no job row ("roastq plain").
@@ -33,7 +33,6 @@ def noop_job(job_id: str) -> None:
         time.sleep(WAIT_S)
     job = current_job.get()
     with db.lean_transaction() as cur:  # pipeline.save's bookkeeping, without the evaluation's rows
-        jobs.lock(cur, job_id)
         jobs.complete(cur, job_id, evaluation_version_id=None, price_usd=0)
         jobs.finish_attempt(cur, job_id, job.attempt, job.message_id)
     job.finished_with_result = True

@@ -265,16 +265,28 @@ def save(inputs: JobInputs, result: EvaluationResult) -> str | None:
 
     Writes whose answer is not read are deferred (``db.lean_transaction``): they go out with the
     next statement or with the COMMIT, so the transaction costs a round trip for each answer it
-    reads (the lock, the version number, the version's and each highlight's id, the ledger) and
-    one for the rest and the COMMIT."""
+    reads (the version number, the version's and each highlight's id, the ledger) and
+    one for the rest and the COMMIT. Whether the job is still live is known at the end: its
+    ``complete`` fails the transaction when it is not (``jobs.already_finished``)."""
+    try:
+        return _save(inputs, result)
+    except psycopg2.Error as exc:  # finished between the lock and the result (not by a save: a cancel)
+        if not jobs.already_finished(exc):
+            raise
+        logger.warning("job already finished: result discarded")
+        return None
+
+
+def _save(inputs: JobInputs, result: EvaluationResult) -> str | None:
     with db.lean_transaction() as cur:
-        job = jobs.lock(cur, inputs.job_id)
-        if job is None or jobs.is_finished(job["status"]):
-            logger.warning("job already %s: result discarded", job and job["status"])
-            return None
+        jobs.lock(cur, inputs.job_id, answer=False)  # its status comes with the version number
         cur.defer(Q.lock_evaluation, {"evaluation_id": inputs.evaluation_id})
-        cur.execute(Q.next_evaluation_version, {"evaluation_id": inputs.evaluation_id})
-        version = cur.fetchone()["version"]
+        cur.execute(Q.next_evaluation_version, {"evaluation_id": inputs.evaluation_id, "job_id": inputs.job_id})
+        row = cur.fetchone()
+        if row is None or row["job_status"] is None or jobs.is_finished(row["job_status"]):
+            logger.warning("job already %s: result discarded", row and row["job_status"])
+            return None
+        version = row["version"]
         cur.execute(
             Q.insert_evaluation_version,
             {

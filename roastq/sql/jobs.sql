@@ -184,12 +184,19 @@ SELECT cancel_requested_at IS NOT NULL AS cancelled FROM jobs WHERE id = %(job_i
 SELECT id, status, evaluation_id, created_at, cancel_requested_at, worker_id FROM jobs WHERE id = %(job_id)s FOR UPDATE;
 
 -- name: complete
-UPDATE jobs
-SET status = 'COMPLETED', evaluation_version_id = %(evaluation_version_id)s, worker_id = NULL,
-    price_usd = %(price_usd)s, completed_at = now(), updated_at = now(),
-    error_class = NULL, error = NULL, next_attempt_at = NULL,
-    duration_s = EXTRACT(EPOCH FROM now() - created_at)
-WHERE id = %(job_id)s;
+-- A live job (PENDING or RUNNING) becomes COMPLETED with its result; a finished one (a duplicate
+-- delivery's result came first) fails the statement with SQLSTATE RQ001, and with it the result's
+-- transaction (migration 0018). The UPDATE locks the row: two results land one after the other.
+WITH done AS (
+    UPDATE jobs
+    SET status = 'COMPLETED', evaluation_version_id = %(evaluation_version_id)s, worker_id = NULL,
+        price_usd = %(price_usd)s, completed_at = now(), updated_at = now(),
+        error_class = NULL, error = NULL, next_attempt_at = NULL,
+        duration_s = EXTRACT(EPOCH FROM now() - created_at)
+    WHERE id = %(job_id)s AND status IN ('PENDING', 'RUNNING')
+    RETURNING id
+)
+SELECT roastq_result_lands(EXISTS (SELECT 1 FROM done), %(job_id)s::uuid);
 
 -- name: append_logs
 -- Log lines of finished attempts, many jobs in one statement: a row of `job_logs` a job (its

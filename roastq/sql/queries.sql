@@ -79,8 +79,11 @@ JOIN agent_versions av ON av.id = j.agent_version_id
 WHERE j.id = %(job_id)s;
 
 -- name: next_evaluation_version
--- Called with the job row locked; the evaluation row lock serialises versions per evaluation.
-SELECT coalesce(max(ev.version), 0) + 1 AS version
+-- Called with the job row locked (a deferred `lock` before it, in the same round trip); the
+-- evaluation row lock serialises versions per evaluation. With the job's status, read after its
+-- lock: a finished job's result is discarded without a round trip of its own for the lock.
+SELECT coalesce(max(ev.version), 0) + 1 AS version,
+       (SELECT j.status FROM jobs j WHERE j.id = %(job_id)s) AS job_status
 FROM evaluations e LEFT JOIN evaluation_versions ev ON ev.evaluation_id = e.id
 WHERE e.id = %(evaluation_id)s
 GROUP BY e.id;
