@@ -203,3 +203,31 @@ def test_a_cancelled_or_finished_job_is_not_started_by_its_consume(db, seeded, c
     handed = [take_one(c), take_one(c)]
     assert [getattr(p, "roastq_started", None) for p in handed] == [None, None]
     assert job_row(db, cancelled)[:2] == ("PENDING", 0) and job_row(db, finished)[:2] == ("COMPLETED", 0)
+
+
+def test_a_message_with_an_eta_is_not_started_with_its_consume(db, seeded, consumer):
+    """dramatiq sends every message that carries an eta, a past one too, through the worker's
+    delay queue, and enqueues it again from there: started with this consume, the job would be
+    RUNNING under a delivery that never runs (and its next delivery would back off from it)."""
+    import dramatiq
+
+    job_id = a_job(seeded, db)
+    message = dramatiq.Message(
+        queue_name="interactive",
+        actor_name="evaluate_document",
+        args=(job_id,),
+        kwargs={},
+        options={"eta": int(time.time() * 1000) - 1000},
+    )
+    with db.cursor() as cur:  # the job's live message is this one, due a second ago
+        cur.execute("DELETE FROM dramatiq.queue")
+        cur.execute(
+            "INSERT INTO dramatiq.queue (queue_name, message_id, state, message) VALUES ('interactive', %s, 'queued', %s)",
+            (message.message_id, message.encode().decode()),
+        )
+        cur.execute("UPDATE jobs SET message_id = %s WHERE id = %s", (message.message_id, job_id))
+        cur.execute("SELECT pg_notify('dramatiq.interactive.enqueue', %s)", (message.encode().decode(),))
+    proxy = take_one(consumer(threads=4))
+    assert proxy.message_id == message.message_id
+    assert getattr(proxy, "roastq_started", None) is None
+    assert job_row(db, job_id) == ("PENDING", 0, False)

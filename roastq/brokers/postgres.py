@@ -390,18 +390,19 @@ class RoastqBroker(PostgresBroker):
 
     def starts_with_consume(self, messages: list[Message]) -> list[tuple[str, str]]:
         """Of a batch about to be consumed, the messages whose jobs may start with the consume,
-        ``(message_id, job_id)``: messages of job actors (``roastq_job``) that are due, as many as
+        ``(message_id, job_id)``: messages of job actors (``roastq_job``) with no eta, as many as
         a thread of this worker should take within ``START_AHEAD_S`` (``room``), so that a job is
         RUNNING only once it runs, or about to. A message beyond them waits in the worker's
         queue (the jobs ahead of it are long), and its delivery starts it."""
         room = self.start_room()
-        now_ms = time.time() * 1000
         starts = []
         for message in messages:
             if len(starts) >= room:
                 break
             actor = self.actors.get(message.actor_name)
-            if actor is None or not actor.options.get("roastq_job") or message.options.get("eta", 0) > now_ms:
+            # dramatiq sends a message with an eta (a past one too) through its delay queue, and
+            # enqueues it again from there: this delivery never runs it
+            if actor is None or not actor.options.get("roastq_job") or "eta" in message.options:
                 continue
             job_id = jobs.job_id_of(message)
             if job_id is not None:
