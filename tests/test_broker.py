@@ -95,6 +95,54 @@ def test_notifications_that_arrive_while_the_consumer_is_busy_are_taken_at_once(
         consumer.close()
 
 
+def _notify_many(db, n, queue="interactive"):
+    """``n`` distinct notifications of about 1 kB on the queue's channel, committed at once."""
+    with db.cursor() as cur:
+        cur.execute(
+            "SELECT count(pg_notify(%s, json_build_object('message_id', gen_random_uuid(), 'pad', repeat('x', 1000))::text))"
+            " FROM generate_series(1, %s)",
+            (f"dramatiq.{queue}.enqueue", n),
+        )
+
+
+@pytest.mark.parametrize("kind", ["ours", pytest.param("stock", marks=STOCK)])
+def test_a_full_consumer_keeps_reading_its_notifications(db, kind):
+    """Defect: with every slot taken (the worker has fallen behind), stock never reads its
+    listening connection. The socket fills, the server's backend blocks sending to it (the
+    cluster's notification queue cannot move on past it), and after tcp_user_timeout (10 s) the
+    server drops the connection and the notifications sent meanwhile are lost: their messages
+    waited for a rescan (the 300/s run beside an idle-in-transaction session, p99 95 s in its
+    worst minute). 5 MB of notifications is more than the socket buffers hold."""
+    consumer = make_consumer(kind, prefetch=1)
+    try:
+        drain(consumer, 0.3)  # listening, idle
+        consumer.in_processing.add("busy")  # full from now on
+        _notify_many(db, 5000)
+        deadline = time.monotonic() + 5
+        while len(consumer.notifies) < 5000 and time.monotonic() < deadline:
+            assert next(consumer) is None
+        assert len(consumer.notifies) == 5000, len(consumer.notifies)
+    finally:
+        consumer.close()
+
+
+def test_notifications_beyond_what_a_consumer_keeps_are_left_to_a_rescan(db, monkeypatch):
+    from roastq.brokers import postgres
+
+    monkeypatch.setattr(postgres, "MAX_NOTIFIES", 1000)
+    consumer = make_consumer("ours", prefetch=1, recovery_interval_s=60)
+    try:
+        drain(consumer, 0.3)
+        consumer.in_processing.add("busy")
+        _notify_many(db, 3000)
+        deadline = time.monotonic() + 5
+        while consumer._next_rescan != 0.0 and time.monotonic() < deadline:
+            next(consumer)
+        assert len(consumer.notifies) == 1000 and consumer._next_rescan == 0.0  # rescanned when free
+    finally:
+        consumer.close()
+
+
 @pytest.mark.parametrize("pool_kind", ["ours", pytest.param("stock", marks=STOCK)])
 def test_pool_exhaustion_waits_instead_of_failing(database_url, pool_kind):
     """Defect 2: with every connection taken, an ack raised "connection pool exhausted" and was lost."""

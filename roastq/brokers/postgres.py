@@ -14,7 +14,8 @@ What differs from stock dramatiq-pg 0.12 (docs/architecture.md, "The broker", li
   committed; stock queues the release first, and a rescan in between runs the message twice;
 * enqueue can run on the caller's cursor, so a job row and its message commit together;
 * a consumed batch's jobs start in the statement that consumes their messages (``CONSUME``), as
-  many as the worker has idle threads for: a delivery then needs no round trip of its own to begin;
+  many as a thread of the worker takes within ``START_AHEAD_S`` (``RoastqBroker.start_room``): a
+  delivery then needs no round trip of its own to begin;
 * results of ``store_results=True`` actors work (roastq/brokers/results.py; stock builds them
   on a pool of its own and returns a failure as a dict).
 """
@@ -85,6 +86,9 @@ HELD: set[str] = set()
 DELAYED: set[str] = set()
 #: When this process's last deliveries ended (monotonic): the rate at which its threads free up.
 ENDED: deque[float] = deque(maxlen=64)
+#: Notifications a consumer keeps in memory while its worker is busy (about 600 bytes each); the
+#: messages of any beyond them are found by a rescan of the queue.
+MAX_NOTIFIES = 20_000
 #: A job may start with its consume if a thread should take it within this many seconds: at once
 #: when a thread is idle, else once the deliveries ahead of it have ended at the recent rate.
 START_AHEAD_S = 0.1
@@ -173,6 +177,8 @@ class RoastqConsumer(PostgresConsumer):
             return self._hand_out()
         if self._listen_conn is None:
             self.notifies = self.fetch_pending_notifies()
+        else:
+            self._read_notifications()
 
         free = self.prefetch - len(self.in_processing)
         if free <= 0:
@@ -198,6 +204,27 @@ class RoastqConsumer(PostgresConsumer):
 
         self.purge_locks()
         return None
+
+    def _read_notifications(self) -> None:
+        """Move the notifications that have arrived on the listening connection into memory,
+        without waiting: at every turn, a slot free or not. Stock reads the socket only when a
+        slot is free, so a worker that falls behind leaves it unread: it fills, the server's
+        backend then blocks sending to it (and the cluster's notification queue cannot move on
+        past it), and after ``tcp_user_timeout`` (10 s) the server drops the connection, losing
+        the notifications sent meanwhile: their messages then waited for a rescan (the 300/s
+        run beside an idle-in-transaction session: p99 95 s in its worst minute). Beyond
+        ``MAX_NOTIFIES`` kept, the newest are dropped and the queue is rescanned once the rest
+        are taken (their messages wait in the table)."""
+        conn = self._listen_conn
+        for _ in range(1000):  # each poll reads what one read of the socket brings: until none
+            conn.poll()
+            if not conn.notifies:
+                return
+            self.notifies += conn.notifies[:]
+            conn.notifies[:] = []
+            if len(self.notifies) > MAX_NOTIFIES:
+                del self.notifies[MAX_NOTIFIES:]
+                self._next_rescan = 0.0
 
     def _let_go(self, message_id: str) -> None:
         """This process no longer holds the message (finished, requeued, or forgotten)."""

@@ -266,11 +266,13 @@ def save(inputs: JobInputs, result: EvaluationResult) -> str | None:
     Writes whose answer is not read are deferred (``db.lean_transaction``): they go out with the
     next statement or with the COMMIT, so the transaction costs a round trip for each answer it
     reads (the version number, the version's and each highlight's id, the ledger) and
-    one for the rest and the COMMIT. Whether the job is still live is known at the end: its
-    ``complete`` fails the transaction when it is not (``jobs.already_finished``)."""
+    one for the rest and the COMMIT. The job row's lock goes out with the first of them, which
+    reads the job's status after it: a finished job's result is discarded there. ``complete``
+    refuses a finished job too (``jobs.already_finished``); under that lock it cannot happen
+    here, and is caught all the same."""
     try:
         return _save(inputs, result)
-    except psycopg2.Error as exc:  # finished between the lock and the result (not by a save: a cancel)
+    except psycopg2.Error as exc:
         if not jobs.already_finished(exc):
             raise
         logger.warning("job already finished: result discarded")
