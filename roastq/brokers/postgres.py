@@ -5,6 +5,8 @@ What differs from stock dramatiq-pg 0.12 (docs/architecture.md, "The broker", li
 * one shared, blocking connection pool (``roastq.db.pool``) sized from the worker's threads and
   queues: exhaustion waits instead of raising, so no ack is lost (defect 2);
 * the consumer's backoff resets as soon as a processing slot frees (defect 1);
+* a consumer reads the notifications that arrive at every turn, also while its worker is full:
+  stock leaves the socket unread then, and the server drops the connection and its notifications;
 * requeued messages are announced with NOTIFY (defect 3), and every consumer rescans its queue
   for orphaned messages every ``RECOVERY_INTERVAL_S`` seconds instead of at random about every
   five minutes; a message whose worker is alive is never taken: its advisory lock is held, and
