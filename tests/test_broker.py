@@ -108,9 +108,9 @@ def _notify_many(db, n, queue="interactive"):
 @pytest.mark.parametrize("kind", ["ours", pytest.param("stock", marks=STOCK)])
 def test_a_full_consumer_keeps_reading_its_notifications(db, kind):
     """Defect: with every slot taken (the worker has fallen behind), stock never reads its
-    listening connection. The socket fills, the server's backend blocks sending to it (the
-    cluster's notification queue cannot move on past it), and after tcp_user_timeout (10 s) the
-    server drops the connection and the notifications sent meanwhile are lost: their messages
+    listening connection. The socket fills, and once what the server sends has waited
+    tcp_user_timeout (10 s) the server drops the connection: the notifications sent meanwhile are
+    lost, and their messages
     waited for a rescan (the 300/s run beside an idle-in-transaction session, p99 95 s in its
     worst minute). 5 MB of notifications is more than the socket buffers hold."""
     consumer = make_consumer(kind, prefetch=1)

@@ -210,10 +210,9 @@ class RoastqConsumer(PostgresConsumer):
     def _read_notifications(self) -> None:
         """Move the notifications that have arrived on the listening connection into memory,
         without waiting: at every turn, a slot free or not. Stock reads the socket only when a
-        slot is free, so a worker that falls behind leaves it unread: it fills, the server's
-        backend then blocks sending to it (and the cluster's notification queue cannot move on
-        past it), and after ``tcp_user_timeout`` (10 s) the server drops the connection, losing
-        the notifications sent meanwhile: their messages then waited for a rescan (the 300/s
+        slot is free, so a worker that falls behind leaves it unread: it fills, and once what the
+        server sends has waited ``tcp_user_timeout`` (10 s) the server drops the connection,
+        losing the notifications sent meanwhile: their messages then waited for a rescan (the 300/s
         run beside an idle-in-transaction session: p99 95 s in its worst minute). Beyond
         ``MAX_NOTIFIES`` kept, the newest are dropped and the queue is rescanned once the rest
         are taken (their messages wait in the table)."""
