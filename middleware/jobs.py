@@ -28,31 +28,13 @@ from observability.logging import HotLogger
 from roastq import db, jobs
 from roastq.exceptions import Snooze
 from roastq.failures import Action, ErrorClass, RetryPolicy
-from roastq.jobctx import JobContext, current_job, start_error, started_with_consume, worker_id, worker_stale_after_s
-from roastq.jobs import JobStatus, job_id_of
-
-__all__ = ["JobState", "job_id_of", "undo_start"]
+from roastq.jobctx import JobContext, current_job, start_error, worker_id, worker_stale_after_s
+from roastq.jobs import JobStatus, job_id_of, started_with_consume
 
 from .retries import decision_for
 
 #: Two lines every job: built as JSON directly in a worker, stdlib records elsewhere (HotLogger).
 logger = HotLogger("roastq.jobs")
-
-
-def undo_start(cur, message) -> bool:
-    """A delivery whose job started with its message's consume (the broker's ``roastq_started``)
-    ends before its attempt began (a middleware before JobState stopped it, or another delivery
-    runs the job here): the job is PENDING again, as before the consume, on ``cur`` (None: a
-    round trip of its own). Returns whether there was a start to undo."""
-    started = getattr(message, "roastq_started", None)
-    if started is None:
-        return False
-    del message.roastq_started
-    try:
-        jobs.unstart(cur, [(started["job_id"], started["attempts"])], worker_id=worker_id())
-    finally:
-        started_with_consume.discard(started["job_id"])
-    return True
 
 
 def _with_retries(write, tries: int = 5) -> None:
@@ -181,7 +163,7 @@ class JobState(Middleware):
         if started is None:
             return None
         if here.running:
-            undo_start(None, message)
+            jobs.unstart(None, [message], worker_id=worker_id())
             return None
         del message.roastq_started
         started_with_consume.discard(job_id)
@@ -285,7 +267,7 @@ class JobState(Middleware):
         """A start made with the consume that no delivery took (a middleware before this one
         stopped the message: an age limit, say) is undone, and the job is PENDING again."""
         try:
-            undo_start(None, message)
+            jobs.unstart(None, [message], worker_id=worker_id())
         except Exception as exc:  # its next delivery here takes the job over (counted as crashed)
             logger.warning("could not undo the start of a job whose delivery stopped before it began: %s", exc)
 

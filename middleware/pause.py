@@ -18,9 +18,10 @@ from dramatiq.middleware import Middleware, MiddlewareError
 
 from roastq import db, jobs
 from roastq.exceptions import Snooze
+from roastq.jobctx import worker_id
 from roastq.ops import pause
 
-from .jobs import job_id_of, undo_start
+from .jobs import job_id_of
 
 logger = logging.getLogger("roastq.pause")
 
@@ -60,7 +61,8 @@ class SystemPause(Middleware):
         if job_id is not None:
             try:
                 with db.transaction() as cur:
-                    undo_start(cur, message)  # started with its consume: PENDING again, then held
+                    # started with its consume: PENDING again, then held
+                    jobs.unstart(cur, [message], worker_id=worker_id())
                     jobs.hold(
                         cur,
                         job_id,

@@ -36,10 +36,6 @@ current_job: ContextVar[JobContext | None] = ContextVar("roastq_current_job", de
 #: Why the job middleware could not start the job (e.g. the database was down): the actor
 #: raises it, so the failure is classified and retried like any other.
 start_error: ContextVar[BaseException | None] = ContextVar("roastq_start_error", default=None)
-#: Jobs this process started with their message's consume (the broker's consumer adds them) whose
-#: delivery has not yet begun (the job middleware takes them out): the job runs here, as far as a
-#: delivery of another message of it is concerned.
-started_with_consume: set[str] = set()
 
 
 _worker_id: tuple[int, str] | None = None

@@ -187,19 +187,39 @@ def start_piece(candidates: list[tuple[str, str]]) -> dict:
     }
 
 
-def unstart(cur, started: list[tuple[str, int]], *, worker_id: str) -> list[str]:
-    """Undo starts made with a consume, ``(job_id, attempt)`` pairs whose attempts never ran: the
-    jobs are PENDING again as before. With ``cur`` None, one round trip of its own. Returns the
-    ids of the jobs undone (not one started again since, or by another worker)."""
+#: Jobs this process started with their message's consume (the broker's consumer adds them, the
+#: message carrying the start as ``roastq_started``) whose delivery has not yet begun (the job
+#: middleware takes them out): the job runs here, as far as a delivery of another message of it is
+#: concerned.
+started_with_consume: set[str] = set()
+
+
+def unstart(cur, messages, *, worker_id: str) -> None:
+    """Undo the starts made with the consume of ``messages`` whose attempts never began (requeued,
+    never handed out, stopped before JobState): their jobs are PENDING again as before the consume,
+    this worker's attempt gone (a job started again since, or by another worker, is left alone).
+    Messages without such a start are passed over. With ``cur`` None, one round trip of its own."""
+    started = []
+    for message in messages:
+        start = getattr(message, "roastq_started", None)
+        if start is not None:
+            del message.roastq_started
+            started.append(start)
     if not started:
-        return []
-    params = {"job_ids": [j for j, _ in started], "attempts": [a for _, a in started], "worker_id": worker_id}
-    if cur is None:
-        rows = db.execute_one(J.unstart, params, fetch="all")
-    else:
-        cur.execute(J.unstart, params)
-        rows = cur.fetchall()
-    return [str(r["id"] if isinstance(r, dict) else r[0]) for r in rows]
+        return
+    params = {
+        "job_ids": [s["job_id"] for s in started],
+        "attempts": [s["attempts"] for s in started],
+        "worker_id": worker_id,
+    }
+    try:
+        if cur is None:
+            db.execute_one(J.unstart, params, fetch=None)
+        else:
+            cur.execute(J.unstart, params)
+    finally:
+        for s in started:
+            started_with_consume.discard(s["job_id"])
 
 
 def attempt_alive(cur, job_id, *, stale_after_s: float) -> bool:

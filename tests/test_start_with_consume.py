@@ -47,7 +47,8 @@ def job_row(db, job_id):
 def test_a_consumed_job_starts_with_its_consume_and_its_delivery_sends_no_start(db, seeded, broker, wire, consumer):
     from middleware.jobs import JobState
     from roastq.failures import RetryPolicy
-    from roastq.jobctx import current_job, started_with_consume
+    from roastq.jobctx import current_job
+    from roastq.jobs import started_with_consume
 
     job_id = a_job(seeded, db)
     c = consumer()
@@ -101,7 +102,7 @@ def test_jobs_start_with_a_consume_when_threads_free_up_within_a_tenth_of_a_seco
 
 
 def test_a_requeue_at_shutdown_undoes_the_start_as_if_the_message_was_never_taken(db, seeded, consumer):
-    from roastq.jobctx import started_with_consume
+    from roastq.jobs import started_with_consume
 
     job_id = a_job(seeded, db)
     c = consumer()

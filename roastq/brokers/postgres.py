@@ -44,7 +44,7 @@ from psycopg2.extras import Json
 
 from roastq import db, jobs
 from roastq.brokers.results import PostgresResults
-from roastq.jobctx import started_with_consume, worker_id, worker_stale_after_s
+from roastq.jobctx import worker_id, worker_stale_after_s
 from roastq.queues import JOB_QUEUES, LANE_SUFFIX
 from roastq.settings import get_settings
 from roastq.sql import load_queries
@@ -113,7 +113,7 @@ class RoastqConsumer(PostgresConsumer):
 
     def close(self):
         # Taken but never handed out: this process lets go of them (a rescan takes them again).
-        self._unstart(self._ready, best_effort=True)
+        self._unstart(self._ready)
         for proxy in self._ready:
             self._let_go(proxy.message_id)
         self._ready.clear()
@@ -241,24 +241,16 @@ class RoastqConsumer(PostgresConsumer):
             DELAYED.add(proxy.message_id)
         return proxy
 
-    def _unstart(self, proxies, *, best_effort: bool = False) -> None:
+    @staticmethod
+    def _unstart(proxies) -> None:
         """Undo the starts made with the consume of ``proxies`` that never began (requeued, or
-        never handed out): their jobs are PENDING again. ``best_effort``: a failure (the database
-        is gone) is logged, not raised; the job's next delivery then takes it over as from a
-        worker that no longer runs it, its attempt counted as crashed."""
-        started = [(p, p.roastq_started) for p in proxies if getattr(p, "roastq_started", None) is not None]
-        if not started:
-            return
+        never handed out): their jobs are PENDING again (``jobs.unstart``). A failure (the
+        database is gone) is logged, not raised: the job's next delivery then takes it over as
+        from a worker that no longer runs it, its attempt counted as crashed."""
         try:
-            jobs.unstart(None, [(s["job_id"], s["attempts"]) for _, s in started], worker_id=worker_id())
+            jobs.unstart(None, proxies, worker_id=worker_id())
         except psycopg2.Error as exc:
-            if not best_effort:
-                raise
-            logger.warning("could not undo the start of %d jobs whose messages were let go: %s", len(started), exc)
-        finally:
-            for proxy, s in started:
-                del proxy.roastq_started
-                started_with_consume.discard(s["job_id"])
+            logger.warning("could not undo the start of jobs whose messages were let go: %s", exc)
 
     def _consume_batch(self, limit: int) -> None:
         """Take up to ``limit`` notified messages in one round trip (stock: one a message, from
@@ -308,7 +300,7 @@ class RoastqConsumer(PostgresConsumer):
                     proxy = dramatiq.MessageProxy(found[message_id])
                     if job_id is not None:  # its job started with the consume (JobState takes it)
                         proxy.roastq_started = dict(zip(START_FIELDS, (str(job_id), *start), strict=True))
-                        started_with_consume.add(str(job_id))
+                        jobs.started_with_consume.add(str(job_id))
                     self._ready.append(proxy)
                 elif lock is not None:
                     # Locked, but finished by another worker in between: let go at once.
@@ -381,7 +373,7 @@ class RoastqConsumer(PostgresConsumer):
         if not messages:
             return
         try:
-            self._unstart(messages, best_effort=True)  # jobs started with their consume: PENDING again
+            self._unstart(messages)  # jobs started with their consume: PENDING again
             with self._consume_cursor() as curs:
                 curs.execute(REQUEUE_NOTIFY, (tuple(m.message_id for m in messages),))
             with self._consume_cursor() as curs:  # committed: now the locks may go

@@ -267,19 +267,9 @@ def save(inputs: JobInputs, result: EvaluationResult) -> str | None:
     next statement or with the COMMIT, so the transaction costs a round trip for each answer it
     reads (the version number, the version's and each highlight's id, the ledger) and
     one for the rest and the COMMIT. The job row's lock goes out with the first of them, which
-    reads the job's status after it: a finished job's result is discarded there. ``complete``
-    refuses a finished job too (``jobs.already_finished``); under that lock it cannot happen
-    here, and is caught all the same."""
-    try:
-        return _save(inputs, result)
-    except psycopg2.Error as exc:
-        if not jobs.already_finished(exc):
-            raise
-        logger.warning("job already finished: result discarded")
-        return None
-
-
-def _save(inputs: JobInputs, result: EvaluationResult) -> str | None:
+    reads the job's status after it: a finished job's result is discarded there, and under that
+    lock no other transaction can finish it before ``complete`` (which refuses a finished job
+    anyway: ``jobs.already_finished``)."""
     with db.lean_transaction() as cur:
         jobs.lock(cur, inputs.job_id, answer=False)  # its status comes with the version number
         cur.defer(Q.lock_evaluation, {"evaluation_id": inputs.evaluation_id})

@@ -75,7 +75,8 @@ FROM started s;
 -- that is PENDING and not cancelled, and only by its live message (jobs.message_id): anything else
 -- (a job RUNNING, finished, or a second message of it) is left to its delivery's own `start`. The
 -- caller names the candidates (start_job_ids, start_message_ids: messages of job actors, no more
--- than it has idle threads for, so that a job is RUNNING only once a thread runs it).
+-- than a thread of the worker takes within START_AHEAD_S, so that a job is RUNNING only once it
+-- runs, or is about to).
 picks AS MATERIALIZED (
     SELECT c.job_id, c.message_id
     FROM unnest(%(start_job_ids)s::uuid[], %(start_message_ids)s::uuid[]) AS c(job_id, message_id)
@@ -120,8 +121,7 @@ UPDATE jobs j
 SET status = 'PENDING', attempts = u.attempt - 1, worker_id = NULL, updated_at = now(),
     started_at = (SELECT max(p.started_at) FROM job_attempts p WHERE p.job_id = j.id AND p.attempt < u.attempt)
 FROM undone u
-WHERE j.id = u.job_id AND j.status = 'RUNNING' AND j.attempts = u.attempt AND j.worker_id = %(worker_id)s
-RETURNING j.id;
+WHERE j.id = u.job_id AND j.status = 'RUNNING' AND j.attempts = u.attempt AND j.worker_id = %(worker_id)s;
 
 -- name: attempt_alive
 -- A RUNNING job whose attempt runs on a live worker (roastq_worker_alive).
