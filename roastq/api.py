@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from roastq import db, jobs
 from roastq.brokers import announce_sent, job_messages, prepare_send, send_job, send_jobs
 from roastq.db import Q
+from roastq.ids import new_id
 from roastq.queues import BATCH, INTERACTIVE, JOB_QUEUES
 from roastq.settings import get_settings
 
@@ -86,7 +87,7 @@ def insert_and_send(
     not_before=None,
 ) -> str:
     """A new job row and its message, on the caller's cursor; returns the job id."""
-    job_id = str(uuid.uuid4())
+    job_id = new_id()
     due, start, delay_ms = _schedule(queue, deadline, not_before)
     message = send_job(cur, queue, job_id, delay_ms=delay_ms)
     jobs.insert(
@@ -108,7 +109,7 @@ def one_statement(template: str, params: dict, *, queues, deadlines: dict, not_b
     """A one-statement enqueue's SQL, its parameters and its messages by queue (``template``: a
     query of ``sql/queries.sql`` with a CTE ``source`` and the markers ``{job}`` and ``{send}``;
     ``queues``: the queues the job may go to, the source's picks one; ``deadlines`` by queue)."""
-    job_id = str(uuid.uuid4())
+    job_id = new_id()
     messages = job_messages(queues, job_id, delay_ms=delay_ms)
     job_sql, job_params = jobs.insert_piece(
         job_id=job_id,
@@ -211,7 +212,7 @@ def enqueue_evaluations(pairs, *, priority: str = BATCH, deadline=None, not_befo
             evaluations.update({(str(r["document_id"]), str(r["agent_id"])): r["id"] for r in cur.fetchall()})
         if any(p not in evaluations for p in distinct):
             raise EnqueueError("the evaluations were being created concurrently: nothing enqueued, try again")
-        job_ids = [str(uuid.uuid4()) for _ in pairs]
+        job_ids = [new_id() for _ in pairs]
         due, start, delay_ms = _schedule(priority, deadline, not_before)
         messages = send_jobs(cur, priority, job_ids, delay_ms=delay_ms)
         jobs.insert_many(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dramatiq
 
+from roastq.ids import new_id
+
 INTERACTIVE = "interactive"
 BATCH = "batch"
 MAINTENANCE = "maintenance"  # the periodic housekeeping actors (actors/periodic.py)
@@ -27,5 +29,13 @@ ALL_QUEUES = (INTERACTIVE, BATCH, MAINTENANCE)
 
 
 def job_message(queue: str, job_id: str) -> dramatiq.Message:
-    """The message that runs job ``job_id`` on ``queue`` (what ``actor.message(job_id)`` builds)."""
-    return dramatiq.Message(queue_name=queue, actor_name=JOB_ACTORS[queue], args=(str(job_id),), kwargs={}, options={})
+    """The message that runs job ``job_id`` on ``queue`` (what ``actor.message(job_id)`` builds,
+    with a time-ordered id: ``roastq.ids``)."""
+    return dramatiq.Message(
+        queue_name=queue,
+        actor_name=JOB_ACTORS[queue],
+        args=(str(job_id),),
+        kwargs={},
+        options={},
+        message_id=new_id(),
+    )

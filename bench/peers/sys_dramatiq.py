@@ -88,7 +88,8 @@ class Dramatiq(peerlib.System):
 
     def _prefill(self, cur, n: int) -> None:
         """n finished jobs (with their attempt and their done message) already in the tables, as
-        after weeks of work within the retention (the growth run of issue 14, item 5)."""
+        after weeks of work within the retention (the growth run of issue 14, item 5), with the
+        time-ordered ids roastq gives them (roastq/ids.py)."""
         message = self.actor.message("00000000-0000-0000-0000-000000000000").encode().decode()
         cur.execute(
             "INSERT INTO evaluations (document_id, agent_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
@@ -101,7 +102,7 @@ class Dramatiq(peerlib.System):
             dv AS (SELECT id FROM document_versions LIMIT 1), av AS (SELECT id FROM agent_versions LIMIT 1)
             INSERT INTO jobs (id, evaluation_id, document_version_id, agent_version_id, status, queue, attempts,
                               created_at, started_at, completed_at, updated_at, duration_s, message_id)
-            SELECT gen_random_uuid(), e.id, dv.id, av.id, 'COMPLETED', 'batch', 1, t, t, t, t, 0.01, gen_random_uuid()
+            SELECT roastq_uuid7(t), e.id, dv.id, av.id, 'COMPLETED', 'batch', 1, t, t, t, t, 0.01, roastq_uuid7(t)
             FROM e, dv, av, generate_series(1, %(n)s) AS g,
                  LATERAL (SELECT now() - make_interval(secs => g * 0.5) AS t) AS ts""",
             {"n": n},

@@ -175,7 +175,7 @@ UPDATE llm_batches SET cancel_requested_at = now(), processing_status = %(proces
 -- Each goes back under a new message id (the job row follows): an advisory lock still held on the
 -- old id by the consumer of the delivery that parked it must not hold the new delivery up.
 WITH parked AS (
-    SELECT q.message_id, q.message, gen_random_uuid() AS new_id
+    SELECT q.message_id, q.message, roastq_uuid7() AS new_id
     FROM dramatiq.queue q
     WHERE q.queue_name LIKE '%%.lane' AND q.state = 'queued'
       AND NOT EXISTS (SELECT 1 FROM llm_batch_requests r
