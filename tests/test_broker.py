@@ -143,6 +143,83 @@ def test_notifications_beyond_what_a_consumer_keeps_are_left_to_a_rescan(db, mon
         consumer.close()
 
 
+def test_messages_whose_notifications_were_dropped_are_taken_without_a_wait(db, monkeypatch):
+    """Once the notifications kept run out, the messages of those dropped beyond MAX_NOTIFIES are
+    fetched at once: the rescan is due, and the consumer does not first wait its whole timeout
+    (1 s) on a listening socket that has nothing more to say about them."""
+    from roastq.brokers import postgres
+
+    monkeypatch.setattr(postgres, "MAX_NOTIFIES", 3)
+    consumer = make_consumer("ours", prefetch=20, recovery_interval_s=60)
+    try:
+        drain(consumer, 0.3)  # listening, idle, and its first rescan done
+        with db.cursor() as cur:  # ten messages and their notifications, committed at once
+            sent = {put_message(cur.connection, notify=True).message_id for _ in range(10)}
+        started, got = time.monotonic(), set()
+        while len(got) < 10 and time.monotonic() - started < 5:
+            message = next(consumer)
+            if message is not None:
+                got.add(message.message_id)
+                consumer.ack(message)
+        waited = time.monotonic() - started
+        assert got == sent
+        assert waited < 0.5, f"the messages past the kept notifications took {waited:.2f} s"
+    finally:
+        consumer.close()
+
+
+def test_a_rescan_reads_no_more_of_a_backlog_than_a_consumer_keeps(db, monkeypatch):
+    """Defect: stock's rescan (at start, and every recovery interval) read the payload of every
+    live message of the queue into memory, a backlog of a million messages included. Ours reads
+    no more than MAX_NOTIFIES, and rescans again at once while there are more."""
+    from roastq.brokers import postgres
+
+    monkeypatch.setattr(postgres, "MAX_NOTIFIES", 3)
+    with db.cursor() as cur:  # a backlog nobody was told of: no notifications
+        sent = {put_message(cur.connection).message_id for _ in range(10)}
+    consumer = make_consumer("ours", prefetch=20, recovery_interval_s=60)
+    try:
+        started, got, most_kept = time.monotonic(), set(), 0
+        while len(got) < 10 and time.monotonic() - started < 5:
+            message = next(consumer)
+            most_kept = max(most_kept, len(consumer.notifies) + len(consumer._ready))
+            if message is not None:
+                got.add(message.message_id)
+                consumer.ack(message)
+        assert got == sent
+        assert most_kept <= 3
+        assert time.monotonic() - started < 0.5
+    finally:
+        consumer.close()
+
+
+def test_a_rescan_finds_queued_messages_behind_more_held_ones_than_it_reads(db, database_url, monkeypatch):
+    """Messages other workers hold (consumed, their locks taken) come after the queued ones in a
+    rescan: however many there are, a rescan of MAX_NOTIFIES still brings the queued ones."""
+    from dramatiq_pg.broker import message_lock
+
+    from roastq.brokers import postgres
+
+    monkeypatch.setattr(postgres, "MAX_NOTIFIES", 3)
+    other = psycopg2.connect(database_url)  # another worker, holding its messages' locks
+    other.autocommit = True
+    try:
+        with db.cursor() as cur:
+            held = [put_message(cur.connection, state="consumed") for _ in range(5)]
+            queued = {put_message(cur.connection).message_id for _ in range(2)}
+        with other.cursor() as cur:
+            for message in held:
+                cur.execute("SELECT pg_advisory_lock(%s)", (message_lock(message),))
+        consumer = make_consumer("ours", prefetch=20, recovery_interval_s=60)
+        try:
+            got = {m.message_id for m in drain(consumer, 0.5)}
+        finally:
+            consumer.close()
+        assert got == queued
+    finally:
+        other.close()
+
+
 @pytest.mark.parametrize("pool_kind", ["ours", pytest.param("stock", marks=STOCK)])
 def test_pool_exhaustion_waits_instead_of_failing(database_url, pool_kind):
     """Defect 2: with every connection taken, an ack raised "connection pool exhausted" and was lost."""

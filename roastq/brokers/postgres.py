@@ -40,6 +40,7 @@ from dramatiq.results import Results
 from dramatiq_pg import PostgresBroker
 from dramatiq_pg.broker import QUERIES, PostgresConsumer, message_lock
 from dramatiq_pg.utils import raise_connection_error, tidy4json, transaction, wait_for_notifies
+from psycopg2.extensions import Notify
 from psycopg2.extras import Json
 
 from roastq import db, jobs
@@ -150,6 +151,19 @@ class RoastqConsumer(PostgresConsumer):
         return conn
 
     @raise_connection_error
+    def fetch_pending_notifies(self):
+        """The rescan: the queue's live messages, as notifications. Stock reads every one, so that
+        a backlog of a million messages was a million payloads in memory; here no more than
+        ``MAX_NOTIFIES``, and when that many came back, another rescan follows as soon as they
+        are taken (as after notifications dropped beyond that number)."""
+        conn = self.get_listen_conn()
+        with transaction(conn) as curs:
+            curs.execute(PQ.fetch_pending, {"queue": self.queue_name, "limit": MAX_NOTIFIES})
+            rows = curs.fetchall()
+        if len(rows) >= MAX_NOTIFIES:
+            self._next_rescan = 0.0
+        return [Notify(0, self.channel, payload) for (payload,) in rows]
+
     def poll_for_notify(self):
         """Wait for notifications, unless some are in already. Stock waits on the socket after
         ``get_listen_conn`` has checked the connection, and that check (``conn.poll()``) reads
@@ -189,7 +203,10 @@ class RoastqConsumer(PostgresConsumer):
             return None
         self.misses = 0  # a slot is free: the next wait starts short again
 
-        if not self.notifies:
+        # Wait for notifications only when no rescan is due: once those kept have run out, the
+        # messages of the ones dropped beyond MAX_NOTIFIES are in the table, and no notification
+        # will come for them.
+        if not self.notifies and self._next_rescan != 0.0:
             self.poll_for_notify()
 
         now = time.monotonic()

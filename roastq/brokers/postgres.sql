@@ -71,3 +71,14 @@ SELECT l.message_id, l.lock, (t.message_id IS NOT NULL) AS consumed,
        + (SELECT count(*) FROM crashed c WHERE c.job_id = s.id) AS crashes
 FROM locked l LEFT JOIN taken t ON t.message_id = l.message_id
 LEFT JOIN started s ON s.message_id = l.message_id;
+
+-- name: fetch_pending
+-- A rescan (RoastqConsumer.fetch_pending_notifies): the live messages of a queue, as stock's
+-- FETCH_PENDING reads them, but no more than a consumer keeps in memory (MAX_NOTIFIES): stock
+-- read the whole backlog's payloads into memory at each rescan. Queued ones first, then the
+-- consumed ones (an orphan's lock may be free): so that however many messages other workers hold,
+-- a rescan never returns only those.
+(SELECT message::text FROM dramatiq.queue WHERE state = 'queued' AND queue_name = %(queue)s LIMIT %(limit)s)
+UNION ALL
+(SELECT message::text FROM dramatiq.queue WHERE state = 'consumed' AND queue_name = %(queue)s LIMIT %(limit)s)
+LIMIT %(limit)s;
