@@ -320,3 +320,72 @@ def test_a_plan_cached_while_the_tables_were_tiny_still_reads_only_its_rows(plan
     read = rows_read(plan)
     limit = 3 * len(burst) if statement == "consume" else 3
     assert all(n <= limit for n in read.values()), read
+
+
+def blocks_touched(plan: dict) -> dict[str, int]:
+    """Shared buffers each table's scans touched (hit or read) in ``EXPLAIN (ANALYZE, BUFFERS)``:
+    unlike rows, this counts the dead row versions a scan had to visit and skip."""
+    touched: dict[str, int] = {}
+
+    def walk(node):
+        if "Scan" in node["Node Type"] and "Relation Name" in node:
+            n = node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
+            touched[node["Relation Name"]] = touched.get(node["Relation Name"], 0) + n
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan["Plan"])
+    return touched
+
+
+@GENERIC
+def test_a_result_reads_its_own_message_beside_a_held_back_vacuum(db, database_url, generic):
+    """The 300/s run beside an idle-in-transaction session (docs/benchmarks.md, issue 14, session
+    9): every message there had been consumed and then done while vacuum was held back, so the
+    queue's partial index of live states held every dead 'consumed' version, which no scan may
+    skip for good; an ANALYZE then found hardly a live consumed message. finish_attempt's update of
+    its message, planned along that index (state = 'consumed', the id as a filter), visited them
+    all: 150 to 190 ms a result, and the drain fell to a third for a minute, until the next
+    ANALYZE changed the plan back."""
+    from roastq import db as roastq_db
+    from roastq import jobs
+
+    holder = psycopg2.connect(database_url)  # the idle transaction: its snapshot holds vacuum back
+    try:
+        with holder.cursor() as cur:
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            cur.execute("SELECT count(*) FROM dramatiq.queue")
+        with db.cursor() as cur:
+            cur.execute(
+                "INSERT INTO dramatiq.queue (queue_name, message_id, state, message)"
+                " SELECT 'batch', gen_random_uuid(), 'queued', '{}'::jsonb FROM generate_series(1, 3000)"
+            )
+            cur.execute("UPDATE dramatiq.queue SET state = 'consumed'")
+            cur.execute("UPDATE dramatiq.queue SET state = 'done'")
+            message_id = str(uuid.uuid4())
+            cur.execute(
+                "INSERT INTO dramatiq.queue (queue_name, message_id, state, message) VALUES ('batch', %s, 'consumed', '{}')",
+                (message_id,),
+            )
+            cur.execute("ANALYZE dramatiq.queue")
+        sql = jobs.J.finish_attempt
+        params = {"job_id": str(uuid.uuid4()), "attempt": 1, "message_id": message_id}
+        conn = psycopg2.connect(database_url)
+        try:
+            with conn.cursor() as cur:
+                explain = "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "
+                if generic:
+                    name, text, execute = roastq_db._as_prepared(sql)
+                    cur.execute("SET plan_cache_mode = force_generic_plan")
+                    cur.execute(f"PREPARE {name} AS {text}".replace("%", "%%"))
+                    cur.execute(roastq_db.PREPARED_SETTINGS + "; " + explain + execute, params)
+                else:
+                    cur.execute(roastq_db.PREPARED_SETTINGS + "; " + explain + sql, params)
+                (plan,) = cur.fetchone()[0]
+            conn.rollback()
+        finally:
+            conn.close()
+        touched = blocks_touched(plan)
+        assert touched.get("queue", 0) <= 10, (touched, plan)
+    finally:
+        holder.close()

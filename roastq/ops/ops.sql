@@ -72,7 +72,7 @@ SELECT pg_try_advisory_xact_lock(roastq_message_lock(%(queue_name)s, %(message_i
 -- Back to 'queued', with a NOTIFY so that a listening worker takes them at once.
 WITH requeued AS (
     UPDATE dramatiq.queue SET state = 'queued', mtime = (NOW() AT TIME ZONE 'UTC')
-    WHERE message_id = ANY(%(message_ids)s::uuid[]) AND state = 'consumed'
+    WHERE message_id = ANY(%(message_ids)s::uuid[]) AND (state = 'consumed') IS TRUE  -- by id alone (finish_attempt)
     RETURNING queue_name, message_id, message
 )
 SELECT count(pg_notify('dramatiq.' || queue_name || '.enqueue',
@@ -84,7 +84,7 @@ FROM requeued;
 -- name: reject_message
 -- A dead letter, as the broker's NACK leaves it.
 UPDATE dramatiq.queue SET state = 'rejected', mtime = (NOW() AT TIME ZONE 'UTC')
-WHERE message_id = %(message_id)s AND state IN ('queued', 'consumed');
+WHERE message_id = %(message_id)s AND (state IN ('queued', 'consumed')) IS TRUE;  -- by id alone (finish_attempt)
 
 -- name: recover_orphans
 -- Messages left 'consumed' by a dead worker: their advisory lock died with its connection.
@@ -120,7 +120,7 @@ WITH candidates AS (
     WHERE j.status = 'PENDING' AND j.cancel_requested_at IS NULL
       AND j.updated_at < now() - make_interval(secs => %(grace_s)s)
       AND NOT EXISTS (SELECT 1 FROM dramatiq.queue q
-                      WHERE q.message_id = j.message_id AND q.state IN ('queued', 'consumed'))
+                      WHERE q.message_id = j.message_id AND (q.state IN ('queued', 'consumed')) IS TRUE)
 )
 SELECT c.id FROM candidates c
 WHERE NOT EXISTS (SELECT 1 FROM dramatiq.queue q
