@@ -150,7 +150,6 @@ class RoastqConsumer(PostgresConsumer):
             conn.autocommit = True  # closed, never pooled, when this consumer closes (close())
         return conn
 
-    @raise_connection_error
     def fetch_pending_notifies(self):
         """The rescan: the queue's live messages, as notifications. Stock reads every one, so that
         a backlog of a million messages was a million payloads in memory; here no more than
@@ -164,6 +163,7 @@ class RoastqConsumer(PostgresConsumer):
             self._next_rescan = 0.0
         return [Notify(0, self.channel, payload) for (payload,) in rows]
 
+    @raise_connection_error
     def poll_for_notify(self):
         """Wait for notifications, unless some are in already. Stock waits on the socket after
         ``get_listen_conn`` has checked the connection, and that check (``conn.poll()``) reads
