@@ -54,6 +54,20 @@ def drain(consumer, seconds):
     return got
 
 
+def take(consumer, n, within_s, each_turn=None):
+    """Take and acknowledge messages until ``n`` are in or ``within_s`` has passed; return their
+    ids and the seconds it took (``each_turn``: called after every turn of the consumer)."""
+    started, got = time.monotonic(), set()
+    while len(got) < n and time.monotonic() - started < within_s:
+        message = next(consumer)
+        if each_turn is not None:
+            each_turn()
+        if message is not None:
+            got.add(message.message_id)
+            consumer.ack(message)
+    return got, time.monotonic() - started
+
+
 @pytest.mark.parametrize("kind", ["ours", pytest.param("stock", marks=STOCK)])
 def test_backoff_resets_as_soon_as_a_slot_frees(db, kind):
     """Defect 1: after the prefetch limit was hit, the wait kept growing (21 msg/s of 160)."""
@@ -82,13 +96,7 @@ def test_notifications_that_arrive_while_the_consumer_is_busy_are_taken_at_once(
         for _ in range(2):
             sent = {put_message(db, notify=True).message_id for _ in range(5)}
             time.sleep(0.2)  # the consumer is busy elsewhere meanwhile
-            started, got = time.monotonic(), set()
-            while len(got) < 5 and time.monotonic() - started < 3:
-                message = next(consumer)
-                if message is not None:
-                    got.add(message.message_id)
-                    consumer.ack(message)
-            waited = time.monotonic() - started
+            got, waited = take(consumer, 5, 3)
             assert got == sent
             assert waited < 0.3, f"five waiting messages took {waited:.2f} s to be taken"
     finally:
@@ -155,13 +163,7 @@ def test_messages_whose_notifications_were_dropped_are_taken_without_a_wait(db, 
         drain(consumer, 0.3)  # listening, idle, and its first rescan done
         with db.cursor() as cur:  # ten messages and their notifications, committed at once
             sent = {put_message(cur.connection, notify=True).message_id for _ in range(10)}
-        started, got = time.monotonic(), set()
-        while len(got) < 10 and time.monotonic() - started < 5:
-            message = next(consumer)
-            if message is not None:
-                got.add(message.message_id)
-                consumer.ack(message)
-        waited = time.monotonic() - started
+        got, waited = take(consumer, 10, 5)
         assert got == sent
         assert waited < 0.5, f"the messages past the kept notifications took {waited:.2f} s"
     finally:
@@ -179,16 +181,11 @@ def test_a_rescan_reads_no_more_of_a_backlog_than_a_consumer_keeps(db, monkeypat
         sent = {put_message(cur.connection).message_id for _ in range(10)}
     consumer = make_consumer("ours", prefetch=20, recovery_interval_s=60)
     try:
-        started, got, most_kept = time.monotonic(), set(), 0
-        while len(got) < 10 and time.monotonic() - started < 5:
-            message = next(consumer)
-            most_kept = max(most_kept, len(consumer.notifies) + len(consumer._ready))
-            if message is not None:
-                got.add(message.message_id)
-                consumer.ack(message)
+        kept = []
+        got, waited = take(consumer, 10, 5, lambda: kept.append(len(consumer.notifies) + len(consumer._ready)))
         assert got == sent
-        assert most_kept <= 3
-        assert time.monotonic() - started < 0.5
+        assert max(kept) <= 3
+        assert waited < 0.5
     finally:
         consumer.close()
 

@@ -35,13 +35,14 @@ def rows_read(plan: dict) -> dict[str, int]:
     return read
 
 
-def executed_plan(database_url, sql: str, params, *, generic: bool = False) -> dict:
+def executed_plan(database_url, sql: str, params, *, generic: bool = False, buffers: bool = False) -> dict:
     """Run ``sql`` under EXPLAIN ANALYZE and roll it back, on a session of its own (the consume
     takes session advisory locks: they go with the session). ``generic``: as the prepared
     statement the workers run (``db.execute_prepared``), with the generic plan Postgres switches
-    to after five executions."""
+    to after five executions. ``buffers``: with the buffers each node touched."""
     from roastq import db as roastq_db
 
+    explain = "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " if buffers else "EXPLAIN (ANALYZE, FORMAT JSON) "
     conn = psycopg2.connect(database_url)
     try:
         with conn.cursor() as cur:
@@ -49,9 +50,9 @@ def executed_plan(database_url, sql: str, params, *, generic: bool = False) -> d
                 name, text, execute = roastq_db._as_prepared(sql)
                 cur.execute("SET plan_cache_mode = force_generic_plan")
                 cur.execute(f"PREPARE {name} AS {text}".replace("%", "%%"))
-                cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + execute, params)
+                cur.execute(explain + execute, params)
             else:
-                cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
+                cur.execute(explain + sql, params)
             (plan,) = cur.fetchone()[0]
         conn.rollback()
         return plan
@@ -347,7 +348,6 @@ def test_a_result_reads_its_own_message_beside_a_held_back_vacuum(db, database_u
     its message, planned along that index (state = 'consumed', the id as a filter), visited them
     all: 150 to 190 ms a result, and the drain fell to a third for a minute, until the next
     ANALYZE changed the plan back."""
-    from roastq import db as roastq_db
     from roastq import jobs
 
     holder = psycopg2.connect(database_url)  # the idle transaction: its snapshot holds vacuum back
@@ -368,23 +368,8 @@ def test_a_result_reads_its_own_message_beside_a_held_back_vacuum(db, database_u
                 (message_id,),
             )
             cur.execute("ANALYZE dramatiq.queue")
-        sql = jobs.J.finish_attempt
         params = {"job_id": str(uuid.uuid4()), "attempt": 1, "message_id": message_id}
-        conn = psycopg2.connect(database_url)
-        try:
-            with conn.cursor() as cur:
-                explain = "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "
-                if generic:
-                    name, text, execute = roastq_db._as_prepared(sql)
-                    cur.execute("SET plan_cache_mode = force_generic_plan")
-                    cur.execute(f"PREPARE {name} AS {text}".replace("%", "%%"))
-                    cur.execute(roastq_db.PREPARED_SETTINGS + "; " + explain + execute, params)
-                else:
-                    cur.execute(roastq_db.PREPARED_SETTINGS + "; " + explain + sql, params)
-                (plan,) = cur.fetchone()[0]
-            conn.rollback()
-        finally:
-            conn.close()
+        plan = executed_plan(database_url, jobs.J.finish_attempt, params, generic=generic, buffers=True)
         touched = blocks_touched(plan)
         assert touched.get("queue", 0) <= 10, (touched, plan)
     finally:
