@@ -134,10 +134,18 @@ class RoastqConsumer(PostgresConsumer):
         # The consuming connection is closed too: its session holds the advisory locks of what
         # this consumer took. Pooled (as stock does), the locks would outlive the consumer, and
         # the messages taken but not handed out could be taken by no one until that pooled
-        # session ended. Messages still running keep their place: their worker is alive.
+        # session ended. Messages still running keep their place: their worker is alive. The
+        # locks are released first, in a round trip: a closed session's go only as its backend
+        # exits, a moment after the client has gone, and the next consumer may look before that.
         if self._consume_conn is not None:
-            self.pool.putconn(self._consume_conn, close=True)
-            self._consume_conn = None
+            conn, self._consume_conn = self._consume_conn, None
+            try:
+                if conn.closed == 0:
+                    with conn.cursor() as curs:
+                        curs.execute("SELECT pg_advisory_unlock_all()")
+            except psycopg2.Error:  # a broken session: its locks go as its backend ends
+                pass
+            self.pool.putconn(conn, close=True)
         super().close()
 
     def get_consume_conn(self):
