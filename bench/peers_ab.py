@@ -52,6 +52,7 @@ def main() -> int:
     except ValueError:
         parser.error(f"--after-env takes NAME=VALUE, not {args.after_env}")
     workloads = args.workloads.split(",")
+    names = [str(args.roots[0]), " ".join([str(args.roots[1]), *args.after_env])]
     results: list[list[dict]] = [[], []]
     print(f"# {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start", flush=True)
     for rep in range(args.reps):
@@ -59,10 +60,9 @@ def main() -> int:
             result = run(root, args.mode, workloads, after_env if i == 1 else None)
             results[i].append(result)
             shown = {k: v for k, v in result.items() if k != "system"}
-            name = " ".join([str(root), *args.after_env]) if i == 1 else str(root)
-            print(f"# rep {rep + 1} {name}: {json.dumps(shown)} load {os.getloadavg()[0]:.2f}", flush=True)
+            print(f"# rep {rep + 1} {names[i]}: {json.dumps(shown)} load {os.getloadavg()[0]:.2f}", flush=True)
     keys = [k for k, v in results[0][0].items() if isinstance(v, int | float)]
-    print(f"\n| figure | {args.roots[0]} | {name} | ratio |\n|---|---:|---:|---:|")
+    print(f"\n| figure | {names[0]} | {names[1]} | ratio |\n|---|---:|---:|---:|")
     for key in keys:
         before, after = (statistics.median(r[key] for r in rs if key in r) for rs in results)
         print(f"| {key} | {before:.3f} | {after:.3f} | {after / before if before else float('nan'):.2f} |")
