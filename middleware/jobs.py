@@ -282,7 +282,7 @@ class JobState(Middleware):
                 if ctx.finished_with_result:
                     message.roastq_acked = True  # the result's transaction acknowledged the message
                 else:  # a duplicate delivery whose result was discarded
-                    with db.transaction() as cur:
+                    with db.grouped_transaction() as cur:
                         jobs.end_attempt(cur, ctx.job_id, ctx.attempt, "completed")
                 logger.info("job completed")
                 return
@@ -306,7 +306,9 @@ class JobState(Middleware):
 
     @staticmethod
     def _record_outcome(ctx, decision) -> None:
-        with db.transaction() as cur:
+        """In a group commit (``db.grouped_transaction``) with other threads' outcomes and
+        results, but a cancel, which reads whether the job was still live."""
+        with db.transaction() if decision.action is Action.CANCEL else db.grouped_transaction() as cur:
             if decision.waits:
                 jobs.wait(cur, ctx.job_id, decision)
             elif decision.action is Action.CANCEL:

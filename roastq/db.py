@@ -273,6 +273,170 @@ def lean_transaction() -> Iterator[LeanCursor]:
             p.discard_idle()
 
 
+class DeferredWrites:
+    """The cursor of ``grouped_transaction()``: it only defers (``LeanCursor.defer``); nothing is
+    sent before the block ends, so no answer can be read in it."""
+
+    __slots__ = ("writes",)
+
+    def __init__(self):
+        self.writes: list[tuple[str, object, bool]] = []
+
+    def defer(self, sql: str, params=None, *, prepared: bool = False) -> None:
+        self.writes.append((sql, params, prepared))
+
+    def execute(self, sql: str, params=None, **_) -> None:
+        raise TypeError("a grouped transaction only defers its writes: nothing can be read in it")
+
+
+class _Member:
+    """One transaction waiting in a ``GroupCommit``."""
+
+    __slots__ = ("writes", "event", "leads", "done", "error")
+
+    def __init__(self, writes):
+        self.writes = writes
+        self.event = threading.Event()
+        self.leads = False
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Commit the write-only transactions of many threads together: one round trip, one
+    transaction and one WAL flush for all that are waiting when it goes out (group commit).
+
+    No thread of its own: a transaction that arrives while fewer than ``max_leaders`` groups are
+    in flight sends the group itself (it leads), with every transaction waiting then (at most
+    ``max_batch``); the others wait, and each leader hands the lead to the oldest waiting
+    transaction once its own has committed. A lone transaction goes at once, as one of its own.
+
+    A group that fails is undone whole, and each of its transactions is then run alone: the one
+    at fault fails with its own error, the others commit (a failure in one never fails another).
+    Each caller returns once its own writes are committed, or raises its transaction's error."""
+
+    def __init__(self, *, max_batch: int = 64, max_leaders: int = 2):
+        self.max_batch = max_batch
+        self.max_leaders = max_leaders
+        self._lock = threading.Lock()
+        self._pending: list[_Member] = []
+        self._leaders = 0
+        self.groups = 0  # groups sent (a count for tests and profiles)
+
+    def waiting(self) -> int:
+        """Transactions waiting for a group."""
+        with self._lock:
+            return len(self._pending)
+
+    def in_flight(self) -> int:
+        """Groups being sent now (their leaders)."""
+        with self._lock:
+            return self._leaders
+
+    def commit(self, writes: list) -> None:
+        member = _Member(writes)
+        with self._lock:
+            self._pending.append(member)
+            if self._leaders < self.max_leaders:
+                self._leaders += 1
+                member.leads = True
+        try:
+            # In slices: an exception raised in the thread (dramatiq's time limit, a shutdown)
+            # arrives only as it runs Python again.
+            while not member.leads and not member.event.wait(0.1):
+                pass
+        except BaseException:  # interrupted while it waits
+            self._withdraw(member)
+            raise
+        if member.leads:
+            self._lead(member)
+        if member.error is not None:
+            error, member.error = member.error, None
+            raise error
+
+    def _lead(self, member: _Member) -> None:
+        member.event.clear()  # set when it was handed the lead: from now on, set when its own is done
+        try:
+            while not member.done:
+                with self._lock:
+                    group = self._pending[: self.max_batch]
+                    del self._pending[: self.max_batch]
+                if group:
+                    self._send(group, member)
+                else:  # its own is in another leader's group, under way (a set left from the
+                    member.event.wait()  # hand-over only costs one more look)
+                    member.event.clear()
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """A leader is done: the oldest waiting transaction that does not lead already (one that
+        has just arrived may) leads next, or there is one leader fewer."""
+        with self._lock:
+            successor = next((m for m in self._pending if not m.leads), None)
+            if successor is not None:
+                successor.leads = True
+            else:
+                self._leaders -= 1
+        if successor is not None:
+            successor.event.set()
+
+    def _withdraw(self, member: _Member) -> None:
+        """Its thread was interrupted while it waited: writes not yet taken into a group are
+        dropped (the caller raises, as a transaction interrupted before its COMMIT would); a lead
+        handed to it meanwhile is handed on, so that the others do not wait for it."""
+        with self._lock:
+            if any(m is member for m in self._pending):
+                self._pending.remove(member)
+            promoted = member.leads
+        if promoted:
+            self._hand_over()
+
+    def _send(self, group: list[_Member], leader: _Member) -> None:
+        try:
+            self.groups += 1
+            _commit_writes([m.writes for m in group])
+        except BaseException as exc:
+            if len(group) == 1:
+                group[0].error = exc
+            else:  # undone whole: each alone now, so that only the one at fault fails
+                for m in group:
+                    if m is leader and not isinstance(exc, Exception):
+                        m.error = exc  # the leader's own thread was interrupted: not its others
+                        continue
+                    try:
+                        _commit_writes([m.writes])
+                    except BaseException as own:
+                        m.error = own
+        finally:
+            for m in group:
+                m.done = True
+                m.event.set()
+
+
+def _commit_writes(transactions: list[list]) -> None:
+    with lean_transaction() as cur:
+        for writes in transactions:
+            for sql, params, prepared in writes:
+                cur.defer(sql, params, prepared=prepared)
+
+
+_group_commit = GroupCommit()
+
+
+@contextmanager
+def grouped_transaction(group: GroupCommit | None = None) -> Iterator[DeferredWrites]:
+    """A write-only transaction on a pooled connection, committed in a group with those of other
+    threads that are ready at the same moment (``GroupCommit``): statements are ``defer``red, and
+    go out when the block ends; it returns once they are committed, or raises their error. For a
+    result whose writes read nothing back (a job's bookkeeping): the drain's results then cost a
+    round trip and a commit a group instead of one each."""
+    cur = DeferredWrites()
+    yield cur
+    if cur.writes:
+        (group or _group_commit).commit(cur.writes)
+
+
 @contextmanager
 def autocommit() -> Iterator[psycopg2.extras.RealDictCursor]:
     """A cursor on a pooled connection in autocommit: each statement is its own transaction and

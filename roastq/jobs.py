@@ -241,7 +241,8 @@ def end_attempt(
 ) -> None:
     """Close the attempt with its outcome (``Action.outcome``, "completed" or "crashed")."""
     waits = decision is not None and decision.waits
-    cur.execute(
+    _write(
+        cur,
         J.end_attempt,
         {
             "job_id": job_id,
@@ -263,7 +264,8 @@ def close_crashed_attempts(cur, job_id) -> None:
 def wait(cur, job_id, decision: Decision) -> None:
     """RUNNING -> PENDING until ``decision.delay_s`` from now: a retry or a snooze (whose
     ``error_class`` SNOOZED says why the job waits)."""
-    cur.execute(
+    _write(
+        cur,
         J.wait,
         {
             "job_id": job_id,
@@ -281,7 +283,7 @@ def hold(cur, job_id, *, delay_s: float, error: str) -> None:
 
 def fail(cur, job_id, error_class, error: str) -> None:
     """PENDING or RUNNING -> FAILED, for good."""
-    cur.execute(J.fail, {"job_id": job_id, "error_class": str(error_class), "error": error})
+    _write(cur, J.fail, {"job_id": job_id, "error_class": str(error_class), "error": error})
 
 
 def fail_worker_lost(cur, job_id, error: str) -> None:
@@ -334,7 +336,7 @@ def lock(cur, job_id, *, answer: bool = True) -> dict | None:
 def _write(cur, sql: str, params: dict) -> None:
     """A write whose answer nobody reads: sent with the COMMIT on a ``db.lean_transaction()``, as
     that pooled session's prepared statement."""
-    if isinstance(cur, db.LeanCursor):
+    if isinstance(cur, db.LeanCursor | db.DeferredWrites):
         cur.defer(sql, params, prepared=True)
     else:
         cur.execute(sql, params)

@@ -32,7 +32,7 @@ def noop_job(job_id: str) -> None:
     if WAIT_S:
         time.sleep(WAIT_S)
     job = current_job.get()
-    with db.lean_transaction() as cur:  # pipeline.save's bookkeeping, without the evaluation's rows
+    with db.grouped_transaction() as cur:  # pipeline.save's bookkeeping, without the evaluation's rows
         jobs.complete(cur, job_id, evaluation_version_id=None, price_usd=0)
         jobs.finish_attempt(cur, job_id, job.attempt, job.message_id)
     job.finished_with_result = True
