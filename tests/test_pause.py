@@ -87,3 +87,59 @@ def test_pause_is_read_by_worker_processes(db, seeded, sim):
         kill_group(workers, signal.SIGKILL)
         workers.wait()
     assert pause.resume() is None  # resuming twice is harmless
+
+
+def _in_threads(n, fn):
+    """``fn`` in ``n`` threads released together; their results (or exceptions), in order."""
+    import threading
+
+    barrier, out = threading.Barrier(n), [None] * n
+
+    def run(i):
+        barrier.wait()
+        try:
+            out[i] = fn()
+        except Exception as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), "a reader of the pause never returned"
+    return out
+
+
+def test_a_burst_after_the_cached_pause_expired_reads_it_once(db, wire):
+    """A worker idle for a second, then handed 500 messages at once: each thread asked the
+    database itself, 500 round trips queued behind the pool (50 to 100 ms before each job of the
+    burst). Now one thread reads it and the others wait for that read."""
+    pause.pause("provider incident")  # and forgets what this process had cached
+    wire.clear()
+    seen = _in_threads(50, pause.current)
+    reads = [q for q in wire.taken() if "system_state" in q]
+    assert len(reads) == 1, reads
+    assert all(isinstance(s, dict) and s["reason"] == "provider incident" for s in seen), seen
+    pause.resume()
+    assert _in_threads(20, pause.current) == [None] * 20  # a resume is seen at once in this process
+
+
+def test_a_failed_read_of_the_pause_fails_each_reader_and_none_waits_forever(db, database_url, monkeypatch):
+    import psycopg2
+
+    from roastq import db as roastq_db
+    from roastq import settings
+
+    pause._forget()
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:9/nowhere?connect_timeout=2")
+    settings.reload_settings()
+    roastq_db.reset()
+    try:
+        seen = _in_threads(20, pause.current)
+    finally:
+        monkeypatch.setenv("DATABASE_URL", database_url)
+        settings.reload_settings()
+        roastq_db.reset()
+    assert all(isinstance(s, psycopg2.OperationalError) for s in seen), seen
+    assert pause.current() is None  # the database back: read again, not a cached failure

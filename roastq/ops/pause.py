@@ -25,6 +25,16 @@ CACHE_S = 1.0
 
 _lock = threading.Lock()
 _cached: tuple[float, dict | None] | None = None
+_reading: _Read | None = None  # the read under way, that the others wait for
+
+
+class _Read:
+    __slots__ = ("done", "value", "failed")
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.value: dict | None = None
+        self.failed = False
 
 
 def state(conn=None) -> dict | None:
@@ -42,15 +52,38 @@ def state(conn=None) -> dict | None:
 
 
 def current(max_age_s: float = CACHE_S) -> dict | None:
-    """The pause as this process saw it at most ``max_age_s`` seconds ago."""
-    global _cached
+    """The pause as this process saw it at most ``max_age_s`` seconds ago (from when the read
+    began). Once that has expired, one thread reads it again and the others that ask meanwhile
+    wait for that read: a burst of messages after an idle second (500 threads at once) asks the
+    database once, not once a thread (which queued 500 round trips behind the pool: 50 to 100 ms
+    before each job of the burst, docs/benchmarks.md, issue 14, session 10)."""
+    global _cached, _reading
     with _lock:
         if _cached is not None and time.monotonic() - _cached[0] < max_age_s:
             return _cached[1]
-    value = state()
-    with _lock:
-        _cached = (time.monotonic(), value)
-    return value
+        read, leads = _reading, _reading is None
+        if leads:
+            read = _reading = _Read()
+    if not leads:
+        while not read.done.wait(0.1):  # in slices: dramatiq's time limit and shutdown raise in the thread
+            pass
+        if not read.failed:
+            return read.value
+        return state()  # that read failed (the database is down, say): this one meets it too
+    began = time.monotonic()
+    try:
+        read.value = state()
+    except BaseException:
+        read.failed = True
+        raise
+    else:
+        with _lock:
+            _cached = (began, read.value)
+    finally:
+        with _lock:
+            _reading = None
+        read.done.set()
+    return read.value
 
 
 def pause(reason: str, *, by: str | None = None) -> dict:
