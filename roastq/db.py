@@ -290,30 +290,30 @@ class DeferredWrites:
 
 
 class _Member:
-    """One transaction waiting in a ``GroupCommit``."""
+    """One request waiting in a ``Grouped``."""
 
-    __slots__ = ("writes", "event", "leads", "done", "error")
+    __slots__ = ("request", "event", "leads", "done", "result", "error")
 
-    def __init__(self, writes):
-        self.writes = writes
+    def __init__(self, request):
+        self.request = request
         self.event = threading.Event()
         self.leads = False
         self.done = False
+        self.result = None
         self.error: BaseException | None = None
 
 
-class GroupCommit:
-    """Commit the write-only transactions of many threads together: one round trip, one
-    transaction and one WAL flush for all that are waiting when it goes out (group commit).
+class Grouped:
+    """Requests of many threads served together: one round trip for all that are waiting when
+    it goes out. No thread of its own: a request that arrives while fewer than ``max_leaders``
+    groups are in flight sends the group itself (it leads), with every request waiting then (at
+    most ``max_batch``); the others wait, and each leader hands the lead to the oldest waiting
+    request once its own is served. A lone request goes at once, as one of its own.
 
-    No thread of its own: a transaction that arrives while fewer than ``max_leaders`` groups are
-    in flight sends the group itself (it leads), with every transaction waiting then (at most
-    ``max_batch``); the others wait, and each leader hands the lead to the oldest waiting
-    transaction once its own has committed. A lone transaction goes at once, as one of its own.
-
-    A group that fails is undone whole, and each of its transactions is then run alone: the one
-    at fault fails with its own error, the others commit (a failure in one never fails another).
-    Each caller returns once its own writes are committed, or raises its transaction's error."""
+    ``_serve(group)`` sets each member's ``result`` or ``error``; each caller returns its own
+    result or raises its own error. A thread interrupted while it waits (dramatiq's time limit
+    and shutdown raise in the thread) withdraws a request no group has taken yet, and passes on
+    a lead handed to it."""
 
     def __init__(self, *, max_batch: int = 64, max_leaders: int = 2):
         self.max_batch = max_batch
@@ -324,7 +324,7 @@ class GroupCommit:
         self.groups = 0  # groups sent (a count for tests and profiles)
 
     def waiting(self) -> int:
-        """Transactions waiting for a group."""
+        """Requests waiting for a group."""
         with self._lock:
             return len(self._pending)
 
@@ -333,8 +333,8 @@ class GroupCommit:
         with self._lock:
             return self._leaders
 
-    def commit(self, writes: list) -> None:
-        member = _Member(writes)
+    def submit(self, request):
+        member = _Member(request)
         with self._lock:
             self._pending.append(member)
             if self._leaders < self.max_leaders:
@@ -353,6 +353,7 @@ class GroupCommit:
         if member.error is not None:
             error, member.error = member.error, None
             raise error
+        return member.result
 
     def _lead(self, member: _Member) -> None:
         member.event.clear()  # set when it was handed the lead: from now on, set when its own is done
@@ -370,7 +371,7 @@ class GroupCommit:
             self._hand_over()
 
     def _hand_over(self) -> None:
-        """A leader is done: the oldest waiting transaction that does not lead already (one that
+        """A leader is done: the oldest waiting request that does not lead already (one that
         has just arrived may) leads next, or there is one leader fewer."""
         with self._lock:
             successor = next((m for m in self._pending if not m.leads), None)
@@ -382,7 +383,7 @@ class GroupCommit:
             successor.event.set()
 
     def _withdraw(self, member: _Member) -> None:
-        """Its thread was interrupted while it waited: writes not yet taken into a group are
+        """Its thread was interrupted while it waited: a request not yet taken into a group is
         dropped (the caller raises, as a transaction interrupted before its COMMIT would); a lead
         handed to it meanwhile is handed on, so that the others do not wait for it."""
         with self._lock:
@@ -395,23 +396,54 @@ class GroupCommit:
     def _send(self, group: list[_Member], leader: _Member) -> None:
         try:
             self.groups += 1
-            _commit_writes([m.writes for m in group])
-        except BaseException as exc:
-            if len(group) == 1:
-                group[0].error = exc
-            else:  # undone whole: each alone now, so that only the one at fault fails
-                for m in group:
-                    if m is leader and not isinstance(exc, Exception):
-                        m.error = exc  # the leader's own thread was interrupted: not its others
-                        continue
-                    try:
-                        _commit_writes([m.writes])
-                    except BaseException as own:
-                        m.error = own
+            self._serve(group, leader)
+        except BaseException as exc:  # the serving itself failed (``_serve`` sets results last)
+            for m in group:
+                m.result = None
+                if m.error is None:
+                    m.error = exc if m is leader or len(group) == 1 else _unserved(exc)
         finally:
             for m in group:
                 m.done = True
                 m.event.set()
+
+    def _serve(self, group: list[_Member], leader: _Member) -> None:
+        raise NotImplementedError
+
+
+def _unserved(exc: BaseException) -> BaseException:
+    """The error a group's other members raise when serving the group failed outside any one
+    request (the leader's own thread interrupted, say): an error of their own, not the leader's
+    object shared between threads."""
+    return RuntimeError(f"the group this request was in could not be sent: {exc!r}")
+
+
+class GroupCommit(Grouped):
+    """Commit the write-only transactions of many threads together (group commit): one round
+    trip, one transaction and one WAL flush for all that are waiting when it goes out.
+
+    A group that fails is undone whole, and each of its transactions is then run alone: the one
+    at fault fails with its own error, the others commit (a failure in one never fails another).
+    Each caller returns once its own writes are committed, or raises its transaction's error."""
+
+    def commit(self, writes: list) -> None:
+        self.submit(writes)
+
+    def _serve(self, group: list[_Member], leader: _Member) -> None:
+        try:
+            _commit_writes([m.request for m in group])
+        except BaseException as exc:
+            if len(group) == 1:
+                group[0].error = exc
+                return
+            for m in group:  # undone whole: each alone now, so that only the one at fault fails
+                if m is leader and not isinstance(exc, Exception):
+                    m.error = exc  # the leader's own thread was interrupted: not its others
+                    continue
+                try:
+                    _commit_writes([m.request])
+                except BaseException as own:
+                    m.error = own
 
 
 def _commit_writes(transactions: list[list]) -> None:

@@ -165,6 +165,26 @@ def test_a_job_start_reads_its_own_rows_only(burst, database_url, generic):
         assert read.get(table, 0) <= 3, (table, read)
 
 
+def start_many_params(burst) -> dict:
+    return {
+        "job_ids": [r["id"] for r in burst],
+        "message_ids": [r["message_id"] for r in burst],
+        "not_running_here": [True] * len(burst),
+        "worker_id": "plan-test",
+        "stale_after_s": 30.0,
+    }
+
+
+@GENERIC
+def test_a_group_of_starts_reads_its_own_rows_only(burst, database_url, generic):
+    from roastq import jobs
+
+    plan = executed_plan(database_url, jobs.J.start_many, start_many_params(burst), generic=generic)
+    read = rows_read(plan)
+    for table in ("jobs", "evaluations", "agent_versions", "job_attempts"):
+        assert read.get(table, 0) <= 3 * len(burst), (table, read)
+
+
 @GENERIC
 @pytest.mark.parametrize("statement", ["lock", "complete", "finish_attempt", "cancel_requested"])
 def test_a_job_result_reads_its_own_rows_only(burst, database_url, statement, generic):
@@ -250,6 +270,16 @@ def planned_early(analysed_empty, database_url):
             jobs.J.start,
             {"job_id": none, "message_id": none, "worker_id": "x", "stale_after_s": 30.0, "not_running_here": True},
         ),
+        "start_many": (
+            jobs.J.start_many,
+            {
+                "job_ids": [none],
+                "message_ids": [none],
+                "not_running_here": [True],
+                "worker_id": "x",
+                "stale_after_s": 30.0,
+            },
+        ),
         "finish_attempt": (jobs.J.finish_attempt, {"job_id": none, "attempt": 1, "message_id": none}),
         "lock": (jobs.J.lock, {"job_id": none}),
         "enqueue": enqueue_statement(none, none),
@@ -265,7 +295,7 @@ def planned_early(analysed_empty, database_url):
     conn.close()
 
 
-@pytest.mark.parametrize("statement", ["consume", "start", "finish_attempt", "lock", "enqueue", "rerun"])
+@pytest.mark.parametrize("statement", ["consume", "start", "start_many", "finish_attempt", "lock", "enqueue", "rerun"])
 def test_a_plan_cached_while_the_tables_were_tiny_still_reads_only_its_rows(planned_early, burst, statement):
     from roastq import db as roastq_db
     from roastq import jobs
@@ -298,6 +328,8 @@ def test_a_plan_cached_while_the_tables_were_tiny_still_reads_only_its_rows(plan
         with conn.cursor() as cur:
             cur.execute("UPDATE jobs SET status = 'COMPLETED' WHERE id = %s", (job["id"],))
         sql, params = rerun_statement(str(job["id"]))
+    elif statement == "start_many":
+        params = start_many_params(burst)
     else:
         params = {
             "job_id": job["id"],
@@ -319,7 +351,7 @@ def test_a_plan_cached_while_the_tables_were_tiny_still_reads_only_its_rows(plan
     finally:
         conn.rollback()
     read = rows_read(plan)
-    limit = 3 * len(burst) if statement == "consume" else 3
+    limit = 3 * len(burst) if statement in ("consume", "start_many") else 3
     assert all(n <= limit for n in read.values()), read
 
 

@@ -3,7 +3,9 @@
 Imports ``actors`` (our broker, the full middleware stack, the default logging) and gives the two
 evaluation actors a no-op body that still does a job's bookkeeping: JobState starts the job, the
 body writes COMPLETED (on a live job only) and closes the attempt with the ack in one transaction,
-through ``roastq.jobs`` (what ``pipeline.save`` does, less the evaluation rows). So ``enqueue_evaluation`` and
+through ``roastq.jobs`` (what ``pipeline.save`` does, less the evaluation rows). That transaction
+reads nothing back, so it is committed in a group with other threads' (``db.grouped_transaction``);
+``pipeline.save`` reads the next version number under the job's lock and commits on its own. So ``enqueue_evaluation`` and
 ``enqueue_evaluations`` are timed on their real path. ``peer_plain`` is the same broker and
 middleware with no job row ("roastq plain").
 """

@@ -68,6 +68,45 @@ SELECT s.*,
        + (SELECT count(*) FROM crashed) AS crashes
 FROM started s;
 
+-- name: start_many
+-- `start` for the deliveries of many jobs that began at the same moment on this worker, in one
+-- statement (jobs.start's group, `db.Grouped`): each job as `start` would start it, by its own
+-- message and its own `not_running_here`. The worker's threads start one delivery of a job at a
+-- time (middleware/jobs.py), so no job is named twice. Each table by its primary key: the
+-- jobs by `= ANY`, each one's values by a subquery on the candidates (no join, as above).
+WITH c AS MATERIALIZED (
+    SELECT * FROM unnest(%(job_ids)s::uuid[], %(message_ids)s::uuid[], %(not_running_here)s::bool[])
+        AS c(job_id, message_id, not_running_here)
+), started AS (
+    UPDATE jobs j
+    SET status = 'RUNNING', attempts = attempts + 1, started_at = now(), updated_at = now(),
+        next_attempt_at = NULL, worker_id = %(worker_id)s,
+        message_id = (SELECT c.message_id FROM c WHERE c.job_id = j.id)
+    WHERE j.id = ANY(ARRAY(SELECT job_id FROM c)) AND j.cancel_requested_at IS NULL
+      AND (j.status = 'PENDING'
+           OR (j.status = 'RUNNING' AND j.worker_id = %(worker_id)s
+               AND (SELECT c.not_running_here FROM c WHERE c.job_id = j.id))
+           OR (j.status = 'RUNNING' AND NOT roastq_worker_alive(j.worker_id, %(stale_after_s)s)))
+    RETURNING j.id, j.message_id, j.attempts, j.evaluation_id,
+              (SELECT e.agent_id FROM evaluations e WHERE e.id = j.evaluation_id) AS agent_id,
+              (SELECT av.time_limit_s FROM agent_versions av WHERE av.id = j.agent_version_id) AS time_limit_s,
+              (SELECT av.retry_on_timeout FROM agent_versions av WHERE av.id = j.agent_version_id) AS retry_on_timeout
+), crashed AS (
+    -- As in start_piece: the attempt left open (its worker died) is the job's last one before
+    -- this start, named by both key columns, so that no plan reads the whole table.
+    UPDATE job_attempts a SET ended_at = now(), outcome = 'crashed'
+    WHERE a.job_id = ANY(ARRAY(SELECT id FROM started))
+      AND a.attempt = ANY(ARRAY(SELECT attempts - 1 FROM started)) AND a.ended_at IS NULL
+    RETURNING a.job_id
+), opened AS (
+    INSERT INTO job_attempts (job_id, attempt, message_id)
+    SELECT id, attempts, message_id FROM started
+)
+SELECT s.*,
+       (SELECT count(*) FROM job_attempts WHERE job_id = s.id AND outcome = 'crashed')
+       + (SELECT count(*) FROM crashed x WHERE x.job_id = s.id) AS crashes
+FROM started s;
+
 -- name: start_piece
 -- Jobs started by the statement that consumes their messages (the broker's consume,
 -- roastq/brokers/postgres.py): CTEs after the consume's `taken` (the ids of the messages it took).
