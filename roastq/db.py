@@ -410,6 +410,20 @@ class Grouped:
     def _serve(self, group: list[_Member], leader: _Member) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def _each_alone(group: list[_Member], serve_one, *, leader=None, failed: BaseException | None = None) -> None:
+        """Serve each request of ``group`` on its own (``serve_one(request)``), so that only the
+        one at fault fails: after the group ``failed`` whole, or when it cannot go as one. A
+        leader whose own thread was interrupted (``failed`` not an ``Exception``) keeps that."""
+        for m in group:
+            if m is leader and failed is not None and not isinstance(failed, Exception):
+                m.error = failed
+                continue
+            try:
+                m.result = serve_one(m.request)
+            except BaseException as own:
+                m.error = own
+
 
 def _unserved(exc: BaseException) -> BaseException:
     """The error a group's other members raise when serving the group failed outside any one
@@ -435,15 +449,8 @@ class GroupCommit(Grouped):
         except BaseException as exc:
             if len(group) == 1:
                 group[0].error = exc
-                return
-            for m in group:  # undone whole: each alone now, so that only the one at fault fails
-                if m is leader and not isinstance(exc, Exception):
-                    m.error = exc  # the leader's own thread was interrupted: not its others
-                    continue
-                try:
-                    _commit_writes([m.request])
-                except BaseException as own:
-                    m.error = own
+            else:  # undone whole: each alone now
+                self._each_alone(group, lambda writes: _commit_writes([writes]), leader=leader, failed=exc)
 
 
 def _commit_writes(transactions: list[list]) -> None:

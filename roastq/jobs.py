@@ -176,11 +176,7 @@ class _GroupStart(db.Grouped):
             (m.request["worker_id"], m.request["stale_after_s"]) != (first["worker_id"], first["stale_after_s"])
             for m in group
         ):
-            for m in group:  # alone, or not one statement's worth (another worker id, say)
-                try:
-                    m.result = self._one(m.request)
-                except BaseException as exc:
-                    m.error = exc
+            self._each_alone(group, self._one)  # alone, or not one statement's worth (another worker id)
             return
         try:
             rows = db.execute_one(
@@ -196,15 +192,8 @@ class _GroupStart(db.Grouped):
                 fetch="all",
                 prepared=True,
             )
-        except BaseException as exc:
-            for m in group:  # undone whole: each alone now
-                if m is leader and not isinstance(exc, Exception):
-                    m.error = exc
-                    continue
-                try:
-                    m.result = self._one(m.request)
-                except BaseException as own:
-                    m.error = own
+        except BaseException as exc:  # undone whole: each alone now
+            self._each_alone(group, self._one, leader=leader, failed=exc)
             return
         by_job = {str(row["id"]): row for row in rows}
         for m in group:
