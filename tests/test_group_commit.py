@@ -4,6 +4,7 @@ of them never fails or loses another."""
 
 import threading
 import time
+from contextlib import contextmanager
 
 import psycopg2
 import pytest
@@ -41,21 +42,39 @@ def _commit_in_threads(group, ns, errors):
 _WAITING = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND position('gc_probe' in query) > 0"
 
 
+@contextmanager
+def _first_held(db, database_url, group, errors):
+    """A first transaction (inserting 0) whose write waits on a row the test holds: while it is
+    in flight (the group's only leader), the transactions started in the block (``start(ns)``)
+    wait for the next group. On leaving, the row is let go and every thread is joined."""
+    threads = []
+
+    def start(ns):
+        started = _commit_in_threads(group, ns, errors)
+        threads.extend(started)
+        return started
+
+    with psycopg2.connect(database_url) as holder:
+        holder.cursor().execute("INSERT INTO gc_probe VALUES (0, 0)")  # uncommitted: an insert of 0 waits on it
+        start([0])
+        wait_until(lambda: one(db, _WAITING) == 1, timeout=10)
+        try:
+            yield start
+        finally:
+            holder.rollback()  # the first goes through; those waiting go next, together
+            for t in threads:
+                t.join(10)
+
+
 def test_transactions_ready_together_commit_as_one_transaction_in_one_round_trip(db, database_url, probe_table, wire):
     from roastq import db as roastq_db
 
     group = roastq_db.GroupCommit(max_leaders=1)
     errors: dict = {}
-    with psycopg2.connect(database_url) as holder:
-        holder.cursor().execute("INSERT INTO gc_probe VALUES (0, 0)")  # uncommitted: an insert of 0 waits on it
-        first = _commit_in_threads(group, [0], errors)
-        wait_until(lambda: one(db, _WAITING) == 1, timeout=10)
+    with _first_held(db, database_url, group, errors) as start:
         wire.clear()
-        later = _commit_in_threads(group, range(1, 9), errors)
+        start(range(1, 9))
         wait_until(lambda: group.waiting() == 8, timeout=10)
-        holder.rollback()  # the first goes through; the eight waiting go next, together
-        for t in [*first, *later]:
-            t.join(10)
     assert not errors, errors
     txs = dict(rows(db, "SELECT n, tx FROM gc_probe"))
     assert sorted(txs) == list(range(9))
@@ -72,16 +91,9 @@ def test_a_failure_in_one_transaction_of_a_group_fails_it_alone(db, database_url
 
     group = roastq_db.GroupCommit(max_leaders=1)
     errors: dict = {}
-    with psycopg2.connect(database_url) as holder:
-        holder.cursor().execute("INSERT INTO gc_probe VALUES (0, 0)")
-        first = _commit_in_threads(group, [0], errors)
-        wait_until(lambda: one(db, _WAITING) == 1, timeout=10)
-        # 5 is inserted twice: one of the two fails, on its own
-        later = _commit_in_threads(group, [1, 2, 3, 4, 5, 5, 6], errors)
+    with _first_held(db, database_url, group, errors) as start:
+        start([1, 2, 3, 4, 5, 5, 6])  # 5 twice: one of the two fails, on its own
         wait_until(lambda: group.waiting() == 7, timeout=10)
-        holder.rollback()
-        for t in [*first, *later]:
-            t.join(10)
     assert list(errors) == [5] and isinstance(errors[5], psycopg2.errors.UniqueViolation), errors
     assert [n for (n,) in rows(db, "SELECT n FROM gc_probe ORDER BY n")] == [0, 1, 2, 3, 4, 5, 6]
 
@@ -150,21 +162,15 @@ def test_a_transaction_interrupted_while_it_waits_is_dropped_and_the_others_go_o
 
     group = roastq_db.GroupCommit(max_leaders=1)
     errors: dict = {}
-    with psycopg2.connect(database_url) as holder:
-        holder.cursor().execute("INSERT INTO gc_probe VALUES (0, 0)")
-        first = _commit_in_threads(group, [0], errors)
-        wait_until(lambda: one(db, _WAITING) == 1, timeout=10)
-        (doomed,) = _commit_in_threads(group, [1], errors)
+    with _first_held(db, database_url, group, errors) as start:
+        (doomed,) = start([1])
         wait_until(lambda: group.waiting() == 1, timeout=10)
-        later = _commit_in_threads(group, [2, 3], errors)
+        start([2, 3])
         wait_until(lambda: group.waiting() == 3, timeout=10)
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(doomed.ident), ctypes.py_object(TimeLimitExceeded))
         doomed.join(10)
         assert isinstance(errors.get(1), TimeLimitExceeded), errors
         assert group.waiting() == 2
-        holder.rollback()
-        for t in [*first, *later]:
-            t.join(10)
     assert list(errors) == [1]
     assert [n for (n,) in rows(db, "SELECT n FROM gc_probe ORDER BY n")] == [0, 2, 3]
     assert group.in_flight() == 0 and group.waiting() == 0
